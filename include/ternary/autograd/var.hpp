@@ -1,0 +1,153 @@
+// Var<T, B>: a tensor that takes part in reverse-mode autodiff. It holds a value, a
+// gradient (allocated on first accumulation) and, if an op produced it while recording, a
+// place on the tape. Copies of a Var share one node (like shared_ptr).
+//
+//   auto w = Var<float>::parameter(Tensor<float>::randn({3, 3}, rng));
+//   auto loss = sum(square(matmul(x, w)));
+//   loss.backward();          // w.grad() now holds d loss / d w
+//
+// Ops are written with record(): compute the output tensor, then give the backward rule
+// as a closure of the output gradient; see ops/elementwise.hpp for the pattern.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "ternary/autograd/tape.hpp"
+#include "ternary/core/tensor.hpp"
+
+namespace ternary {
+
+template <class T, class B = cpu>
+class Var {
+  struct Node : detail::NodeBase {
+    Tensor<T, B> value;
+    Tensor<T, B> grad;
+    bool requires_grad = false;
+    bool is_leaf = true;
+    bool has_grad() const override { return grad.defined(); }
+    void release_graph() override {
+      if (!is_leaf) grad = Tensor<T, B>();
+    }
+  };
+
+ public:
+  using value_type = T;
+  using backend_type = B;
+
+  Var() = default;
+  // A constant (requires_grad = false) or a leaf that collects a gradient.
+  explicit Var(Tensor<T, B> value, bool requires_grad = false) : node_(std::make_shared<Node>()) {
+    if (!value.defined()) throw AutogradError("Var: cannot wrap an undefined tensor");
+    node_->value = std::move(value);
+    node_->requires_grad = requires_grad;
+  }
+  static Var parameter(Tensor<T, B> value) { return Var(std::move(value), true); }
+  static Var constant(Tensor<T, B> value) { return Var(std::move(value), false); }
+
+  bool defined() const { return node_ != nullptr; }
+  const Tensor<T, B>& value() const { return node().value; }
+  Tensor<T, B>& value() { return node().value; }
+  // The accumulated gradient; undefined until backward reached this Var.
+  const Tensor<T, B>& grad() const { return node().grad; }
+  bool requires_grad() const { return node().requires_grad; }
+  bool is_leaf() const { return node().is_leaf; }
+  void zero_grad() { node().grad = Tensor<T, B>(); }
+
+  const Shape& shape() const { return value().shape(); }
+  int dim() const { return value().dim(); }
+  int64_t size(int64_t axis) const { return value().size(axis); }
+  int64_t numel() const { return value().numel(); }
+  T item() const { return value().item(); }
+
+  // Adds g into this Var's gradient (allocating it on first use). Used by backward rules.
+  void accumulate_grad(const Tensor<T, B>& g) const {
+    Node& n = node();
+    if (!n.requires_grad) return;
+    if (!(g.shape() == n.value.shape()))
+      throw AutogradError(detail::cat("accumulate_grad: gradient of shape ", g.shape(),
+                                      " for a value of shape ", n.value.shape()));
+    if (!n.grad.defined()) n.grad = g.clone();  // own copy: g may be shared with other grads
+    else n.grad += g;
+  }
+  // Adds an expression into the gradient without a temporary tensor.
+  template <Expression E>
+  void accumulate_grad(const E& e) const {
+    Node& n = node();
+    if (!n.requires_grad) return;
+    if (!n.grad.defined()) n.grad = Tensor<T, B>::zeros(n.value.shape());
+    n.grad += e;
+  }
+
+  // Reverse-mode sweep from this scalar: d this / d every leaf that requires grad.
+  void backward() const {
+    if (numel() != 1)
+      throw AutogradError(detail::cat("backward: the output has shape ", shape(),
+                                      "; call backward(seed) with a gradient of that shape, or reduce it "
+                                      "to a scalar (e.g. mean) first"));
+    backward(Tensor<T, B>::ones(shape()));
+  }
+  // Backward with an explicit output gradient `seed` of this Var's shape.
+  void backward(const Tensor<T, B>& seed) const {
+    Node& n = node();
+    if (n.graph_freed)
+      throw AutogradError(
+          "backward: called a second time on the same graph; the tape was freed by the first "
+          "call. Run the forward pass again before each backward.");
+    if (!n.requires_grad)
+      throw AutogradError(
+          "backward: this value does not require grad (no parameter contributed to it, or it "
+          "was computed under NoGrad)");
+    if (!(seed.shape() == shape()))
+      throw AutogradError(detail::cat("backward: seed of shape ", seed.shape(), " for an output of shape ", shape()));
+    accumulate_grad(seed);
+    if (n.is_leaf) return;
+    if (!n.on_tape)
+      throw AutogradError("backward: this value is not on the current thread's tape (recorded on another thread, or the tape was cleared)");
+    Tape::current().run_backward();
+  }
+
+  // Records an op's output. `backward_fn(const Tensor& grad_out)` must add the gradient of
+  // each input that requires grad (through accumulate_grad). Nothing is recorded when
+  // recording is off or no input requires grad.
+  template <class F>
+  static Var record(const char* op, Tensor<T, B> out, std::initializer_list<Var> inputs, F&& backward_fn) {
+    return record_if(op, std::move(out), any_requires_grad(inputs.begin(), inputs.end()),
+                     std::forward<F>(backward_fn));
+  }
+  // The same for a variable number of inputs (concat, stack).
+  template <class F>
+  static Var record(const char* op, Tensor<T, B> out, const std::vector<Var>& inputs, F&& backward_fn) {
+    return record_if(op, std::move(out), any_requires_grad(inputs.begin(), inputs.end()),
+                     std::forward<F>(backward_fn));
+  }
+
+ private:
+  template <class It>
+  static bool any_requires_grad(It first, It last) {
+    if (!grad_enabled()) return false;
+    for (; first != last; ++first)
+      if (first->requires_grad()) return true;
+    return false;
+  }
+  template <class F>
+  static Var record_if(const char* op, Tensor<T, B> out, bool needs, F&& backward_fn) {
+    Var result(std::move(out));
+    if (!needs) return result;
+    result.node_->requires_grad = true;
+    result.node_->is_leaf = false;
+    Node* raw = result.node_.get();  // the tape entry owns the node, so raw outlives the closure
+    Tape::current().record(op, result.node_, [raw, fn = std::forward<F>(backward_fn)]() mutable { fn(raw->grad); });
+    return result;
+  }
+
+  Node& node() const {
+    if (!node_) throw AutogradError("Var: use of an undefined Var");
+    return *node_;
+  }
+  std::shared_ptr<Node> node_;
+};
+
+}  // namespace ternary

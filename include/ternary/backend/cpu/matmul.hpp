@@ -1,0 +1,101 @@
+// CPU GEMM: C = alpha * A B + beta * C on strided 2-d views, through Eigen's blocked,
+// vectorised, OpenMP-threaded GEMM (which beat a hand-blocked kernel here; see
+// docs/benchmarks.md). Each operand may be row-major (unit column stride) or column-major
+// (unit row stride, e.g. a transposed view): both map onto Eigen without a copy; anything
+// else is copied to a contiguous block first.
+#pragma once
+
+#include <Eigen/Core>
+#include <cstdint>
+
+#include "ternary/backend/cpu/cpu.hpp"
+#include "ternary/core/tensor.hpp"
+
+namespace ternary::backend {
+
+// A 2-d strided window on memory (strides in elements).
+template <class T>
+struct MatView {
+  T* data;
+  int64_t rows, cols;
+  int64_t row_stride, col_stride;
+};
+
+template <class T, class B>
+MatView<T> mat_view(const Tensor<T, B>& t) {
+  return {t.data(), t.size(-2), t.size(-1), t.strides()[t.dim() - 2], t.strides()[t.dim() - 1]};
+}
+
+namespace cpu_detail {
+template <class T>
+using RowMap = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
+template <class T>
+using ColMap = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>, 0, Eigen::OuterStride<>>;
+
+// Leading dimension if v can be read as a row-major (or column-major) matrix, else -1.
+// Axes of extent 1 may have any stride.
+template <class T>
+int64_t row_major_ld(const MatView<T>& v) {
+  if (v.col_stride != 1 && v.cols > 1) return -1;
+  return v.rows <= 1 ? std::max<int64_t>(v.cols, 1) : v.row_stride;
+}
+template <class T>
+int64_t col_major_ld(const MatView<T>& v) {
+  if (v.row_stride != 1 && v.rows > 1) return -1;
+  return v.cols <= 1 ? std::max<int64_t>(v.rows, 1) : v.col_stride;
+}
+
+// Calls f with an Eigen map of v (row- or column-major), copying v if it is neither.
+template <class T, class F>
+void with_eigen(const MatView<T>& v, Tensor<std::remove_const_t<T>, cpu>& scratch, F&& f) {
+  using U = std::remove_const_t<T>;
+  U* p = const_cast<U*>(v.data);
+  if (int64_t ld = row_major_ld(v); ld >= 0) {
+    f(RowMap<U>(p, v.rows, v.cols, Eigen::OuterStride<>(ld)));
+  } else if (int64_t ldc = col_major_ld(v); ldc >= 0) {
+    f(ColMap<U>(p, v.rows, v.cols, Eigen::OuterStride<>(ldc)));
+  } else {
+    scratch = Tensor<U, cpu>::empty(Shape{v.rows, v.cols});
+    for (int64_t i = 0; i < v.rows; ++i)
+      for (int64_t j = 0; j < v.cols; ++j) scratch.data()[i * v.cols + j] = v.data[i * v.row_stride + j * v.col_stride];
+    f(RowMap<U>(scratch.data(), v.rows, v.cols, Eigen::OuterStride<>(std::max<int64_t>(v.cols, 1))));
+  }
+}
+}  // namespace cpu_detail
+
+template <class T>
+void gemm(cpu, const MatView<const T>& a, const MatView<const T>& b, const MatView<T>& c, T alpha, T beta) {
+  using namespace cpu_detail;
+  if (a.cols != b.rows || c.rows != a.rows || c.cols != b.cols)
+    throw ShapeError(detail::cat("gemm: [", a.rows, ", ", a.cols, "] x [", b.rows, ", ", b.cols, "] -> [", c.rows,
+                                 ", ", c.cols, "]"));
+  if (c.rows == 0 || c.cols == 0) return;
+  Tensor<T, cpu> sa, sb, sc;
+  MatView<T> cv = c;
+  const bool c_direct = row_major_ld(c) >= 0;
+  if (!c_direct) {  // compute into a contiguous temporary, then scatter
+    sc = Tensor<T, cpu>::empty(Shape{c.rows, c.cols});
+    for (int64_t i = 0; i < c.rows; ++i)
+      for (int64_t j = 0; j < c.cols; ++j) sc.data()[i * c.cols + j] = c.data[i * c.row_stride + j * c.col_stride];
+    cv = {sc.data(), c.rows, c.cols, c.cols, 1};
+  }
+  RowMap<T> cm(cv.data, cv.rows, cv.cols, Eigen::OuterStride<>(row_major_ld(cv)));
+  with_eigen(a, sa, [&](const auto& am) {
+    with_eigen(b, sb, [&](const auto& bm) {
+      if (a.cols == 0) {
+        if (beta == T(0)) cm.setZero();
+        else cm *= beta;
+      } else if (beta == T(0)) {
+        cm.noalias() = alpha * (am * bm);
+      } else {
+        if (beta != T(1)) cm *= beta;
+        cm.noalias() += alpha * (am * bm);
+      }
+    });
+  });
+  if (!c_direct)
+    for (int64_t i = 0; i < c.rows; ++i)
+      for (int64_t j = 0; j < c.cols; ++j) c.data[i * c.row_stride + j * c.col_stride] = sc.data()[i * c.cols + j];
+}
+
+}  // namespace ternary::backend

@@ -1,0 +1,109 @@
+// Matrix products. matmul(a, b): a [..., M, K] times b [..., K, N] -> [..., M, N], batch
+// axes broadcast (numpy). Transposed or sliced operands are read in place where the GEMM
+// can (backend/cpu/matmul.hpp). linear(x, w) = x w^T with w stored [out, in], as in PyTorch.
+// Tests: tests/test_matmul.cpp.
+//
+//   C = A B        dA = dC B^T        dB = A^T dC     (each summed over broadcast batch axes)
+#pragma once
+
+#include <omp.h>
+
+#include "ternary/autograd/var.hpp"
+#include "ternary/backend/cpu/matmul.hpp"
+#include "ternary/ops/reduce.hpp"
+
+namespace ternary {
+
+using backend::MatView;
+
+namespace detail {
+template <class T, class B>
+MatView<const T> const_view(const Tensor<T, B>& t) {
+  auto v = backend::mat_view(t);
+  return {v.data, v.rows, v.cols, v.row_stride, v.col_stride};
+}
+}  // namespace detail
+
+// ---- tensor level ---------------------------------------------------------------------------
+template <class T, class B>
+Tensor<T, B> matmul(const Tensor<T, B>& a, const Tensor<T, B>& b) {
+  if (a.dim() < 2 || b.dim() < 2)
+    throw ShapeError(detail::cat("matmul: both operands need at least 2 axes, got ", a.shape(), " and ", b.shape()));
+  const int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1);
+  if (b.size(-2) != K)
+    throw ShapeError(detail::cat("matmul: inner sizes differ: ", a.shape(), " x ", b.shape()));
+  // [..., M, K] x [K, N] with a's leading axes foldable: one large GEMM is fastest.
+  if (b.dim() == 2 && a.dim() > 2 && a.is_contiguous()) {
+    Shape out_shape = a.shape();
+    out_shape[out_shape.size() - 1] = N;
+    auto out = Tensor<T, B>::empty(out_shape);
+    auto a2 = a.reshape(Shape{-1, K});
+    backend::gemm(B{}, detail::const_view(a2), detail::const_view(b), backend::mat_view(out.reshape(Shape{-1, N})), T(1), T(0));
+    return out;
+  }
+  Shape batch_a(std::span<const int64_t>(a.shape().begin(), a.dim() - 2));
+  Shape batch_b(std::span<const int64_t>(b.shape().begin(), b.dim() - 2));
+  Shape batch = broadcast_shapes(batch_a, batch_b, "matmul");
+  Shape out_shape = batch;
+  out_shape.push_back(M);
+  out_shape.push_back(N);
+  auto out = Tensor<T, B>::empty(out_shape);
+  // Broadcast views over the batch axes, then one GEMM per batch element.
+  Shape a_full = batch, b_full = batch;
+  a_full.push_back(M), a_full.push_back(K);
+  b_full.push_back(K), b_full.push_back(N);
+  auto ae = a.expand(a_full), be = b.expand(b_full);
+  const int64_t nb = numel(batch);
+  const int nd = batch.size();
+  auto offset_of = [&](const Tensor<T, B>& t, int64_t i) {
+    int64_t off = 0;
+    for (int d = nd - 1; d >= 0; --d) {
+      off += (i % batch[d]) * t.strides()[d];
+      i /= batch[d];
+    }
+    return off;
+  };
+  const bool parallel_batches = nb >= 2 * omp_get_max_threads() || M * N * K < (1 << 18);
+#pragma omp parallel for schedule(dynamic) if (parallel_batches && nb > 1)
+  for (int64_t i = 0; i < nb; ++i) {
+    MatView<const T> av{ae.data() + offset_of(ae, i), M, K, ae.strides()[nd], ae.strides()[nd + 1]};
+    MatView<const T> bv{be.data() + offset_of(be, i), K, N, be.strides()[nd], be.strides()[nd + 1]};
+    MatView<T> cv{out.data() + i * M * N, M, N, N, 1};
+    backend::gemm(B{}, av, bv, cv, T(1), T(0));
+  }
+  return out;
+}
+
+// ---- differentiable -------------------------------------------------------------------------
+template <class T, class B>
+Var<T, B> matmul(const Var<T, B>& a, const Var<T, B>& b) {
+  return Var<T, B>::record("matmul", matmul(a.value(), b.value()), {a, b}, [a, b](const Tensor<T, B>& g) {
+    const auto& A = a.value();
+    const auto& Bm = b.value();
+    if (a.requires_grad()) a.accumulate_grad(sum_to(matmul(g, Bm.transpose(-1, -2)), a.shape()));
+    if (b.requires_grad()) {
+      if (Bm.dim() == 2 && A.dim() > 2) {  // fold the batch: one GEMM [K, BT] x [BT, N]
+        const int64_t K = A.size(-1), N = g.size(-1);
+        b.accumulate_grad(matmul(A.reshape(Shape{-1, K}).t(), g.reshape(Shape{-1, N})));
+      } else {
+        b.accumulate_grad(sum_to(matmul(A.transpose(-1, -2), g), b.shape()));
+      }
+    }
+  });
+}
+
+// y = x w^T for a weight stored [out_features, in_features].
+template <class T, class B>
+Var<T, B> linear(const Var<T, B>& x, const Var<T, B>& w) {
+  if (w.dim() != 2)
+    throw ShapeError(detail::cat("linear: weight must be [out, in], got ", w.shape()));
+  if (x.size(-1) != w.size(1))
+    throw ShapeError(detail::cat("linear: input ", x.shape(), " does not match weight [out, in] = ", w.shape()));
+  return Var<T, B>::record("linear", matmul(x.value(), w.value().t()), {x, w}, [x, w](const Tensor<T, B>& g) {
+    const int64_t in = w.size(1), out = w.size(0);
+    if (x.requires_grad()) x.accumulate_grad(matmul(g, w.value()));
+    if (w.requires_grad()) w.accumulate_grad(matmul(g.reshape(Shape{-1, out}).t(), x.value().reshape(Shape{-1, in})));
+  });
+}
+
+}  // namespace ternary

@@ -1,0 +1,114 @@
+// Differentiable views and joins: reshape, transpose, permute, slice, narrow, select,
+// unsqueeze, squeeze, expand, concat. A view's backward applies the inverse view to the
+// gradient (slices scatter it into zeros). Tests: tests/test_view.cpp.
+#pragma once
+
+#include <vector>
+
+#include "ternary/autograd/var.hpp"
+#include "ternary/ops/reduce.hpp"
+
+namespace ternary {
+
+template <class T, class B>
+Var<T, B> reshape(const Var<T, B>& x, const Shape& shape) {
+  return Var<T, B>::record("reshape", x.value().reshape(shape), {x},
+                           [x](const Tensor<T, B>& g) { x.accumulate_grad(g.reshape(x.shape())); });
+}
+template <class T, class B>
+Var<T, B> transpose(const Var<T, B>& x, int64_t a0, int64_t a1) {
+  return Var<T, B>::record("transpose", x.value().transpose(a0, a1), {x},
+                           [x, a0, a1](const Tensor<T, B>& g) { x.accumulate_grad(g.transpose(a0, a1)); });
+}
+template <class T, class B>
+Var<T, B> permute(const Var<T, B>& x, const std::vector<int64_t>& order) {
+  auto out = x.value().permute(order);
+  std::vector<int64_t> inverse(order.size());
+  for (size_t i = 0; i < order.size(); ++i) inverse[normalize_axis(order[i], x.dim(), "permute")] = int64_t(i);
+  return Var<T, B>::record("permute", out, {x},
+                           [x, inverse](const Tensor<T, B>& g) { x.accumulate_grad(g.permute(inverse)); });
+}
+
+namespace detail {
+// Backward of any view that picks a sub-block: scatter g into zeros shaped like x.
+template <class T, class B, class View>
+void scatter_view_grad(const Var<T, B>& x, const Tensor<T, B>& g, View&& view) {
+  auto dx = Tensor<T, B>::zeros(x.shape());
+  view(dx).assign(g);
+  x.accumulate_grad(dx);
+}
+}  // namespace detail
+
+template <class T, class B>
+Var<T, B> slice(const Var<T, B>& x, int64_t axis, int64_t start, int64_t end, int64_t step = 1) {
+  return Var<T, B>::record("slice", x.value().slice(axis, start, end, step), {x}, [=](const Tensor<T, B>& g) {
+    detail::scatter_view_grad(x, g, [&](const Tensor<T, B>& t) { return t.slice(axis, start, end, step); });
+  });
+}
+template <class T, class B>
+Var<T, B> narrow(const Var<T, B>& x, int64_t axis, int64_t start, int64_t length) {
+  return Var<T, B>::record("narrow", x.value().narrow(axis, start, length), {x}, [=](const Tensor<T, B>& g) {
+    detail::scatter_view_grad(x, g, [&](const Tensor<T, B>& t) { return t.narrow(axis, start, length); });
+  });
+}
+template <class T, class B>
+Var<T, B> select(const Var<T, B>& x, int64_t axis, int64_t index) {
+  return Var<T, B>::record("select", x.value().select(axis, index), {x}, [=](const Tensor<T, B>& g) {
+    detail::scatter_view_grad(x, g, [&](const Tensor<T, B>& t) { return t.select(axis, index); });
+  });
+}
+template <class T, class B>
+Var<T, B> unsqueeze(const Var<T, B>& x, int64_t axis) {
+  return Var<T, B>::record("unsqueeze", x.value().unsqueeze(axis), {x},
+                           [x](const Tensor<T, B>& g) { x.accumulate_grad(g.reshape(x.shape())); });
+}
+template <class T, class B>
+Var<T, B> squeeze(const Var<T, B>& x, int64_t axis) {
+  return Var<T, B>::record("squeeze", x.value().squeeze(axis), {x},
+                           [x](const Tensor<T, B>& g) { x.accumulate_grad(g.reshape(x.shape())); });
+}
+// Broadcast to a larger shape; the backward sums over the broadcast axes.
+template <class T, class B>
+Var<T, B> expand(const Var<T, B>& x, const Shape& shape) {
+  return Var<T, B>::record("expand", x.value().expand(shape), {x},
+                           [x](const Tensor<T, B>& g) { x.accumulate_grad(sum_to(g, x.shape())); });
+}
+
+// ---- concat ---------------------------------------------------------------------------------
+template <class T, class B>
+Tensor<T, B> concat(const std::vector<Tensor<T, B>>& xs, int64_t axis) {
+  if (xs.empty()) throw ShapeError("concat: no tensors given");
+  const int d = normalize_axis(axis, xs[0].dim(), "concat");
+  Shape out_shape = xs[0].shape();
+  out_shape[d] = 0;
+  for (const auto& x : xs) {
+    Shape s = x.shape(), ref = xs[0].shape();
+    s[d] = ref[d] = 0;
+    if (x.dim() != xs[0].dim() || !(s == ref))
+      throw ShapeError(detail::cat("concat: shapes ", xs[0].shape(), " and ", x.shape(), " differ outside axis ", d));
+    out_shape[d] += x.shape()[d];
+  }
+  auto out = Tensor<T, B>::empty(out_shape);
+  int64_t at = 0;
+  for (const auto& x : xs) {
+    out.narrow(d, at, x.shape()[d]).assign(x);
+    at += x.shape()[d];
+  }
+  return out;
+}
+template <class T, class B>
+Var<T, B> concat(const std::vector<Var<T, B>>& xs, int64_t axis) {
+  std::vector<Tensor<T, B>> values;
+  for (const auto& x : xs) values.push_back(x.value());
+  auto out = concat(values, axis);
+  const int d = normalize_axis(axis, xs[0].dim(), "concat");
+  return Var<T, B>::record("concat", out, xs, [xs, d](const Tensor<T, B>& g) {
+    int64_t at = 0;
+    for (const auto& x : xs) {
+      if (x.requires_grad()) x.accumulate_grad(g.narrow(d, at, x.shape()[d]));
+      at += x.shape()[d];
+    }
+  });
+}
+
+}  // namespace ternary

@@ -1,0 +1,12 @@
+// Everything: tensors, autograd, ops. (Layers, models, optimizers and I/O have their own
+// convenience includes: ternary/bitlinear.hpp, ternary/gpt.hpp.)
+#pragma once
+
+#include "ternary/autograd/gradcheck.hpp"
+#include "ternary/autograd/tape.hpp"
+#include "ternary/autograd/var.hpp"
+#include "ternary/core/tensor.hpp"
+#include "ternary/ops/elementwise.hpp"
+#include "ternary/ops/matmul.hpp"
+#include "ternary/ops/reduce.hpp"
+#include "ternary/ops/view.hpp"

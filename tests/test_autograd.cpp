@@ -1,0 +1,78 @@
+// The tape: gradients of simple graphs, accumulation for reused inputs, NoGrad, errors.
+#include <catch2/catch.hpp>
+
+#include "ternary/ternary.hpp"
+
+using namespace ternary;
+using Catch::Matchers::Contains;
+
+TEST_CASE("a reused input accumulates its gradient", "[autograd]") {
+  auto x = Var<double>::parameter(Tensor<double>::from({2}, {3, -1}));
+  auto y = x * x + x;  // dy/dx = 2x + 1 (x used three times)
+  sum(y).backward();
+  CHECK(x.grad().to_vector() == std::vector<double>{7, -1});
+  // A second forward/backward adds to the existing gradient until zero_grad().
+  sum(x * 2.0).backward();
+  CHECK(x.grad().to_vector() == std::vector<double>{9, 1});
+  x.zero_grad();
+  CHECK_FALSE(x.grad().defined());
+}
+
+TEST_CASE("the tape records one entry per op and is cleared by backward", "[autograd]") {
+  Tape::current().clear();
+  auto a = Var<float>::parameter(Tensor<float>::ones({3}));
+  auto c = Var<float>::constant(Tensor<float>::ones({3}));
+  auto y = exp(a) * c;
+  CHECK(Tape::current().size() == 2);
+  CHECK(Tape::current().entries()[0].op == std::string("exp"));
+  auto only_constants = c * c;  // nothing requires grad: nothing recorded
+  CHECK(Tape::current().size() == 2);
+  CHECK_FALSE(only_constants.requires_grad());
+  sum(y).backward();
+  CHECK(Tape::current().size() == 0);
+}
+
+TEST_CASE("NoGrad records nothing", "[autograd]") {
+  Tape::current().clear();
+  auto a = Var<float>::parameter(Tensor<float>::ones({3}));
+  {
+    NoGrad guard;
+    auto y = a * a;
+    CHECK_FALSE(y.requires_grad());
+    CHECK(Tape::current().size() == 0);
+    CHECK_THROWS_WITH(sum(y).backward(), Contains("does not require grad"));
+  }
+  CHECK(grad_enabled());
+  auto z = a * a;
+  CHECK(z.requires_grad());
+  Tape::current().clear();
+}
+
+TEST_CASE("backward twice is an error with a clear message", "[autograd]") {
+  auto a = Var<float>::parameter(Tensor<float>::ones({2}));
+  auto loss = sum(a * a);
+  loss.backward();
+  CHECK_THROWS_AS(loss.backward(), AutogradError);
+  CHECK_THROWS_WITH(loss.backward(), Contains("second time"));
+}
+
+TEST_CASE("backward needs a scalar or an explicit seed", "[autograd]") {
+  auto a = Var<double>::parameter(Tensor<double>::from({2}, {1, 2}));
+  auto y = a * 3.0;
+  CHECK_THROWS_WITH(y.backward(), Contains("shape [2]"));
+  y.backward(Tensor<double>::from({2}, {1, 10}));
+  CHECK(a.grad().to_vector() == std::vector<double>{3, 30});
+}
+
+TEST_CASE("gradcheck reports a wrong backward rule", "[autograd][gradcheck]") {
+  // A deliberately wrong op: forward x^2, backward claims x.
+  auto bad_square = [](std::vector<Var<double>>& in) {
+    const auto& x = in[0];
+    return Var<double>::record("bad", Tensor<double>(x.value() * x.value()), {x},
+                               [x](const Tensor<double>& g) { x.accumulate_grad(g * x.value()); });
+  };
+  Rng rng(5);
+  auto r = gradcheck(bad_square, {Tensor<double>::randn({4}, rng)});
+  CHECK_FALSE(r.ok);
+  CHECK_THAT(r.report, Contains("input 0"));
+}
