@@ -3,6 +3,8 @@
 // token ids; packed trits live in uint8 buffers (see quant/packing.hpp).
 #pragma once
 
+#include <bit>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <string_view>
@@ -29,6 +31,41 @@ struct bf16 {
     float f;
     std::memcpy(&f, &u, 4);
     return f;
+  }
+};
+
+// IEEE half precision (storage only): round to nearest even from float, with subnormals,
+// infinities and NaN. Used where the artifact stores small tensors as fp16.
+struct f16 {
+  uint16_t bits = 0;
+  f16() = default;
+  explicit f16(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    const uint32_t sign = (u >> 16) & 0x8000u;
+    const uint32_t abs = u & 0x7fffffffu;
+    if (abs >= 0x7f800000u) {  // inf or NaN
+      bits = static_cast<uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0u));
+    } else if (abs >= 0x477ff000u) {  // rounds to >= 65520: overflow to inf
+      bits = static_cast<uint16_t>(sign | 0x7c00u);
+    } else if (abs < 0x38800000u) {  // below the smallest normal half: subnormal or zero
+      const float scaled = std::bit_cast<float>(abs) * 16777216.0f;  // * 2^24, exact
+      bits = static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(scaled)));
+    } else {
+      const uint32_t rounded = abs + 0xfffu + ((abs >> 13) & 1u);  // ties to even
+      bits = static_cast<uint16_t>(sign | ((rounded - 0x38000000u) >> 13));
+    }
+  }
+  explicit operator float() const {
+    const uint32_t sign = static_cast<uint32_t>(bits & 0x8000u) << 16;
+    const uint32_t exp = (bits >> 10) & 0x1fu, mant = bits & 0x3ffu;
+    if (exp == 0) {  // zero or subnormal: mant * 2^-24
+      const float v = static_cast<float>(mant) * 5.9604644775390625e-8f;
+      return sign ? -v : v;
+    }
+    const uint32_t u = exp == 31 ? (sign | 0x7f800000u | (mant << 13))
+                                 : (sign | ((exp + 112u) << 23) | (mant << 13));
+    return std::bit_cast<float>(u);
   }
 };
 

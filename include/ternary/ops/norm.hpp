@@ -1,0 +1,92 @@
+// RMSNorm over the last axis, for Tensor and Var, with or without a gain of shape [D].
+// Kernels: backend/cpu/norm.hpp (fused forward saving the per-row rstd; fused backward).
+// Tests: tests/test_norm.cpp.
+//
+//   rstd = 1 / sqrt(mean(x^2) + eps),  x_hat = x * rstd,  y = x_hat * gain
+//   gg = g * gain:  dx = rstd * (gg - x_hat * mean(gg * x_hat))
+//   dgain = sum over all rows of g * x_hat
+#pragma once
+
+#include <cmath>
+
+#include "ternary/autograd/var.hpp"
+#include "ternary/backend/cpu/norm.hpp"
+
+namespace ternary {
+
+namespace detail {
+
+template <class T, class B>
+void check_rms_norm(const Tensor<T, B>& x, const Tensor<T, B>* gain, double eps) {
+  if (x.dim() == 0)
+    throw ShapeError(
+        "rms_norm: expects at least 1 axis (normalized over the last), got a 0-d tensor");
+  if (!(eps >= 0)) throw Error(detail::cat("rms_norm: eps must be >= 0, got ", eps));
+  if (gain && gain->defined() && !(gain->shape() == Shape{x.size(-1)}))
+    throw ShapeError(detail::cat("rms_norm: gain of shape ", gain->shape(), " for input ",
+                                 x.shape(), " (needs [", x.size(-1), "])"));
+}
+
+// Forward on rows; returns y (x's shape) and the per-row rstd.
+template <class T, class B>
+Tensor<T, B> rms_norm_rows(const Tensor<T, B>& x_c, const Tensor<T, B>& gain_c, double eps,
+                           Tensor<T, B>& rstd) {
+  const int64_t D = x_c.size(-1), rows = D ? x_c.numel() / D : 0;
+  auto y = Tensor<T, B>::empty(x_c.shape());
+  rstd = Tensor<T, B>::empty(Shape{rows});
+  backend::rms_norm_forward(B{}, x_c.reshape(Shape{rows, D}), gain_c, y.reshape(Shape{rows, D}),
+                            rstd, eps);
+  return y;
+}
+
+template <class T, class B>
+Var<T, B> rms_norm_var(const Var<T, B>& x, const Var<T, B>* gain, double eps) {
+  const bool has_gain = gain != nullptr;
+  check_rms_norm(x.value(), has_gain ? &gain->value() : nullptr, eps);
+  Tensor<T, B> x_c = x.value().contiguous();
+  Tensor<T, B> w_c = has_gain ? gain->value().contiguous() : Tensor<T, B>();
+  Tensor<T, B> rstd;
+  Tensor<T, B> y = rms_norm_rows(x_c, w_c, eps, rstd);
+  const Var<T, B> w = has_gain ? *gain : Var<T, B>();
+  auto backward = [x, w, x_c, w_c, rstd](const Tensor<T, B>& g) {
+    const int64_t D = x_c.size(-1), rows = rstd.numel();
+    const bool want_dx = x.requires_grad(), want_dw = w.defined() && w.requires_grad();
+    Tensor<T, B> dx = want_dx ? Tensor<T, B>::empty(x_c.shape()) : Tensor<T, B>();
+    Tensor<T, B> dw = want_dw ? Tensor<T, B>::empty(Shape{D}) : Tensor<T, B>();
+    backend::rms_norm_backward(B{}, x_c.reshape(Shape{rows, D}), w_c, rstd,
+                               g.contiguous().reshape(Shape{rows, D}),
+                               want_dx ? dx.reshape(Shape{rows, D}) : dx, dw);
+    if (want_dx) x.accumulate_grad(dx);
+    if (want_dw) w.accumulate_grad(dw);
+  };
+  if (has_gain) return Var<T, B>::record("rms_norm", y, {x, *gain}, backward);
+  return Var<T, B>::record("rms_norm", y, {x}, backward);
+}
+
+}  // namespace detail
+
+// ---- tensor level ---------------------------------------------------------------------------
+// `gain` may be an undefined Tensor (no gain).
+template <class T, class B>
+Tensor<T, B> rms_norm(const Tensor<T, B>& x, const Tensor<T, B>& gain, double eps = 1e-6) {
+  detail::check_rms_norm(x, &gain, eps);
+  Tensor<T, B> rstd;
+  return detail::rms_norm_rows(x.contiguous(), gain.defined() ? gain.contiguous() : gain, eps,
+                               rstd);
+}
+template <class T, class B>
+Tensor<T, B> rms_norm(const Tensor<T, B>& x, double eps = 1e-6) {
+  return rms_norm(x, Tensor<T, B>(), eps);
+}
+
+// ---- differentiable -------------------------------------------------------------------------
+template <class T, class B>
+Var<T, B> rms_norm(const Var<T, B>& x, const Var<T, B>& gain, double eps = 1e-6) {
+  return detail::rms_norm_var(x, &gain, eps);
+}
+template <class T, class B>
+Var<T, B> rms_norm(const Var<T, B>& x, double eps = 1e-6) {
+  return detail::rms_norm_var(x, static_cast<const Var<T, B>*>(nullptr), eps);
+}
+
+}  // namespace ternary
