@@ -1,0 +1,269 @@
+// train_gpt: train the Parameter Golf GPT on CPU, export it to a compressed artifact,
+// reload the artifact and report bits per byte. With no arguments it trains the `tiny`
+// ternary preset on the bundled King James Bible text (about 3 minutes on 2 cores).
+//
+//   ./build/examples/train_gpt                          # tiny ternary GPT, bundled text
+//   ./build/examples/train_gpt --no-ternary --save fp.safetensors
+//   ./build/examples/train_gpt --preset golf --train 'data/fineweb_train_*.bin'
+//       --val data/fineweb_val_000000.bin --bytes-per-token bytes.txt --seconds 600
+//
+// Progress goes to stderr; the last stdout line is one JSON object with the results.
+#include <omp.h>
+
+#include <CLI/CLI.hpp>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "ternary/gpt.hpp"
+
+using namespace ternary;
+
+struct Options {
+  std::string preset = "tiny";
+  nn::GPTConfig model;
+  int64_t seq = 0, batch = 0, steps = 0;
+  double seconds = 0;
+  int64_t warmup = 10;
+  double warmdown = 0.3;  // fraction of the run
+  train::GolfOptimizerOptions optim;
+  double grad_clip = 1.0;
+  std::string train_path, val_path, bytes_per_token;
+  double val_fraction = 0.05;
+  int64_t eval_batches = 0, eval_every = 0, log_every = 10;
+  int threads = 0;
+  uint64_t seed = 1337;
+  std::string save, resume, export_path = "gpt.artifact", log_path, codec = "lzma";
+};
+
+// Fills in what the preset decides, leaving flags the user gave alone.
+void apply_preset(Options& o, const CLI::App& app) {
+  auto unset = [&](const char* flag) { return app.count(flag) == 0; };
+  nn::GPTConfig& m = o.model;
+  if (o.preset == "tiny") {
+    if (unset("--layers")) m.n_layers = 4;
+    if (unset("--dim")) m.dim = 128;
+    if (unset("--heads")) m.n_heads = 4;
+    if (unset("--kv-heads")) m.n_kv_heads = 2;
+    if (unset("--mlp-mult")) m.mlp_mult = 2;
+    if (unset("--vocab")) m.vocab_size = 256;
+    if (unset("--seq")) o.seq = 128;
+    if (unset("--batch")) o.batch = 16;
+    if (unset("--steps") && unset("--seconds")) o.steps = 600;
+  } else if (o.preset == "golf") {
+    if (unset("--layers")) m.n_layers = 9;
+    if (unset("--dim")) m.dim = 512;
+    if (unset("--heads")) m.n_heads = 8;
+    if (unset("--kv-heads")) m.n_kv_heads = 4;
+    if (unset("--mlp-mult")) m.mlp_mult = 2;
+    if (unset("--vocab")) m.vocab_size = 1024;
+    if (unset("--seq")) o.seq = 1024;
+    if (unset("--batch")) o.batch = 8;
+    if (unset("--steps") && unset("--seconds")) o.steps = 200;
+  } else {
+    throw Error(detail::cat("unknown preset '", o.preset, "' (choose tiny or golf)"));
+  }
+  m.seed = o.seed;
+}
+
+// Training and validation tokens from the bundled corpus, a text file, or token shards.
+struct Data {
+  std::vector<uint16_t> train, val;
+  std::vector<double> bytes_per_token;  // empty: one byte per token
+  std::string description;
+};
+
+bool looks_like_shards(const std::string& p) { return p.find('*') != std::string::npos || p.ends_with(".bin"); }
+
+std::vector<uint16_t> load_shards(const std::string& pattern) {
+  std::vector<uint16_t> all;
+  for (const auto& f : glob_files(pattern)) {
+    auto t = read_shard(f);
+    all.insert(all.end(), t.begin(), t.end());
+  }
+  return all;
+}
+
+Data load_data(const Options& o) {
+  Data d;
+  if (o.train_path.empty() || !looks_like_shards(o.train_path)) {
+    TextSplit s = o.train_path.empty() ? load_default_corpus(o.val_fraction) : load_text(o.train_path, o.val_fraction);
+    d.description = o.train_path.empty() ? "bundled corpus " + default_corpus_path() : o.train_path;
+    d.train.assign(s.train.begin(), s.train.end());
+    d.val.assign(s.val.begin(), s.val.end());
+    if (!o.val_path.empty()) {
+      auto v = read_text_bytes(o.val_path);
+      d.val.assign(v.begin(), v.end());
+    }
+    if (o.model.vocab_size < 256)
+      throw Error(detail::cat("byte-level text needs --vocab >= 256, got ", o.model.vocab_size));
+  } else {
+    if (o.val_path.empty()) throw Error("token shards need --val (a shard file or glob) for validation");
+    d.train = load_shards(o.train_path);
+    d.val = load_shards(o.val_path);
+    d.description = o.train_path;
+    if (!o.bytes_per_token.empty()) {
+      d.bytes_per_token = read_bytes_per_token(o.bytes_per_token, o.model.vocab_size);
+    } else {
+      std::fprintf(stderr, "train_gpt: warning: no --bytes-per-token table; counting one byte per token\n");
+    }
+  }
+  return d;
+}
+
+double evaluate_model(const nn::GPT<float>& model, const Data& d, const Options& o) {
+  SequentialBatcher val(d.val, o.batch, o.seq, o.model.vocab_size);
+  auto r = evaluate_bpb([&](const Tensor<int32_t>& x, const Tensor<int32_t>& y) { return model.loss(x, y); }, val,
+                        d.bytes_per_token, o.eval_batches);
+  return r.bpb;
+}
+
+int run(Options& o) {
+  if (o.threads > 0) omp_set_num_threads(o.threads);
+  Data data = load_data(o);
+  nn::GPT<float> model(o.model);
+  train::GolfOptimizers<float> opt(model, o.optim);
+  RandomBatcher batcher(data.train, o.batch, o.seq, o.seed, o.model.vocab_size);
+  int64_t start_step = 0;
+  if (!o.resume.empty()) {
+    auto ck = train::load_checkpoint(o.resume, model);
+    opt.load_state_dict(ck.optimizer_state);
+    start_step = std::stoll(ck.metadata.at("step"));
+    batcher.restore(BatcherState::parse(ck.metadata.at("batcher")));
+    std::fprintf(stderr, "train_gpt: resumed from %s at step %lld\n", o.resume.c_str(), (long long)start_step);
+  }
+  std::fprintf(stderr,
+               "train_gpt: %s GPT, %lld parameters (%lld layers, dim %lld, %lld/%lld heads, mlp x%lld, vocab %lld), "
+               "seq %lld, batch %lld, %d threads\n  data: %s (%zu train / %zu val tokens)\n",
+               o.model.ternary ? "ternary" : "full-precision", (long long)model.num_parameters(),
+               (long long)o.model.n_layers, (long long)o.model.dim, (long long)o.model.n_heads,
+               (long long)o.model.n_kv_heads, (long long)o.model.mlp_mult, (long long)o.model.vocab_size,
+               (long long)o.seq, (long long)o.batch, omp_get_max_threads(), data.description.c_str(), data.train.size(),
+               data.val.size());
+
+  std::ofstream log;
+  if (!o.log_path.empty()) {
+    log.open(o.log_path, std::ios::app);
+    if (!log) throw IOError(detail::cat("cannot open log file ", o.log_path));
+  }
+  optim::LrSchedule schedule{o.warmup, int64_t(o.warmdown * double(o.steps)), o.warmdown};
+  const int64_t total = o.steps > 0 ? o.steps : std::numeric_limits<int64_t>::max();
+  Progress progress("train", o.steps > 0 ? o.steps : 0, o.log_every);
+  const auto params = model.parameters();
+  int64_t step = start_step;
+  double loss_ema = 0;
+  for (; step < total; ++step) {
+    const double elapsed = progress.elapsed_seconds();
+    if (o.seconds > 0 && elapsed >= o.seconds) break;
+    const double lr_scale = o.seconds > 0 ? schedule.lr_multiplier_by_time(step, elapsed, o.seconds)
+                                          : schedule.lr_multiplier(step, o.steps);
+    opt.set_lr_scale(lr_scale);
+    Batch b = batcher.next();
+    auto loss = model.loss(b.inputs, b.targets);
+    const double loss_value = loss.item();
+    if (!std::isfinite(loss_value))
+      throw Error(detail::cat("the loss is ", loss_value, " at step ", step, "; lower the learning rates"));
+    loss.backward();
+    if (o.grad_clip > 0) optim::clip_grad_norm(params, o.grad_clip);
+    opt.step();
+    opt.zero_grad();
+    loss_ema = step == start_step ? loss_value : 0.9 * loss_ema + 0.1 * loss_value;
+    const double tok_s = double((step - start_step + 1) * o.batch * o.seq) / progress.elapsed_seconds();
+    char detail_text[128];
+    std::snprintf(detail_text, sizeof detail_text, "loss %.4f  %.0f tok/s", loss_ema, tok_s);
+    progress.update(step + 1, detail_text);
+    if (log.is_open())
+      log << nlohmann::json{{"step", step + 1}, {"loss", loss_value}, {"lr_scale", lr_scale}, {"tokens_per_s", tok_s}}.dump()
+          << "\n";
+    if (o.eval_every > 0 && (step + 1) % o.eval_every == 0)
+      std::fprintf(stderr, "\nstep %lld: val bpb %.4f\n", (long long)step + 1, evaluate_model(model, data, o));
+  }
+  progress.finish();
+  const double train_seconds = progress.elapsed_seconds();
+  const int64_t steps_done = step - start_step;
+  const double tokens_per_s = double(steps_done * o.batch * o.seq) / std::max(train_seconds, 1e-9);
+
+  if (!o.save.empty()) {
+    std::map<std::string, std::string> meta{{"step", std::to_string(step)}, {"batcher", batcher.state().to_string()},
+                                            {"gpt_config", gpt_config_to_json(o.model).dump()}};
+    train::save_checkpoint(o.save, model, opt.state_dict(), meta);
+    std::fprintf(stderr, "train_gpt: checkpoint saved to %s\n", o.save.c_str());
+  }
+  std::fprintf(stderr, "train_gpt: evaluating the trained weights...\n");
+  const double val_bpb = evaluate_model(model, data, o);
+  ExportOptions eo;
+  eo.codec = codec_from_name(o.codec);
+  const int64_t artifact_bytes = export_gpt_artifact(model, o.export_path, eo);
+  std::fprintf(stderr, "train_gpt: artifact %s: %lld bytes (%.2f%% of the %lld-byte Parameter Golf budget)\n",
+               o.export_path.c_str(), (long long)artifact_bytes, 100.0 * double(artifact_bytes) / kParameterGolfBudget,
+               (long long)kParameterGolfBudget);
+  auto reloaded = load_gpt_artifact(o.export_path);
+  const double val_bpb_artifact = evaluate_model(*reloaded, data, o);
+  std::fprintf(stderr, "train_gpt: val bpb %.4f (trained weights), %.4f (reloaded artifact)\n", val_bpb,
+               val_bpb_artifact);
+  nlohmann::json result{{"val_bpb", val_bpb},
+                        {"val_bpb_artifact", val_bpb_artifact},
+                        {"artifact_bytes", artifact_bytes},
+                        {"params", model.num_parameters()},
+                        {"ternary", o.model.ternary},
+                        {"steps", step},
+                        {"train_seconds", train_seconds},
+                        {"tokens_per_s", tokens_per_s}};
+  std::printf("%s\n", result.dump().c_str());
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{"Train a Parameter Golf GPT on CPU, export it, reload it and report bits per byte."};
+  nn::GPTConfig& m = o.model;
+  app.add_option("--preset", o.preset, "tiny (default: ~3 minutes on 2 cores) or golf (9x512, vocab 1024, seq 1024)");
+  app.add_option("--layers", m.n_layers, "transformer blocks");
+  app.add_option("--dim", m.dim, "model width");
+  app.add_option("--heads", m.n_heads, "attention (query) heads");
+  app.add_option("--kv-heads", m.n_kv_heads, "key/value heads (grouped-query attention)");
+  app.add_option("--mlp-mult", m.mlp_mult, "MLP width multiplier");
+  app.add_option("--vocab", m.vocab_size, "vocabulary size (>= 256 for byte-level text)");
+  app.add_option("--rope-base", m.rope_base, "RoPE base")->capture_default_str();
+  app.add_option("--softcap", m.logit_softcap, "logit softcap c in c*tanh(x/c)")->capture_default_str();
+  app.add_option("--qk-gain", m.qk_gain_init, "initial per-head query gain")->capture_default_str();
+  app.add_option("--seq", o.seq, "sequence length");
+  app.add_option("--batch", o.batch, "sequences per step");
+  app.add_option("--steps", o.steps, "training steps");
+  app.add_option("--seconds", o.seconds, "stop after this many seconds of training (wall clock)");
+  app.add_option("--warmup", o.warmup, "LR warmup steps")->capture_default_str();
+  app.add_option("--warmdown", o.warmdown, "fraction of the run with a linear LR warmdown")->capture_default_str();
+  app.add_option("--matrix-lr", o.optim.matrix_lr, "Muon learning rate (block matrices)")->capture_default_str();
+  app.add_option("--embed-lr", o.optim.embed_lr, "Adam learning rate (tied embedding)")->capture_default_str();
+  app.add_option("--scalar-lr", o.optim.scalar_lr, "Adam learning rate (vectors, scalars)")->capture_default_str();
+  app.add_option("--muon-momentum", o.optim.muon_momentum, "Muon momentum")->capture_default_str();
+  app.add_option("--weight-decay", o.optim.weight_decay, "decoupled weight decay on matrices")->capture_default_str();
+  app.add_option("--grad-clip", o.grad_clip, "clip the global gradient norm (0: off)")->capture_default_str();
+  app.add_flag("--ternary,!--no-ternary", m.ternary, "BitLinear (ternary) projections (default) or full precision");
+  app.add_flag("--extra-norm,!--no-extra-norm", m.extra_norm, "BitLinear's extra RMSNorm (default on)");
+  app.add_flag("--act-quant,!--no-act-quant", m.act_quant, "BitLinear's int8 activations (default on)");
+  app.add_option("--train", o.train_path, "training data: a text file, or a glob of token shards (*.bin)");
+  app.add_option("--val", o.val_path, "validation data (required with shards; default: the end of --train text)");
+  app.add_option("--val-fraction", o.val_fraction, "fraction of a text file kept for validation")->capture_default_str();
+  app.add_option("--bytes-per-token", o.bytes_per_token, "token byte lengths (one number per token id), for shards");
+  app.add_option("--eval-batches", o.eval_batches, "validation batches to score (0: all)")->capture_default_str();
+  app.add_option("--eval-every", o.eval_every, "also score validation every N steps (0: only at the end)");
+  app.add_option("--log-every", o.log_every, "progress line every N steps when stderr is not a terminal");
+  app.add_option("--threads", o.threads, "OpenMP threads (default: all cores)");
+  app.add_option("--seed", o.seed, "seed for initialisation and batches")->capture_default_str();
+  app.add_option("--save", o.save, "write a checkpoint (safetensors) after training");
+  app.add_option("--resume", o.resume, "resume from a checkpoint written by --save");
+  app.add_option("--export", o.export_path, "artifact path")->capture_default_str();
+  app.add_option("--codec", o.codec, "artifact compression: lzma, zstd, zlib or none")->capture_default_str();
+  app.add_option("--log", o.log_path, "append JSON lines (step, loss, lr_scale, tokens_per_s)");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    apply_preset(o, app);
+    o.model.validate();
+    return run(o);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "train_gpt: error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,143 @@
+// BitLinear (BitNet b1.58 with the extra RMSNorm of "An Extra RMSNorm is All You Need for
+// Fine Tuning to 1.58 Bits"):
+//
+//   y = int8(rms_norm(x) * g) . ternary(W)^T        W [out, in] latent, g [in], no bias
+//
+// Each part can be switched off (extra_norm, act_quant), and lambda in [0, 1] blends full
+// precision into the quantized weights and activations for gradual fine-tuning (lambda = 0
+// is a Linear with the extra norm, lambda = 1 plain BitLinear). After freeze() the layer
+// uses fixed trits and scales (a reloaded artifact); PackedBitLinear runs the same layer
+// with int8 x 2-bit integer kernels for inference.
+#pragma once
+
+#include <cmath>
+#include <memory>
+#include <optional>
+
+#include "ternary/backend/cpu/ternary_gemm.hpp"
+#include "ternary/nn/projection.hpp"
+#include "ternary/nn/rmsnorm.hpp"
+#include "ternary/ops/matmul.hpp"
+#include "ternary/quant/activation.hpp"
+#include "ternary/quant/packing.hpp"
+#include "ternary/quant/quest.hpp"
+#include "ternary/quant/ternary.hpp"
+
+namespace ternary::nn {
+
+struct BitLinearConfig {
+  bool extra_norm = true;     // RMSNorm (learnable gain) before the projection
+  bool act_quant = true;      // per-token int8 activations
+  quant::TernaryConfig weight{};
+  double norm_eps = 1e-6;
+};
+
+template <class T = float, class B = cpu, class Estimator = quant::STE>
+class BitLinear : public Projection<T, B> {
+ public:
+  BitLinear(int64_t in, int64_t out, Rng& rng, BitLinearConfig c = {}) : c_(c) {
+    if (in <= 0 || out <= 0) throw ShapeError(detail::cat("BitLinear: sizes must be positive, got in ", in, ", out ", out));
+    const double bound = 1.0 / std::sqrt(double(in));
+    weight_ = this->register_parameter("weight", Tensor<T, B>::rand({out, in}, rng, -bound, bound));
+    quant::scale_group(weight_.shape(), c_.weight);  // a bad group size fails here, not mid-run
+    if (c_.extra_norm) {
+      norm_ = std::make_unique<RMSNorm<T, B>>(in, c_.norm_eps);
+      this->register_module("norm", *norm_);
+    }
+  }
+
+  Var<T, B> forward(const Var<T, B>& x) const override {
+    if (x.size(-1) != weight_.size(1))
+      throw ShapeError(detail::cat("BitLinear: input ", x.shape(), " does not match weight [out, in] = ", weight_.shape()));
+    Var<T, B> h = norm_ ? norm_->forward(x) : x;
+    if (c_.act_quant) h = quant::quantize_activations(h, lambda_);
+    return linear(h, quantized_weight());
+  }
+  // The weight the forward pass multiplies by (blended by lambda; fixed once frozen).
+  Var<T, B> quantized_weight() const {
+    if (frozen_) return frozen_weight_;
+    return Estimator::apply(weight_, c_.weight, lambda_);
+  }
+  Var<T, B> weight() const override { return weight_; }
+  bool is_ternary() const override { return true; }
+  const RMSNorm<T, B>* norm() const { return norm_.get(); }
+  const BitLinearConfig& config() const { return c_; }
+
+  void set_lambda(double lambda) {
+    if (!(lambda >= 0 && lambda <= 1)) throw Error(detail::cat("BitLinear: lambda must lie in [0, 1], got ", lambda));
+    lambda_ = lambda;
+  }
+  double lambda() const { return lambda_; }
+
+  // The trits and scales the forward pass uses at lambda = 1 (what export writes).
+  quant::TernaryWeights ternary_weights() const {
+    return frozen_ ? *frozen_ : Estimator::quantize(weight_.value(), c_.weight);
+  }
+  // Uses these exact trits and scales from now on (e.g. after loading an artifact).
+  void freeze(quant::TernaryWeights q) {
+    if (!(q.shape == weight_.shape()))
+      throw ShapeError(detail::cat("BitLinear::freeze: trits of shape ", q.shape, " for a weight of shape ", weight_.shape()));
+    frozen_weight_ = Var<T, B>::constant(q.template dequantize<T>());
+    frozen_ = std::move(q);
+  }
+  bool frozen() const { return frozen_.has_value(); }
+
+ private:
+  BitLinearConfig c_;
+  Var<T, B> weight_;
+  std::unique_ptr<RMSNorm<T, B>> norm_;
+  double lambda_ = 1.0;
+  std::optional<quant::TernaryWeights> frozen_;
+  Var<T, B> frozen_weight_;
+};
+
+// Inference form of a BitLinear (lambda = 1): 2-bit packed trits, int8 activations,
+// int32 dot products. forward() matches BitLinear::forward within float rounding.
+class PackedBitLinear {
+ public:
+  template <class Estimator>
+  explicit PackedBitLinear(const BitLinear<float, cpu, Estimator>& layer) : c_(layer.config()) {
+    if constexpr (!std::is_same_v<Estimator, quant::STE>)
+      static_assert(std::is_same_v<Estimator, quant::STE>, "PackedBitLinear: only STE (absmean) layers have a packed form");
+    auto q = layer.ternary_weights();
+    out_ = q.shape[0];
+    in_ = q.shape[1];
+    group_ = q.group;
+    scales_ = q.scales;
+    packed_ = pack_trits_2bit(q.trits);
+    if (layer.norm()) gain_ = layer.norm()->gain().value().clone();
+  }
+  // x [..., in] -> [..., out]
+  Tensor<float> forward(const Tensor<float>& x) const {
+    if (x.size(-1) != in_)
+      throw ShapeError(detail::cat("PackedBitLinear: input ", x.shape(), " for a layer of ", in_, " inputs"));
+    Tensor<float> h = gain_.defined() ? rms_norm(x, gain_, c_.norm_eps) : x.contiguous();
+    const int64_t rows = h.numel() / in_;
+    Shape out_shape = x.shape();
+    out_shape[out_shape.size() - 1] = out_;
+    auto out = Tensor<float>::empty(out_shape);
+    std::vector<int8_t> act;
+    std::vector<float> ascale;
+    if (c_.act_quant) {
+      quant::quantize_rows_int8(h, act, ascale);
+      backend::ternary_gemm_reference(cpu{}, act.data(), ascale.data(), rows, in_, packed_.data(), scales_.data(),
+                                      group_, out_, out.data());
+    } else {  // float activations: multiply by the dequantized weight
+      auto w = Tensor<float>::empty({out_, in_});
+      auto trits = unpack_trits_2bit(packed_, out_ * in_);
+      for (int64_t i = 0; i < out_ * in_; ++i) w.data()[i] = scales_[i / group_] * float(trits[i]);
+      out = matmul(h, w.t());
+    }
+    return out;
+  }
+  int64_t packed_bytes() const { return int64_t(packed_.size() + scales_.size() * sizeof(float)); }
+
+ private:
+  BitLinearConfig c_;
+  int64_t in_ = 0, out_ = 0, group_ = 1;
+  std::vector<float> scales_;
+  std::vector<uint8_t> packed_;
+  Tensor<float> gain_;
+};
+
+}  // namespace ternary::nn

@@ -1,0 +1,249 @@
+// The Parameter Golf GPT (the baseline shape of openai/parameter-golf's train_gpt.py):
+//
+//   x0 = rms_norm(embed(ids))
+//   encoder blocks 0 .. L/2-1:   x = block(x, x0), each output pushed on a skip stack
+//   decoder blocks L/2 .. L-1:   x = x + skip_weight[i] * skips.pop(); x = block(x, x0)
+//   logits = softcap(rms_norm(x) E^T)          (E = the embedding, tied)
+//
+//   block(x, x0):  x = mix[0] * x + mix[1] * x0                 (learned residual mix)
+//                  x = x + attn_scale * attn(rms_norm(x))
+//                  x = x + mlp_scale * proj(relu(fc(rms_norm(x)))^2)
+//   attn(x):       q, k, v = Wq x, Wk x, Wv x  (GQA: fewer kv heads)
+//                  q, k = rope(rms_norm(q)), rope(rms_norm(k));  q *= q_gain (per head)
+//                  proj(causal_attention(q, k, v))
+//
+// Every projection (Wq, Wk, Wv, attention proj, fc, mlp proj) is a Linear or, with
+// config.ternary, a BitLinear (extra RMSNorm + int8 activations + ternary weights).
+#pragma once
+
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ternary/nn/bitlinear.hpp"
+#include "ternary/nn/linear.hpp"
+#include "ternary/nn/module.hpp"
+#include "ternary/ops/attention.hpp"
+#include "ternary/ops/elementwise.hpp"
+#include "ternary/ops/embedding.hpp"
+#include "ternary/ops/loss.hpp"
+#include "ternary/ops/matmul.hpp"
+#include "ternary/ops/norm.hpp"
+#include "ternary/ops/rope.hpp"
+#include "ternary/ops/view.hpp"
+
+namespace ternary::nn {
+
+struct GPTConfig {
+  int64_t vocab_size = 256;
+  int64_t n_layers = 4;
+  int64_t dim = 128;
+  int64_t n_heads = 4;
+  int64_t n_kv_heads = 2;
+  int64_t mlp_mult = 2;
+  double rope_base = 10000.0;
+  double logit_softcap = 30.0;
+  double qk_gain_init = 1.5;
+  double tied_embed_init_std = 0.005;
+  double norm_eps = 1e-6;
+  bool ternary = true;      // BitLinear projections (else full-precision Linear)
+  bool extra_norm = true;   // BitLinear's extra RMSNorm before each projection
+  bool act_quant = true;    // BitLinear's int8 activations
+  uint64_t seed = 1337;
+
+  int64_t head_dim() const { return dim / n_heads; }
+  int64_t kv_dim() const { return n_kv_heads * head_dim(); }
+  // Throws with the offending values if the shape is inconsistent.
+  void validate() const {
+    auto bad = [](const std::string& m) { throw Error("GPTConfig: " + m); };
+    if (vocab_size <= 0 || n_layers <= 0 || dim <= 0 || n_heads <= 0 || n_kv_heads <= 0 || mlp_mult <= 0)
+      bad(detail::cat("all sizes must be positive (vocab ", vocab_size, ", layers ", n_layers, ", dim ", dim,
+                      ", heads ", n_heads, ", kv heads ", n_kv_heads, ", mlp_mult ", mlp_mult, ")"));
+    if (dim % n_heads) bad(detail::cat("dim ", dim, " is not a multiple of n_heads ", n_heads));
+    if (head_dim() % 2) bad(detail::cat("head_dim ", head_dim(), " must be even for RoPE"));
+    if (n_heads % n_kv_heads) bad(detail::cat("n_heads ", n_heads, " is not a multiple of n_kv_heads ", n_kv_heads));
+    if (!(logit_softcap > 0)) bad(detail::cat("logit_softcap must be positive, got ", logit_softcap));
+  }
+};
+
+// A projection that is a Linear or a BitLinear, chosen by the config.
+template <class T = float, class B = cpu>
+std::unique_ptr<Projection<T, B>> make_projection(int64_t in, int64_t out, const GPTConfig& c, Rng& rng,
+                                                  bool zero_init) {
+  std::unique_ptr<Projection<T, B>> p;
+  if (c.ternary) {
+    BitLinearConfig bc;
+    bc.extra_norm = c.extra_norm;
+    bc.act_quant = c.act_quant;
+    p = std::make_unique<BitLinear<T, B>>(in, out, rng, bc);
+  } else {
+    p = std::make_unique<Linear<T, B>>(in, out, rng);
+  }
+  if (zero_init) p->weight().value().fill(T(0));
+  return p;
+}
+
+template <class T = float, class B = cpu>
+class CausalSelfAttention : public Module<T, B> {
+ public:
+  using VarT = Var<T, B>;
+  CausalSelfAttention(const GPTConfig& c, Rng& rng) : c_(c) {
+    wq_ = make_projection<T, B>(c.dim, c.dim, c, rng, false);
+    wk_ = make_projection<T, B>(c.dim, c.kv_dim(), c, rng, false);
+    wv_ = make_projection<T, B>(c.dim, c.kv_dim(), c, rng, false);
+    proj_ = make_projection<T, B>(c.dim, c.dim, c, rng, true);
+    this->register_module("c_q", *wq_);
+    this->register_module("c_k", *wk_);
+    this->register_module("c_v", *wv_);
+    this->register_module("proj", *proj_);
+    q_gain_ = this->register_parameter("q_gain", Tensor<T, B>::full({c.n_heads}, T(c.qk_gain_init)));
+  }
+  // x [B, T, D] -> [B, T, D]
+  VarT forward(const VarT& x) const {
+    const int64_t Bn = x.size(0), Tn = x.size(1), Dh = c_.head_dim();
+    auto heads = [&](const VarT& y, int64_t h) {  // [B, T, h*Dh] -> [B, h, T, Dh]
+      return permute(reshape(y, {Bn, Tn, h, Dh}), {0, 2, 1, 3});
+    };
+    VarT q = heads(wq_->forward(x), c_.n_heads);
+    VarT k = heads(wk_->forward(x), c_.n_kv_heads);
+    VarT v = heads(wv_->forward(x), c_.n_kv_heads);
+    q = rope(rms_norm(q, c_.norm_eps), c_.rope_base);
+    k = rope(rms_norm(k, c_.norm_eps), c_.rope_base);
+    q = q * reshape(q_gain_, {c_.n_heads, 1, 1});
+    VarT y = causal_attention(q, k, v);                   // [B, H, T, Dh]
+    y = reshape(permute(y, {0, 2, 1, 3}), {Bn, Tn, c_.dim});
+    return proj_->forward(y);
+  }
+  void collect_projections(const std::string& prefix, std::vector<std::pair<std::string, Projection<T, B>*>>& out) const {
+    out.emplace_back(prefix + "c_q", wq_.get());
+    out.emplace_back(prefix + "c_k", wk_.get());
+    out.emplace_back(prefix + "c_v", wv_.get());
+    out.emplace_back(prefix + "proj", proj_.get());
+  }
+
+ private:
+  GPTConfig c_;
+  std::unique_ptr<Projection<T, B>> wq_, wk_, wv_, proj_;
+  VarT q_gain_;
+};
+
+template <class T = float, class B = cpu>
+class MLP : public Module<T, B> {
+ public:
+  MLP(const GPTConfig& c, Rng& rng) {
+    fc_ = make_projection<T, B>(c.dim, c.mlp_mult * c.dim, c, rng, false);
+    proj_ = make_projection<T, B>(c.mlp_mult * c.dim, c.dim, c, rng, true);
+    this->register_module("fc", *fc_);
+    this->register_module("proj", *proj_);
+  }
+  Var<T, B> forward(const Var<T, B>& x) const { return proj_->forward(relu2(fc_->forward(x))); }
+  void collect_projections(const std::string& prefix, std::vector<std::pair<std::string, Projection<T, B>*>>& out) const {
+    out.emplace_back(prefix + "fc", fc_.get());
+    out.emplace_back(prefix + "proj", proj_.get());
+  }
+
+ private:
+  std::unique_ptr<Projection<T, B>> fc_, proj_;
+};
+
+template <class T = float, class B = cpu>
+class Block : public Module<T, B> {
+ public:
+  using VarT = Var<T, B>;
+  Block(const GPTConfig& c, Rng& rng) : c_(c), attn_(c, rng), mlp_(c, rng) {
+    this->register_module("attn", attn_);
+    this->register_module("mlp", mlp_);
+    attn_scale_ = this->register_parameter("attn_scale", Tensor<T, B>::ones({c.dim}));
+    mlp_scale_ = this->register_parameter("mlp_scale", Tensor<T, B>::ones({c.dim}));
+    auto mix = Tensor<T, B>::zeros({2, c.dim});
+    mix.select(0, 0).fill(T(1));
+    resid_mix_ = this->register_parameter("resid_mix", mix);
+  }
+  VarT forward(const VarT& x_in, const VarT& x0) const {
+    VarT x = select(resid_mix_, 0, 0) * x_in + select(resid_mix_, 0, 1) * x0;
+    x = x + attn_scale_ * attn_.forward(rms_norm(x, c_.norm_eps));
+    x = x + mlp_scale_ * mlp_.forward(rms_norm(x, c_.norm_eps));
+    return x;
+  }
+  void collect_projections(const std::string& prefix, std::vector<std::pair<std::string, Projection<T, B>*>>& out) const {
+    attn_.collect_projections(prefix + "attn.", out);
+    mlp_.collect_projections(prefix + "mlp.", out);
+  }
+
+ private:
+  GPTConfig c_;
+  CausalSelfAttention<T, B> attn_;
+  MLP<T, B> mlp_;
+  VarT attn_scale_, mlp_scale_, resid_mix_;
+};
+
+template <class T = float, class B = cpu>
+class GPT : public Module<T, B> {
+ public:
+  using VarT = Var<T, B>;
+  explicit GPT(const GPTConfig& c) : c_(c) {
+    c.validate();
+    Rng rng(c.seed);
+    tok_emb_ = this->register_parameter("tok_emb.weight",
+                                        Tensor<T, B>::randn({c.vocab_size, c.dim}, rng, 0, c.tied_embed_init_std));
+    n_encoder_ = c.n_layers / 2;
+    n_decoder_ = c.n_layers - n_encoder_;
+    const int64_t n_skip = std::min(n_encoder_, n_decoder_);
+    if (n_skip > 0) skip_weights_ = this->register_parameter("skip_weights", Tensor<T, B>::ones({n_skip, c.dim}));
+    for (int64_t i = 0; i < c.n_layers; ++i) {
+      blocks_.push_back(std::make_unique<Block<T, B>>(c, rng));
+      this->register_module("blocks." + std::to_string(i), *blocks_.back());
+    }
+  }
+  const GPTConfig& config() const { return c_; }
+
+  // Final hidden states [B, T, D] (before the output norm) for token ids [B, T].
+  VarT hidden(const Tensor<int32_t, B>& ids) const {
+    if (ids.dim() != 2) throw ShapeError(detail::cat("GPT: token ids must be [batch, seq], got ", ids.shape()));
+    VarT x = rms_norm(embedding(tok_emb_, ids), c_.norm_eps);
+    const VarT x0 = x;
+    std::vector<VarT> skips;
+    for (int64_t i = 0; i < n_encoder_; ++i) {
+      x = blocks_[i]->forward(x, x0);
+      skips.push_back(x);
+    }
+    for (int64_t i = 0; i < n_decoder_; ++i) {
+      if (!skips.empty()) {
+        x = x + select(skip_weights_, 0, i) * skips.back();
+        skips.pop_back();
+      }
+      x = blocks_[n_encoder_ + i]->forward(x, x0);
+    }
+    return rms_norm(x, c_.norm_eps);
+  }
+  // Logits before the softcap [B, T, V] (tied embedding as the output head).
+  VarT logits_raw(const Tensor<int32_t, B>& ids) const { return linear(hidden(ids), tok_emb_); }
+  // Softcapped logits [B, T, V].
+  VarT logits(const Tensor<int32_t, B>& ids) const { return softcap(logits_raw(ids), c_.logit_softcap); }
+  // Mean cross-entropy (nats) of the softcapped logits against targets [B, T].
+  VarT loss(const Tensor<int32_t, B>& ids, const Tensor<int32_t, B>& targets) const {
+    return softcap_cross_entropy(logits_raw(ids), targets, c_.logit_softcap);
+  }
+
+  // The projections, in order, for layer-wise quantization schedules and export.
+  std::vector<Projection<T, B>*> projections() const {
+    std::vector<Projection<T, B>*> out;
+    for (auto& [name, m] : projection_modules()) out.push_back(m);
+    return out;
+  }
+  std::vector<std::pair<std::string, Projection<T, B>*>> projection_modules() const {
+    std::vector<std::pair<std::string, Projection<T, B>*>> out;
+    for (size_t i = 0; i < blocks_.size(); ++i) blocks_[i]->collect_projections("blocks." + std::to_string(i) + ".", out);
+    return out;
+  }
+  int64_t num_layers() const { return c_.n_layers; }
+
+ private:
+  GPTConfig c_;
+  VarT tok_emb_, skip_weights_;
+  int64_t n_encoder_ = 0, n_decoder_ = 0;
+  std::vector<std::unique_ptr<Block<T, B>>> blocks_;
+};
+
+}  // namespace ternary::nn

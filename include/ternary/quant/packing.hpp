@@ -1,0 +1,73 @@
+// Packing trits {-1, 0, 1} into bytes, for export and for the inference kernels.
+//   base-3:  5 trits per byte (3^5 = 243 <= 256), 1.6 bits per weight. Byte b holds trits
+//            5b .. 5b+4 as sum_i (t_i + 1) 3^i; a short last byte pads with trit 0.
+//   2-bit:   4 trits per byte, code t + 1 in bits 2i..2i+1 (code 3 is invalid); 2 bits per
+//            weight, but decodable with shifts and masks (what SIMD kernels want).
+// pack and unpack are exact inverses; bad input (a value outside {-1, 0, 1}, a byte that is
+// not a valid code, a buffer of the wrong size) throws naming the position.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "ternary/core/error.hpp"
+
+namespace ternary {
+
+namespace detail {
+inline void check_trit(int8_t t, size_t i, const char* op) {
+  if (t < -1 || t > 1) throw Error(cat(op, ": value ", int(t), " at position ", i, " is not a trit (-1, 0, 1)"));
+}
+}  // namespace detail
+
+inline std::vector<uint8_t> pack_trits_base3(std::span<const int8_t> trits) {
+  std::vector<uint8_t> out((trits.size() + 4) / 5, 0);
+  for (size_t b = 0; b < out.size(); ++b) {
+    unsigned v = 0, p = 1;
+    for (size_t i = 5 * b; i < std::min(trits.size(), 5 * b + 5); ++i, p *= 3) {
+      detail::check_trit(trits[i], i, "pack_trits_base3");
+      v += unsigned(trits[i] + 1) * p;
+    }
+    for (size_t i = trits.size(); i < 5 * b + 5; ++i, p *= 3) v += 1 * p;  // pad with trit 0
+    out[b] = uint8_t(v);
+  }
+  return out;
+}
+
+inline std::vector<int8_t> unpack_trits_base3(std::span<const uint8_t> bytes, int64_t n) {
+  if (n < 0 || bytes.size() != size_t((n + 4) / 5))
+    throw Error(ternary::detail::cat("unpack_trits_base3: ", bytes.size(), " bytes for ", n, " trits (needs ", (n + 4) / 5, ")"));
+  std::vector<int8_t> out(n);
+  for (size_t b = 0; b < bytes.size(); ++b) {
+    unsigned v = bytes[b];
+    if (v >= 243) throw Error(ternary::detail::cat("unpack_trits_base3: byte ", b, " is ", v, ", not a base-3 code (< 243)"));
+    for (size_t i = 5 * b; i < 5 * b + 5; ++i, v /= 3)
+      if (i < size_t(n)) out[i] = int8_t(int(v % 3) - 1);
+  }
+  return out;
+}
+
+inline std::vector<uint8_t> pack_trits_2bit(std::span<const int8_t> trits) {
+  std::vector<uint8_t> out((trits.size() + 3) / 4, 0);
+  for (size_t i = 0; i < trits.size(); ++i) {
+    detail::check_trit(trits[i], i, "pack_trits_2bit");
+    out[i / 4] |= uint8_t((trits[i] + 1) << (2 * (i % 4)));
+  }
+  for (size_t i = trits.size(); i < out.size() * 4; ++i) out[i / 4] |= uint8_t(1 << (2 * (i % 4)));  // pad: 0
+  return out;
+}
+
+inline std::vector<int8_t> unpack_trits_2bit(std::span<const uint8_t> bytes, int64_t n) {
+  if (n < 0 || bytes.size() != size_t((n + 3) / 4))
+    throw Error(ternary::detail::cat("unpack_trits_2bit: ", bytes.size(), " bytes for ", n, " trits (needs ", (n + 3) / 4, ")"));
+  std::vector<int8_t> out(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const int code = (bytes[i / 4] >> (2 * (i % 4))) & 3;
+    if (code == 3) throw Error(ternary::detail::cat("unpack_trits_2bit: invalid code 3 for trit ", i, " (byte ", i / 4, ")"));
+    out[i] = int8_t(code - 1);
+  }
+  return out;
+}
+
+}  // namespace ternary

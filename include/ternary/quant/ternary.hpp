@@ -1,0 +1,133 @@
+// Ternary weights (BitNet b1.58): w -> s * clamp(round(w / s), -1, 1), s = mean(|w|) + eps,
+// one scale per tensor, per output row, or per group of k consecutive weights of a row.
+//
+// Ternary<Estimator> holds the latent full-precision weight (the parameter the optimizer
+// updates) and produces the weight the forward pass uses. The estimator decides the
+// quantizer and its gradient:
+//   STE    absmean quantizer; gradient straight through: w + stop_gradient(q(w) - w)
+//   QuEST  Hadamard-domain quantizer with a Gaussian-fit clip and a trust mask (quest.hpp)
+// A lambda in [0, 1] blends full precision into ternary for gradual fine-tuning:
+//   w_used = w + lambda * stop_gradient(q(w) - w)   (lambda = 0: w exactly; 1: q(w) exactly)
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "ternary/autograd/var.hpp"
+
+namespace ternary::quant {
+
+enum class Granularity { per_tensor, per_row, per_group };
+
+struct TernaryConfig {
+  Granularity granularity = Granularity::per_tensor;
+  int64_t group_size = 128;  // per_group: consecutive weights of a row sharing a scale
+  double eps = 1e-5;         // added to the absmean: an all-zero block gets scale eps, trits 0
+};
+
+// The exact numbers a ternary forward pass uses: trits in {-1, 0, 1} (row-major) and one
+// scale per `group` consecutive elements. value[i] = scales[i / group] * trits[i].
+struct TernaryWeights {
+  Shape shape;
+  std::vector<int8_t> trits;
+  std::vector<float> scales;
+  int64_t group = 0;
+
+  template <class T = float>
+  Tensor<T> dequantize() const {
+    auto t = Tensor<T>::empty(shape);
+    for (size_t i = 0; i < trits.size(); ++i) t.data()[i] = T(scales[i / group]) * T(trits[i]);
+    return t;
+  }
+};
+
+// Elements per scale for a [rows, cols] weight (or any shape: rows = shape[0]).
+inline int64_t scale_group(const Shape& shape, const TernaryConfig& c) {
+  const int64_t n = numel(shape);
+  const int64_t cols = shape.size() ? n / std::max<int64_t>(shape[0], 1) : n;
+  switch (c.granularity) {
+    case Granularity::per_tensor: return std::max<int64_t>(n, 1);
+    case Granularity::per_row: return std::max<int64_t>(cols, 1);
+    case Granularity::per_group:
+      if (c.group_size <= 0 || cols % c.group_size != 0)
+        throw ShapeError(ternary::detail::cat("ternary: group size ", c.group_size, " does not divide the row length ", cols,
+                                     " of a weight of shape ", shape));
+      return c.group_size;
+  }
+  return n;
+}
+
+// Absmean ternary quantization. Rounding is half to even (as torch.round).
+template <class T, class B>
+TernaryWeights quantize_absmean(const Tensor<T, B>& w, const TernaryConfig& c = {}) {
+  const Tensor<T, B> wc = w.contiguous();
+  TernaryWeights q;
+  q.shape = w.shape();
+  const int64_t n = wc.numel();
+  q.group = scale_group(w.shape(), c);
+  const int64_t n_groups = n / q.group;
+  q.trits.resize(n);
+  q.scales.resize(n_groups);
+  const T* x = wc.data();
+#pragma omp parallel for schedule(static) if (n >= (1 << 16))
+  for (int64_t g = 0; g < n_groups; ++g) {
+    const T* xg = x + g * q.group;
+    double sum_abs = 0;
+    for (int64_t i = 0; i < q.group; ++i) sum_abs += std::abs(double(xg[i]));
+    const float s = float(sum_abs / double(q.group) + c.eps);
+    q.scales[g] = s;
+    for (int64_t i = 0; i < q.group; ++i) {
+      const float r = std::nearbyint(float(xg[i]) / s);
+      q.trits[g * q.group + i] = int8_t(r > 1.f ? 1.f : (r < -1.f ? -1.f : r));
+    }
+  }
+  return q;
+}
+
+namespace detail {
+// w + lambda * (q - w) with the exact end points the gradual schedule promises.
+template <class T, class B>
+Tensor<T, B> blend(const Tensor<T, B>& w, const Tensor<T, B>& q, double lambda) {
+  if (lambda >= 1) return q;
+  if (lambda <= 0) return w.contiguous();
+  return Tensor<T, B>(w + (q - w) * T(lambda));
+}
+}  // namespace detail
+
+// Straight-through estimator with the absmean quantizer.
+struct STE {
+  static constexpr const char* name = "ste";
+  template <class T, class B>
+  static TernaryWeights quantize(const Tensor<T, B>& w, const TernaryConfig& c) { return quantize_absmean(w, c); }
+  // Forward: the blended weight; backward: the identity.
+  template <class T, class B>
+  static Var<T, B> apply(const Var<T, B>& w, const TernaryConfig& c, double lambda) {
+    if (lambda <= 0) return w;
+    auto q = quantize(w.value(), c).template dequantize<T>();
+    return Var<T, B>::record("ternary_ste", detail::blend(w.value(), q, lambda), {w},
+                             [w](const Tensor<T, B>& g) { w.accumulate_grad(g); });
+  }
+};
+
+// A latent full-precision weight seen through a ternary estimator.
+template <class Estimator = STE, class T = float, class B = cpu>
+class Ternary {
+ public:
+  Ternary() = default;
+  Ternary(Var<T, B> latent, TernaryConfig config) : latent_(std::move(latent)), config_(config) {
+    scale_group(latent_.shape(), config_);  // validates the group size now, not mid-training
+  }
+  // The weight the forward pass uses (lambda = 1: fully ternary).
+  Var<T, B> forward(double lambda = 1.0) const { return Estimator::apply(latent_, config_, lambda); }
+  // The trits and scales of the current latent weight (what export writes).
+  TernaryWeights quantized() const { return Estimator::quantize(latent_.value(), config_); }
+  const Var<T, B>& latent() const { return latent_; }
+  const TernaryConfig& config() const { return config_; }
+
+ private:
+  Var<T, B> latent_;
+  TernaryConfig config_;
+};
+
+}  // namespace ternary::quant

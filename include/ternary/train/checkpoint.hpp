@@ -1,0 +1,48 @@
+// Checkpoints: one safetensors file with the model's parameters (by name), the optimizer
+// state ("optim.*") and metadata (step, data position, anything the caller adds). Written
+// to a temporary file and renamed, so a crash never leaves half a checkpoint.
+#pragma once
+
+#include <map>
+#include <string>
+
+#include "ternary/io/safetensors.hpp"
+#include "ternary/nn/module.hpp"
+
+namespace ternary::train {
+
+template <class T, class B>
+void save_checkpoint(const std::string& path, const nn::Module<T, B>& model,
+                     const std::map<std::string, Tensor<T, B>>& optimizer_state,
+                     const std::map<std::string, std::string>& metadata) {
+  Safetensors st;
+  for (auto& [name, p] : model.named_parameters()) st.tensors[name] = TensorBlob::from(p.value());
+  for (auto& [name, t] : optimizer_state) st.tensors[name] = TensorBlob::from(t);
+  st.metadata = metadata;
+  save_safetensors(path, st.tensors, st.metadata);
+}
+
+struct LoadedCheckpoint {
+  std::map<std::string, Tensor<float>> optimizer_state;
+  std::map<std::string, std::string> metadata;
+};
+
+// Loads parameters into `model` (names and shapes must match) and returns the rest.
+inline LoadedCheckpoint load_checkpoint(const std::string& path, nn::Module<float>& model) {
+  Safetensors st = load_safetensors(path);
+  std::map<std::string, Tensor<float>> params;
+  LoadedCheckpoint out;
+  for (auto& [name, blob] : st.tensors) {
+    if (name.rfind("optim.", 0) == 0) out.optimizer_state[name] = blob.as<float>();
+    else params[name] = blob.as<float>();
+  }
+  try {
+    model.load_parameters(params);
+  } catch (const Error& e) {
+    throw IOError(detail::cat("checkpoint ", path, ": ", e.what()));
+  }
+  out.metadata = st.metadata;
+  return out;
+}
+
+}  // namespace ternary::train
