@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ternary/gpt.hpp"
+#include "ternary/train/loop.hpp"
 
 using namespace ternary;
 
@@ -142,47 +143,24 @@ int run(Options& o) {
                (long long)o.seq, (long long)o.batch, omp_get_max_threads(), data.description.c_str(), data.train.size(),
                data.val.size());
 
-  std::ofstream log;
-  if (!o.log_path.empty()) {
-    log.open(o.log_path, std::ios::app);
-    if (!log) throw IOError(detail::cat("cannot open log file ", o.log_path));
-  }
-  optim::LrSchedule schedule{o.warmup, int64_t(o.warmdown * double(o.steps)), o.warmdown};
-  const int64_t total = o.steps > 0 ? o.steps : std::numeric_limits<int64_t>::max();
-  Progress progress("train", o.steps > 0 ? o.steps : 0, o.log_every);
-  const auto params = model.parameters();
-  int64_t step = start_step;
-  double loss_ema = 0;
-  for (; step < total; ++step) {
-    const double elapsed = progress.elapsed_seconds();
-    if (o.seconds > 0 && elapsed >= o.seconds) break;
-    const double lr_scale = o.seconds > 0 ? schedule.lr_multiplier_by_time(step, elapsed, o.seconds)
-                                          : schedule.lr_multiplier(step, o.steps);
-    opt.set_lr_scale(lr_scale);
-    Batch b = batcher.next();
-    auto loss = model.loss(b.inputs, b.targets);
-    const double loss_value = loss.item();
-    if (!std::isfinite(loss_value))
-      throw Error(detail::cat("the loss is ", loss_value, " at step ", step, "; lower the learning rates"));
-    loss.backward();
-    if (o.grad_clip > 0) optim::clip_grad_norm(params, o.grad_clip);
-    opt.step();
-    opt.zero_grad();
-    loss_ema = step == start_step ? loss_value : 0.9 * loss_ema + 0.1 * loss_value;
-    const double tok_s = double((step - start_step + 1) * o.batch * o.seq) / progress.elapsed_seconds();
-    char detail_text[128];
-    std::snprintf(detail_text, sizeof detail_text, "loss %.4f  %.0f tok/s", loss_ema, tok_s);
-    progress.update(step + 1, detail_text);
-    if (log.is_open())
-      log << nlohmann::json{{"step", step + 1}, {"loss", loss_value}, {"lr_scale", lr_scale}, {"tokens_per_s", tok_s}}.dump()
-          << "\n";
-    if (o.eval_every > 0 && (step + 1) % o.eval_every == 0)
-      std::fprintf(stderr, "\nstep %lld: val bpb %.4f\n", (long long)step + 1, evaluate_model(model, data, o));
-  }
-  progress.finish();
-  const double train_seconds = progress.elapsed_seconds();
-  const int64_t steps_done = step - start_step;
-  const double tokens_per_s = double(steps_done * o.batch * o.seq) / std::max(train_seconds, 1e-9);
+  train::LoopOptions lo;
+  lo.steps = o.steps;
+  lo.seconds = o.seconds;
+  lo.start_step = start_step;
+  lo.warmup = o.warmup;
+  lo.warmdown = o.warmdown;
+  lo.grad_clip = o.grad_clip;
+  lo.log_every = o.log_every;
+  lo.log_path = o.log_path;
+  std::function<void(int64_t)> eval_hook;
+  if (o.eval_every > 0)
+    eval_hook = [&](int64_t s) {
+      if (s > start_step && s % o.eval_every == 0)
+        std::fprintf(stderr, "\nstep %lld: val bpb %.4f\n", (long long)s, evaluate_model(model, data, o));
+    };
+  const train::LoopResult trained = train::train_loop(model, opt, batcher, lo, eval_hook);
+  const int64_t step = trained.steps;
+  const double train_seconds = trained.seconds, tokens_per_s = trained.tokens_per_s;
 
   if (!o.save.empty()) {
     std::map<std::string, std::string> meta{{"step", std::to_string(step)}, {"batcher", batcher.state().to_string()},

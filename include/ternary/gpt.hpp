@@ -17,4 +17,5 @@
 #include "ternary/train/checkpoint.hpp"
 #include "ternary/train/evaluate.hpp"
 #include "ternary/train/golf_optimizers.hpp"
+#include "ternary/train/loop.hpp"
 #include "ternary/train/progress.hpp"

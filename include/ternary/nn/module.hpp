@@ -51,17 +51,30 @@ class Module {
   void zero_grad() {
     for (auto& [name, v] : named_parameters()) v.zero_grad();
   }
-  // Copies values into the parameters (shapes must match; names must all be present).
-  void load_parameters(const std::map<std::string, TensorT>& values) {
-    for (auto& [name, v] : named_parameters()) {
+  // Copies values into the parameters; shapes must match. Strict: every parameter must be
+  // present. Not strict: parameters missing from `values` keep their current values (e.g.
+  // the extra norms a ternary model adds to a full-precision checkpoint); returns their names.
+  // Names in `values` that the model does not have are always an error.
+  std::vector<std::string> load_parameters(const std::map<std::string, TensorT>& values, bool strict = true) {
+    std::vector<std::string> missing;
+    std::map<std::string, VarT> mine;
+    for (auto& [name, v] : named_parameters()) mine.emplace(name, v);
+    for (auto& [name, t] : values)
+      if (!mine.count(name)) throw Error(detail::cat("load_parameters: the model has no parameter named '", name, "'"));
+    for (auto& [name, v] : mine) {
       auto it = values.find(name);
-      if (it == values.end()) throw Error(detail::cat("load_parameters: missing parameter '", name, "'"));
+      if (it == values.end()) {
+        if (strict) throw Error(detail::cat("load_parameters: missing parameter '", name, "'"));
+        missing.push_back(name);
+        continue;
+      }
       if (!(it->second.shape() == v.shape()))
         throw ShapeError(detail::cat("load_parameters: '", name, "' has shape ", it->second.shape(),
                                      ", the model expects ", v.shape()));
       VarT var = v;
       var.value().assign(it->second);
     }
+    return missing;
   }
   // Training or evaluation mode (layers that behave differently can read it).
   void train(bool on = true) {

@@ -27,8 +27,9 @@ struct LoadedCheckpoint {
   std::map<std::string, std::string> metadata;
 };
 
-// Loads parameters into `model` (names and shapes must match) and returns the rest.
-inline LoadedCheckpoint load_checkpoint(const std::string& path, nn::Module<float>& model) {
+// Loads parameters into `model` (names and shapes must match; with strict = false,
+// parameters the file lacks keep their values) and returns the rest.
+inline LoadedCheckpoint load_checkpoint(const std::string& path, nn::Module<float>& model, bool strict = true) {
   Safetensors st = load_safetensors(path);
   std::map<std::string, Tensor<float>> params;
   LoadedCheckpoint out;
@@ -37,7 +38,7 @@ inline LoadedCheckpoint load_checkpoint(const std::string& path, nn::Module<floa
     else params[name] = blob.as<float>();
   }
   try {
-    model.load_parameters(params);
+    model.load_parameters(params, strict);
   } catch (const Error& e) {
     throw IOError(detail::cat("checkpoint ", path, ": ", e.what()));
   }
