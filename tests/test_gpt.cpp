@@ -209,3 +209,11 @@ TEST_CASE("resuming from a checkpoint gives the same losses as an uninterrupted 
   std::filesystem::remove(split_log);
   std::filesystem::remove(ck);
 }
+
+TEST_CASE("the golf recipe puts exactly the projection weights under Muon", "[gpt][optim]") {
+  for (bool ternary : {false, true}) {
+    nn::GPT<float> model(tiny_config(ternary));
+    train::GolfOptimizers<float> opt(model, {});
+    CHECK(opt.num_matrices() == 6 * 3);  // c_q, c_k, c_v, proj, fc, mlp.proj per block
+  }
+}

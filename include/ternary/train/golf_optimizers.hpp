@@ -27,11 +27,17 @@ class GolfOptimizers {
  public:
   using StateDict = std::map<std::string, Tensor<T, B>>;
 
+  // Projection weights inside the blocks ("blocks.3.attn.c_q.weight"); not the 2-d control
+  // tensors such as resid_mix, which Adam handles like the other small tensors.
+  static bool is_block_matrix(const std::string& name, const Var<T, B>& p) {
+    return p.dim() == 2 && name.rfind("blocks.", 0) == 0 && name.ends_with(".weight");
+  }
+
   GolfOptimizers(const nn::Module<T, B>& model, const GolfOptimizerOptions& o) {
     std::vector<Var<T, B>> matrices, embeddings, scalars;
     for (auto& [name, p] : model.named_parameters()) {
       if (name.find("emb") != std::string::npos) embeddings.push_back(p);
-      else if (p.dim() == 2 && name.rfind("blocks.", 0) == 0) matrices.push_back(p);
+      else if (is_block_matrix(name, p)) matrices.push_back(p);
       else scalars.push_back(p);
     }
     optim::MuonOptions mo;
