@@ -27,6 +27,16 @@ int main() {
   std::cout << "\ndL/dW (straight through to the latent weights), row 0:\n"
             << layer.weight().grad().select(0, 0) << "\n\n";
 
+  // Export: the same trits packed 5 per byte (base 3), with the scale alongside; unpacking
+  // gives back exactly the weight the forward pass used.
+  auto packed_w = quant::pack(q, TritEncoding::base3);
+  std::printf(
+      "base-3 packed: %zu bytes of trits + %zu scale(s) for %lld weights; exact: %s\n",
+      packed_w.data.size(), packed_w.scales.size(), (long long)layer.weight().numel(),
+      max_abs_diff(quant::unpack(packed_w).dequantize(), layer.quantized_weight().value()) == 0
+          ? "yes"
+          : "no");
+
   // Inference: 2 bits per weight and int8 activations, integer dot products.
   nn::PackedBitLinear packed(layer);
   auto y_packed = packed.forward(x.value());

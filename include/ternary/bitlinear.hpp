@@ -5,8 +5,10 @@
 
 #include "ternary/nn/bitlinear.hpp"
 #include "ternary/nn/linear.hpp"
+#include "ternary/nn/projection.hpp"
 #include "ternary/nn/rmsnorm.hpp"
 #include "ternary/quant/activation.hpp"
+#include "ternary/quant/hadamard.hpp"
 #include "ternary/quant/packing.hpp"
 #include "ternary/quant/quest.hpp"
 #include "ternary/quant/schedule.hpp"

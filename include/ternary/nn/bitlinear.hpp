@@ -13,8 +13,10 @@
 #include <cmath>
 #include <memory>
 #include <optional>
+#include <type_traits>
 
 #include "ternary/backend/cpu/ternary_gemm.hpp"
+#include "ternary/nn/linear.hpp"
 #include "ternary/nn/projection.hpp"
 #include "ternary/nn/rmsnorm.hpp"
 #include "ternary/ops/matmul.hpp"
@@ -26,19 +28,20 @@
 namespace ternary::nn {
 
 struct BitLinearConfig {
-  bool extra_norm = true;     // RMSNorm (learnable gain) before the projection
-  bool act_quant = true;      // per-token int8 activations
+  bool extra_norm = true;  // RMSNorm (learnable gain) before the projection
+  bool act_quant = true;   // per-token int8 activations
   quant::TernaryConfig weight{};
   double norm_eps = 1e-6;
+  double init_std = 0;  // as LinearConfig: > 0 normal init, 0 PyTorch's default uniform
 };
 
 template <class T = float, class B = cpu, class Estimator = quant::STE>
 class BitLinear : public Projection<T, B> {
  public:
   BitLinear(int64_t in, int64_t out, Rng& rng, BitLinearConfig c = {}) : c_(c) {
-    if (in <= 0 || out <= 0) throw ShapeError(detail::cat("BitLinear: sizes must be positive, got in ", in, ", out ", out));
-    const double bound = 1.0 / std::sqrt(double(in));
-    weight_ = this->register_parameter("weight", Tensor<T, B>::rand({out, in}, rng, -bound, bound));
+    // The same draw as Linear's: equal seeds give equal latent weights.
+    weight_ = this->register_parameter(
+        "weight", init_projection_weight<T, B>(in, out, rng, c_.init_std, "BitLinear"));
     quant::scale_group(weight_.shape(), c_.weight);  // a bad group size fails here, not mid-run
     if (c_.extra_norm) {
       norm_ = std::make_unique<RMSNorm<T, B>>(in, c_.norm_eps);
@@ -48,7 +51,8 @@ class BitLinear : public Projection<T, B> {
 
   Var<T, B> forward(const Var<T, B>& x) const override {
     if (x.size(-1) != weight_.size(1))
-      throw ShapeError(detail::cat("BitLinear: input ", x.shape(), " does not match weight [out, in] = ", weight_.shape()));
+      throw ShapeError(detail::cat("BitLinear: input ", x.shape(),
+                                   " does not match weight [out, in] = ", weight_.shape()));
     Var<T, B> h = norm_ ? norm_->forward(x) : x;
     if (c_.act_quant) h = quant::quantize_activations(h, lambda_);
     return linear(h, quantized_weight());
@@ -64,7 +68,8 @@ class BitLinear : public Projection<T, B> {
   const BitLinearConfig& config() const { return c_; }
 
   void set_lambda(double lambda) {
-    if (!(lambda >= 0 && lambda <= 1)) throw Error(detail::cat("BitLinear: lambda must lie in [0, 1], got ", lambda));
+    if (!(lambda >= 0 && lambda <= 1))
+      throw Error(detail::cat("BitLinear: lambda must lie in [0, 1], got ", lambda));
     lambda_ = lambda;
   }
   double lambda() const { return lambda_; }
@@ -75,8 +80,10 @@ class BitLinear : public Projection<T, B> {
   }
   // Uses these exact trits and scales from now on (e.g. after loading an artifact).
   void freeze(quant::TernaryWeights q) {
+    q.validate("BitLinear::freeze");
     if (!(q.shape == weight_.shape()))
-      throw ShapeError(detail::cat("BitLinear::freeze: trits of shape ", q.shape, " for a weight of shape ", weight_.shape()));
+      throw ShapeError(detail::cat("BitLinear::freeze: trits of shape ", q.shape,
+                                   " for a weight of shape ", weight_.shape()));
     frozen_weight_ = Var<T, B>::constant(q.template dequantize<T>());
     frozen_ = std::move(q);
   }
@@ -92,51 +99,52 @@ class BitLinear : public Projection<T, B> {
 };
 
 // Inference form of a BitLinear (lambda = 1): 2-bit packed trits, int8 activations,
-// int32 dot products. forward() matches BitLinear::forward within float rounding.
+// int32 dot products, one float scale per weight group and per token. forward() matches
+// BitLinear::forward within float rounding (same trits, same scales, same int8 activations;
+// only the order of the float sums differs).
 class PackedBitLinear {
  public:
   template <class Estimator>
   explicit PackedBitLinear(const BitLinear<float, cpu, Estimator>& layer) : c_(layer.config()) {
-    if constexpr (!std::is_same_v<Estimator, quant::STE>)
-      static_assert(std::is_same_v<Estimator, quant::STE>, "PackedBitLinear: only STE (absmean) layers have a packed form");
-    auto q = layer.ternary_weights();
+    static_assert(std::is_same_v<Estimator, quant::STE>,
+                  "PackedBitLinear: only STE (absmean) layers have a packed form; a QuEST layer's "
+                  "trits live in a Hadamard basis");
+    const quant::TernaryWeights q = layer.ternary_weights();
+    if (q.hadamard != 0 || q.shape.size() != 2)
+      throw Error(detail::cat("PackedBitLinear: needs plain [out, in] trits (shape ", q.shape,
+                              ", Hadamard block ", q.hadamard, ")"));
     out_ = q.shape[0];
     in_ = q.shape[1];
-    group_ = q.group;
-    scales_ = q.scales;
-    packed_ = pack_trits_2bit(q.trits);
+    w_ = quant::pack(q, TritEncoding::two_bit);
     if (layer.norm()) gain_ = layer.norm()->gain().value().clone();
   }
   // x [..., in] -> [..., out]
   Tensor<float> forward(const Tensor<float>& x) const {
-    if (x.size(-1) != in_)
-      throw ShapeError(detail::cat("PackedBitLinear: input ", x.shape(), " for a layer of ", in_, " inputs"));
+    if (x.dim() == 0 || x.size(-1) != in_)
+      throw ShapeError(
+          detail::cat("PackedBitLinear: input ", x.shape(), " for a layer of ", in_, " inputs"));
     Tensor<float> h = gain_.defined() ? rms_norm(x, gain_, c_.norm_eps) : x.contiguous();
     const int64_t rows = h.numel() / in_;
     Shape out_shape = x.shape();
     out_shape[out_shape.size() - 1] = out_;
+    if (!c_.act_quant)  // float activations: multiply by the dequantized weight
+      return matmul(h, quant::unpack(w_).dequantize().t());
     auto out = Tensor<float>::empty(out_shape);
     std::vector<int8_t> act;
     std::vector<float> ascale;
-    if (c_.act_quant) {
-      quant::quantize_rows_int8(h, act, ascale);
-      backend::ternary_gemm_reference(cpu{}, act.data(), ascale.data(), rows, in_, packed_.data(), scales_.data(),
-                                      group_, out_, out.data());
-    } else {  // float activations: multiply by the dequantized weight
-      auto w = Tensor<float>::empty({out_, in_});
-      auto trits = unpack_trits_2bit(packed_, out_ * in_);
-      for (int64_t i = 0; i < out_ * in_; ++i) w.data()[i] = scales_[i / group_] * float(trits[i]);
-      out = matmul(h, w.t());
-    }
+    quant::quantize_rows_int8(h, act, ascale);
+    backend::ternary_gemm_reference(cpu{}, act.data(), ascale.data(), rows, in_, w_.data.data(),
+                                    w_.scales.data(), w_.group, out_, out.data());
     return out;
   }
-  int64_t packed_bytes() const { return int64_t(packed_.size() + scales_.size() * sizeof(float)); }
+  // Bytes of packed trits plus weight scales.
+  int64_t packed_bytes() const { return w_.bytes(); }
+  const PackedTernary& packed_weight() const { return w_; }
 
  private:
   BitLinearConfig c_;
-  int64_t in_ = 0, out_ = 0, group_ = 1;
-  std::vector<float> scales_;
-  std::vector<uint8_t> packed_;
+  int64_t in_ = 0, out_ = 0;
+  PackedTernary w_;
   Tensor<float> gain_;
 };
 

@@ -1,8 +1,12 @@
 // 8-bit activations, per token (BitNet b1.58): each row x of the last axis is scaled so
-// its largest magnitude maps to 127, rounded, clamped to [-128, 127] and scaled back:
-//   s = 127 / max|x|,   x_q = clamp(round(x * s), -128, 127) / s
-// The gradient passes straight through. A row of zeros stays zero (no division by zero).
-// lambda blends as for weights: x + lambda * stop_gradient(x_q - x).
+// its largest magnitude maps to 127, rounded (half to even), clamped to [-128, 127] and
+// scaled back:
+//   s = 127 / max|x|,   q = clamp(round(x * s), -128, 127),   x_q = q / s
+// The gradient passes straight through. A row of zeros gets s = 1 and stays zero (no
+// division by zero, no NaN); a NaN or inf throws. lambda blends as for weights:
+//   x + lambda * stop_gradient(x_q - x)      (lambda = 0: x exactly; 1: x_q exactly)
+// The integer inference kernel uses the same q and s (quantize_rows_int8), so the packed
+// path sees exactly the activations the training forward used.
 #pragma once
 
 #include <cmath>
@@ -21,11 +25,22 @@ void quantize_rows_int8(const Tensor<T, B>& x, std::vector<int8_t>& q, std::vect
   q.resize(xc.numel());
   scale.resize(rows);
   const T* p = xc.data();
+  int64_t bad = -1;  // a row with a NaN or inf (no throwing inside the parallel loop)
 #pragma omp parallel for schedule(static) if (xc.numel() >= (1 << 16))
   for (int64_t r = 0; r < rows; ++r) {
     const T* row = p + r * D;
     float m = 0;
-    for (int64_t j = 0; j < D; ++j) m = std::max(m, float(std::abs(row[j])));
+    bool finite = true;
+    for (int64_t j = 0; j < D; ++j) {
+      const float a = std::abs(float(row[j]));
+      finite = finite && std::isfinite(a);
+      m = std::max(m, a);
+    }
+    if (!finite) {
+#pragma omp critical(ternary_act_bad)
+      bad = r;
+      continue;
+    }
     const float s = m > 0 ? 127.0f / m : 1.0f;
     scale[r] = s;
     for (int64_t j = 0; j < D; ++j) {
@@ -33,8 +48,12 @@ void quantize_rows_int8(const Tensor<T, B>& x, std::vector<int8_t>& q, std::vect
       q[r * D + j] = int8_t(v > 127.f ? 127.f : (v < -128.f ? -128.f : v));
     }
   }
+  if (bad >= 0)
+    throw Error(ternary::detail::cat("quantize_activations: row ", bad, " of an input of shape ",
+                                     x.shape(), " has a NaN or inf"));
 }
 
+// x_q = q / s as a tensor of x's shape (contiguous).
 template <class T, class B>
 Tensor<T, B> fake_quantize_int8(const Tensor<T, B>& x) {
   std::vector<int8_t> q;
@@ -50,7 +69,8 @@ Tensor<T, B> fake_quantize_int8(const Tensor<T, B>& x) {
 template <class T, class B>
 Var<T, B> quantize_activations(const Var<T, B>& x, double lambda = 1.0) {
   if (lambda <= 0) return x;
-  return Var<T, B>::record("act_quant_int8", detail::blend(x.value(), fake_quantize_int8(x.value()), lambda), {x},
+  return Var<T, B>::record("act_quant_int8",
+                           detail::blend(x.value(), fake_quantize_int8(x.value()), lambda), {x},
                            [x](const Tensor<T, B>& g) { x.accumulate_grad(g); });
 }
 

@@ -1,119 +1,126 @@
-// QuEST (Panferov et al., 2025) as a ternary estimator: quantize in a Hadamard basis, where
-// weights look Gaussian, with a clip fitted to that Gaussian, and trust only the gradient of
-// weights the grid represents well.
+// QuEST (Panferov et al., 2025, arXiv 2502.05003) as a ternary estimator: quantize in a
+// Hadamard basis, where weights look Gaussian, with a clip fitted to that Gaussian, and trust
+// only the gradient of the weights the grid represents well.
 //
-//   per row group x of G weights (G a power of two):  h = H x, H the Walsh-Hadamard matrix / sqrt(G) (orthonormal,
-//     symmetric: applying it twice is the identity)
-//   alpha = 1.2240 * rms(h)      the MSE-optimal level of a 3-level uniform quantizer for a
-//                                normal distribution (thresholds alpha / 2 = 0.6120 sigma: it
-//                                is also the Lloyd-Max quantizer; MSE 0.1902 sigma^2)
-//   q(h) = alpha * clamp(round(h / alpha), -1, 1)       w_used = H q(h)
-//   trust mask m = |h - q(h)| <= trust * alpha / 2   (rounding error above half a step only
-//                                                     happens to clipped weights)
-//   backward: dL/dx = H (m * H dL/dw_used)   (H orthonormal and symmetric)
-// The exported trits are those of q(h) in the Hadamard basis; a QuEST model's inference must
-// rotate activations by the same H (not done by the artifact path, which exports STE models).
+//   each block x of G weights along a row (G a power of two: the row, or TernaryConfig's
+//   group_size under per_group) is rotated: h = H x, H the orthonormal Walsh-Hadamard matrix
+//   alpha = kGaussianTernaryClip * rms(h) + eps    one per scale group (TernaryConfig)
+//   q(h) = alpha * clamp(round(h / alpha), -1, 1)  w_used = H q(h)   (H = H^T = H^-1)
+//   trust mask m = [|h - q(h)| <= trust * alpha / 2]  (with trust = 1: rounding never errs by
+//                                                      more than alpha / 2, so m = 0 exactly
+//                                                      on clipped entries, |h| > 1.5 alpha)
+//   backward: dL/dx = H (m * H dL/dw_used)
+//
+// The clip constant: for X ~ N(0, 1) and the grid {-a, 0, a} (round to nearest: thresholds
+// +-a/2),
+//   MSE(a) = E[(X - q(X))^2] = 1 - 4 a phi(a/2) + 2 a^2 Q(a/2)      (Q = 1 - Phi)
+// and dMSE/da = 0 gives the centroid condition a = E[X | X > a/2] = phi(a/2) / Q(a/2). Its
+// fixed point is a = 1.2240064 (thresholds 0.6120 sigma, MSE 0.1902 sigma^2): the 3-level
+// Lloyd-Max quantizer (Max, 1960) has equally spaced levels, so it is also the MSE-optimal
+// uniform ternary grid. tests/test_quant.cpp re-derives it by quadrature.
+//
+// The exported trits are those of q(h), in the Hadamard basis (TernaryWeights::hadamard = G);
+// TernaryWeights::dequantize() rotates back, so it reproduces w_used exactly. A packed
+// integer kernel would have to rotate activations by the same H instead (x . H q = Hx . q);
+// PackedBitLinear does not, and accepts only STE layers.
 #pragma once
 
 #include <cmath>
 
+#include "ternary/quant/hadamard.hpp"
 #include "ternary/quant/ternary.hpp"
 
 namespace ternary::quant {
 
-inline constexpr double kGaussianTernaryClip = 1.2240;
-
-// In-place orthonormal fast Walsh-Hadamard transform of n (a power of two) values.
-template <class T>
-void fwht(T* x, int64_t n) {
-  for (int64_t len = 1; len < n; len <<= 1)
-    for (int64_t i = 0; i < n; i += len << 1)
-      for (int64_t j = i; j < i + len; ++j) {
-        const T a = x[j], b = x[j + len];
-        x[j] = a + b;
-        x[j + len] = a - b;
-      }
-  const T norm = T(1) / std::sqrt(T(n));
-  for (int64_t i = 0; i < n; ++i) x[i] *= norm;
-}
-
-struct QuESTConfig {
-  int64_t group = 0;    // Hadamard group size along a row; 0 = the whole row
-  double trust = 1.0;   // trust bound in half grid steps
-};
+inline constexpr double kGaussianTernaryClip = 1.2240063619;
 
 struct QuEST {
   static constexpr const char* name = "quest";
-  inline static QuESTConfig options{};
 
-  static int64_t group_for(const Shape& s) {
+  // The Hadamard block: the whole row, or the scale group under per_group.
+  static int64_t hadamard_block(const Shape& s, const TernaryConfig& c) {
     const int64_t cols = s.size() ? s.back() : 1;
-    const int64_t g = options.group > 0 ? options.group : cols;
-    if (g <= 0 || (g & (g - 1)) != 0 || cols % g != 0)
-      throw ShapeError(ternary::detail::cat("QuEST: Hadamard group ", g, " must be a power of two dividing the row length ",
-                                   cols, " (weight ", s, ")"));
+    const int64_t g = c.granularity == Granularity::per_group ? c.group_size : cols;
+    if (!is_power_of_two(g) || cols % g != 0)
+      throw ShapeError(ternary::detail::cat(
+          "QuEST: Hadamard block ", g, " must be a power of two dividing the row length ", cols,
+          " (weight ", s, "); use per_group with a power-of-two group_size"));
     return g;
   }
 
-  // Hadamard-domain trits and one scale per group (alpha).
+  // Hadamard-domain trits, one alpha per scale group, hadamard = the block size.
   template <class T, class B>
-  static TernaryWeights quantize(const Tensor<T, B>& w, const TernaryConfig&) {
-    const int64_t G = group_for(w.shape());
-    Tensor<T, B> h = w.clone();
-    TernaryWeights q;
-    q.shape = w.shape();
-    q.group = G;
-    const int64_t n = h.numel(), ng = n / G;
-    q.trits.resize(n);
-    q.scales.resize(ng);
-    for (int64_t g = 0; g < ng; ++g) {
-      T* x = h.data() + g * G;
-      fwht(x, G);
-      double ss = 0;
-      for (int64_t i = 0; i < G; ++i) ss += double(x[i]) * double(x[i]);
-      const float alpha = float(kGaussianTernaryClip * std::sqrt(ss / double(G)) + 1e-12);
-      q.scales[g] = alpha;
-      for (int64_t i = 0; i < G; ++i) {
-        const float r = std::nearbyint(float(x[i]) / alpha);
-        q.trits[g * G + i] = int8_t(r > 1.f ? 1.f : (r < -1.f ? -1.f : r));
-      }
-    }
-    return q;
+  static TernaryWeights quantize(const Tensor<T, B>& w, const TernaryConfig& c) {
+    return quantize_rotated(rotate(w, c), c);
   }
 
-  // The mask of trusted entries (1 or 0) in the Hadamard domain, for tests and analysis.
+  // The mask of trusted entries (1 or 0), in the Hadamard domain.
   template <class T, class B>
   static Tensor<T, B> trust_mask(const Tensor<T, B>& w, const TernaryConfig& c) {
-    const int64_t G = group_for(w.shape());
-    TernaryWeights q = quantize(w, c);
-    Tensor<T, B> h = w.clone();
-    auto m = Tensor<T, B>::empty(w.shape());
-    for (int64_t g = 0; g < h.numel() / G; ++g) {
-      T* x = h.data() + g * G;
-      fwht(x, G);
-      const double bound = options.trust * q.scales[g] / 2;
-      for (int64_t i = 0; i < G; ++i)
-        m.data()[g * G + i] = std::abs(double(x[i]) - double(q.scales[g]) * q.trits[g * G + i]) <= bound + 1e-12 ? T(1) : T(0);
-    }
-    return m;
+    const Tensor<T, B> h = rotate(w, c);
+    return mask_of(h, quantize_rotated(h, c), c);
   }
 
   template <class T, class B>
   static Var<T, B> apply(const Var<T, B>& w, const TernaryConfig& c, double lambda) {
     if (lambda <= 0) return w;
-    const int64_t G = group_for(w.shape());
-    TernaryWeights q = quantize(w.value(), c);
-    Tensor<T, B> used = q.template dequantize<T>();  // q(h) in the Hadamard basis ...
-    for (int64_t g = 0; g < used.numel() / G; ++g) fwht(used.data() + g * G, G);  // ... back to w's basis
-    Tensor<T, B> mask = trust_mask(w.value(), c);
-    return Var<T, B>::record("ternary_quest", detail::blend(w.value(), used, lambda), {w},
+    const Tensor<T, B> h = rotate(w.value(), c);
+    const TernaryWeights q = quantize_rotated(h, c);
+    const Tensor<T, B> mask = mask_of(h, q, c);
+    const int64_t G = q.hadamard;
+    return Var<T, B>::record("ternary_quest",
+                             detail::blend(w.value(), q.template dequantize<T>(), lambda), {w},
                              [w, mask, G](const Tensor<T, B>& g) {
                                Tensor<T, B> d = g.clone();
-                               for (int64_t k = 0; k < d.numel() / G; ++k) fwht(d.data() + k * G, G);
+                               fwht_blocks(d.data(), d.numel(), G);
                                d *= mask;
-                               for (int64_t k = 0; k < d.numel() / G; ++k) fwht(d.data() + k * G, G);
+                               fwht_blocks(d.data(), d.numel(), G);
                                w.accumulate_grad(d);
                              });
+  }
+
+ private:
+  template <class T, class B>
+  static Tensor<T, B> rotate(const Tensor<T, B>& w, const TernaryConfig& c) {
+    Tensor<T, B> h = w.clone();
+    fwht_blocks(h.data(), h.numel(), hadamard_block(w.shape(), c));
+    return h;
+  }
+
+  template <class T, class B>
+  static TernaryWeights quantize_rotated(const Tensor<T, B>& h, const TernaryConfig& c) {
+    TernaryWeights q;
+    q.shape = h.shape();
+    q.hadamard = hadamard_block(h.shape(), c);
+    q.group = scale_group(h.shape(), c);
+    const int64_t n = h.numel(), ng = n / q.group;
+    q.trits.resize(n);
+    q.scales.resize(ng);
+    for (int64_t g = 0; g < ng; ++g) {
+      const T* x = h.data() + g * q.group;
+      double ss = 0;
+      for (int64_t i = 0; i < q.group; ++i) ss += double(x[i]) * double(x[i]);
+      if (!std::isfinite(ss))
+        throw Error(ternary::detail::cat("QuEST: weight of shape ", h.shape(),
+                                         " has a NaN or inf in scale group ", g));
+      const float alpha = float(kGaussianTernaryClip * std::sqrt(ss / double(q.group)) + c.eps);
+      q.scales[g] = alpha;
+      for (int64_t i = 0; i < q.group; ++i)
+        q.trits[g * q.group + i] = detail::to_trit(float(x[i]), alpha);
+    }
+    return q;
+  }
+
+  template <class T, class B>
+  static Tensor<T, B> mask_of(const Tensor<T, B>& h, const TernaryWeights& q,
+                              const TernaryConfig& c) {
+    auto m = Tensor<T, B>::empty(h.shape());
+    for (int64_t i = 0; i < h.numel(); ++i) {
+      const double s = q.scales[i / q.group];
+      const double err = std::abs(double(h.data()[i]) - s * q.trits[i]);
+      m.data()[i] = err <= c.trust * s / 2 ? T(1) : T(0);
+    }
+    return m;
   }
 };
 
