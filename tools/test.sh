@@ -5,13 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/bootstrap.sh
 jobs=$(nproc)
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DTERNARY_BUILD_BENCH=OFF >/dev/null
-cmake --build build -j"$jobs"
-ctest --test-dir build -j"$jobs" --output-on-failure
-# CUDA: build only (CI has no GPU), in its own build dir, only the CUDA targets, so a CUDA
-# compile break never lands. The CPU build above never needs the CUDA toolkit.
+# CUDA first (build only: CI has no GPU), in its own build dir and only the CUDA targets, so
+# a CUDA compile break never lands; the CPU build never needs the CUDA toolkit. The CTest
+# summary then stays the last thing printed.
 if command -v nvcc >/dev/null 2>&1; then
   cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DTERNARY_BUILD_BENCH=OFF \
     -DTERNARY_BUILD_EXAMPLES=OFF -DTERNARY_CUDA=ON >/dev/null
   cmake --build build-cuda -j"$jobs" --target ternary_cuda_tests
 fi
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DTERNARY_BUILD_BENCH=OFF >/dev/null
+cmake --build build -j"$jobs"
+ctest --test-dir build -j"$jobs" --output-on-failure

@@ -2,7 +2,8 @@
 // types that only *describe* the computation (with its broadcast shape, checked at once);
 // nothing runs until the tree is assigned to a tensor. The backend's evaluator
 // (backend/cpu/elementwise.hpp) then runs the whole tree in one fused SIMD pass with no
-// temporaries. Every functor below works on a scalar T and on an xsimd batch of T.
+// temporaries. Every functor below works on a scalar T and on an xsimd batch of T; the
+// scalar path is also device code under nvcc (TERNARY_HD), for backend/cuda/elementwise.cuh.
 #pragma once
 
 #include <cmath>
@@ -10,6 +11,7 @@
 #include <type_traits>
 #include <xsimd/xsimd.hpp>
 
+#include "ternary/core/hd.hpp"
 #include "ternary/core/shape.hpp"
 #include "ternary/core/tensor_fwd.hpp"
 
@@ -95,13 +97,20 @@ namespace fn {
 template <class X>
 inline constexpr bool is_scalar_v = std::is_arithmetic_v<X>;
 
+// Two overloads: the scalar one is also device code (TERNARY_HD); the batch one stays
+// host-only, so nvcc never compiles an xsimd batch for the device.
 #define TERNARY_UNARY_FN(Name, str, scalar_expr, batch_expr)   \
   struct Name {                                                 \
     static constexpr const char* name = str;                    \
     template <class X>                                          \
+      requires is_scalar_v<X>                                   \
+    TERNARY_HD X operator()(const X& x) const {                 \
+      return scalar_expr;                                       \
+    }                                                           \
+    template <class X>                                          \
+      requires(!is_scalar_v<X>)                                 \
     X operator()(const X& x) const {                            \
-      if constexpr (is_scalar_v<X>) return scalar_expr;         \
-      else return batch_expr;                                   \
+      return batch_expr;                                        \
     }                                                           \
   };
 
@@ -133,9 +142,14 @@ struct Clamp {
   static constexpr const char* name = "clamp";
   T lo, hi;
   template <class X>
+    requires is_scalar_v<X>
+  TERNARY_HD X operator()(const X& x) const {
+    return x < lo ? lo : (x > hi ? hi : x);
+  }
+  template <class X>
+    requires(!is_scalar_v<X>)
   X operator()(const X& x) const {
-    if constexpr (is_scalar_v<X>) return x < lo ? lo : (x > hi ? hi : x);
-    else return xsimd::min(xsimd::max(x, X(lo)), X(hi));
+    return xsimd::min(xsimd::max(x, X(lo)), X(hi));
   }
 };
 
@@ -144,9 +158,14 @@ struct PowScalar {
   static constexpr const char* name = "pow";
   T exponent;
   template <class X>
+    requires is_scalar_v<X>
+  TERNARY_HD X operator()(const X& x) const {
+    return std::pow(x, exponent);
+  }
+  template <class X>
+    requires(!is_scalar_v<X>)
   X operator()(const X& x) const {
-    if constexpr (is_scalar_v<X>) return std::pow(x, exponent);
-    else return xsimd::pow(x, X(exponent));
+    return xsimd::pow(x, X(exponent));
   }
 };
 
@@ -154,9 +173,14 @@ struct PowScalar {
   struct Name {                                                  \
     static constexpr const char* name = str;                     \
     template <class X>                                           \
+      requires is_scalar_v<X>                                    \
+    TERNARY_HD X operator()(const X& a, const X& b) const {      \
+      return scalar_expr;                                        \
+    }                                                            \
+    template <class X>                                           \
+      requires(!is_scalar_v<X>)                                  \
     X operator()(const X& a, const X& b) const {                 \
-      if constexpr (is_scalar_v<X>) return scalar_expr;          \
-      else return batch_expr;                                    \
+      return batch_expr;                                         \
     }                                                            \
   };
 

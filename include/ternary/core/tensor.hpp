@@ -74,21 +74,25 @@ class Tensor {
     if (static_cast<int64_t>(values.size()) != ternary::numel(shape))
       throw ShapeError(detail::cat("Tensor::from: ", values.size(), " values for shape ", shape,
                                    " (needs ", ternary::numel(shape), ")"));
+    if constexpr (!B::on_host) return upload(Tensor<T, cpu>::from(shape, values));
     Tensor t = empty(shape);
     std::copy(values.begin(), values.end(), t.data());
     return t;
   }
   static Tensor arange(int64_t n) {
+    if constexpr (!B::on_host) return upload(Tensor<T, cpu>::arange(n));
     Tensor t = empty(Shape{n});
     for (int64_t i = 0; i < n; ++i) t.data()[i] = T(i);
     return t;
   }
   static Tensor randn(const Shape& shape, Rng& rng, double mean = 0, double stddev = 1) {
+    if constexpr (!B::on_host) return upload(Tensor<T, cpu>::randn(shape, rng, mean, stddev));
     Tensor t = empty(shape);
     for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = T(rng.normal(mean, stddev));
     return t;
   }
   static Tensor rand(const Shape& shape, Rng& rng, double lo = 0, double hi = 1) {
+    if constexpr (!B::on_host) return upload(Tensor<T, cpu>::rand(shape, rng, lo, hi));
     Tensor t = empty(shape);
     for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = T(rng.uniform(lo, hi));
     return t;
@@ -114,6 +118,8 @@ class Tensor {
   }
 
   // ---- element access (host) ----
+  // On a device backend (B::on_host false) element references throw; item() and
+  // to_vector() copy through the host.
   template <class... I>
   T& operator()(I... idx) const {
     static_assert((std::is_integral_v<I> && ...), "Tensor(): indices must be integers");
@@ -125,11 +131,23 @@ class Tensor {
   T item() const {
     if (numel() != 1)
       throw ShapeError(detail::cat("item: tensor of shape ", shape_, " has ", numel(), " elements, not 1"));
-    return *data();
+    if constexpr (!B::on_host) {
+      T v;
+      B::copy_to_host(&v, data(), sizeof(T));
+      return v;
+    } else {
+      return *data();
+    }
   }
   std::vector<T> to_vector() const {
     Tensor c = contiguous();
-    return std::vector<T>(c.data(), c.data() + c.numel());
+    if constexpr (!B::on_host) {
+      std::vector<T> v(c.numel());
+      B::copy_to_host(v.data(), c.data(), sizeof(T) * v.size());
+      return v;
+    } else {
+      return std::vector<T>(c.data(), c.data() + c.numel());
+    }
   }
 
   // ---- writing ----
@@ -165,6 +183,10 @@ class Tensor {
   // Element type conversion (always a new contiguous tensor).
   template <class U>
   Tensor<U, B> to() const {
+    if constexpr (!B::on_host) {  // through the host (a device cast kernel is future work)
+      auto v = to_vector();
+      return Tensor<U, B>::from(shape_, std::vector<U>(v.begin(), v.end()));
+    }
     Tensor c = contiguous();
     auto r = Tensor<U, B>::empty(shape_);
     for (int64_t i = 0; i < r.numel(); ++i) r.data()[i] = static_cast<U>(c.data()[i]);
@@ -280,7 +302,19 @@ class Tensor {
   }
 
  private:
+  template <class, class>
+  friend class Tensor;
+  // A device tensor holding a contiguous host tensor's values.
+  static Tensor upload(const Tensor<T, cpu>& h) {
+    Tensor t = empty(h.shape());
+    B::copy_from_host(t.data(), h.data(), sizeof(T) * h.numel());
+    return t;
+  }
   T& at_index(const int64_t* idx, size_t n) const {
+    if constexpr (!B::on_host)
+      throw Error(detail::cat("Tensor element access: this tensor of shape ", shape_, " lives on ",
+                              B::name, " (device memory); copy it to the host first (to_vector(), ",
+                              "item(), or to_host() from ternary/backend/cuda/cuda.hpp)"));
     if (static_cast<int>(n) != dim())
       throw IndexError(detail::cat("index: ", n, " indices for a tensor of shape ", shape_));
     int64_t o = 0;
@@ -348,6 +382,10 @@ void print_rec(std::ostream& os, const Tensor<T, B>& t, int depth) {
 template <class T, class B>
 std::ostream& operator<<(std::ostream& os, const Tensor<T, B>& t) {
   if (!t.defined()) return os << "Tensor(undefined)";
+  if constexpr (!B::on_host) {  // print a host copy
+    os << "(on " << B::name << ") ";
+    return os << Tensor<T, cpu>::from(t.shape(), t.to_vector());
+  }
   os << "Tensor<" << dtype_name(dtype_of<T>()) << ">" << t.shape() << "\n";
   std::ios::fmtflags f(os.flags());
   os << std::setprecision(4);

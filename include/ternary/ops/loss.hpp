@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "ternary/autograd/var.hpp"
 #include "ternary/backend/cpu/loss.hpp"
@@ -43,6 +44,11 @@ CrossEntropyRows<T, B> cross_entropy_rows(const char* op, const Tensor<T, B>& lo
   CrossEntropyRows<T, B> r{logits.contiguous().reshape(Shape{rows, V}),
                            targets.contiguous().reshape(Shape{rows})};
   const int32_t* t = r.targets.data();
+  std::vector<int32_t> host_targets;  // device targets are checked from a host copy
+  if constexpr (!B::on_host) {
+    host_targets = r.targets.to_vector();
+    t = host_targets.data();
+  }
   for (int64_t i = 0; i < rows; ++i) {
     if (t[i] == ignore_index || (t[i] >= 0 && t[i] < V)) continue;
     Dims pos = Dims::filled(expect.size(), 0);

@@ -1,0 +1,266 @@
+// The CUDA backend tag: device memory from a caching pool, one stream for all work, and
+// host <-> device copies. Kernels for this backend are free functions taking `cuda` first,
+// one header per op family under backend/cuda/ (*.cuh, compiled by nvcc), beside the CPU ones:
+//
+//   #include "ternary/backend/cuda/all.cuh"
+//   Tensor<float, cuda> x = to_device(Tensor<float>::randn({64, 64}, rng));
+//   Tensor<float, cuda> y = exp(x) * 2 + 1;          // one CUDA kernel
+//   Tensor<float> h = to_host(y);
+//
+// INCLUDE ORDER: the ops call kernels by qualified name (backend::gemm(B{}, ...)), and C++
+// looks such names up where the op is defined, so the CUDA kernels must be declared before
+// core/tensor.hpp and the ops headers are read. Include this header (or all.cuh) FIRST;
+// it declares every CUDA entry point before it includes core/tensor.hpp. Included later,
+// the build fails with "no instance of overloaded function ... (ternary::backend::cuda, ...)".
+//
+// This header is host code only (the CUDA runtime API and cuBLAS), so a .cpp compiled by the
+// host compiler may include it too; it is never included by the CPU headers, and the CPU
+// build never needs the CUDA toolkit (CMake builds it only with -DTERNARY_CUDA=ON).
+//
+// Every CUDA call is checked: a failure throws ternary::CudaError naming the call, the file
+// and line, and CUDA's error string. Kernel launches are checked with cudaGetLastError.
+#pragma once
+
+#if !defined(__CUDACC__) && !__has_include(<cuda_runtime.h>)
+#error "ternary/backend/cuda/cuda.hpp needs the CUDA toolkit (configure with -DTERNARY_CUDA=ON)"
+#endif
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "ternary/core/error.hpp"
+#include "ternary/core/shape.hpp"
+#include "ternary/core/tensor_fwd.hpp"
+
+namespace ternary {
+
+// A failed CUDA runtime or cuBLAS call (the message names the call and CUDA's error string).
+struct CudaError : Error {
+  using Error::Error;
+};
+
+namespace backend::cuda_detail {
+
+inline void check(cudaError_t e, const char* what, const char* file, int line) {
+  if (e != cudaSuccess)
+    throw CudaError(detail::cat("CUDA error in ", what, " (", file, ":", line,
+                                "): ", cudaGetErrorName(e), ": ", cudaGetErrorString(e)));
+}
+inline void check(cublasStatus_t s, const char* what, const char* file, int line) {
+  if (s != CUBLAS_STATUS_SUCCESS)
+    throw CudaError(detail::cat("cuBLAS error in ", what, " (", file, ":", line,
+                                "): ", cublasGetStatusName(s), ": ", cublasGetStatusString(s)));
+}
+
+#define TERNARY_CUDA_CHECK(call) \
+  ::ternary::backend::cuda_detail::check((call), #call, __FILE__, __LINE__)
+// After a kernel launch: launch errors (bad configuration, no device code for this GPU).
+#define TERNARY_CUDA_CHECK_LAUNCH(name) \
+  ::ternary::backend::cuda_detail::check(cudaGetLastError(), "launch of " name, __FILE__, __LINE__)
+
+// Caching allocator: cudaMalloc/cudaFree synchronise the device and cost tens of µs, and a
+// training step allocates the same sizes every iteration. Freed blocks go to a free list
+// keyed by their rounded size and are handed out again; all work runs on one stream, so a
+// block reused by a later kernel is ordered after every earlier use. On out-of-memory the
+// cache is released and the allocation retried once. Everything is freed at process exit.
+class Pool {
+ public:
+  static Pool& instance() {
+    static Pool pool;
+    return pool;
+  }
+  // Rounding: 512 B steps up to 1 MiB, 2 MiB steps above (bounded waste, few distinct sizes).
+  static size_t round(size_t bytes) {
+    constexpr size_t kSmall = 512, kLarge = size_t(2) << 20;
+    if (bytes == 0) bytes = 1;
+    return bytes <= (size_t(1) << 20) ? (bytes + kSmall - 1) / kSmall * kSmall
+                                      : (bytes + kLarge - 1) / kLarge * kLarge;
+  }
+  void* allocate(size_t bytes) {
+    const size_t size = round(bytes);
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto& list = free_[size];
+    void* p = nullptr;
+    if (!list.empty()) {
+      p = list.back();
+      list.pop_back();
+      cached_bytes_ -= size;
+    } else {
+      cudaError_t e = cudaMalloc(&p, size);
+      if (e == cudaErrorMemoryAllocation) {
+        (void)cudaGetLastError();  // clear the sticky-free error, release the cache, retry
+        release_locked();
+        e = cudaMalloc(&p, size);
+      }
+      if (e != cudaSuccess)
+        check(e,
+              detail::cat("cudaMalloc of ", size, " bytes (", live_bytes_, " in use, ",
+                          cached_bytes_, " cached)")
+                  .c_str(),
+              __FILE__, __LINE__);
+    }
+    live_[p] = size;
+    live_bytes_ += size;
+    peak_bytes_ = std::max(peak_bytes_, live_bytes_);
+    return p;
+  }
+  void deallocate(void* p) {
+    if (!p) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = live_.find(p);
+    if (it == live_.end()) return;  // not ours (cannot happen through Storage)
+    free_[it->second].push_back(p);
+    live_bytes_ -= it->second;
+    cached_bytes_ += it->second;
+    live_.erase(it);
+  }
+  // Returns every cached (free) block to CUDA.
+  void release() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    release_locked();
+  }
+  size_t live_bytes() const { return live_bytes_; }
+  size_t cached_bytes() const { return cached_bytes_; }
+  size_t peak_bytes() const { return peak_bytes_; }
+  ~Pool() {
+    // At exit the runtime may already be shutting down: errors here are ignored.
+    release_locked();
+    for (auto& [p, size] : live_) cudaFree(p);
+  }
+
+ private:
+  Pool() = default;
+  void release_locked() {
+    for (auto& [size, list] : free_)
+      for (void* p : list) cudaFree(p);
+    free_.clear();
+    cached_bytes_ = 0;
+  }
+  std::mutex mutex_;
+  std::unordered_map<size_t, std::vector<void*>> free_;
+  std::unordered_map<void*, size_t> live_;
+  size_t live_bytes_ = 0, cached_bytes_ = 0, peak_bytes_ = 0;
+};
+
+// The stream all of the backend's work runs on (kernels, cuBLAS, copies), and the cuBLAS
+// handle bound to it. Created on first use, on the current device.
+struct Context {
+  cudaStream_t stream = nullptr;
+  cublasHandle_t blas = nullptr;
+  bool tf32 = false;
+  static Context& instance() {
+    static Context ctx;
+    return ctx;
+  }
+  ~Context() {
+    if (blas) cublasDestroy(blas);
+    if (stream) cudaStreamDestroy(stream);
+  }
+
+ private:
+  Context() {
+    TERNARY_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    TERNARY_CUDA_CHECK(cublasCreate(&blas));
+    TERNARY_CUDA_CHECK(cublasSetStream(blas, stream));
+    TERNARY_CUDA_CHECK(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH));
+  }
+};
+
+}  // namespace backend::cuda_detail
+
+namespace backend {
+
+struct cuda {
+  static constexpr const char* name = "cuda";
+  // Device memory: Tensor's element references throw; item/to_vector copy through the host.
+  static constexpr bool on_host = false;
+
+  static void* allocate(size_t bytes) { return cuda_detail::Pool::instance().allocate(bytes); }
+  static void deallocate(void* p) { cuda_detail::Pool::instance().deallocate(p); }
+  static void copy(void* dst, const void* src, size_t bytes) {
+    TERNARY_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream()));
+  }
+  static void zero(void* dst, size_t bytes) {
+    TERNARY_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, stream()));
+  }
+  // Host <-> device: synchronous (the host buffer may be reused as soon as these return).
+  static void copy_to_host(void* dst, const void* src, size_t bytes) {
+    if (bytes == 0) return;
+    TERNARY_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream()));
+    TERNARY_CUDA_CHECK(cudaStreamSynchronize(stream()));
+  }
+  static void copy_from_host(void* dst, const void* src, size_t bytes) {
+    if (bytes == 0) return;
+    TERNARY_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream()));
+    TERNARY_CUDA_CHECK(cudaStreamSynchronize(stream()));
+  }
+
+  static cudaStream_t stream() { return cuda_detail::Context::instance().stream; }
+  static cublasHandle_t blas() { return cuda_detail::Context::instance().blas; }
+  static void synchronize() { TERNARY_CUDA_CHECK(cudaStreamSynchronize(stream())); }
+  // fp32 GEMMs on tensor cores in TF32 (10-bit mantissa inputs, fp32 accumulation): about
+  // 1e-3 relative error instead of ~1e-6, several times faster. Off by default.
+  static void set_tf32(bool on) { cuda_detail::Context::instance().tf32 = on; }
+  static bool tf32() { return cuda_detail::Context::instance().tf32; }
+
+  // Number of usable devices; 0 (not an exception) when there is no GPU or no driver.
+  static int device_count() {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return 0;
+    }
+    return n;
+  }
+};
+
+// ---- every CUDA kernel entry point, declared before core/tensor.hpp and the ops ----------
+// (definitions: backend/cuda/<family>.cuh; signatures must match them exactly)
+template <class T, class E>
+void assign_expr(cuda, Tensor<T, cuda>& dst, const E& expr);
+template <class T>
+Tensor<T, cuda> reduce_sum(cuda, const Tensor<T, cuda>& x, const std::vector<int>& axes);
+template <class T>
+struct MatView;
+template <class T>
+void gemm(cuda, const MatView<const T>& a, const MatView<const T>& b, const MatView<T>& c, T alpha,
+          T beta);
+struct CrossEntropySums;
+template <class T>
+CrossEntropySums cross_entropy_forward(cuda, const Tensor<T, cuda>& logits,
+                                       const Tensor<int32_t, cuda>& targets, int32_t ignore_index,
+                                       T cap, const Tensor<T, cuda>& zmax,
+                                       const Tensor<T, cuda>& logsum);
+template <class T>
+void cross_entropy_backward(cuda, const Tensor<T, cuda>& logits,
+                            const Tensor<int32_t, cuda>& targets, int32_t ignore_index, T cap,
+                            const Tensor<T, cuda>& zmax, const Tensor<T, cuda>& logsum, T scale,
+                            const Tensor<T, cuda>& dx);
+
+}  // namespace backend
+
+using backend::cuda;
+
+}  // namespace ternary
+
+#include "ternary/core/tensor.hpp"
+
+namespace ternary {
+
+// Copies a tensor (any layout) to the device as a contiguous tensor, and back.
+template <class T>
+Tensor<T, cuda> to_device(const Tensor<T, cpu>& h) {
+  return Tensor<T, cuda>::from(h.shape(), h.to_vector());
+}
+template <class T>
+Tensor<T, cpu> to_host(const Tensor<T, cuda>& d) {
+  return Tensor<T, cpu>::from(d.shape(), d.to_vector());
+}
+
+}  // namespace ternary

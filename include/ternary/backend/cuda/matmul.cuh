@@ -1,0 +1,116 @@
+// CUDA GEMM through cuBLAS: C = alpha * A B + beta * C on strided 2-d views (MatView, as in
+// backend/cpu/matmul.hpp). cuBLAS is column-major; a row-major C = A B is the column-major
+// C^T = B^T A^T, so we pass B first. Each operand may be row-major (unit column stride) or
+// column-major (unit row stride, e.g. a transposed view): both are read in place through the
+// transpose flags; anything else is copied once into a contiguous block. A C that is not
+// row-major is computed into a temporary and scattered back.
+//
+// float: exact fp32 by default (CUBLAS_COMPUTE_32F); with cuda::set_tf32(true) the product
+// runs on tensor cores in TF32 (CUBLAS_COMPUTE_32F_FAST_TF32, ~1e-3 relative error).
+// double: CUBLAS_COMPUTE_64F.
+//
+// matmul (ops/matmul.hpp) calls this once per batch element; a strided-batched entry point
+// (cublasGemmStridedBatchedEx) is the next step for attention-sized batches.
+#pragma once
+
+#ifndef __CUDACC__
+#error "ternary/backend/cuda/*.cuh holds CUDA kernels: compile with nvcc (-DTERNARY_CUDA=ON)"
+#endif
+
+#include <type_traits>
+
+#include "ternary/backend/cpu/matmul.hpp"  // MatView and the layout helpers
+#include "ternary/backend/cuda/elementwise.cuh"
+
+namespace ternary::backend::cuda_detail {
+
+// dst[i * cols + j] = src[i * rs + j * cs]  (or the reverse with scatter = true)
+template <class T>
+__global__ void copy_2d_kernel(const T* src, int64_t rs, int64_t cs, T* dst, int64_t drs,
+                               int64_t dcs, int64_t rows, int64_t cols) {
+  const int64_t n = rows * cols;
+  for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
+       k += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = k / cols, j = k % cols;
+    dst[i * drs + j * dcs] = src[i * rs + j * cs];
+  }
+}
+template <class T>
+void copy_2d(const T* src, int64_t rs, int64_t cs, T* dst, int64_t drs, int64_t dcs, int64_t rows,
+             int64_t cols) {
+  if (rows * cols == 0) return;
+  const Launch g = launch_for(rows * cols);
+  copy_2d_kernel<<<g.blocks, g.threads, 0, cuda::stream()>>>(src, rs, cs, dst, drs, dcs, rows,
+                                                             cols);
+  TERNARY_CUDA_CHECK_LAUNCH("copy_2d_kernel");
+}
+
+// A operand as cuBLAS sees it: pointer, leading dimension and whether it is row-major.
+template <class T>
+struct BlasOperand {
+  const T* data;
+  int64_t ld;
+  bool row_major;
+  Tensor<T, cuda> scratch;  // owns a contiguous copy when the view had no usable layout
+};
+template <class T>
+BlasOperand<T> blas_operand(const MatView<const T>& v) {
+  if (int64_t ld = cpu_detail::row_major_ld(v); ld >= 0) return {v.data, ld, true, {}};
+  if (int64_t ld = cpu_detail::col_major_ld(v); ld >= 0) return {v.data, ld, false, {}};
+  auto s = Tensor<T, cuda>::empty(Shape{v.rows, v.cols});
+  copy_2d(v.data, v.row_stride, v.col_stride, s.data(), v.cols, int64_t(1), v.rows, v.cols);
+  return {s.data(), std::max<int64_t>(v.cols, 1), true, s};
+}
+
+}  // namespace ternary::backend::cuda_detail
+
+namespace ternary::backend {
+
+template <class T>
+void gemm(cuda, const MatView<const T>& a, const MatView<const T>& b, const MatView<T>& c, T alpha,
+          T beta) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "gemm(cuda): float and double only for now");
+  using namespace cuda_detail;
+  if (a.cols != b.rows || c.rows != a.rows || c.cols != b.cols)
+    throw ShapeError(detail::cat("gemm: [", a.rows, ", ", a.cols, "] x [", b.rows, ", ", b.cols,
+                                 "] -> [", c.rows, ", ", c.cols, "]"));
+  if (c.rows == 0 || c.cols == 0) return;
+  const int64_t M = c.rows, N = c.cols, K = a.cols;
+  Tensor<T, cuda> sc;
+  MatView<T> cv = c;
+  const bool c_direct = cpu_detail::row_major_ld(c) >= 0;
+  if (!c_direct) {
+    sc = Tensor<T, cuda>::empty(Shape{M, N});
+    if (beta != T(0)) copy_2d<T>(c.data, c.row_stride, c.col_stride, sc.data(), N, 1, M, N);
+    cv = {sc.data(), M, N, N, 1};
+  }
+  {
+    auto A = blas_operand(a);
+    auto Bo = blas_operand(b);
+    if (K == 0) {  // nothing is read (C = beta C), but cuBLAS still checks the leading dims
+      A = {a.data, 1, true, {}};
+      Bo = {b.data, std::max<int64_t>(N, 1), true, {}};
+    }
+    // Column-major view: C^T (N x M, ldc) = op(B)^T... B row-major in memory is B^T
+    // column-major (N x K): no transpose; column-major B is K x N: transpose. Same for A.
+    const cublasOperation_t opB = Bo.row_major ? CUBLAS_OP_N : CUBLAS_OP_T;
+    const cublasOperation_t opA = A.row_major ? CUBLAS_OP_N : CUBLAS_OP_T;
+    const int64_t ldc = cpu_detail::row_major_ld(cv);
+    cudaDataType_t dt;
+    cublasComputeType_t ct;
+    if constexpr (std::is_same_v<T, float>) {
+      dt = CUDA_R_32F;
+      ct = cuda::tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    } else {
+      dt = CUDA_R_64F;
+      ct = CUBLAS_COMPUTE_64F;
+    }
+    TERNARY_CUDA_CHECK(cublasGemmEx(cuda::blas(), opB, opA, int(N), int(M), int(K), &alpha, Bo.data,
+                                    dt, int(Bo.ld), A.data, dt, int(A.ld), &beta, cv.data, dt,
+                                    int(ldc), ct, CUBLAS_GEMM_DEFAULT));
+  }
+  if (!c_direct) copy_2d<T>(sc.data(), N, 1, c.data, c.row_stride, c.col_stride, M, N);
+}
+
+}  // namespace ternary::backend
