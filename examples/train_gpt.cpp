@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ternary/gpt.hpp"
+#include "ternary/train/data.hpp"
 #include "ternary/train/loop.hpp"
 
 using namespace ternary;
@@ -69,60 +70,18 @@ void apply_preset(Options& o, const CLI::App& app) {
 }
 
 // Training and validation tokens from the bundled corpus, a text file, or token shards.
-struct Data {
-  std::vector<uint16_t> train, val;
-  std::vector<double> bytes_per_token;  // empty: one byte per token
-  std::string description;
-};
-
-bool looks_like_shards(const std::string& p) { return p.find('*') != std::string::npos || p.ends_with(".bin"); }
-
-std::vector<uint16_t> load_shards(const std::string& pattern) {
-  std::vector<uint16_t> all;
-  for (const auto& f : glob_files(pattern)) {
-    auto t = read_shard(f);
-    all.insert(all.end(), t.begin(), t.end());
-  }
-  return all;
+train::Data load_data(const Options& o) {
+  return train::load_data({o.train_path, o.val_path, o.bytes_per_token, o.val_fraction, o.model.vocab_size},
+                          "train_gpt");
 }
 
-Data load_data(const Options& o) {
-  Data d;
-  if (o.train_path.empty() || !looks_like_shards(o.train_path)) {
-    TextSplit s = o.train_path.empty() ? load_default_corpus(o.val_fraction) : load_text(o.train_path, o.val_fraction);
-    d.description = o.train_path.empty() ? "bundled corpus " + default_corpus_path() : o.train_path;
-    d.train.assign(s.train.begin(), s.train.end());
-    d.val.assign(s.val.begin(), s.val.end());
-    if (!o.val_path.empty()) {
-      auto v = read_text_bytes(o.val_path);
-      d.val.assign(v.begin(), v.end());
-    }
-    if (o.model.vocab_size < 256)
-      throw Error(detail::cat("byte-level text needs --vocab >= 256, got ", o.model.vocab_size));
-  } else {
-    if (o.val_path.empty()) throw Error("token shards need --val (a shard file or glob) for validation");
-    d.train = load_shards(o.train_path);
-    d.val = load_shards(o.val_path);
-    d.description = o.train_path;
-    if (!o.bytes_per_token.empty()) {
-      d.bytes_per_token = read_bytes_per_token(o.bytes_per_token, o.model.vocab_size);
-    } else {
-      std::fprintf(stderr, "train_gpt: warning: no --bytes-per-token table; counting one byte per token\n");
-    }
-  }
-  return d;
-}
-
-double evaluate_model(const nn::GPT<float>& model, const Data& d, const Options& o) {
-  SequentialBatcher val(d.val, o.batch, o.seq, o.model.vocab_size);
-  auto r = evaluate_bpb([&](const Tensor<int32_t>& x, const Tensor<int32_t>& y) { return model.loss(x, y); }, val,
-                        d.bytes_per_token, o.eval_batches);
-  return r.bpb;
+double evaluate_model(const nn::GPT<float>& model, const train::Data& d, const Options& o) {
+  return train::evaluate_gpt(model, d, o.batch, o.seq, o.eval_batches).bpb;
 }
 
 int run(Options& o) {
   if (o.threads > 0) omp_set_num_threads(o.threads);
-  Data data = load_data(o);
+  train::Data data = load_data(o);
   nn::GPT<float> model(o.model);
   train::GolfOptimizers<float> opt(model, o.optim);
   RandomBatcher batcher(data.train, o.batch, o.seq, o.seed, o.model.vocab_size);
