@@ -16,11 +16,21 @@
 namespace ternary {
 
 inline nlohmann::json gpt_config_to_json(const nn::GPTConfig& c) {
-  return {{"vocab_size", c.vocab_size}, {"n_layers", c.n_layers}, {"dim", c.dim}, {"n_heads", c.n_heads},
-          {"n_kv_heads", c.n_kv_heads}, {"mlp_mult", c.mlp_mult}, {"rope_base", c.rope_base},
-          {"logit_softcap", c.logit_softcap}, {"qk_gain_init", c.qk_gain_init},
-          {"tied_embed_init_std", c.tied_embed_init_std}, {"norm_eps", c.norm_eps}, {"ternary", c.ternary},
-          {"extra_norm", c.extra_norm}, {"act_quant", c.act_quant}, {"seed", c.seed}};
+  return {{"vocab_size", c.vocab_size},
+          {"n_layers", c.n_layers},
+          {"dim", c.dim},
+          {"n_heads", c.n_heads},
+          {"n_kv_heads", c.n_kv_heads},
+          {"mlp_mult", c.mlp_mult},
+          {"rope_base", c.rope_base},
+          {"logit_softcap", c.logit_softcap},
+          {"qk_gain_init", c.qk_gain_init},
+          {"tied_embed_init_std", c.tied_embed_init_std},
+          {"norm_eps", c.norm_eps},
+          {"ternary", c.ternary},
+          {"extra_norm", c.extra_norm},
+          {"act_quant", c.act_quant},
+          {"seed", c.seed}};
 }
 inline nn::GPTConfig gpt_config_from_json(const nlohmann::json& j) {
   nn::GPTConfig c;
@@ -50,7 +60,8 @@ struct ExportOptions {
 };
 
 // Writes the artifact; returns its size in bytes.
-inline int64_t export_gpt_artifact(const nn::GPT<float>& model, const std::string& path, const ExportOptions& o = {}) {
+inline int64_t export_gpt_artifact(const nn::GPT<float>& model, const std::string& path,
+                                   const ExportOptions& o = {}) {
   ArtifactWriter w;
   w.set_metadata("gpt_config", gpt_config_to_json(model.config()).dump());
   std::set<std::string> ternary_weights;
@@ -58,6 +69,10 @@ inline int64_t export_gpt_artifact(const nn::GPT<float>& model, const std::strin
     auto* bl = dynamic_cast<const nn::BitLinear<float>*>(proj);
     if (!bl) continue;
     const auto q = bl->ternary_weights();
+    if (q.hadamard != 0)  // QuEST trits live in a Hadamard basis the artifact does not record yet
+      throw Error(detail::cat("export_gpt_artifact: '", name,
+                              "' is quantized in a Hadamard basis (QuEST); "
+                              "the artifact stores STE (absmean) layers only"));
     w.add_ternary(name + ".weight", q.shape, q.trits, q.scales, q.group);
     ternary_weights.insert(name + ".weight");
   }
@@ -73,7 +88,8 @@ inline int64_t export_gpt_artifact(const nn::GPT<float>& model, const std::strin
 inline std::unique_ptr<nn::GPT<float>> load_gpt_artifact(const std::string& path) {
   Artifact a = read_artifact(path);
   auto it = a.metadata.find("gpt_config");
-  if (it == a.metadata.end()) throw IOError(detail::cat("artifact ", path, ": no 'gpt_config' in its metadata"));
+  if (it == a.metadata.end())
+    throw IOError(detail::cat("artifact ", path, ": no 'gpt_config' in its metadata"));
   nn::GPTConfig config;
   try {
     config = gpt_config_from_json(nlohmann::json::parse(it->second));
@@ -85,17 +101,21 @@ inline std::unique_ptr<nn::GPT<float>> load_gpt_artifact(const std::string& path
   for (auto& [name, proj] : model->projection_modules()) projections[name + ".weight"] = proj;
   for (auto& [name, p] : model->named_parameters()) {
     auto t = a.tensors.find(name);
-    if (t == a.tensors.end()) throw IOError(detail::cat("artifact ", path, ": missing tensor '", name, "'"));
+    if (t == a.tensors.end())
+      throw IOError(detail::cat("artifact ", path, ": missing tensor '", name, "'"));
     if (!(t->second.shape == p.shape()))
-      throw IOError(detail::cat("artifact ", path, ": tensor '", name, "' has shape ", t->second.shape,
-                                ", the model expects ", p.shape()));
+      throw IOError(detail::cat("artifact ", path, ": tensor '", name, "' has shape ",
+                                t->second.shape, ", the model expects ", p.shape()));
     Var<float> v = p;
     v.value().assign(t->second.values);
     if (t->second.encoding == "trits_base3") {
       auto pit = projections.find(name);
       auto* bl = pit == projections.end() ? nullptr
-                                          : dynamic_cast<nn::BitLinear<float>*>(const_cast<nn::Projection<float>*>(pit->second));
-      if (!bl) throw IOError(detail::cat("artifact ", path, ": '", name, "' is ternary but the model's layer is not a BitLinear"));
+                                          : dynamic_cast<nn::BitLinear<float>*>(
+                                                const_cast<nn::Projection<float>*>(pit->second));
+      if (!bl)
+        throw IOError(detail::cat("artifact ", path, ": '", name,
+                                  "' is ternary but the model's layer is not a BitLinear"));
       bl->freeze({t->second.shape, t->second.trits, t->second.scales, t->second.group});
     }
   }

@@ -133,8 +133,8 @@ class PackedBitLinear {
     std::vector<int8_t> act;
     std::vector<float> ascale;
     quant::quantize_rows_int8(h, act, ascale);
-    backend::ternary_gemm_reference(cpu{}, act.data(), ascale.data(), rows, in_, w_.data.data(),
-                                    w_.scales.data(), w_.group, out_, out.data());
+    backend::ternary_gemm(cpu{}, act.data(), ascale.data(), rows, in_, w_.data.data(),
+                          w_.scales.data(), w_.group, out_, out.data());
     return out;
   }
   // Bytes of packed trits plus weight scales.
