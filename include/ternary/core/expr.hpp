@@ -36,7 +36,9 @@ struct TensorLeaf : ExprTag {
   explicit TensorLeaf(Tensor<T, B> t) : tensor(std::move(t)) {}
   const Shape& shape() const { return tensor.shape(); }
   template <class F>
-  void for_each_leaf(F&& f) const { f(tensor); }
+  void for_each_leaf(F&& f) const {
+    f(tensor);
+  }
 };
 
 // A constant broadcast to any shape (shape [] = a 0-d scalar).
@@ -59,7 +61,9 @@ struct UnaryExpr : ExprTag {
   UnaryExpr(Op o, A x) : op(o), a(std::move(x)) {}
   const Shape& shape() const { return a.shape(); }
   template <class F>
-  void for_each_leaf(F&& f) const { a.for_each_leaf(f); }
+  void for_each_leaf(F&& f) const {
+    a.for_each_leaf(f);
+  }
 };
 
 template <class Op, class A, class C>
@@ -72,7 +76,10 @@ struct BinaryExpr : ExprTag {
   C c;
   Shape shape_;
   BinaryExpr(Op o, A x, C y)
-      : op(o), a(std::move(x)), c(std::move(y)), shape_(broadcast_shapes(a.shape(), c.shape(), Op::name)) {}
+      : op(o),
+        a(std::move(x)),
+        c(std::move(y)),
+        shape_(broadcast_shapes(a.shape(), c.shape(), Op::name)) {}
   const Shape& shape() const { return shape_; }
   template <class F>
   void for_each_leaf(F&& f) const {
@@ -82,14 +89,38 @@ struct BinaryExpr : ExprTag {
 };
 
 template <class T, class B>
-TensorLeaf<T, B> to_expr(const Tensor<T, B>& t) { return TensorLeaf<T, B>(t); }
+TensorLeaf<T, B> to_expr(const Tensor<T, B>& t) {
+  return TensorLeaf<T, B>(t);
+}
 template <Expression E>
-const E& to_expr(const E& e) { return e; }
+const E& to_expr(const E& e) {
+  return e;
+}
 
 template <class E>
 using expr_t = std::remove_cvref_t<decltype(to_expr(std::declval<const E&>()))>;
 template <class E>
 using value_t = typename expr_t<E>::value_type;
+
+namespace detail {
+// What every backend's assign_expr checks first: the expression must broadcast to the
+// destination's shape; returns whether an operand overlaps the destination with a different
+// layout (then the evaluator goes through a temporary, so `x.assign(x.t())` is safe).
+template <class Dst, class E>
+bool prepare_assign(const Dst& dst, const E& expr) {
+  const Shape& shape = dst.shape();
+  if (broadcast_shapes(expr.shape(), shape, "assign") != shape)
+    throw ShapeError(cat("assign: cannot write an expression of shape ", expr.shape(),
+                         " into a tensor of shape ", shape));
+  bool overlaps_differently = false;
+  expr.for_each_leaf([&](const auto& t) {
+    if (t.shares_storage_with(dst) &&
+        !(t.shape() == shape && t.strides() == dst.strides() && t.offset() == dst.offset()))
+      overlaps_differently = true;
+  });
+  return overlaps_differently;
+}
+}  // namespace detail
 
 // ---- functors (scalar and SIMD batch alike) ---------------------------------------------------
 namespace fn {
@@ -99,19 +130,13 @@ inline constexpr bool is_scalar_v = std::is_arithmetic_v<X>;
 
 // Two overloads: the scalar one is also device code (TERNARY_HD); the batch one stays
 // host-only, so nvcc never compiles an xsimd batch for the device.
-#define TERNARY_UNARY_FN(Name, str, scalar_expr, batch_expr)   \
-  struct Name {                                                 \
-    static constexpr const char* name = str;                    \
-    template <class X>                                          \
-      requires is_scalar_v<X>                                   \
-    TERNARY_HD X operator()(const X& x) const {                 \
-      return scalar_expr;                                       \
-    }                                                           \
-    template <class X>                                          \
-      requires(!is_scalar_v<X>)                                 \
-    X operator()(const X& x) const {                            \
-      return batch_expr;                                        \
-    }                                                           \
+#define TERNARY_UNARY_FN(Name, str, scalar_expr, batch_expr)                                  \
+  struct Name {                                                                               \
+    static constexpr const char* name = str;                                                  \
+    template <class X>                                                                        \
+    requires is_scalar_v<X> TERNARY_HD X operator()(const X& x) const { return scalar_expr; } \
+    template <class X>                                                                        \
+    requires(!is_scalar_v<X>) X operator()(const X& x) const { return batch_expr; }           \
   };
 
 TERNARY_UNARY_FN(Neg, "neg", -x, -x)
@@ -125,7 +150,7 @@ TERNARY_UNARY_FN(Relu, "relu", x > X(0) ? x : X(0), xsimd::max(x, X(0)))
 TERNARY_UNARY_FN(Relu2, "relu2", x > X(0) ? x * x : X(0), xsimd::max(x, X(0)) * xsimd::max(x, X(0)))
 TERNARY_UNARY_FN(Silu, "silu", x / (X(1) + std::exp(-x)), x / (X(1) + xsimd::exp(-x)))
 TERNARY_UNARY_FN(Abs, "abs", std::abs(x), xsimd::abs(x))
-TERNARY_UNARY_FN(Square, "square", x * x, x * x)
+TERNARY_UNARY_FN(Square, "square", x* x, x* x)
 TERNARY_UNARY_FN(Reciprocal, "reciprocal", X(1) / x, X(1) / x)
 TERNARY_UNARY_FN(Sign, "sign", X((x > X(0)) - (x < X(0))),
                  xsimd::select(x > X(0), X(1), xsimd::select(x < X(0), X(-1), X(0))))
@@ -142,13 +167,11 @@ struct Clamp {
   static constexpr const char* name = "clamp";
   T lo, hi;
   template <class X>
-    requires is_scalar_v<X>
-  TERNARY_HD X operator()(const X& x) const {
+  requires is_scalar_v<X> TERNARY_HD X operator()(const X& x) const {
     return x < lo ? lo : (x > hi ? hi : x);
   }
   template <class X>
-    requires(!is_scalar_v<X>)
-  X operator()(const X& x) const {
+  requires(!is_scalar_v<X>) X operator()(const X& x) const {
     return xsimd::min(xsimd::max(x, X(lo)), X(hi));
   }
 };
@@ -158,35 +181,27 @@ struct PowScalar {
   static constexpr const char* name = "pow";
   T exponent;
   template <class X>
-    requires is_scalar_v<X>
-  TERNARY_HD X operator()(const X& x) const {
+  requires is_scalar_v<X> TERNARY_HD X operator()(const X& x) const {
     return std::pow(x, exponent);
   }
   template <class X>
-    requires(!is_scalar_v<X>)
-  X operator()(const X& x) const {
-    return xsimd::pow(x, X(exponent));
-  }
+  requires(!is_scalar_v<X>) X operator()(const X& x) const { return xsimd::pow(x, X(exponent)); }
 };
 
-#define TERNARY_BINARY_FN(Name, str, scalar_expr, batch_expr)   \
-  struct Name {                                                  \
-    static constexpr const char* name = str;                     \
-    template <class X>                                           \
-      requires is_scalar_v<X>                                    \
-    TERNARY_HD X operator()(const X& a, const X& b) const {      \
-      return scalar_expr;                                        \
-    }                                                            \
-    template <class X>                                           \
-      requires(!is_scalar_v<X>)                                  \
-    X operator()(const X& a, const X& b) const {                 \
-      return batch_expr;                                         \
-    }                                                            \
+#define TERNARY_BINARY_FN(Name, str, scalar_expr, batch_expr)                                   \
+  struct Name {                                                                                 \
+    static constexpr const char* name = str;                                                    \
+    template <class X>                                                                          \
+    requires is_scalar_v<X> TERNARY_HD X operator()(const X& a, const X& b) const {             \
+      return scalar_expr;                                                                       \
+    }                                                                                           \
+    template <class X>                                                                          \
+    requires(!is_scalar_v<X>) X operator()(const X& a, const X& b) const { return batch_expr; } \
   };
 
 TERNARY_BINARY_FN(Add, "add", a + b, a + b)
 TERNARY_BINARY_FN(Sub, "sub", a - b, a - b)
-TERNARY_BINARY_FN(Mul, "mul", a * b, a * b)
+TERNARY_BINARY_FN(Mul, "mul", a* b, a* b)
 TERNARY_BINARY_FN(Div, "div", a / b, a / b)
 TERNARY_BINARY_FN(Max, "maximum", a > b ? a : b, xsimd::max(a, b))
 TERNARY_BINARY_FN(Min, "minimum", a < b ? a : b, xsimd::min(a, b))
@@ -206,18 +221,18 @@ auto make_binary(Op op, const A& a, const C& c) {
   return BinaryExpr<Op, expr_t<A>, expr_t<C>>(op, to_expr(a), to_expr(c));
 }
 
-#define TERNARY_BINARY_OPERATOR(sym, Op)                                         \
-  template <Operand A, Operand C>                                                \
-  auto operator sym(const A& a, const C& c) {                                    \
-    return make_binary(fn::Op{}, a, c);                                          \
-  }                                                                              \
-  template <Operand A, Arithmetic S>                                             \
-  auto operator sym(const A& a, S s) {                                           \
-    return make_binary(fn::Op{}, a, ScalarLeaf<value_t<A>>(value_t<A>(s)));      \
-  }                                                                              \
-  template <Arithmetic S, Operand C>                                             \
-  auto operator sym(S s, const C& c) {                                           \
-    return make_binary(fn::Op{}, ScalarLeaf<value_t<C>>(value_t<C>(s)), c);      \
+#define TERNARY_BINARY_OPERATOR(sym, Op)                                    \
+  template <Operand A, Operand C>                                           \
+  auto operator sym(const A& a, const C& c) {                               \
+    return make_binary(fn::Op{}, a, c);                                     \
+  }                                                                         \
+  template <Operand A, Arithmetic S>                                        \
+  auto operator sym(const A& a, S s) {                                      \
+    return make_binary(fn::Op{}, a, ScalarLeaf<value_t<A>>(value_t<A>(s))); \
+  }                                                                         \
+  template <Arithmetic S, Operand C>                                        \
+  auto operator sym(S s, const C& c) {                                      \
+    return make_binary(fn::Op{}, ScalarLeaf<value_t<C>>(value_t<C>(s)), c); \
   }
 TERNARY_BINARY_OPERATOR(+, Add)
 TERNARY_BINARY_OPERATOR(-, Sub)
@@ -226,11 +241,15 @@ TERNARY_BINARY_OPERATOR(/, Div)
 #undef TERNARY_BINARY_OPERATOR
 
 template <Operand A>
-auto operator-(const A& a) { return make_unary(fn::Neg{}, a); }
+auto operator-(const A& a) {
+  return make_unary(fn::Neg{}, a);
+}
 
 #define TERNARY_UNARY_FUNCTION(name, Op) \
   template <Operand A>                   \
-  auto name(const A& a) { return make_unary(fn::Op{}, a); }
+  auto name(const A& a) {                \
+    return make_unary(fn::Op{}, a);      \
+  }
 TERNARY_UNARY_FUNCTION(exp, Exp)
 TERNARY_UNARY_FUNCTION(log, Log)
 TERNARY_UNARY_FUNCTION(sqrt, Sqrt)
@@ -261,16 +280,28 @@ auto pow(const A& a, S exponent) {
   return make_unary(fn::PowScalar<T>{T(exponent)}, a);
 }
 template <Operand A, Operand C>
-auto maximum(const A& a, const C& c) { return make_binary(fn::Max{}, a, c); }
+auto maximum(const A& a, const C& c) {
+  return make_binary(fn::Max{}, a, c);
+}
 template <Operand A, Arithmetic S>
-auto maximum(const A& a, S s) { return make_binary(fn::Max{}, a, ScalarLeaf<value_t<A>>(value_t<A>(s))); }
+auto maximum(const A& a, S s) {
+  return make_binary(fn::Max{}, a, ScalarLeaf<value_t<A>>(value_t<A>(s)));
+}
 template <Operand A, Operand C>
-auto minimum(const A& a, const C& c) { return make_binary(fn::Min{}, a, c); }
+auto minimum(const A& a, const C& c) {
+  return make_binary(fn::Min{}, a, c);
+}
 template <Operand A, Arithmetic S>
-auto minimum(const A& a, S s) { return make_binary(fn::Min{}, a, ScalarLeaf<value_t<A>>(value_t<A>(s))); }
+auto minimum(const A& a, S s) {
+  return make_binary(fn::Min{}, a, ScalarLeaf<value_t<A>>(value_t<A>(s)));
+}
 template <Operand A, Operand C>
-auto greater(const A& a, const C& c) { return make_binary(fn::Greater{}, a, c); }
+auto greater(const A& a, const C& c) {
+  return make_binary(fn::Greater{}, a, c);
+}
 template <Operand A, Arithmetic S>
-auto greater(const A& a, S s) { return make_binary(fn::Greater{}, a, ScalarLeaf<value_t<A>>(value_t<A>(s))); }
+auto greater(const A& a, S s) {
+  return make_binary(fn::Greater{}, a, ScalarLeaf<value_t<A>>(value_t<A>(s)));
+}
 
 }  // namespace ternary

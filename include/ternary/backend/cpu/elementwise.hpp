@@ -202,16 +202,7 @@ template <class T, class E>
 void assign_expr(cpu, Tensor<T, cpu>& dst, const E& expr) {
   using namespace cpu_detail;
   const Shape& shape = dst.shape();
-  if (broadcast_shapes(expr.shape(), shape, "assign") != shape)
-    throw ShapeError(detail::cat("assign: cannot write an expression of shape ", expr.shape(),
-                                 " into a tensor of shape ", shape));
-  bool overlaps_differently = false;
-  expr.for_each_leaf([&](const auto& t) {
-    if (t.shares_storage_with(dst) &&
-        !(t.shape() == shape && t.strides() == dst.strides() && t.offset() == dst.offset()))
-      overlaps_differently = true;
-  });
-  if (overlaps_differently) {
+  if (detail::prepare_assign(dst, expr)) {
     Tensor<T, cpu> tmp = Tensor<T, cpu>::empty(shape);
     assign_expr(cpu{}, tmp, expr);
     assign_expr(cpu{}, dst, to_expr(tmp));

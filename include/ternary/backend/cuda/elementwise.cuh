@@ -167,16 +167,7 @@ template <class T, class E>
 void assign_expr(cuda, Tensor<T, cuda>& dst, const E& expr) {
   using namespace cuda_detail;
   const Shape& shape = dst.shape();
-  if (broadcast_shapes(expr.shape(), shape, "assign") != shape)
-    throw ShapeError(detail::cat("assign: cannot write an expression of shape ", expr.shape(),
-                                 " into a tensor of shape ", shape));
-  bool overlaps_differently = false;
-  expr.for_each_leaf([&](const auto& t) {
-    if (t.shares_storage_with(dst) &&
-        !(t.shape() == shape && t.strides() == dst.strides() && t.offset() == dst.offset()))
-      overlaps_differently = true;
-  });
-  if (overlaps_differently) {
+  if (detail::prepare_assign(dst, expr)) {
     Tensor<T, cuda> tmp = Tensor<T, cuda>::empty(shape);
     assign_expr(cuda{}, tmp, expr);
     assign_expr(cuda{}, dst, to_expr(tmp));
