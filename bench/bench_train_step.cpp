@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <new>
+#include <optional>
 
 #include "ternary/gpt.hpp"
 #include "ternary/optim/clip.hpp"
@@ -99,13 +100,23 @@ int main(int argc, char** argv) {
   app.add_option("--steps", steps, "timed steps");
   app.add_option("--warmup", warmup, "untimed steps before (at least 1)");
   app.add_flag("--ternary", c.ternary, "BitLinear projections (STE, extra norm, int8 activations)");
+  std::string optimizer = "golf";
+  app.add_option("--optimizer", optimizer,
+                 "golf (Muon on block matrices + Adam) or adamw (AdamW on every parameter, as the "
+                 "LibTorch peer)")
+      ->check(CLI::IsMember({"golf", "adamw"}))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   if (threads > 0) omp_set_num_threads(threads);
   warmup = std::max<int64_t>(warmup, 1);
   try {
     nn::GPT<float> model(c);
-    train::GolfOptimizers<float> opt(model, {});
     const auto params = model.parameters();
+    // One of the two optimizers runs; the other is left empty.
+    std::optional<train::GolfOptimizers<float>> golf;
+    std::optional<optim::AdamW<float>> adamw;
+    if (optimizer == "golf") golf.emplace(model, train::GolfOptimizerOptions{});
+    else adamw.emplace(params, optim::AdamWOptions{1e-3, 0.9, 0.95, 1e-8, 0.0});
     auto ids = Tensor<int32_t>::empty({batch, seq + 1});
     Rng rng(1);
     auto x = ids.slice(1, 0, seq).contiguous(), y = ids.slice(1, 1, seq + 1).contiguous();
@@ -118,8 +129,13 @@ int main(int argc, char** argv) {
       const double v = loss.item();
       loss.backward();
       optim::clip_grad_norm(params, 1.0);
-      opt.step();
-      opt.zero_grad();
+      if (golf) {
+        golf->step();
+        golf->zero_grad();
+      } else {
+        adamw->step();
+        adamw->zero_grad();
+      }
       return v;
     };
     for (int64_t i = 0; i < warmup; ++i) step();
@@ -142,7 +158,7 @@ int main(int argc, char** argv) {
         stderr, "bench_train_step: %s GPT, %.0f parameters, %d threads, %lld steps, loss %.4f\n",
         c.ternary ? "ternary" : "fp32", n_params, omp_get_max_threads(), (long long)steps, loss);
     std::printf(
-        "{\"ternary\": %s, \"layers\": %lld, \"dim\": %lld, \"heads\": %lld, \"kv_heads\": %lld, "
+        "{\"optimizer\": \"%s\", \"ternary\": %s, \"layers\": %lld, \"dim\": %lld, \"heads\": %lld, \"kv_heads\": %lld, "
         "\"mlp_mult\": %lld, "
         "\"vocab\": %lld, \"seq\": %lld, \"batch\": %lld, \"threads\": %d, \"steps\": %lld, "
         "\"params\": %.0f, "
@@ -150,7 +166,7 @@ int main(int argc, char** argv) {
         "%.1f, "
         "\"allocs_per_step\": %.1f, \"new_per_step\": %.1f, \"aligned_alloc_per_step\": %.1f, "
         "\"loss\": %.4f}\n",
-        c.ternary ? "true" : "false", (long long)c.n_layers, (long long)c.dim, (long long)c.n_heads,
+        optimizer.c_str(), c.ternary ? "true" : "false", (long long)c.n_layers, (long long)c.dim, (long long)c.n_heads,
         (long long)c.n_kv_heads, (long long)c.mlp_mult, (long long)c.vocab_size, (long long)seq,
         (long long)batch, omp_get_max_threads(), (long long)steps, n_params,
         tokens * double(steps) / secs, 1e3 * secs / double(steps),

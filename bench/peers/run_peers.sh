@@ -19,6 +19,8 @@ cmake --build "$build/peers" > /dev/null
 config="--layers 4 --dim 256 --heads 4 --kv-heads 4 --mlp-mult 4 --vocab 1024 --seq 256 --batch 16"
 steps=${STEPS:-5}
 ours_threads=${OURS_THREADS:-2}
+# adamw: the peer's optimizer (AdamW on every parameter); golf: ours with Muon (more work)
+optimizer=${OPTIMIZER:-adamw}
 tok() { sed -n 's/.*"tokens_per_s": \([0-9.]*\).*/\1/p' | tail -1; }
 best() { printf '%s\n' "$@" | sort -g | tail -1; }
 
@@ -26,7 +28,7 @@ for mode in fp32 ternary; do
   flag=""; [ "$mode" = ternary ] && flag="--ternary"
   ours=(); t1=(); t2=()
   for ((r = 0; r < rounds; ++r)); do
-    ours+=("$("$build/bench/bench_train_step" $config --threads "$ours_threads" --steps "$steps" $flag 2>/dev/null | tok)")
+    ours+=("$("$build/bench/bench_train_step" $config --threads "$ours_threads" --steps "$steps" --optimizer "$optimizer" $flag 2>/dev/null | tok)")
     t1+=("$("$build/peers/gpt_libtorch" $config --threads 1 --steps "$steps" $flag | tok)")
     t2+=("$("$build/peers/gpt_libtorch" $config --threads 2 --steps "$steps" $flag | tok)")
     echo "$mode round $r: ours(${ours_threads}t) ${ours[-1]}  libtorch(1t) ${t1[-1]}  libtorch(2t) ${t2[-1]} tokens/s" >&2
@@ -34,5 +36,5 @@ for mode in fp32 ternary; do
   o=$(best "${ours[@]}"); a=$(best "${t1[@]}"); b=$(best "${t2[@]}")
   peer=$(best "$a" "$b"); pt=1; [ "$peer" = "$b" ] && pt=2
   ratio=$(awk -v o="$o" -v p="$peer" 'BEGIN { printf "%.2f", o / p }')
-  echo "$mode: ours $o tokens/s ($ours_threads threads), libtorch $peer tokens/s (best: $pt threads; 1t $a, 2t $b), ratio $ratio"
+  echo "$mode: ours $o tokens/s ($ours_threads threads, $optimizer), libtorch $peer tokens/s (best: $pt threads; 1t $a, 2t $b), ratio $ratio"
 done
