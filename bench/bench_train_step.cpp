@@ -115,8 +115,10 @@ int main(int argc, char** argv) {
     // One of the two optimizers runs; the other is left empty.
     std::optional<train::GolfOptimizers<float>> golf;
     std::optional<optim::AdamW<float>> adamw;
-    if (optimizer == "golf") golf.emplace(model, train::GolfOptimizerOptions{});
-    else adamw.emplace(params, optim::AdamWOptions{1e-3, 0.9, 0.95, 1e-8, 0.0});
+    if (optimizer == "golf")
+      golf.emplace(model, train::GolfOptimizerOptions{});
+    else
+      adamw.emplace(params, optim::AdamWOptions{1e-3, 0.9, 0.95, 1e-8, 0.0});
     auto ids = Tensor<int32_t>::empty({batch, seq + 1});
     Rng rng(1);
     auto x = ids.slice(1, 0, seq).contiguous(), y = ids.slice(1, 1, seq + 1).contiguous();
@@ -158,7 +160,8 @@ int main(int argc, char** argv) {
         stderr, "bench_train_step: %s GPT, %.0f parameters, %d threads, %lld steps, loss %.4f\n",
         c.ternary ? "ternary" : "fp32", n_params, omp_get_max_threads(), (long long)steps, loss);
     std::printf(
-        "{\"optimizer\": \"%s\", \"ternary\": %s, \"layers\": %lld, \"dim\": %lld, \"heads\": %lld, \"kv_heads\": %lld, "
+        "{\"optimizer\": \"%s\", \"ternary\": %s, \"layers\": %lld, \"dim\": %lld, \"heads\": "
+        "%lld, \"kv_heads\": %lld, "
         "\"mlp_mult\": %lld, "
         "\"vocab\": %lld, \"seq\": %lld, \"batch\": %lld, \"threads\": %d, \"steps\": %lld, "
         "\"params\": %.0f, "
@@ -166,10 +169,10 @@ int main(int argc, char** argv) {
         "%.1f, "
         "\"allocs_per_step\": %.1f, \"new_per_step\": %.1f, \"aligned_alloc_per_step\": %.1f, "
         "\"loss\": %.4f}\n",
-        optimizer.c_str(), c.ternary ? "true" : "false", (long long)c.n_layers, (long long)c.dim, (long long)c.n_heads,
-        (long long)c.n_kv_heads, (long long)c.mlp_mult, (long long)c.vocab_size, (long long)seq,
-        (long long)batch, omp_get_max_threads(), (long long)steps, n_params,
-        tokens * double(steps) / secs, 1e3 * secs / double(steps),
+        optimizer.c_str(), c.ternary ? "true" : "false", (long long)c.n_layers, (long long)c.dim,
+        (long long)c.n_heads, (long long)c.n_kv_heads, (long long)c.mlp_mult,
+        (long long)c.vocab_size, (long long)seq, (long long)batch, omp_get_max_threads(),
+        (long long)steps, n_params, tokens * double(steps) / secs, 1e3 * secs / double(steps),
         flops_per_step * double(steps) / secs / 1e9, double(ru.ru_maxrss) / 1024.0, news + aligned,
         news, aligned, loss);
   } catch (const std::exception& e) {

@@ -40,10 +40,10 @@ int main() {
   }
 
   // 5. gradcheck compares the tape's gradient with central finite differences (in double).
-  auto check = gradcheck(
-      [](std::vector<Var<double>>& in) { return sigmoid(matmul(in[0], in[1])) * in[2]; },
-      {Tensor<double>::randn({2, 3}, rng), Tensor<double>::randn({3, 4}, rng),
-       Tensor<double>::randn({4}, rng)});
+  auto check =
+      gradcheck([](std::vector<Var<double>>& in) { return sigmoid(matmul(in[0], in[1])) * in[2]; },
+                {Tensor<double>::randn({2, 3}, rng), Tensor<double>::randn({3, 4}, rng),
+                 Tensor<double>::randn({4}, rng)});
   std::printf("4. %s\n", check.report.c_str());
   return check.ok ? 0 : 1;
 }

@@ -29,7 +29,8 @@ int main() {
   // Model: logits = W2 relu(W1 x + b1) + b2.
   auto W1 = Var<float>::parameter(Tensor<float>::randn({hidden, 2}, rng, 0, 1.0));
   auto b1 = Var<float>::parameter(Tensor<float>::zeros({hidden}));
-  auto W2 = Var<float>::parameter(Tensor<float>::randn({2, hidden}, rng, 0, 1.0 / std::sqrt(hidden)));
+  auto W2 =
+      Var<float>::parameter(Tensor<float>::randn({2, hidden}, rng, 0, 1.0 / std::sqrt(hidden)));
   auto b2 = Var<float>::parameter(Tensor<float>::zeros({2}));
   std::vector<Var<float>> params{W1, b1, W2, b2};
   std::vector<Tensor<float>> velocity;

@@ -71,8 +71,9 @@ void apply_preset(Options& o, const CLI::App& app) {
 
 // Training and validation tokens from the bundled corpus, a text file, or token shards.
 train::Data load_data(const Options& o) {
-  return train::load_data({o.train_path, o.val_path, o.bytes_per_token, o.val_fraction, o.model.vocab_size},
-                          "train_gpt");
+  return train::load_data(
+      {o.train_path, o.val_path, o.bytes_per_token, o.val_fraction, o.model.vocab_size},
+      "train_gpt");
 }
 
 double evaluate_model(const nn::GPT<float>& model, const train::Data& d, const Options& o) {
@@ -91,16 +92,18 @@ int run(Options& o) {
     opt.load_state_dict(ck.optimizer_state);
     start_step = std::stoll(ck.metadata.at("step"));
     batcher.restore(BatcherState::parse(ck.metadata.at("batcher")));
-    std::fprintf(stderr, "train_gpt: resumed from %s at step %lld\n", o.resume.c_str(), (long long)start_step);
+    std::fprintf(stderr, "train_gpt: resumed from %s at step %lld\n", o.resume.c_str(),
+                 (long long)start_step);
   }
   std::fprintf(stderr,
-               "train_gpt: %s GPT, %lld parameters (%lld layers, dim %lld, %lld/%lld heads, mlp x%lld, vocab %lld), "
+               "train_gpt: %s GPT, %lld parameters (%lld layers, dim %lld, %lld/%lld heads, mlp "
+               "x%lld, vocab %lld), "
                "seq %lld, batch %lld, %d threads\n  data: %s (%zu train / %zu val tokens)\n",
                o.model.ternary ? "ternary" : "full-precision", (long long)model.num_parameters(),
                (long long)o.model.n_layers, (long long)o.model.dim, (long long)o.model.n_heads,
-               (long long)o.model.n_kv_heads, (long long)o.model.mlp_mult, (long long)o.model.vocab_size,
-               (long long)o.seq, (long long)o.batch, omp_get_max_threads(), data.description.c_str(), data.train.size(),
-               data.val.size());
+               (long long)o.model.n_kv_heads, (long long)o.model.mlp_mult,
+               (long long)o.model.vocab_size, (long long)o.seq, (long long)o.batch,
+               omp_get_max_threads(), data.description.c_str(), data.train.size(), data.val.size());
 
   train::LoopOptions lo;
   lo.steps = o.steps;
@@ -115,14 +118,16 @@ int run(Options& o) {
   if (o.eval_every > 0)
     eval_hook = [&](int64_t s) {
       if (s > start_step && s % o.eval_every == 0)
-        std::fprintf(stderr, "\nstep %lld: val bpb %.4f\n", (long long)s, evaluate_model(model, data, o));
+        std::fprintf(stderr, "\nstep %lld: val bpb %.4f\n", (long long)s,
+                     evaluate_model(model, data, o));
     };
   const train::LoopResult trained = train::train_loop(model, opt, batcher, lo, eval_hook);
   const int64_t step = trained.steps;
   const double train_seconds = trained.seconds, tokens_per_s = trained.tokens_per_s;
 
   if (!o.save.empty()) {
-    std::map<std::string, std::string> meta{{"step", std::to_string(step)}, {"batcher", batcher.state().to_string()},
+    std::map<std::string, std::string> meta{{"step", std::to_string(step)},
+                                            {"batcher", batcher.state().to_string()},
                                             {"gpt_config", gpt_config_to_json(o.model).dump()}};
     train::save_checkpoint(o.save, model, opt.state_dict(), meta);
     std::fprintf(stderr, "train_gpt: checkpoint saved to %s\n", o.save.c_str());
@@ -132,13 +137,15 @@ int run(Options& o) {
   ExportOptions eo;
   eo.codec = codec_from_name(o.codec);
   const int64_t artifact_bytes = export_gpt_artifact(model, o.export_path, eo);
-  std::fprintf(stderr, "train_gpt: artifact %s: %lld bytes (%.2f%% of the %lld-byte Parameter Golf budget)\n",
-               o.export_path.c_str(), (long long)artifact_bytes, 100.0 * double(artifact_bytes) / kParameterGolfBudget,
-               (long long)kParameterGolfBudget);
+  std::fprintf(
+      stderr,
+      "train_gpt: artifact %s: %lld bytes (%.2f%% of the %lld-byte Parameter Golf budget)\n",
+      o.export_path.c_str(), (long long)artifact_bytes,
+      100.0 * double(artifact_bytes) / kParameterGolfBudget, (long long)kParameterGolfBudget);
   auto reloaded = load_gpt_artifact(o.export_path);
   const double val_bpb_artifact = evaluate_model(*reloaded, data, o);
-  std::fprintf(stderr, "train_gpt: val bpb %.4f (trained weights), %.4f (reloaded artifact)\n", val_bpb,
-               val_bpb_artifact);
+  std::fprintf(stderr, "train_gpt: val bpb %.4f (trained weights), %.4f (reloaded artifact)\n",
+               val_bpb, val_bpb_artifact);
   nlohmann::json result{{"val_bpb", val_bpb},
                         {"val_bpb_artifact", val_bpb_artifact},
                         {"artifact_bytes", artifact_bytes},
@@ -155,7 +162,8 @@ int main(int argc, char** argv) {
   Options o;
   CLI::App app{"Train a Parameter Golf GPT on CPU, export it, reload it and report bits per byte."};
   nn::GPTConfig& m = o.model;
-  app.add_option("--preset", o.preset, "tiny (default: ~3 minutes on 2 cores) or golf (9x512, vocab 1024, seq 1024)");
+  app.add_option("--preset", o.preset,
+                 "tiny (default: ~3 minutes on 2 cores) or golf (9x512, vocab 1024, seq 1024)");
   app.add_option("--layers", m.n_layers, "transformer blocks");
   app.add_option("--dim", m.dim, "model width");
   app.add_option("--heads", m.n_heads, "attention (query) heads");
@@ -163,36 +171,54 @@ int main(int argc, char** argv) {
   app.add_option("--mlp-mult", m.mlp_mult, "MLP width multiplier");
   app.add_option("--vocab", m.vocab_size, "vocabulary size (>= 256 for byte-level text)");
   app.add_option("--rope-base", m.rope_base, "RoPE base")->capture_default_str();
-  app.add_option("--softcap", m.logit_softcap, "logit softcap c in c*tanh(x/c)")->capture_default_str();
+  app.add_option("--softcap", m.logit_softcap, "logit softcap c in c*tanh(x/c)")
+      ->capture_default_str();
   app.add_option("--qk-gain", m.qk_gain_init, "initial per-head query gain")->capture_default_str();
   app.add_option("--seq", o.seq, "sequence length");
   app.add_option("--batch", o.batch, "sequences per step");
   app.add_option("--steps", o.steps, "training steps");
   app.add_option("--seconds", o.seconds, "stop after this many seconds of training (wall clock)");
   app.add_option("--warmup", o.warmup, "LR warmup steps")->capture_default_str();
-  app.add_option("--warmdown", o.warmdown, "fraction of the run with a linear LR warmdown")->capture_default_str();
-  app.add_option("--matrix-lr", o.optim.matrix_lr, "Muon learning rate (block matrices)")->capture_default_str();
-  app.add_option("--embed-lr", o.optim.embed_lr, "Adam learning rate (tied embedding)")->capture_default_str();
-  app.add_option("--scalar-lr", o.optim.scalar_lr, "Adam learning rate (vectors, scalars)")->capture_default_str();
+  app.add_option("--warmdown", o.warmdown, "fraction of the run with a linear LR warmdown")
+      ->capture_default_str();
+  app.add_option("--matrix-lr", o.optim.matrix_lr, "Muon learning rate (block matrices)")
+      ->capture_default_str();
+  app.add_option("--embed-lr", o.optim.embed_lr, "Adam learning rate (tied embedding)")
+      ->capture_default_str();
+  app.add_option("--scalar-lr", o.optim.scalar_lr, "Adam learning rate (vectors, scalars)")
+      ->capture_default_str();
   app.add_option("--muon-momentum", o.optim.muon_momentum, "Muon momentum")->capture_default_str();
-  app.add_option("--weight-decay", o.optim.weight_decay, "decoupled weight decay on matrices")->capture_default_str();
-  app.add_option("--grad-clip", o.grad_clip, "clip the global gradient norm (0: off)")->capture_default_str();
-  app.add_flag("--ternary,!--no-ternary", m.ternary, "BitLinear (ternary) projections (default) or full precision");
-  app.add_flag("--extra-norm,!--no-extra-norm", m.extra_norm, "BitLinear's extra RMSNorm (default on)");
-  app.add_flag("--act-quant,!--no-act-quant", m.act_quant, "BitLinear's int8 activations (default on)");
-  app.add_option("--train", o.train_path, "training data: a text file, or a glob of token shards (*.bin)");
-  app.add_option("--val", o.val_path, "validation data (required with shards; default: the end of --train text)");
-  app.add_option("--val-fraction", o.val_fraction, "fraction of a text file kept for validation")->capture_default_str();
-  app.add_option("--bytes-per-token", o.bytes_per_token, "token byte lengths (one number per token id), for shards");
-  app.add_option("--eval-batches", o.eval_batches, "validation batches to score (0: all)")->capture_default_str();
-  app.add_option("--eval-every", o.eval_every, "also score validation every N steps (0: only at the end)");
-  app.add_option("--log-every", o.log_every, "progress line every N steps when stderr is not a terminal");
+  app.add_option("--weight-decay", o.optim.weight_decay, "decoupled weight decay on matrices")
+      ->capture_default_str();
+  app.add_option("--grad-clip", o.grad_clip, "clip the global gradient norm (0: off)")
+      ->capture_default_str();
+  app.add_flag("--ternary,!--no-ternary", m.ternary,
+               "BitLinear (ternary) projections (default) or full precision");
+  app.add_flag("--extra-norm,!--no-extra-norm", m.extra_norm,
+               "BitLinear's extra RMSNorm (default on)");
+  app.add_flag("--act-quant,!--no-act-quant", m.act_quant,
+               "BitLinear's int8 activations (default on)");
+  app.add_option("--train", o.train_path,
+                 "training data: a text file, or a glob of token shards (*.bin)");
+  app.add_option("--val", o.val_path,
+                 "validation data (required with shards; default: the end of --train text)");
+  app.add_option("--val-fraction", o.val_fraction, "fraction of a text file kept for validation")
+      ->capture_default_str();
+  app.add_option("--bytes-per-token", o.bytes_per_token,
+                 "token byte lengths (one number per token id), for shards");
+  app.add_option("--eval-batches", o.eval_batches, "validation batches to score (0: all)")
+      ->capture_default_str();
+  app.add_option("--eval-every", o.eval_every,
+                 "also score validation every N steps (0: only at the end)");
+  app.add_option("--log-every", o.log_every,
+                 "progress line every N steps when stderr is not a terminal");
   app.add_option("--threads", o.threads, "OpenMP threads (default: all cores)");
   app.add_option("--seed", o.seed, "seed for initialisation and batches")->capture_default_str();
   app.add_option("--save", o.save, "write a checkpoint (safetensors) after training");
   app.add_option("--resume", o.resume, "resume from a checkpoint written by --save");
   app.add_option("--export", o.export_path, "artifact path")->capture_default_str();
-  app.add_option("--codec", o.codec, "artifact compression: lzma, zstd, zlib or none")->capture_default_str();
+  app.add_option("--codec", o.codec, "artifact compression: lzma, zstd, zlib or none")
+      ->capture_default_str();
   app.add_option("--log", o.log_path, "append JSON lines (step, loss, lr_scale, tokens_per_s)");
   CLI11_PARSE(app, argc, argv);
   try {

@@ -32,7 +32,8 @@ TEST_CASE("binary ops: values and gradients with broadcasting", "[ops][elementwi
   auto y = Var<double>::constant(Tensor<double>::from({2}, {2, 4}));
   CHECK((x / y).value().to_vector() == std::vector<double>{3, 2});
   CHECK((x - y).value().to_vector() == std::vector<double>{4, 4});
-  CHECK_THROWS_WITH(x + Var<double>::constant(Tensor<double>::zeros({3})), Contains("add") && Contains("[3]"));
+  CHECK_THROWS_WITH(x + Var<double>::constant(Tensor<double>::zeros({3})),
+                    Contains("add") && Contains("[3]"));
 }
 
 TEST_CASE("scalar ops", "[ops][elementwise]") {

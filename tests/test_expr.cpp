@@ -42,7 +42,8 @@ TEST_CASE("broadcasting follows numpy rules", "[expr]") {
   CHECK(s.to_vector() == std::vector<float>{110, 121, 132, 213, 224, 235});
   Tensor<float> outer = col * row;  // [2,1] x [3] -> [2,3]
   CHECK(outer(1, 2) == 6000);
-  CHECK_THROWS_WITH(a + Tensor<float>::zeros({2}), Contains("add") && Contains("[2, 3]") && Contains("[2]"));
+  CHECK_THROWS_WITH(a + Tensor<float>::zeros({2}),
+                    Contains("add") && Contains("[2, 3]") && Contains("[2]"));
   Tensor<float> scalar_first = 2.0f - a;
   CHECK(scalar_first(1, 2) == -3);
 }

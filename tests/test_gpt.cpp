@@ -41,10 +41,14 @@ Var<float> reference_logits(const nn::GPT<float>& m, const Tensor<int32_t>& ids)
     const std::string p = "blocks." + std::to_string(i) + ".";
     h = select(P(p + "resid_mix"), 0, 0) * h + select(P(p + "resid_mix"), 0, 1) * x0;
     auto a_in = rms_norm(h, c.norm_eps);
-    auto q = permute(reshape(linear(a_in, P(p + "attn.c_q.weight")), {B, T, c.n_heads, Dh}), {0, 2, 1, 3});
-    auto k = permute(reshape(linear(a_in, P(p + "attn.c_k.weight")), {B, T, c.n_kv_heads, Dh}), {0, 2, 1, 3});
-    auto v = permute(reshape(linear(a_in, P(p + "attn.c_v.weight")), {B, T, c.n_kv_heads, Dh}), {0, 2, 1, 3});
-    q = rope(rms_norm(q, c.norm_eps), c.rope_base) * reshape(P(p + "attn.q_gain"), {c.n_heads, 1, 1});
+    auto q = permute(reshape(linear(a_in, P(p + "attn.c_q.weight")), {B, T, c.n_heads, Dh}),
+                     {0, 2, 1, 3});
+    auto k = permute(reshape(linear(a_in, P(p + "attn.c_k.weight")), {B, T, c.n_kv_heads, Dh}),
+                     {0, 2, 1, 3});
+    auto v = permute(reshape(linear(a_in, P(p + "attn.c_v.weight")), {B, T, c.n_kv_heads, Dh}),
+                     {0, 2, 1, 3});
+    q = rope(rms_norm(q, c.norm_eps), c.rope_base) *
+        reshape(P(p + "attn.q_gain"), {c.n_heads, 1, 1});
     k = rope(rms_norm(k, c.norm_eps), c.rope_base);
     auto y = reshape(permute(causal_attention_reference(q, k, v), {0, 2, 1, 3}), {B, T, c.dim});
     h = h + P(p + "attn_scale") * linear(y, P(p + "attn.proj.weight"));
@@ -52,7 +56,7 @@ Var<float> reference_logits(const nn::GPT<float>& m, const Tensor<int32_t>& ids)
     auto mlp = linear(relu2(linear(m_in, P(p + "mlp.fc.weight"))), P(p + "mlp.proj.weight"));
     return h + P(p + "mlp_scale") * mlp;
   };
-  auto e0 = block(0, x);                                     // encoder
+  auto e0 = block(0, x);                                          // encoder
   auto d0 = block(1, e0 + select(P("skip_weights"), 0, 0) * e0);  // decoder, with the skip
   auto d1 = block(2, d0);
   return softcap(linear(rms_norm(d1, c.norm_eps), P("tok_emb.weight")), c.logit_softcap);
@@ -65,7 +69,8 @@ TEST_CASE("GPT forward matches the model written by hand from the ops", "[gpt]")
   Rng rng(3);
   for (auto& [name, p] : model.named_parameters()) {
     Var<float> v = p;
-    if (name.find("proj.weight") != std::string::npos) v.value().assign(Tensor<float>::randn(p.shape(), rng, 0, 0.2));
+    if (name.find("proj.weight") != std::string::npos)
+      v.value().assign(Tensor<float>::randn(p.shape(), rng, 0, 0.2));
   }
   auto ids = random_ids(2, 7, 32, rng);
   NoGrad ng;
@@ -107,7 +112,8 @@ TEST_CASE("config errors name the values at fault", "[gpt]") {
   CHECK_THROWS_WITH(model.logits(bad), Contains("40"));
 }
 
-TEST_CASE("artifact round trip: ternary weights exactly, float tensors as encoded", "[gpt][artifact]") {
+TEST_CASE("artifact round trip: ternary weights exactly, float tensors as encoded",
+          "[gpt][artifact]") {
   nn::GPT<float> model(tiny_config(true));
   Rng rng(6);
   for (auto& [name, p] : model.named_parameters()) {
@@ -163,7 +169,8 @@ TEST_CASE("artifact reader rejects damaged files with the field at fault", "[gpt
   std::filesystem::remove(path);
 }
 
-TEST_CASE("resuming from a checkpoint gives the same losses as an uninterrupted run", "[gpt][checkpoint]") {
+TEST_CASE("resuming from a checkpoint gives the same losses as an uninterrupted run",
+          "[gpt][checkpoint]") {
   std::vector<uint16_t> tokens(4000);
   Rng data_rng(9);
   for (auto& t : tokens) t = uint16_t(data_rng.below(32));

@@ -34,7 +34,8 @@ TEST_CASE("2-d matmul matches a naive loop for every operand layout", "[ops][mat
     auto at = a.t().contiguous().t();  // column-major a
     auto bt = b.t().contiguous().t();
     CHECK(max_abs_diff(matmul(at, bt), ref) < 1e-10);
-    auto a_strided = Tensor<double>::randn({M, 2 * K}, rng).slice(1, 0, 2 * K, 2);  // neither layout
+    auto a_strided =
+        Tensor<double>::randn({M, 2 * K}, rng).slice(1, 0, 2 * K, 2);  // neither layout
     a_strided.assign(a);
     CHECK(max_abs_diff(matmul(a_strided, b), ref) < 1e-10);
   }
@@ -46,10 +47,12 @@ TEST_CASE("batched matmul broadcasts batch axes", "[ops][matmul]") {
   auto b = Tensor<double>::randn({3, 5, 6}, rng);
   auto c = matmul(a, b);
   REQUIRE(c.shape() == Shape{2, 3, 4, 6});
-  CHECK(max_abs_diff(c.select(0, 1).select(0, 2), naive_matmul(a.select(0, 1).select(0, 2), b.select(0, 2))) < 1e-10);
+  CHECK(max_abs_diff(c.select(0, 1).select(0, 2),
+                     naive_matmul(a.select(0, 1).select(0, 2), b.select(0, 2))) < 1e-10);
   auto w = Tensor<double>::randn({5, 7}, rng);
   auto folded = matmul(a, w);  // [..., K] x [K, N]: folded into one GEMM
-  CHECK(max_abs_diff(folded.select(0, 0).select(0, 1), naive_matmul(a.select(0, 0).select(0, 1), w)) < 1e-10);
+  CHECK(max_abs_diff(folded.select(0, 0).select(0, 1),
+                     naive_matmul(a.select(0, 0).select(0, 1), w)) < 1e-10);
   CHECK_THROWS_WITH(matmul(a, w.t()), Contains("matmul") && Contains("[7, 5]"));
   CHECK_THROWS_AS(matmul(Tensor<double>::zeros({3}), w), ShapeError);
 }
@@ -60,10 +63,12 @@ TEST_CASE("matmul and linear gradients", "[ops][matmul]") {
                     {Tensor<double>::randn({3, 4}, rng), Tensor<double>::randn({4, 2}, rng)});
   require_gradcheck([](auto& v) { return matmul(v[0], v[1]); },
                     {Tensor<double>::randn({2, 3, 4}, rng), Tensor<double>::randn({4, 5}, rng)});
-  require_gradcheck([](auto& v) { return matmul(v[0], v[1]); },
-                    {Tensor<double>::randn({2, 1, 3, 4}, rng), Tensor<double>::randn({3, 4, 2}, rng)});
-  require_gradcheck([](auto& v) { return matmul(v[0], v[1]); },
-                    {Tensor<double>::randn({4, 3}, rng).t(), Tensor<double>::randn({2, 4}, rng).t()});
+  require_gradcheck(
+      [](auto& v) { return matmul(v[0], v[1]); },
+      {Tensor<double>::randn({2, 1, 3, 4}, rng), Tensor<double>::randn({3, 4, 2}, rng)});
+  require_gradcheck(
+      [](auto& v) { return matmul(v[0], v[1]); },
+      {Tensor<double>::randn({4, 3}, rng).t(), Tensor<double>::randn({2, 4}, rng).t()});
   require_gradcheck([](auto& v) { return linear(v[0], v[1]); },
                     {Tensor<double>::randn({2, 3, 4}, rng), Tensor<double>::randn({5, 4}, rng)});
   auto x = Var<double>::constant(Tensor<double>::zeros({2, 3}));

@@ -21,9 +21,9 @@ TEST_CASE("sum, mean and max values", "[ops][reduce]") {
   CHECK(sum(t, {2}).shape() == Shape{2, 3});
   CHECK(sum(t, {2})(1, 2) == 20 + 21 + 22 + 23);
   CHECK(sum(t, {0}, true).shape() == Shape{1, 3, 4});
-  CHECK(sum(t, {0})(2, 3) == 11 + 23);           // leading-axes path
+  CHECK(sum(t, {0})(2, 3) == 11 + 23);  // leading-axes path
   CHECK(sum(t, {0, 2})(1) == (4 + 5 + 6 + 7) + (16 + 17 + 18 + 19));
-  CHECK(sum(t, {1})(1, 0) == 12 + 16 + 20);       // middle axis: permuted path
+  CHECK(sum(t, {1})(1, 0) == 12 + 16 + 20);              // middle axis: permuted path
   CHECK(sum(t.transpose(0, 2), {-1})(3, 2) == 11 + 23);  // strided input
   CHECK(mean(t, {-1})(0, 0) == Approx(1.5));
   CHECK(mean(t).item() == Approx(11.5));

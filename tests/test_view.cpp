@@ -37,7 +37,9 @@ TEST_CASE("concat values and gradients", "[ops][view]") {
   CHECK_THROWS_AS(concat(std::vector<Tensor<float>>{a, b}, 1), ShapeError);
   Rng rng(22);
   require_gradcheck(
-      [](auto& v) { return square(concat(std::vector<Var<double>>{v[0], v[1], v[0]}, 1)); },
+      [](auto& v) {
+        return square(concat(std::vector<Var<double>>{v[0], v[1], v[0]}, 1));
+      },
       {Tensor<double>::randn({2, 3}, rng), Tensor<double>::randn({2, 1}, rng)});
   // only the second input requires grad: concat must still be recorded
   auto k = Var<double>::constant(Tensor<double>::ones({2}));

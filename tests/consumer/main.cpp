@@ -15,7 +15,7 @@ int main() {
   const TextSplit text = load_default_corpus();
   const bool corpus_ok = text.train.size() > 1000000 && !text.val.empty();
   std::printf("consumer: grad = [%g, %g, %g] %s; corpus %s: %zu bytes %s\n", g[0], g[1], g[2],
-              grad_ok ? "ok" : "WRONG", default_corpus_path().c_str(), text.train.size() + text.val.size(),
-              corpus_ok ? "ok" : "WRONG");
+              grad_ok ? "ok" : "WRONG", default_corpus_path().c_str(),
+              text.train.size() + text.val.size(), corpus_ok ? "ok" : "WRONG");
   return grad_ok && corpus_ok ? 0 : 1;
 }

@@ -51,7 +51,8 @@ inline double weighted_sum(const Tensor<double>& out, const Tensor<double>& w) {
 }  // namespace detail
 
 inline GradcheckResult gradcheck(const std::function<Var<double>(std::vector<Var<double>>&)>& f,
-                                 const std::vector<Tensor<double>>& inputs, GradcheckOptions opt = {}) {
+                                 const std::vector<Tensor<double>>& inputs,
+                                 GradcheckOptions opt = {}) {
   GradcheckResult result;
   std::ostringstream report;
   // Analytic gradients.
@@ -67,7 +68,8 @@ inline GradcheckResult gradcheck(const std::function<Var<double>(std::vector<Var
   for (size_t k = 0; k < inputs.size(); ++k) {
     if (!opt.check.empty() && !opt.check[k]) continue;
     const Tensor<double>& x = inputs[k];
-    Tensor<double> analytic = vars[k].grad().defined() ? vars[k].grad() : Tensor<double>::zeros(x.shape());
+    Tensor<double> analytic =
+        vars[k].grad().defined() ? vars[k].grad() : Tensor<double>::zeros(x.shape());
     for (int64_t i = 0; i < x.numel(); ++i) {
       auto idx = detail::unravel(i, x.shape());
       double& xi = x.at(idx);

@@ -66,7 +66,9 @@ class Tape {
   bool enabled_ = true;
 };
 
-inline bool grad_enabled() { return Tape::current().enabled(); }
+inline bool grad_enabled() {
+  return Tape::current().enabled();
+}
 
 // Within its scope no op is recorded and no result requires grad.
 class NoGrad {

@@ -69,8 +69,10 @@ class Var {
     if (!(g.shape() == n.value.shape()))
       throw AutogradError(detail::cat("accumulate_grad: gradient of shape ", g.shape(),
                                       " for a value of shape ", n.value.shape()));
-    if (!n.grad.defined()) n.grad = g.clone();  // own copy: g may be shared with other grads
-    else n.grad += g;
+    if (!n.grad.defined())
+      n.grad = g.clone();  // own copy: g may be shared with other grads
+    else
+      n.grad += g;
   }
   // Adds an expression into the gradient without a temporary tensor.
   template <Expression E>
@@ -84,9 +86,10 @@ class Var {
   // Reverse-mode sweep from this scalar: d this / d every leaf that requires grad.
   void backward() const {
     if (numel() != 1)
-      throw AutogradError(detail::cat("backward: the output has shape ", shape(),
-                                      "; call backward(seed) with a gradient of that shape, or reduce it "
-                                      "to a scalar (e.g. mean) first"));
+      throw AutogradError(
+          detail::cat("backward: the output has shape ", shape(),
+                      "; call backward(seed) with a gradient of that shape, or reduce it "
+                      "to a scalar (e.g. mean) first"));
     backward(Tensor<T, B>::ones(shape()));
   }
   // Backward with an explicit output gradient `seed` of this Var's shape.
@@ -101,11 +104,14 @@ class Var {
           "backward: this value does not require grad (no parameter contributed to it, or it "
           "was computed under NoGrad)");
     if (!(seed.shape() == shape()))
-      throw AutogradError(detail::cat("backward: seed of shape ", seed.shape(), " for an output of shape ", shape()));
+      throw AutogradError(detail::cat("backward: seed of shape ", seed.shape(),
+                                      " for an output of shape ", shape()));
     accumulate_grad(seed);
     if (n.is_leaf) return;
     if (!n.on_tape)
-      throw AutogradError("backward: this value is not on the current thread's tape (recorded on another thread, or the tape was cleared)");
+      throw AutogradError(
+          "backward: this value is not on the current thread's tape (recorded on another thread, "
+          "or the tape was cleared)");
     Tape::current().run_backward();
   }
 
@@ -113,13 +119,15 @@ class Var {
   // each input that requires grad (through accumulate_grad). Nothing is recorded when
   // recording is off or no input requires grad.
   template <class F>
-  static Var record(const char* op, Tensor<T, B> out, std::initializer_list<Var> inputs, F&& backward_fn) {
+  static Var record(const char* op, Tensor<T, B> out, std::initializer_list<Var> inputs,
+                    F&& backward_fn) {
     return record_if(op, std::move(out), any_requires_grad(inputs.begin(), inputs.end()),
                      std::forward<F>(backward_fn));
   }
   // The same for a variable number of inputs (concat, stack).
   template <class F>
-  static Var record(const char* op, Tensor<T, B> out, const std::vector<Var>& inputs, F&& backward_fn) {
+  static Var record(const char* op, Tensor<T, B> out, const std::vector<Var>& inputs,
+                    F&& backward_fn) {
     return record_if(op, std::move(out), any_requires_grad(inputs.begin(), inputs.end()),
                      std::forward<F>(backward_fn));
   }
@@ -139,7 +147,8 @@ class Var {
     result.node_->requires_grad = true;
     result.node_->is_leaf = false;
     Node* raw = result.node_.get();  // the tape entry owns the node, so raw outlives the closure
-    Tape::current().record(op, result.node_, [raw, fn = std::forward<F>(backward_fn)]() mutable { fn(raw->grad); });
+    Tape::current().record(op, result.node_,
+                           [raw, fn = std::forward<F>(backward_fn)]() mutable { fn(raw->grad); });
     return result;
   }
 

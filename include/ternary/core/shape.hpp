@@ -42,7 +42,8 @@ class Dims {
   const int64_t* data() const { return v_.data(); }
 
   void push_back(int64_t x) {
-    if (n_ == kMaxDims) throw ShapeError(detail::cat("tensor rank exceeds the maximum of ", kMaxDims));
+    if (n_ == kMaxDims)
+      throw ShapeError(detail::cat("tensor rank exceeds the maximum of ", kMaxDims));
     v_[n_++] = x;
   }
   void insert(int pos, int64_t x) {
@@ -83,7 +84,9 @@ inline std::string to_string(const Dims& d) {
   for (int i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
   return s + "]";
 }
-inline std::ostream& operator<<(std::ostream& os, const Dims& d) { return os << to_string(d); }
+inline std::ostream& operator<<(std::ostream& os, const Dims& d) {
+  return os << to_string(d);
+}
 
 // Row-major (C order) strides, in elements.
 inline Strides contiguous_strides(const Shape& s) {
@@ -96,7 +99,8 @@ inline Strides contiguous_strides(const Shape& s) {
 inline int normalize_axis(int64_t axis, int rank, const char* op) {
   int64_t a = axis < 0 ? axis + rank : axis;
   if (a < 0 || a >= std::max(rank, 1))
-    throw IndexError(detail::cat(op, ": axis ", axis, " is out of range for a tensor of rank ", rank));
+    throw IndexError(
+        detail::cat(op, ": axis ", axis, " is out of range for a tensor of rank ", rank));
   return static_cast<int>(a);
 }
 
@@ -108,7 +112,8 @@ inline Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
     int ia = a.size() - n + i, ib = b.size() - n + i;
     int64_t ea = ia >= 0 ? a[ia] : 1, eb = ib >= 0 ? b[ib] : 1;
     if (ea != eb && ea != 1 && eb != 1)
-      throw ShapeError(detail::cat(op, ": shapes ", a, " and ", b, " cannot be broadcast together"));
+      throw ShapeError(
+          detail::cat(op, ": shapes ", a, " and ", b, " cannot be broadcast together"));
     out[i] = ea == 1 ? eb : ea;
   }
   return out;

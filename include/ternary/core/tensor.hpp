@@ -130,7 +130,8 @@ class Tensor {
   T& at(const std::vector<int64_t>& idx) const { return at_index(idx.data(), idx.size()); }
   T item() const {
     if (numel() != 1)
-      throw ShapeError(detail::cat("item: tensor of shape ", shape_, " has ", numel(), " elements, not 1"));
+      throw ShapeError(
+          detail::cat("item: tensor of shape ", shape_, " has ", numel(), " elements, not 1"));
     if constexpr (!B::on_host) {
       T v;
       B::copy_to_host(&v, data(), sizeof(T));
@@ -161,13 +162,21 @@ class Tensor {
     return *this;
   }
   template <Operand E>
-  Tensor& operator+=(const E& e) { return assign(*this + e); }
+  Tensor& operator+=(const E& e) {
+    return assign(*this + e);
+  }
   template <Operand E>
-  Tensor& operator-=(const E& e) { return assign(*this - e); }
+  Tensor& operator-=(const E& e) {
+    return assign(*this - e);
+  }
   template <Operand E>
-  Tensor& operator*=(const E& e) { return assign(*this * e); }
+  Tensor& operator*=(const E& e) {
+    return assign(*this * e);
+  }
   template <Operand E>
-  Tensor& operator/=(const E& e) { return assign(*this / e); }
+  Tensor& operator/=(const E& e) {
+    return assign(*this / e);
+  }
   Tensor& operator+=(T s) { return assign(*this + s); }
   Tensor& operator-=(T s) { return assign(*this - s); }
   Tensor& operator*=(T s) { return assign(*this * s); }
@@ -225,7 +234,8 @@ class Tensor {
   }
   Tensor permute(const std::vector<int64_t>& order) const {
     if (static_cast<int>(order.size()) != dim())
-      throw ShapeError(detail::cat("permute: ", order.size(), " axes given for a tensor of shape ", shape_));
+      throw ShapeError(
+          detail::cat("permute: ", order.size(), " axes given for a tensor of shape ", shape_));
     Tensor v = *this;
     std::vector<bool> seen(dim(), false);
     for (int i = 0; i < dim(); ++i) {
@@ -256,8 +266,8 @@ class Tensor {
   Tensor narrow(int64_t axis, int64_t start, int64_t length) const {
     int d = normalize_axis(axis, dim(), "narrow");
     if (start < 0 || length < 0 || start + length > shape_[d])
-      throw IndexError(detail::cat("narrow: [", start, ", ", start + length, ") is outside axis ", d,
-                                   " of shape ", shape_));
+      throw IndexError(detail::cat("narrow: [", start, ", ", start + length, ") is outside axis ",
+                                   d, " of shape ", shape_));
     return slice(d, start, start + length);
   }
   // Index one position along an axis, removing that axis.
@@ -265,7 +275,8 @@ class Tensor {
     int d = normalize_axis(axis, dim(), "select");
     int64_t i = index < 0 ? index + shape_[d] : index;
     if (i < 0 || i >= shape_[d])
-      throw IndexError(detail::cat("select: index ", index, " is out of range for axis ", d, " of shape ", shape_));
+      throw IndexError(detail::cat("select: index ", index, " is out of range for axis ", d,
+                                   " of shape ", shape_));
     Tensor v = *this;
     v.offset_ += i * strides_[d];
     v.shape_.erase(d);
@@ -284,7 +295,8 @@ class Tensor {
   Tensor squeeze(int64_t axis) const {
     int d = normalize_axis(axis, dim(), "squeeze");
     if (shape_[d] != 1)
-      throw ShapeError(detail::cat("squeeze: axis ", d, " of shape ", shape_, " has extent ", shape_[d], ", not 1"));
+      throw ShapeError(detail::cat("squeeze: axis ", d, " of shape ", shape_, " has extent ",
+                                   shape_[d], ", not 1"));
     Tensor v = *this;
     v.shape_.erase(d);
     v.strides_.erase(d);
@@ -321,7 +333,8 @@ class Tensor {
     for (int d = 0; d < dim(); ++d) {
       int64_t i = idx[d] < 0 ? idx[d] + shape_[d] : idx[d];
       if (i < 0 || i >= shape_[d])
-        throw IndexError(detail::cat("index: ", idx[d], " is out of range for axis ", d, " of shape ", shape_));
+        throw IndexError(
+            detail::cat("index: ", idx[d], " is out of range for axis ", d, " of shape ", shape_));
       o += i * strides_[d];
     }
     return data()[o];
@@ -341,11 +354,13 @@ class Tensor {
     }
     if (infer >= 0) {
       if (known == 0 || numel() % known != 0)
-        throw ShapeError(detail::cat(op, ": cannot infer -1 in ", s, " for ", numel(), " elements (shape ", shape_, ")"));
+        throw ShapeError(detail::cat(op, ": cannot infer -1 in ", s, " for ", numel(),
+                                     " elements (shape ", shape_, ")"));
       s[infer] = numel() / known;
     }
     if (ternary::numel(s) != numel())
-      throw ShapeError(detail::cat(op, ": shape ", shape_, " (", numel(), " elements) cannot become ", s));
+      throw ShapeError(
+          detail::cat(op, ": shape ", shape_, " (", numel(), " elements) cannot become ", s));
     return s;
   }
 
@@ -361,8 +376,10 @@ template <class T, class B>
 void print_rec(std::ostream& os, const Tensor<T, B>& t, int depth) {
   constexpr int64_t kEdge = 3;  // elements shown at each end of a long axis
   if (t.dim() == 0) {
-    if constexpr (sizeof(T) == 1) os << int(*t.data());
-    else os << *t.data();
+    if constexpr (sizeof(T) == 1)
+      os << int(*t.data());
+    else
+      os << *t.data();
     return;
   }
   const int64_t n = t.size(0);
@@ -398,7 +415,8 @@ std::ostream& operator<<(std::ostream& os, const Tensor<T, B>& t) {
 template <class T, class B>
 double max_abs_diff(const Tensor<T, B>& a, const Tensor<T, B>& b) {
   if (!(a.shape() == b.shape()))
-    throw ShapeError(detail::cat("max_abs_diff: shapes ", a.shape(), " and ", b.shape(), " differ"));
+    throw ShapeError(
+        detail::cat("max_abs_diff: shapes ", a.shape(), " and ", b.shape(), " differ"));
   auto va = a.to_vector(), vb = b.to_vector();
   double m = 0;
   for (size_t i = 0; i < va.size(); ++i) m = std::max(m, std::abs(double(va[i]) - double(vb[i])));

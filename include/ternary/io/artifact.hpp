@@ -95,10 +95,11 @@ class ArtifactWriter {
                    std::span<const float> scales, int64_t group) {
     const int64_t n = numel(shape);
     if (int64_t(trits.size()) != n)
-      throw ShapeError(detail::cat("artifact: '", name, "': ", trits.size(), " trits for shape ", shape));
+      throw ShapeError(
+          detail::cat("artifact: '", name, "': ", trits.size(), " trits for shape ", shape));
     if (group <= 0 || n % group != 0 || int64_t(scales.size()) != n / group)
-      throw ShapeError(detail::cat("artifact: '", name, "': ", scales.size(), " scales of group ", group,
-                                   " do not cover shape ", shape));
+      throw ShapeError(detail::cat("artifact: '", name, "': ", scales.size(), " scales of group ",
+                                   group, " do not cover shape ", shape));
     std::vector<uint8_t> sec;
     detail::append_pod(sec, scales.data(), scales.size());
     auto packed = pack_trits_base3(trits);
@@ -153,12 +154,14 @@ class ArtifactWriter {
     return out;
   }
   // Compresses and writes the file atomically; returns its size in bytes.
-  int64_t write(const std::string& path, Codec codec, std::optional<int> level = std::nullopt) const {
+  int64_t write(const std::string& path, Codec codec,
+                std::optional<int> level = std::nullopt) const {
     const auto raw = payload();
     const auto packed = compress(raw, codec, level);
     std::vector<uint8_t> file(kArtifactHeaderBytes);
     std::memcpy(file.data(), kArtifactMagic, 8);
-    const uint32_t version = kArtifactVersion, codec_id = uint32_t(codec), crc = detail::crc32_of(raw), zero = 0;
+    const uint32_t version = kArtifactVersion, codec_id = uint32_t(codec),
+                   crc = detail::crc32_of(raw), zero = 0;
     const uint64_t raw_n = raw.size(), packed_n = packed.size();
     std::memcpy(file.data() + 8, &version, 4);
     std::memcpy(file.data() + 12, &codec_id, 4);
@@ -172,12 +175,17 @@ class ArtifactWriter {
   }
 
  private:
-  void add_section(const std::string& name, const Shape& shape, const char* enc, std::vector<uint8_t> sec,
-                   int64_t scales, int64_t group) {
+  void add_section(const std::string& name, const Shape& shape, const char* enc,
+                   std::vector<uint8_t> sec, int64_t scales, int64_t group) {
     for (const auto& e : entries_)
       if (e["name"] == name) throw Error(detail::cat("artifact: tensor '", name, "' added twice"));
-    entries_.push_back({{"name", name}, {"shape", shape.vec()}, {"encoding", enc}, {"offset", data_.size()},
-                        {"bytes", sec.size()}, {"scales", scales}, {"group", group}});
+    entries_.push_back({{"name", name},
+                        {"shape", shape.vec()},
+                        {"encoding", enc},
+                        {"offset", data_.size()},
+                        {"bytes", sec.size()},
+                        {"scales", scales},
+                        {"group", group}});
     data_.insert(data_.end(), sec.begin(), sec.end());
   }
   std::vector<nlohmann::json> entries_;
@@ -189,10 +197,14 @@ class ArtifactWriter {
 // the payload's CRC must match. Errors name the file, the field and the byte offset.
 inline Artifact read_artifact(const std::string& path) {
   const std::vector<uint8_t> file = read_file(path);
-  auto fail = [&](const auto&... parts) { return IOError(detail::cat("artifact ", path, ": ", parts...)); };
+  auto fail = [&](const auto&... parts) {
+    return IOError(detail::cat("artifact ", path, ": ", parts...));
+  };
   if (file.size() < kArtifactHeaderBytes)
-    throw fail("file is ", file.size(), " bytes, shorter than the ", kArtifactHeaderBytes, "-byte header");
-  if (std::memcmp(file.data(), kArtifactMagic, 8) != 0) throw fail("bad magic at offset 0 (not a ternary artifact)");
+    throw fail("file is ", file.size(), " bytes, shorter than the ", kArtifactHeaderBytes,
+               "-byte header");
+  if (std::memcmp(file.data(), kArtifactMagic, 8) != 0)
+    throw fail("bad magic at offset 0 (not a ternary artifact)");
   uint32_t version, codec_id, crc;
   uint64_t raw_n, packed_n;
   std::memcpy(&version, file.data() + 8, 4);
@@ -200,23 +212,30 @@ inline Artifact read_artifact(const std::string& path) {
   std::memcpy(&raw_n, file.data() + 16, 8);
   std::memcpy(&packed_n, file.data() + 24, 8);
   std::memcpy(&crc, file.data() + 32, 4);
-  if (version != kArtifactVersion) throw fail("format version ", version, " at offset 8 (this reader knows ", kArtifactVersion, ")");
+  if (version != kArtifactVersion)
+    throw fail("format version ", version, " at offset 8 (this reader knows ", kArtifactVersion,
+               ")");
   if (codec_id > uint32_t(Codec::lzma)) throw fail("unknown codec ", codec_id, " at offset 12");
   if (packed_n != file.size() - kArtifactHeaderBytes)
-    throw fail("compressed size field (offset 24) says ", packed_n, " bytes but ", file.size() - kArtifactHeaderBytes, " follow the header");
-  if (raw_n > (uint64_t(1) << 36)) throw fail("uncompressed size field (offset 16) is implausible: ", raw_n);
+    throw fail("compressed size field (offset 24) says ", packed_n, " bytes but ",
+               file.size() - kArtifactHeaderBytes, " follow the header");
+  if (raw_n > (uint64_t(1) << 36))
+    throw fail("uncompressed size field (offset 16) is implausible: ", raw_n);
   std::vector<uint8_t> raw;
   try {
     raw = decompress(std::span(file).subspan(kArtifactHeaderBytes), Codec(codec_id), raw_n);
   } catch (const IOError& e) {
     throw fail("payload at offset 40 does not decompress: ", e.what());
   }
-  if (raw.size() != raw_n) throw fail("payload decompressed to ", raw.size(), " bytes, header (offset 16) says ", raw_n);
-  if (detail::crc32_of(raw) != crc) throw fail("CRC-32 mismatch (offset 32): the payload is corrupt");
+  if (raw.size() != raw_n)
+    throw fail("payload decompressed to ", raw.size(), " bytes, header (offset 16) says ", raw_n);
+  if (detail::crc32_of(raw) != crc)
+    throw fail("CRC-32 mismatch (offset 32): the payload is corrupt");
   if (raw.size() < 8) throw fail("payload too short for its JSON length");
   uint64_t jn;
   std::memcpy(&jn, raw.data(), 8);
-  if (jn > raw.size() - 8) throw fail("JSON length ", jn, " exceeds the payload (", raw.size() - 8, " bytes)");
+  if (jn > raw.size() - 8)
+    throw fail("JSON length ", jn, " exceeds the payload (", raw.size() - 8, " bytes)");
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(raw.begin() + 8, raw.begin() + 8 + int64_t(jn));
@@ -227,7 +246,8 @@ inline Artifact read_artifact(const std::string& path) {
   const uint64_t data_n = raw.size() - 8 - jn;
   Artifact a;
   try {
-    if (j.at("format") != "ternary-artifact") throw fail("payload JSON 'format' is not ternary-artifact");
+    if (j.at("format") != "ternary-artifact")
+      throw fail("payload JSON 'format' is not ternary-artifact");
     a.metadata = j.at("metadata").get<std::map<std::string, std::string>>();
     for (const auto& e : j.at("tensors")) {
       ArtifactTensor t;
@@ -239,17 +259,22 @@ inline Artifact read_artifact(const std::string& path) {
       }
       const uint64_t off = e.at("offset"), len = e.at("bytes");
       if (off > data_n || len > data_n - off)
-        throw fail("tensor '", name, "': section [", off, ", ", off + len, ") is outside the ", data_n, "-byte data area");
+        throw fail("tensor '", name, "': section [", off, ", ", off + len, ") is outside the ",
+                   data_n, "-byte data area");
       const uint8_t* p = data + off;
       const int64_t n = numel(t.shape);
       t.values = Tensor<float>::empty(t.shape);
       float* v = t.values.data();
       auto need = [&](uint64_t bytes) {
-        if (len != bytes) throw fail("tensor '", name, "' (", t.encoding, ", shape ", t.shape, "): section is ", len, " bytes, expected ", bytes);
+        if (len != bytes)
+          throw fail("tensor '", name, "' (", t.encoding, ", shape ", t.shape, "): section is ",
+                     len, " bytes, expected ", bytes);
       };
       if (t.encoding == "trits_base3") {
         const int64_t ns = e.at("scales"), group = e.at("group");
-        if (group <= 0 || n % group != 0 || ns != n / group) throw fail("tensor '", name, "': ", ns, " scales of group ", group, " for shape ", t.shape);
+        if (group <= 0 || n % group != 0 || ns != n / group)
+          throw fail("tensor '", name, "': ", ns, " scales of group ", group, " for shape ",
+                     t.shape);
         need(uint64_t(ns) * 4 + uint64_t((n + 4) / 5));
         t.scales.resize(ns);
         std::memcpy(t.scales.data(), p, ns * 4);
@@ -257,7 +282,8 @@ inline Artifact read_artifact(const std::string& path) {
         t.group = group;
         for (int64_t i = 0; i < n; ++i) v[i] = t.scales[i / group] * float(t.trits[i]);
       } else if (t.encoding == "int8_row") {
-        if (t.shape.size() < 1 || t.shape[0] == 0) throw fail("tensor '", name, "': int8_row needs a non-empty first axis");
+        if (t.shape.size() < 1 || t.shape[0] == 0)
+          throw fail("tensor '", name, "': int8_row needs a non-empty first axis");
         const int64_t rows = t.shape[0], cols = n / rows;
         need(uint64_t(rows) * 4 + uint64_t(n));
         t.scales.resize(rows);
@@ -277,7 +303,8 @@ inline Artifact read_artifact(const std::string& path) {
       } else {
         throw fail("tensor '", name, "': unknown encoding '", t.encoding, "'");
       }
-      if (!a.tensors.emplace(name, std::move(t)).second) throw fail("tensor '", name, "' appears twice");
+      if (!a.tensors.emplace(name, std::move(t)).second)
+        throw fail("tensor '", name, "' appears twice");
     }
   } catch (const nlohmann::json::exception& e) {
     throw fail("payload JSON is missing a field or has a wrong type: ", e.what());

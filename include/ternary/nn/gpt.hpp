@@ -47,9 +47,9 @@ struct GPTConfig {
   double qk_gain_init = 1.5;
   double tied_embed_init_std = 0.005;
   double norm_eps = 1e-6;
-  bool ternary = true;      // BitLinear projections (else full-precision Linear)
-  bool extra_norm = true;   // BitLinear's extra RMSNorm before each projection
-  bool act_quant = true;    // BitLinear's int8 activations
+  bool ternary = true;     // BitLinear projections (else full-precision Linear)
+  bool extra_norm = true;  // BitLinear's extra RMSNorm before each projection
+  bool act_quant = true;   // BitLinear's int8 activations
   uint64_t seed = 1337;
 
   int64_t head_dim() const { return dim / n_heads; }
@@ -57,20 +57,24 @@ struct GPTConfig {
   // Throws with the offending values if the shape is inconsistent.
   void validate() const {
     auto bad = [](const std::string& m) { throw Error("GPTConfig: " + m); };
-    if (vocab_size <= 0 || n_layers <= 0 || dim <= 0 || n_heads <= 0 || n_kv_heads <= 0 || mlp_mult <= 0)
-      bad(detail::cat("all sizes must be positive (vocab ", vocab_size, ", layers ", n_layers, ", dim ", dim,
-                      ", heads ", n_heads, ", kv heads ", n_kv_heads, ", mlp_mult ", mlp_mult, ")"));
+    if (vocab_size <= 0 || n_layers <= 0 || dim <= 0 || n_heads <= 0 || n_kv_heads <= 0 ||
+        mlp_mult <= 0)
+      bad(detail::cat("all sizes must be positive (vocab ", vocab_size, ", layers ", n_layers,
+                      ", dim ", dim, ", heads ", n_heads, ", kv heads ", n_kv_heads, ", mlp_mult ",
+                      mlp_mult, ")"));
     if (dim % n_heads) bad(detail::cat("dim ", dim, " is not a multiple of n_heads ", n_heads));
     if (head_dim() % 2) bad(detail::cat("head_dim ", head_dim(), " must be even for RoPE"));
-    if (n_heads % n_kv_heads) bad(detail::cat("n_heads ", n_heads, " is not a multiple of n_kv_heads ", n_kv_heads));
-    if (!(logit_softcap > 0)) bad(detail::cat("logit_softcap must be positive, got ", logit_softcap));
+    if (n_heads % n_kv_heads)
+      bad(detail::cat("n_heads ", n_heads, " is not a multiple of n_kv_heads ", n_kv_heads));
+    if (!(logit_softcap > 0))
+      bad(detail::cat("logit_softcap must be positive, got ", logit_softcap));
   }
 };
 
 // A projection that is a Linear or a BitLinear, chosen by the config.
 template <class T = float, class B = cpu>
-std::unique_ptr<Projection<T, B>> make_projection(int64_t in, int64_t out, const GPTConfig& c, Rng& rng,
-                                                  bool zero_init) {
+std::unique_ptr<Projection<T, B>> make_projection(int64_t in, int64_t out, const GPTConfig& c,
+                                                  Rng& rng, bool zero_init) {
   std::unique_ptr<Projection<T, B>> p;
   if (c.ternary) {
     BitLinearConfig bc;
@@ -97,7 +101,8 @@ class CausalSelfAttention : public Module<T, B> {
     this->register_module("c_k", *wk_);
     this->register_module("c_v", *wv_);
     this->register_module("proj", *proj_);
-    q_gain_ = this->register_parameter("q_gain", Tensor<T, B>::full({c.n_heads}, T(c.qk_gain_init)));
+    q_gain_ =
+        this->register_parameter("q_gain", Tensor<T, B>::full({c.n_heads}, T(c.qk_gain_init)));
   }
   // x [B, T, D] -> [B, T, D]
   VarT forward(const VarT& x) const {
@@ -111,11 +116,12 @@ class CausalSelfAttention : public Module<T, B> {
     q = rope(rms_norm(q, c_.norm_eps), c_.rope_base);
     k = rope(rms_norm(k, c_.norm_eps), c_.rope_base);
     q = q * reshape(q_gain_, {c_.n_heads, 1, 1});
-    VarT y = causal_attention(q, k, v);                   // [B, H, T, Dh]
+    VarT y = causal_attention(q, k, v);  // [B, H, T, Dh]
     y = reshape(permute(y, {0, 2, 1, 3}), {Bn, Tn, c_.dim});
     return proj_->forward(y);
   }
-  void collect_projections(const std::string& prefix, std::vector<std::pair<std::string, Projection<T, B>*>>& out) const {
+  void collect_projections(const std::string& prefix,
+                           std::vector<std::pair<std::string, Projection<T, B>*>>& out) const {
     out.emplace_back(prefix + "c_q", wq_.get());
     out.emplace_back(prefix + "c_k", wk_.get());
     out.emplace_back(prefix + "c_v", wv_.get());
@@ -138,7 +144,8 @@ class MLP : public Module<T, B> {
     this->register_module("proj", *proj_);
   }
   Var<T, B> forward(const Var<T, B>& x) const { return proj_->forward(relu2(fc_->forward(x))); }
-  void collect_projections(const std::string& prefix, std::vector<std::pair<std::string, Projection<T, B>*>>& out) const {
+  void collect_projections(const std::string& prefix,
+                           std::vector<std::pair<std::string, Projection<T, B>*>>& out) const {
     out.emplace_back(prefix + "fc", fc_.get());
     out.emplace_back(prefix + "proj", proj_.get());
   }
@@ -166,7 +173,8 @@ class Block : public Module<T, B> {
     x = x + mlp_scale_ * mlp_.forward(rms_norm(x, c_.norm_eps));
     return x;
   }
-  void collect_projections(const std::string& prefix, std::vector<std::pair<std::string, Projection<T, B>*>>& out) const {
+  void collect_projections(const std::string& prefix,
+                           std::vector<std::pair<std::string, Projection<T, B>*>>& out) const {
     attn_.collect_projections(prefix + "attn.", out);
     mlp_.collect_projections(prefix + "mlp.", out);
   }
@@ -185,12 +193,14 @@ class GPT : public Module<T, B> {
   explicit GPT(const GPTConfig& c) : c_(c) {
     c.validate();
     Rng rng(c.seed);
-    tok_emb_ = this->register_parameter("tok_emb.weight",
-                                        Tensor<T, B>::randn({c.vocab_size, c.dim}, rng, 0, c.tied_embed_init_std));
+    tok_emb_ = this->register_parameter(
+        "tok_emb.weight",
+        Tensor<T, B>::randn({c.vocab_size, c.dim}, rng, 0, c.tied_embed_init_std));
     n_encoder_ = c.n_layers / 2;
     n_decoder_ = c.n_layers - n_encoder_;
     const int64_t n_skip = std::min(n_encoder_, n_decoder_);
-    if (n_skip > 0) skip_weights_ = this->register_parameter("skip_weights", Tensor<T, B>::ones({n_skip, c.dim}));
+    if (n_skip > 0)
+      skip_weights_ = this->register_parameter("skip_weights", Tensor<T, B>::ones({n_skip, c.dim}));
     for (int64_t i = 0; i < c.n_layers; ++i) {
       blocks_.push_back(std::make_unique<Block<T, B>>(c, rng));
       this->register_module("blocks." + std::to_string(i), *blocks_.back());
@@ -200,7 +210,8 @@ class GPT : public Module<T, B> {
 
   // Final hidden states [B, T, D] (before the output norm) for token ids [B, T].
   VarT hidden(const Tensor<int32_t, B>& ids) const {
-    if (ids.dim() != 2) throw ShapeError(detail::cat("GPT: token ids must be [batch, seq], got ", ids.shape()));
+    if (ids.dim() != 2)
+      throw ShapeError(detail::cat("GPT: token ids must be [batch, seq], got ", ids.shape()));
     VarT x = rms_norm(embedding(tok_emb_, ids), c_.norm_eps);
     const VarT x0 = x;
     std::vector<VarT> skips;
@@ -220,7 +231,9 @@ class GPT : public Module<T, B> {
   // Logits before the softcap [B, T, V] (tied embedding as the output head).
   VarT logits_raw(const Tensor<int32_t, B>& ids) const { return linear(hidden(ids), tok_emb_); }
   // Softcapped logits [B, T, V].
-  VarT logits(const Tensor<int32_t, B>& ids) const { return softcap(logits_raw(ids), c_.logit_softcap); }
+  VarT logits(const Tensor<int32_t, B>& ids) const {
+    return softcap(logits_raw(ids), c_.logit_softcap);
+  }
   // Mean cross-entropy (nats) of the softcapped logits against targets [B, T].
   VarT loss(const Tensor<int32_t, B>& ids, const Tensor<int32_t, B>& targets) const {
     return softcap_cross_entropy(logits_raw(ids), targets, c_.logit_softcap);
@@ -234,7 +247,8 @@ class GPT : public Module<T, B> {
   }
   std::vector<std::pair<std::string, Projection<T, B>*>> projection_modules() const {
     std::vector<std::pair<std::string, Projection<T, B>*>> out;
-    for (size_t i = 0; i < blocks_.size(); ++i) blocks_[i]->collect_projections("blocks." + std::to_string(i) + ".", out);
+    for (size_t i = 0; i < blocks_.size(); ++i)
+      blocks_[i]->collect_projections("blocks." + std::to_string(i) + ".", out);
     return out;
   }
   int64_t num_layers() const { return c_.n_layers; }

@@ -55,12 +55,14 @@ class Module {
   // present. Not strict: parameters missing from `values` keep their current values (e.g.
   // the extra norms a ternary model adds to a full-precision checkpoint); returns their names.
   // Names in `values` that the model does not have are always an error.
-  std::vector<std::string> load_parameters(const std::map<std::string, TensorT>& values, bool strict = true) {
+  std::vector<std::string> load_parameters(const std::map<std::string, TensorT>& values,
+                                           bool strict = true) {
     std::vector<std::string> missing;
     std::map<std::string, VarT> mine;
     for (auto& [name, v] : named_parameters()) mine.emplace(name, v);
     for (auto& [name, t] : values)
-      if (!mine.count(name)) throw Error(detail::cat("load_parameters: the model has no parameter named '", name, "'"));
+      if (!mine.count(name))
+        throw Error(detail::cat("load_parameters: the model has no parameter named '", name, "'"));
     for (auto& [name, v] : mine) {
       auto it = values.find(name);
       if (it == values.end()) {

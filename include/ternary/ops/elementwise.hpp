@@ -21,32 +21,39 @@ namespace ternary {
 // Broadcast inputs receive sum_to(gradient, their shape).
 template <class T, class B>
 Var<T, B> operator+(const Var<T, B>& a, const Var<T, B>& b) {
-  return Var<T, B>::record("add", Tensor<T, B>(a.value() + b.value()), {a, b}, [a, b](const Tensor<T, B>& g) {
-    if (a.requires_grad()) a.accumulate_grad(sum_to(g, a.shape()));
-    if (b.requires_grad()) b.accumulate_grad(sum_to(g, b.shape()));
-  });
+  return Var<T, B>::record("add", Tensor<T, B>(a.value() + b.value()), {a, b},
+                           [a, b](const Tensor<T, B>& g) {
+                             if (a.requires_grad()) a.accumulate_grad(sum_to(g, a.shape()));
+                             if (b.requires_grad()) b.accumulate_grad(sum_to(g, b.shape()));
+                           });
 }
 template <class T, class B>
 Var<T, B> operator-(const Var<T, B>& a, const Var<T, B>& b) {
-  return Var<T, B>::record("sub", Tensor<T, B>(a.value() - b.value()), {a, b}, [a, b](const Tensor<T, B>& g) {
-    if (a.requires_grad()) a.accumulate_grad(sum_to(g, a.shape()));
-    if (b.requires_grad()) b.accumulate_grad(sum_to(Tensor<T, B>(-g), b.shape()));
-  });
+  return Var<T, B>::record("sub", Tensor<T, B>(a.value() - b.value()), {a, b},
+                           [a, b](const Tensor<T, B>& g) {
+                             if (a.requires_grad()) a.accumulate_grad(sum_to(g, a.shape()));
+                             if (b.requires_grad())
+                               b.accumulate_grad(sum_to(Tensor<T, B>(-g), b.shape()));
+                           });
 }
 template <class T, class B>
 Var<T, B> operator*(const Var<T, B>& a, const Var<T, B>& b) {
-  return Var<T, B>::record("mul", Tensor<T, B>(a.value() * b.value()), {a, b}, [a, b](const Tensor<T, B>& g) {
-    if (a.requires_grad()) a.accumulate_grad(sum_to(Tensor<T, B>(g * b.value()), a.shape()));
-    if (b.requires_grad()) b.accumulate_grad(sum_to(Tensor<T, B>(g * a.value()), b.shape()));
-  });
+  return Var<T, B>::record("mul", Tensor<T, B>(a.value() * b.value()), {a, b},
+                           [a, b](const Tensor<T, B>& g) {
+                             if (a.requires_grad())
+                               a.accumulate_grad(sum_to(Tensor<T, B>(g * b.value()), a.shape()));
+                             if (b.requires_grad())
+                               b.accumulate_grad(sum_to(Tensor<T, B>(g * a.value()), b.shape()));
+                           });
 }
 template <class T, class B>
 Var<T, B> operator/(const Var<T, B>& a, const Var<T, B>& b) {
-  return Var<T, B>::record("div", Tensor<T, B>(a.value() / b.value()), {a, b}, [a, b](const Tensor<T, B>& g) {
-    if (a.requires_grad()) a.accumulate_grad(sum_to(Tensor<T, B>(g / b.value()), a.shape()));
-    if (b.requires_grad())
-      b.accumulate_grad(sum_to(Tensor<T, B>(-g * a.value() / square(b.value())), b.shape()));
-  });
+  return Var<T, B>::record(
+      "div", Tensor<T, B>(a.value() / b.value()), {a, b}, [a, b](const Tensor<T, B>& g) {
+        if (a.requires_grad()) a.accumulate_grad(sum_to(Tensor<T, B>(g / b.value()), a.shape()));
+        if (b.requires_grad())
+          b.accumulate_grad(sum_to(Tensor<T, B>(-g * a.value() / square(b.value())), b.shape()));
+      });
 }
 
 // ---- with a constant scalar ------------------------------------------------------------------
@@ -56,11 +63,17 @@ Var<T, B> operator+(const Var<T, B>& a, S s) {
                            [a](const Tensor<T, B>& g) { a.accumulate_grad(g); });
 }
 template <class T, class B, Arithmetic S>
-Var<T, B> operator+(S s, const Var<T, B>& a) { return a + s; }
+Var<T, B> operator+(S s, const Var<T, B>& a) {
+  return a + s;
+}
 template <class T, class B, Arithmetic S>
-Var<T, B> operator-(const Var<T, B>& a, S s) { return a + (-T(s)); }
+Var<T, B> operator-(const Var<T, B>& a, S s) {
+  return a + (-T(s));
+}
 template <class T, class B, Arithmetic S>
-Var<T, B> operator-(S s, const Var<T, B>& a) { return -a + s; }
+Var<T, B> operator-(S s, const Var<T, B>& a) {
+  return -a + s;
+}
 template <class T, class B, Arithmetic S>
 Var<T, B> operator*(const Var<T, B>& a, S s) {
   const T c = T(s);
@@ -68,9 +81,13 @@ Var<T, B> operator*(const Var<T, B>& a, S s) {
                            [a, c](const Tensor<T, B>& g) { a.accumulate_grad(g * c); });
 }
 template <class T, class B, Arithmetic S>
-Var<T, B> operator*(S s, const Var<T, B>& a) { return a * s; }
+Var<T, B> operator*(S s, const Var<T, B>& a) {
+  return a * s;
+}
 template <class T, class B, Arithmetic S>
-Var<T, B> operator/(const Var<T, B>& a, S s) { return a * (T(1) / T(s)); }
+Var<T, B> operator/(const Var<T, B>& a, S s) {
+  return a * (T(1) / T(s));
+}
 template <class T, class B, Arithmetic S>
 Var<T, B> operator/(S s, const Var<T, B>& a) {
   const T c = T(s);
@@ -83,13 +100,15 @@ Var<T, B> operator/(S s, const Var<T, B>& a) {
 // ---- unary ----------------------------------------------------------------------------------
 template <class T, class B>
 Var<T, B> operator-(const Var<T, B>& x) {
-  return Var<T, B>::record("neg", Tensor<T, B>(-x.value()), {x}, [x](const Tensor<T, B>& g) { x.accumulate_grad(-g); });
+  return Var<T, B>::record("neg", Tensor<T, B>(-x.value()), {x},
+                           [x](const Tensor<T, B>& g) { x.accumulate_grad(-g); });
 }
 // exp: d = g * exp(x)
 template <class T, class B>
 Var<T, B> exp(const Var<T, B>& x) {
   Tensor<T, B> out = exp(x.value());
-  return Var<T, B>::record("exp", out, {x}, [x, out](const Tensor<T, B>& g) { x.accumulate_grad(g * out); });
+  return Var<T, B>::record("exp", out, {x},
+                           [x, out](const Tensor<T, B>& g) { x.accumulate_grad(g * out); });
 }
 // log: d = g / x
 template <class T, class B>
@@ -101,21 +120,24 @@ Var<T, B> log(const Var<T, B>& x) {
 template <class T, class B>
 Var<T, B> sqrt(const Var<T, B>& x) {
   Tensor<T, B> out = sqrt(x.value());
-  return Var<T, B>::record("sqrt", out, {x}, [x, out](const Tensor<T, B>& g) { x.accumulate_grad(g * T(0.5) / out); });
+  return Var<T, B>::record(
+      "sqrt", out, {x}, [x, out](const Tensor<T, B>& g) { x.accumulate_grad(g * T(0.5) / out); });
 }
 // rsqrt: y = x^-1/2, d = -g y^3 / 2
 template <class T, class B>
 Var<T, B> rsqrt(const Var<T, B>& x) {
   Tensor<T, B> out = rsqrt(x.value());
-  return Var<T, B>::record("rsqrt", out, {x},
-                           [x, out](const Tensor<T, B>& g) { x.accumulate_grad(g * T(-0.5) * out * out * out); });
+  return Var<T, B>::record("rsqrt", out, {x}, [x, out](const Tensor<T, B>& g) {
+    x.accumulate_grad(g * T(-0.5) * out * out * out);
+  });
 }
 // pow with a constant exponent: d = g p x^(p-1)
 template <class T, class B, Arithmetic S>
 Var<T, B> pow(const Var<T, B>& x, S p) {
   const T e = T(p);
-  return Var<T, B>::record("pow", Tensor<T, B>(pow(x.value(), e)), {x},
-                           [x, e](const Tensor<T, B>& g) { x.accumulate_grad(g * e * pow(x.value(), e - T(1))); });
+  return Var<T, B>::record(
+      "pow", Tensor<T, B>(pow(x.value(), e)), {x},
+      [x, e](const Tensor<T, B>& g) { x.accumulate_grad(g * e * pow(x.value(), e - T(1))); });
 }
 // square: d = 2 g x
 template <class T, class B>
@@ -133,13 +155,17 @@ Var<T, B> abs(const Var<T, B>& x) {
 template <class T, class B>
 Var<T, B> tanh(const Var<T, B>& x) {
   Tensor<T, B> out = tanh(x.value());
-  return Var<T, B>::record("tanh", out, {x}, [x, out](const Tensor<T, B>& g) { x.accumulate_grad(g * (T(1) - out * out)); });
+  return Var<T, B>::record("tanh", out, {x}, [x, out](const Tensor<T, B>& g) {
+    x.accumulate_grad(g * (T(1) - out * out));
+  });
 }
 // sigmoid: d = g y (1 - y)
 template <class T, class B>
 Var<T, B> sigmoid(const Var<T, B>& x) {
   Tensor<T, B> out = sigmoid(x.value());
-  return Var<T, B>::record("sigmoid", out, {x}, [x, out](const Tensor<T, B>& g) { x.accumulate_grad(g * out * (T(1) - out)); });
+  return Var<T, B>::record("sigmoid", out, {x}, [x, out](const Tensor<T, B>& g) {
+    x.accumulate_grad(g * out * (T(1) - out));
+  });
 }
 // relu: d = g [x > 0]
 template <class T, class B>
@@ -150,8 +176,9 @@ Var<T, B> relu(const Var<T, B>& x) {
 // relu^2 (the Parameter Golf MLP activation): y = max(x, 0)^2, d = 2 g max(x, 0)
 template <class T, class B>
 Var<T, B> relu2(const Var<T, B>& x) {
-  return Var<T, B>::record("relu2", Tensor<T, B>(relu2(x.value())), {x},
-                           [x](const Tensor<T, B>& g) { x.accumulate_grad(g * T(2) * relu(x.value())); });
+  return Var<T, B>::record(
+      "relu2", Tensor<T, B>(relu2(x.value())), {x},
+      [x](const Tensor<T, B>& g) { x.accumulate_grad(g * T(2) * relu(x.value())); });
 }
 // silu: y = x s(x), d = g s (1 + x (1 - s))
 template <class T, class B>
@@ -167,8 +194,9 @@ Var<T, B> softcap(const Var<T, B>& x, S cap) {
   const T c = T(cap);
   if (!(c > T(0))) throw Error(detail::cat("softcap: the cap must be positive, got ", cap));
   Tensor<T, B> t = tanh(x.value() / c);
-  return Var<T, B>::record("softcap", Tensor<T, B>(t * c), {x},
-                           [x, t](const Tensor<T, B>& g) { x.accumulate_grad(g * (T(1) - t * t)); });
+  return Var<T, B>::record("softcap", Tensor<T, B>(t * c), {x}, [x, t](const Tensor<T, B>& g) {
+    x.accumulate_grad(g * (T(1) - t * t));
+  });
 }
 
 }  // namespace ternary

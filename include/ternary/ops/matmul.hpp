@@ -28,7 +28,8 @@ MatView<const T> const_view(const Tensor<T, B>& t) {
 template <class T, class B>
 Tensor<T, B> matmul(const Tensor<T, B>& a, const Tensor<T, B>& b) {
   if (a.dim() < 2 || b.dim() < 2)
-    throw ShapeError(detail::cat("matmul: both operands need at least 2 axes, got ", a.shape(), " and ", b.shape()));
+    throw ShapeError(detail::cat("matmul: both operands need at least 2 axes, got ", a.shape(),
+                                 " and ", b.shape()));
   const int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1);
   if (b.size(-2) != K)
     throw ShapeError(detail::cat("matmul: inner sizes differ: ", a.shape(), " x ", b.shape()));
@@ -38,7 +39,8 @@ Tensor<T, B> matmul(const Tensor<T, B>& a, const Tensor<T, B>& b) {
     out_shape[out_shape.size() - 1] = N;
     auto out = Tensor<T, B>::empty(out_shape);
     auto a2 = a.reshape(Shape{-1, K});
-    backend::gemm(B{}, detail::const_view(a2), detail::const_view(b), backend::mat_view(out.reshape(Shape{-1, N})), T(1), T(0));
+    backend::gemm(B{}, detail::const_view(a2), detail::const_view(b),
+                  backend::mat_view(out.reshape(Shape{-1, N})), T(1), T(0));
     return out;
   }
   Shape batch_a(std::span<const int64_t>(a.shape().begin(), a.dim() - 2));
@@ -77,19 +79,21 @@ Tensor<T, B> matmul(const Tensor<T, B>& a, const Tensor<T, B>& b) {
 // ---- differentiable -------------------------------------------------------------------------
 template <class T, class B>
 Var<T, B> matmul(const Var<T, B>& a, const Var<T, B>& b) {
-  return Var<T, B>::record("matmul", matmul(a.value(), b.value()), {a, b}, [a, b](const Tensor<T, B>& g) {
-    const auto& A = a.value();
-    const auto& Bm = b.value();
-    if (a.requires_grad()) a.accumulate_grad(sum_to(matmul(g, Bm.transpose(-1, -2)), a.shape()));
-    if (b.requires_grad()) {
-      if (Bm.dim() == 2 && A.dim() > 2) {  // fold the batch: one GEMM [K, BT] x [BT, N]
-        const int64_t K = A.size(-1), N = g.size(-1);
-        b.accumulate_grad(matmul(A.reshape(Shape{-1, K}).t(), g.reshape(Shape{-1, N})));
-      } else {
-        b.accumulate_grad(sum_to(matmul(A.transpose(-1, -2), g), b.shape()));
-      }
-    }
-  });
+  return Var<T, B>::record(
+      "matmul", matmul(a.value(), b.value()), {a, b}, [a, b](const Tensor<T, B>& g) {
+        const auto& A = a.value();
+        const auto& Bm = b.value();
+        if (a.requires_grad())
+          a.accumulate_grad(sum_to(matmul(g, Bm.transpose(-1, -2)), a.shape()));
+        if (b.requires_grad()) {
+          if (Bm.dim() == 2 && A.dim() > 2) {  // fold the batch: one GEMM [K, BT] x [BT, N]
+            const int64_t K = A.size(-1), N = g.size(-1);
+            b.accumulate_grad(matmul(A.reshape(Shape{-1, K}).t(), g.reshape(Shape{-1, N})));
+          } else {
+            b.accumulate_grad(sum_to(matmul(A.transpose(-1, -2), g), b.shape()));
+          }
+        }
+      });
 }
 
 // y = x w^T for a weight stored [out_features, in_features].
@@ -98,11 +102,15 @@ Var<T, B> linear(const Var<T, B>& x, const Var<T, B>& w) {
   if (w.dim() != 2)
     throw ShapeError(detail::cat("linear: weight must be [out, in], got ", w.shape()));
   if (x.size(-1) != w.size(1))
-    throw ShapeError(detail::cat("linear: input ", x.shape(), " does not match weight [out, in] = ", w.shape()));
-  return Var<T, B>::record("linear", matmul(x.value(), w.value().t()), {x, w}, [x, w](const Tensor<T, B>& g) {
+    throw ShapeError(
+        detail::cat("linear: input ", x.shape(), " does not match weight [out, in] = ", w.shape()));
+  return Var<
+      T,
+      B>::record("linear", matmul(x.value(), w.value().t()), {x, w}, [x, w](const Tensor<T, B>& g) {
     const int64_t in = w.size(1), out = w.size(0);
     if (x.requires_grad()) x.accumulate_grad(matmul(g, w.value()));
-    if (w.requires_grad()) w.accumulate_grad(matmul(g.reshape(Shape{-1, out}).t(), x.value().reshape(Shape{-1, in})));
+    if (w.requires_grad())
+      w.accumulate_grad(matmul(g.reshape(Shape{-1, out}).t(), x.value().reshape(Shape{-1, in})));
   });
 }
 

@@ -36,20 +36,23 @@ inline Shape squeeze_axes(const Shape& keep, const std::vector<int>& axes) {
 
 // ---- tensor level ---------------------------------------------------------------------------
 template <class T, class B>
-Tensor<T, B> sum(const Tensor<T, B>& x, const std::vector<int64_t>& axes = {}, bool keepdim = false) {
+Tensor<T, B> sum(const Tensor<T, B>& x, const std::vector<int64_t>& axes = {},
+                 bool keepdim = false) {
   auto ax = detail::reduction_axes(axes, x.dim(), "sum");
   auto out = backend::reduce_sum(B{}, x, ax);
   return keepdim ? out : out.reshape(detail::squeeze_axes(out.shape(), ax));
 }
 template <class T, class B>
-Tensor<T, B> mean(const Tensor<T, B>& x, const std::vector<int64_t>& axes = {}, bool keepdim = false) {
+Tensor<T, B> mean(const Tensor<T, B>& x, const std::vector<int64_t>& axes = {},
+                  bool keepdim = false) {
   auto s = sum(x, axes, keepdim);
   const double count = double(x.numel()) / double(std::max<int64_t>(s.numel(), 1));
   s *= T(1.0 / count);
   return s;
 }
 template <class T, class B>
-Tensor<T, B> max(const Tensor<T, B>& x, const std::vector<int64_t>& axes = {}, bool keepdim = false) {
+Tensor<T, B> max(const Tensor<T, B>& x, const std::vector<int64_t>& axes = {},
+                 bool keepdim = false) {
   auto ax = detail::reduction_axes(axes, x.dim(), "max");
   auto out = backend::reduce_max(B{}, x, ax, nullptr);
   return keepdim ? out : out.reshape(detail::squeeze_axes(out.shape(), ax));
@@ -64,8 +67,10 @@ Tensor<T, B> sum_to(const Tensor<T, B>& g, const Shape& shape) {
     throw ShapeError(detail::cat("sum_to: cannot reduce shape ", g.shape(), " to ", shape));
   std::vector<int> axes;
   for (int i = 0; i < g.dim(); ++i) {
-    if (i < lead) axes.push_back(i);
-    else if (shape[i - lead] == 1 && g.shape()[i] != 1) axes.push_back(i);
+    if (i < lead)
+      axes.push_back(i);
+    else if (shape[i - lead] == 1 && g.shape()[i] != 1)
+      axes.push_back(i);
     else if (shape[i - lead] != g.shape()[i])
       throw ShapeError(detail::cat("sum_to: cannot reduce shape ", g.shape(), " to ", shape));
   }
@@ -77,18 +82,20 @@ template <class T, class B>
 Var<T, B> sum(const Var<T, B>& x, const std::vector<int64_t>& axes = {}, bool keepdim = false) {
   auto ax = detail::reduction_axes(axes, x.dim(), "sum");
   Shape keep_shape = backend::cpu_detail::plan_reduction(x.shape(), ax).out_keepdim;
-  return Var<T, B>::record("sum", sum(x.value(), axes, keepdim), {x}, [x, keep_shape](const Tensor<T, B>& g) {
-    x.accumulate_grad(g.reshape(keep_shape).expand(x.shape()));
-  });
+  return Var<T, B>::record("sum", sum(x.value(), axes, keepdim), {x},
+                           [x, keep_shape](const Tensor<T, B>& g) {
+                             x.accumulate_grad(g.reshape(keep_shape).expand(x.shape()));
+                           });
 }
 template <class T, class B>
 Var<T, B> mean(const Var<T, B>& x, const std::vector<int64_t>& axes = {}, bool keepdim = false) {
   auto ax = detail::reduction_axes(axes, x.dim(), "mean");
   Shape keep_shape = backend::cpu_detail::plan_reduction(x.shape(), ax).out_keepdim;
   const T scale = T(double(numel(keep_shape)) / double(std::max<int64_t>(x.numel(), 1)));
-  return Var<T, B>::record("mean", mean(x.value(), axes, keepdim), {x}, [x, keep_shape, scale](const Tensor<T, B>& g) {
-    x.accumulate_grad(g.reshape(keep_shape).expand(x.shape()) * scale);
-  });
+  return Var<T, B>::record("mean", mean(x.value(), axes, keepdim), {x},
+                           [x, keep_shape, scale](const Tensor<T, B>& g) {
+                             x.accumulate_grad(g.reshape(keep_shape).expand(x.shape()) * scale);
+                           });
 }
 template <class T, class B>
 Var<T, B> max(const Var<T, B>& x, const std::vector<int64_t>& axes = {}, bool keepdim = false) {
@@ -97,24 +104,26 @@ Var<T, B> max(const Var<T, B>& x, const std::vector<int64_t>& axes = {}, bool ke
   auto out = backend::reduce_max(B{}, x.value(), ax, &argmax);
   Shape keep_shape = out.shape();
   if (!keepdim) out = out.reshape(detail::squeeze_axes(keep_shape, ax));
-  return Var<T, B>::record("max", out, {x}, [x, ax, argmax = std::move(argmax)](const Tensor<T, B>& g) {
-    // Scatter into the [kept..., reduced...] layout, then permute back to x's axes.
-    auto p = backend::cpu_detail::plan_reduction(x.shape(), ax);
-    std::vector<int64_t> order;
-    Shape permuted;
-    for (int i = 0; i < x.dim(); ++i)
-      if (!p.reduced[i]) order.push_back(i);
-    for (int i = 0; i < x.dim(); ++i)
-      if (p.reduced[i]) order.push_back(i);
-    for (int64_t a : order) permuted.push_back(x.shape()[int(a)]);
-    auto dx_perm = Tensor<T, B>::zeros(permuted);
-    auto gc = g.contiguous();
-    const int64_t inner = argmax.empty() ? 0 : x.numel() / int64_t(argmax.size());
-    for (size_t r = 0; r < argmax.size(); ++r) dx_perm.data()[r * inner + argmax[r]] = gc.data()[r];
-    std::vector<int64_t> inverse(order.size());
-    for (size_t i = 0; i < order.size(); ++i) inverse[order[i]] = int64_t(i);
-    x.accumulate_grad(dx_perm.permute(inverse));
-  });
+  return Var<T, B>::record(
+      "max", out, {x}, [x, ax, argmax = std::move(argmax)](const Tensor<T, B>& g) {
+        // Scatter into the [kept..., reduced...] layout, then permute back to x's axes.
+        auto p = backend::cpu_detail::plan_reduction(x.shape(), ax);
+        std::vector<int64_t> order;
+        Shape permuted;
+        for (int i = 0; i < x.dim(); ++i)
+          if (!p.reduced[i]) order.push_back(i);
+        for (int i = 0; i < x.dim(); ++i)
+          if (p.reduced[i]) order.push_back(i);
+        for (int64_t a : order) permuted.push_back(x.shape()[int(a)]);
+        auto dx_perm = Tensor<T, B>::zeros(permuted);
+        auto gc = g.contiguous();
+        const int64_t inner = argmax.empty() ? 0 : x.numel() / int64_t(argmax.size());
+        for (size_t r = 0; r < argmax.size(); ++r)
+          dx_perm.data()[r * inner + argmax[r]] = gc.data()[r];
+        std::vector<int64_t> inverse(order.size());
+        for (size_t i = 0; i < order.size(); ++i) inverse[order[i]] = int64_t(i);
+        x.accumulate_grad(dx_perm.permute(inverse));
+      });
 }
 
 }  // namespace ternary

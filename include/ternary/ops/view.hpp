@@ -17,16 +17,19 @@ Var<T, B> reshape(const Var<T, B>& x, const Shape& shape) {
 }
 template <class T, class B>
 Var<T, B> transpose(const Var<T, B>& x, int64_t a0, int64_t a1) {
-  return Var<T, B>::record("transpose", x.value().transpose(a0, a1), {x},
-                           [x, a0, a1](const Tensor<T, B>& g) { x.accumulate_grad(g.transpose(a0, a1)); });
+  return Var<T, B>::record(
+      "transpose", x.value().transpose(a0, a1), {x},
+      [x, a0, a1](const Tensor<T, B>& g) { x.accumulate_grad(g.transpose(a0, a1)); });
 }
 template <class T, class B>
 Var<T, B> permute(const Var<T, B>& x, const std::vector<int64_t>& order) {
   auto out = x.value().permute(order);
   std::vector<int64_t> inverse(order.size());
-  for (size_t i = 0; i < order.size(); ++i) inverse[normalize_axis(order[i], x.dim(), "permute")] = int64_t(i);
-  return Var<T, B>::record("permute", out, {x},
-                           [x, inverse](const Tensor<T, B>& g) { x.accumulate_grad(g.permute(inverse)); });
+  for (size_t i = 0; i < order.size(); ++i)
+    inverse[normalize_axis(order[i], x.dim(), "permute")] = int64_t(i);
+  return Var<T, B>::record("permute", out, {x}, [x, inverse](const Tensor<T, B>& g) {
+    x.accumulate_grad(g.permute(inverse));
+  });
 }
 
 namespace detail {
@@ -41,21 +44,27 @@ void scatter_view_grad(const Var<T, B>& x, const Tensor<T, B>& g, View&& view) {
 
 template <class T, class B>
 Var<T, B> slice(const Var<T, B>& x, int64_t axis, int64_t start, int64_t end, int64_t step = 1) {
-  return Var<T, B>::record("slice", x.value().slice(axis, start, end, step), {x}, [=](const Tensor<T, B>& g) {
-    detail::scatter_view_grad(x, g, [&](const Tensor<T, B>& t) { return t.slice(axis, start, end, step); });
-  });
+  return Var<T, B>::record(
+      "slice", x.value().slice(axis, start, end, step), {x}, [=](const Tensor<T, B>& g) {
+        detail::scatter_view_grad(
+            x, g, [&](const Tensor<T, B>& t) { return t.slice(axis, start, end, step); });
+      });
 }
 template <class T, class B>
 Var<T, B> narrow(const Var<T, B>& x, int64_t axis, int64_t start, int64_t length) {
-  return Var<T, B>::record("narrow", x.value().narrow(axis, start, length), {x}, [=](const Tensor<T, B>& g) {
-    detail::scatter_view_grad(x, g, [&](const Tensor<T, B>& t) { return t.narrow(axis, start, length); });
-  });
+  return Var<T, B>::record(
+      "narrow", x.value().narrow(axis, start, length), {x}, [=](const Tensor<T, B>& g) {
+        detail::scatter_view_grad(
+            x, g, [&](const Tensor<T, B>& t) { return t.narrow(axis, start, length); });
+      });
 }
 template <class T, class B>
 Var<T, B> select(const Var<T, B>& x, int64_t axis, int64_t index) {
-  return Var<T, B>::record("select", x.value().select(axis, index), {x}, [=](const Tensor<T, B>& g) {
-    detail::scatter_view_grad(x, g, [&](const Tensor<T, B>& t) { return t.select(axis, index); });
-  });
+  return Var<T, B>::record(
+      "select", x.value().select(axis, index), {x}, [=](const Tensor<T, B>& g) {
+        detail::scatter_view_grad(x, g,
+                                  [&](const Tensor<T, B>& t) { return t.select(axis, index); });
+      });
 }
 template <class T, class B>
 Var<T, B> unsqueeze(const Var<T, B>& x, int64_t axis) {
@@ -85,7 +94,8 @@ Tensor<T, B> concat(const std::vector<Tensor<T, B>>& xs, int64_t axis) {
     Shape s = x.shape(), ref = xs[0].shape();
     s[d] = ref[d] = 0;
     if (x.dim() != xs[0].dim() || !(s == ref))
-      throw ShapeError(detail::cat("concat: shapes ", xs[0].shape(), " and ", x.shape(), " differ outside axis ", d));
+      throw ShapeError(detail::cat("concat: shapes ", xs[0].shape(), " and ", x.shape(),
+                                   " differ outside axis ", d));
     out_shape[d] += x.shape()[d];
   }
   auto out = Tensor<T, B>::empty(out_shape);

@@ -29,13 +29,16 @@ struct LoadedCheckpoint {
 
 // Loads parameters into `model` (names and shapes must match; with strict = false,
 // parameters the file lacks keep their values) and returns the rest.
-inline LoadedCheckpoint load_checkpoint(const std::string& path, nn::Module<float>& model, bool strict = true) {
+inline LoadedCheckpoint load_checkpoint(const std::string& path, nn::Module<float>& model,
+                                        bool strict = true) {
   Safetensors st = load_safetensors(path);
   std::map<std::string, Tensor<float>> params;
   LoadedCheckpoint out;
   for (auto& [name, blob] : st.tensors) {
-    if (name.rfind("optim.", 0) == 0) out.optimizer_state[name] = blob.as<float>();
-    else params[name] = blob.as<float>();
+    if (name.rfind("optim.", 0) == 0)
+      out.optimizer_state[name] = blob.as<float>();
+    else
+      params[name] = blob.as<float>();
   }
   try {
     model.load_parameters(params, strict);

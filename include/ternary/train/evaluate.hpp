@@ -21,10 +21,10 @@
 namespace ternary {
 
 struct EvalResult {
-  double loss = 0;    // mean cross-entropy, nats per token
-  double bpb = 0;     // bits per byte
-  int64_t tokens = 0; // target tokens scored
-  double bytes = 0;   // bytes those tokens stand for
+  double loss = 0;     // mean cross-entropy, nats per token
+  double bpb = 0;      // bits per byte
+  int64_t tokens = 0;  // target tokens scored
+  double bytes = 0;    // bytes those tokens stand for
 };
 
 // Reads a bytes-per-token table: whitespace-separated non-negative integers, one per token
@@ -38,12 +38,13 @@ inline std::vector<double> read_bytes_per_token(const std::string& path, int64_t
     char* end = nullptr;
     const double v = std::strtod(word.c_str(), &end);
     if (end == word.c_str() || *end != '\0' || !(v >= 0))
-      throw IOError(detail::cat("bytes-per-token table ", path, ": entry ", table.size(), " is '", word,
-                                "', not a non-negative number"));
+      throw IOError(detail::cat("bytes-per-token table ", path, ": entry ", table.size(), " is '",
+                                word, "', not a non-negative number"));
     table.push_back(v);
   }
   if (int64_t(table.size()) != vocab)
-    throw IOError(detail::cat("bytes-per-token table ", path, ": ", table.size(), " entries for a vocabulary of ", vocab));
+    throw IOError(detail::cat("bytes-per-token table ", path, ": ", table.size(),
+                              " entries for a vocabulary of ", vocab));
   return table;
 }
 
@@ -51,8 +52,8 @@ inline std::vector<double> read_bytes_per_token(const std::string& path, int64_t
 // targets)` returns the mean loss of a batch as a Var; `bytes_per_token` may be empty
 // (byte-level: one byte per token). max_batches <= 0 scores every window.
 template <class LossFn>
-EvalResult evaluate_bpb(LossFn&& loss_fn, SequentialBatcher val, const std::vector<double>& bytes_per_token = {},
-                        int64_t max_batches = 0) {
+EvalResult evaluate_bpb(LossFn&& loss_fn, SequentialBatcher val,
+                        const std::vector<double>& bytes_per_token = {}, int64_t max_batches = 0) {
   NoGrad no_grad;
   EvalResult r;
   double nats = 0;
@@ -71,7 +72,9 @@ EvalResult evaluate_bpb(LossFn&& loss_fn, SequentialBatcher val, const std::vect
     }
     ++batches;
   }
-  if (r.tokens == 0) throw Error("evaluate_bpb: no validation windows (the validation text is shorter than seq + 1)");
+  if (r.tokens == 0)
+    throw Error(
+        "evaluate_bpb: no validation windows (the validation text is shorter than seq + 1)");
   r.loss = nats / double(r.tokens);
   r.bpb = r.bytes > 0 ? nats / std::numbers::ln2 / r.bytes : 0;
   return r;

@@ -14,9 +14,9 @@
 namespace ternary::train {
 
 struct GolfOptimizerOptions {
-  double matrix_lr = 0.04;   // Muon
-  double embed_lr = 0.05;    // Adam, tied embedding
-  double scalar_lr = 0.04;   // Adam, vectors and scalars
+  double matrix_lr = 0.04;  // Muon
+  double embed_lr = 0.05;   // Adam, tied embedding
+  double scalar_lr = 0.04;  // Adam, vectors and scalars
   double muon_momentum = 0.95;
   double beta1 = 0.9, beta2 = 0.95, adam_eps = 1e-8;
   double weight_decay = 0.0;
@@ -36,9 +36,12 @@ class GolfOptimizers {
   GolfOptimizers(const nn::Module<T, B>& model, const GolfOptimizerOptions& o) {
     std::vector<Var<T, B>> matrices, embeddings, scalars;
     for (auto& [name, p] : model.named_parameters()) {
-      if (name.find("emb") != std::string::npos) embeddings.push_back(p);
-      else if (is_block_matrix(name, p)) matrices.push_back(p);
-      else scalars.push_back(p);
+      if (name.find("emb") != std::string::npos)
+        embeddings.push_back(p);
+      else if (is_block_matrix(name, p))
+        matrices.push_back(p);
+      else
+        scalars.push_back(p);
     }
     optim::MuonOptions mo;
     mo.lr = o.matrix_lr;

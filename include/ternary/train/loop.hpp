@@ -22,28 +22,30 @@
 namespace ternary::train {
 
 struct LoopOptions {
-  int64_t steps = 0;        // stop after this many steps (0: only --seconds stops)
-  double seconds = 0;       // stop after this much wall-clock training time (0: no limit)
-  int64_t start_step = 0;   // when resuming
+  int64_t steps = 0;       // stop after this many steps (0: only --seconds stops)
+  double seconds = 0;      // stop after this much wall-clock training time (0: no limit)
+  int64_t start_step = 0;  // when resuming
   int64_t warmup = 10;
-  double warmdown = 0.3;    // fraction of the run (steps or seconds) with a linear warmdown
-  double grad_clip = 1.0;   // global gradient-norm clip (0: off)
-  int64_t log_every = 10;   // progress lines when stderr is not a terminal
-  std::string log_path;     // JSON lines: step, loss, lr_scale, tokens_per_s
+  double warmdown = 0.3;   // fraction of the run (steps or seconds) with a linear warmdown
+  double grad_clip = 1.0;  // global gradient-norm clip (0: off)
+  int64_t log_every = 10;  // progress lines when stderr is not a terminal
+  std::string log_path;    // JSON lines: step, loss, lr_scale, tokens_per_s
   std::string label = "train";
 };
 
 struct LoopResult {
-  int64_t steps = 0;        // the step reached (start_step + steps run)
+  int64_t steps = 0;  // the step reached (start_step + steps run)
   double seconds = 0;
   double tokens_per_s = 0;
-  double final_loss = 0;    // smoothed training loss at the end
+  double final_loss = 0;  // smoothed training loss at the end
 };
 
 template <class T = float>
-LoopResult train_loop(const nn::GPT<T>& model, GolfOptimizers<T>& opt, RandomBatcher& batcher, const LoopOptions& o,
+LoopResult train_loop(const nn::GPT<T>& model, GolfOptimizers<T>& opt, RandomBatcher& batcher,
+                      const LoopOptions& o,
                       const std::function<void(int64_t step)>& before_step = {}) {
-  if (o.steps <= 0 && o.seconds <= 0) throw Error("train_loop: give a number of steps or a time budget in seconds");
+  if (o.steps <= 0 && o.seconds <= 0)
+    throw Error("train_loop: give a number of steps or a time budget in seconds");
   std::ofstream log;
   if (!o.log_path.empty()) {
     log.open(o.log_path, std::ios::app);
@@ -68,18 +70,24 @@ LoopResult train_loop(const nn::GPT<T>& model, GolfOptimizers<T>& opt, RandomBat
     auto loss = model.loss(b.inputs, b.targets);
     const double value = loss.item();
     if (!std::isfinite(value))
-      throw Error(detail::cat(o.label, ": the loss is ", value, " at step ", step, "; lower the learning rates"));
+      throw Error(detail::cat(o.label, ": the loss is ", value, " at step ", step,
+                              "; lower the learning rates"));
     loss.backward();
     if (o.grad_clip > 0) optim::clip_grad_norm(params, o.grad_clip);
     opt.step();
     opt.zero_grad();
     ema = step == o.start_step ? value : 0.9 * ema + 0.1 * value;
-    const double tok_s = double((step - o.start_step + 1) * tokens_per_step) / progress.elapsed_seconds();
+    const double tok_s =
+        double((step - o.start_step + 1) * tokens_per_step) / progress.elapsed_seconds();
     char text[96];
     std::snprintf(text, sizeof text, "loss %.4f  %.0f tok/s", ema, tok_s);
     progress.update(step + 1, text);
     if (log.is_open())
-      log << nlohmann::json{{"step", step + 1}, {"loss", value}, {"lr_scale", lr_scale}, {"tokens_per_s", tok_s}}.dump()
+      log << nlohmann::json{{"step", step + 1},
+                            {"loss", value},
+                            {"lr_scale", lr_scale},
+                            {"tokens_per_s", tok_s}}
+                 .dump()
           << "\n";
   }
   progress.finish();

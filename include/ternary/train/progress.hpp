@@ -13,8 +13,11 @@ namespace ternary {
 class Progress {
  public:
   Progress(std::string label, int64_t total, int64_t every = 10)
-      : label_(std::move(label)), total_(total), every_(every > 0 ? every : 1),
-        tty_(isatty(fileno(stderr))), start_(std::chrono::steady_clock::now()) {}
+      : label_(std::move(label)),
+        total_(total),
+        every_(every > 0 ? every : 1),
+        tty_(isatty(fileno(stderr))),
+        start_(std::chrono::steady_clock::now()) {}
 
   double elapsed_seconds() const {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
@@ -29,12 +32,13 @@ class Progress {
       const int filled = total_ > 0 ? int(width * double(step) / double(total_)) : 0;
       std::string bar(filled, '#');
       bar.resize(width, '.');
-      std::fprintf(stderr, "\r%s [%s] %lld/%lld  %s  eta %s   ", label_.c_str(), bar.c_str(), (long long)step,
-                   (long long)total_, detail.c_str(), format_seconds(eta).c_str());
+      std::fprintf(stderr, "\r%s [%s] %lld/%lld  %s  eta %s   ", label_.c_str(), bar.c_str(),
+                   (long long)step, (long long)total_, detail.c_str(), format_seconds(eta).c_str());
       if (step >= total_) std::fprintf(stderr, "\n");
     } else if (step % every_ == 0 || step == 1 || step >= total_) {
-      std::fprintf(stderr, "%s %lld/%lld  %s  elapsed %s  eta %s\n", label_.c_str(), (long long)step,
-                   (long long)total_, detail.c_str(), format_seconds(t).c_str(), format_seconds(eta).c_str());
+      std::fprintf(stderr, "%s %lld/%lld  %s  elapsed %s  eta %s\n", label_.c_str(),
+                   (long long)step, (long long)total_, detail.c_str(), format_seconds(t).c_str(),
+                   format_seconds(eta).c_str());
     }
     std::fflush(stderr);
   }
@@ -46,8 +50,10 @@ class Progress {
   static std::string format_seconds(double s) {
     char buf[32];
     const long total = long(s + 0.5);
-    if (total >= 3600) std::snprintf(buf, sizeof buf, "%ldh%02ldm", total / 3600, (total / 60) % 60);
-    else std::snprintf(buf, sizeof buf, "%ldm%02lds", total / 60, total % 60);
+    if (total >= 3600)
+      std::snprintf(buf, sizeof buf, "%ldh%02ldm", total / 3600, (total / 60) % 60);
+    else
+      std::snprintf(buf, sizeof buf, "%ldm%02lds", total / 60, total % 60);
     return buf;
   }
 

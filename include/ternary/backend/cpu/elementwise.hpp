@@ -27,8 +27,8 @@ namespace ternary::backend::cpu_detail {
 inline constexpr int64_t kParallelThreshold = 1 << 15;
 
 template <class T>
-concept Vectorizable = std::is_arithmetic_v<T> && !std::is_same_v<T, bool> &&
-                       !std::is_same_v<T, long double>;
+concept Vectorizable =
+    std::is_arithmetic_v<T> && !std::is_same_v<T, bool> && !std::is_same_v<T, long double>;
 
 template <class T>
 using batch_t = xsimd::batch<T>;

@@ -37,9 +37,11 @@ MatView<T> mat_view(const Tensor<T, B>& t) {
 
 namespace cpu_detail {
 template <class T>
-using RowMap = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
+using RowMap = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0,
+                          Eigen::OuterStride<>>;
 template <class T>
-using ColMap = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>, 0, Eigen::OuterStride<>>;
+using ColMap = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>, 0,
+                          Eigen::OuterStride<>>;
 
 // Leading dimension if v can be read as a row-major (or column-major) matrix, else -1.
 // Axes of extent 1 may have any stride.
@@ -66,18 +68,21 @@ void with_eigen(const MatView<T>& v, Tensor<std::remove_const_t<T>, cpu>& scratc
   } else {
     scratch = Tensor<U, cpu>::empty(Shape{v.rows, v.cols});
     for (int64_t i = 0; i < v.rows; ++i)
-      for (int64_t j = 0; j < v.cols; ++j) scratch.data()[i * v.cols + j] = v.data[i * v.row_stride + j * v.col_stride];
-    f(RowMap<U>(scratch.data(), v.rows, v.cols, Eigen::OuterStride<>(std::max<int64_t>(v.cols, 1))));
+      for (int64_t j = 0; j < v.cols; ++j)
+        scratch.data()[i * v.cols + j] = v.data[i * v.row_stride + j * v.col_stride];
+    f(RowMap<U>(scratch.data(), v.rows, v.cols,
+                Eigen::OuterStride<>(std::max<int64_t>(v.cols, 1))));
   }
 }
 }  // namespace cpu_detail
 
 template <class T>
-void gemm(cpu, const MatView<const T>& a, const MatView<const T>& b, const MatView<T>& c, T alpha, T beta) {
+void gemm(cpu, const MatView<const T>& a, const MatView<const T>& b, const MatView<T>& c, T alpha,
+          T beta) {
   using namespace cpu_detail;
   if (a.cols != b.rows || c.rows != a.rows || c.cols != b.cols)
-    throw ShapeError(detail::cat("gemm: [", a.rows, ", ", a.cols, "] x [", b.rows, ", ", b.cols, "] -> [", c.rows,
-                                 ", ", c.cols, "]"));
+    throw ShapeError(detail::cat("gemm: [", a.rows, ", ", a.cols, "] x [", b.rows, ", ", b.cols,
+                                 "] -> [", c.rows, ", ", c.cols, "]"));
   if (c.rows == 0 || c.cols == 0) return;
   Tensor<T, cpu> sa, sb, sc;
   MatView<T> cv = c;
@@ -85,7 +90,8 @@ void gemm(cpu, const MatView<const T>& a, const MatView<const T>& b, const MatVi
   if (!c_direct) {  // compute into a contiguous temporary, then scatter
     sc = Tensor<T, cpu>::empty(Shape{c.rows, c.cols});
     for (int64_t i = 0; i < c.rows; ++i)
-      for (int64_t j = 0; j < c.cols; ++j) sc.data()[i * c.cols + j] = c.data[i * c.row_stride + j * c.col_stride];
+      for (int64_t j = 0; j < c.cols; ++j)
+        sc.data()[i * c.cols + j] = c.data[i * c.row_stride + j * c.col_stride];
     cv = {sc.data(), c.rows, c.cols, c.cols, 1};
   }
   RowMap<T> cm(cv.data, cv.rows, cv.cols, Eigen::OuterStride<>(row_major_ld(cv)));
@@ -100,8 +106,10 @@ void gemm(cpu, const MatView<const T>& a, const MatView<const T>& b, const MatVi
       auto block = [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
         auto cb = cm.block(r0, c0, r1 - r0, c1 - c0);
         if (a.cols == 0) {
-          if (beta == T(0)) cb.setZero();
-          else cb *= beta;
+          if (beta == T(0))
+            cb.setZero();
+          else
+            cb *= beta;
         } else if (beta == T(0)) {
           cb.noalias() = alpha * (am.middleRows(r0, r1 - r0) * bm.middleCols(c0, c1 - c0));
         } else {
@@ -121,14 +129,17 @@ void gemm(cpu, const MatView<const T>& a, const MatView<const T>& b, const MatVi
       for (int t = 0; t < threads; ++t) {
         const int64_t s0 = std::min(n, t * chunk), s1 = std::min(n, s0 + chunk);
         if (s0 >= s1) continue;
-        if (by_rows) block(s0, s1, 0, c.cols);
-        else block(0, c.rows, s0, s1);
+        if (by_rows)
+          block(s0, s1, 0, c.cols);
+        else
+          block(0, c.rows, s0, s1);
       }
     });
   });
   if (!c_direct)
     for (int64_t i = 0; i < c.rows; ++i)
-      for (int64_t j = 0; j < c.cols; ++j) c.data[i * c.row_stride + j * c.col_stride] = sc.data()[i * c.cols + j];
+      for (int64_t j = 0; j < c.cols; ++j)
+        c.data[i * c.row_stride + j * c.col_stride] = sc.data()[i * c.cols + j];
 }
 
 }  // namespace ternary::backend
