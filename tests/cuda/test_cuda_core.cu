@@ -77,7 +77,7 @@ TEST_CASE("cuda elementwise: every functor, fused, against the CPU") {
   auto a = to_device(ha), b = to_device(hb);
 #define ONE(expr_of)                                                                \
   check_expr(#expr_of, [&] {                                                        \
-    auto f = [](const auto& a, [[maybe_unused]] const auto& b) { return expr_of; }; \
+    auto f = []([[maybe_unused]] const auto& a, [[maybe_unused]] const auto& b) { return expr_of; }; \
     Tensor<float> hc = f(ha, hb);                                                   \
     Tensor<float, cuda> dc = f(a, b);                                               \
     return std::pair{hc, dc};                                                       \
