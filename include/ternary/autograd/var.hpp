@@ -10,6 +10,7 @@
 // as a closure of the output gradient; see ops/elementwise.hpp for the pattern.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -22,6 +23,9 @@ namespace ternary {
 
 template <class T, class B = cpu>
 class Var {
+  static_assert(std::is_floating_point_v<T>,
+                "ternary::Var<T>: gradients need a floating-point element type (float or double); "
+                "keep integer data such as token ids in a plain Tensor");
   struct Node : detail::NodeBase {
     Tensor<T, B> value;
     Tensor<T, B> grad;
@@ -55,6 +59,13 @@ class Var {
   bool requires_grad() const { return node().requires_grad; }
   bool is_leaf() const { return node().is_leaf; }
   void zero_grad() { node().grad = Tensor<T, B>(); }
+  // Leaves only: `fn` runs during each backward as soon as this Var's gradient is final
+  // (no later op adds to it); an empty function removes the hook. Used by dist/buckets.hpp.
+  void set_grad_ready_hook(std::function<void()> fn) const {
+    if (!is_leaf())
+      throw AutogradError("set_grad_ready_hook: only a leaf Var (a parameter) can have one");
+    node().on_grad_ready = std::move(fn);
+  }
 
   const Shape& shape() const { return value().shape(); }
   int dim() const { return value().dim(); }
@@ -121,14 +132,14 @@ class Var {
   template <class F>
   static Var record(const char* op, Tensor<T, B> out, std::initializer_list<Var> inputs,
                     F&& backward_fn) {
-    return record_if(op, std::move(out), any_requires_grad(inputs.begin(), inputs.end()),
+    return record_if(op, std::move(out), inputs.begin(), inputs.end(),
                      std::forward<F>(backward_fn));
   }
   // The same for a variable number of inputs (concat, stack).
   template <class F>
   static Var record(const char* op, Tensor<T, B> out, const std::vector<Var>& inputs,
                     F&& backward_fn) {
-    return record_if(op, std::move(out), any_requires_grad(inputs.begin(), inputs.end()),
+    return record_if(op, std::move(out), inputs.begin(), inputs.end(),
                      std::forward<F>(backward_fn));
   }
 
@@ -140,15 +151,17 @@ class Var {
       if (first->requires_grad()) return true;
     return false;
   }
-  template <class F>
-  static Var record_if(const char* op, Tensor<T, B> out, bool needs, F&& backward_fn) {
+  template <class It, class F>
+  static Var record_if(const char* op, Tensor<T, B> out, It first, It last, F&& backward_fn) {
     Var result(std::move(out));
-    if (!needs) return result;
+    if (!any_requires_grad(first, last)) return result;
     result.node_->requires_grad = true;
     result.node_->is_leaf = false;
     Node* raw = result.node_.get();  // the tape entry owns the node, so raw outlives the closure
     Tape::current().record(op, result.node_,
                            [raw, fn = std::forward<F>(backward_fn)]() mutable { fn(raw->grad); });
+    for (; first != last; ++first)
+      if (first->node_->on_grad_ready) Tape::current().note_hooked_input(first->node_);
     return result;
   }
 
