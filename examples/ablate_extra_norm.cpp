@@ -32,6 +32,7 @@
 #include <thread>
 
 #include "ternary/gpt.hpp"
+#include "ternary/train/cli.hpp"
 #include "ternary/train/data.hpp"
 #include "ternary/train/finetune.hpp"
 
@@ -351,25 +352,13 @@ int main(int argc, char** argv) {
   app.add_option("--order", o.order, "block order of the lambda ramp: forward or reverse")
       ->check(CLI::IsMember({"forward", "reverse"}))
       ->capture_default_str();
-  app.add_option("--layers", m.n_layers, "transformer blocks")->capture_default_str();
-  app.add_option("--dim", m.dim, "model width")->capture_default_str();
-  app.add_option("--heads", m.n_heads, "attention (query) heads")->capture_default_str();
-  app.add_option("--kv-heads", m.n_kv_heads, "key/value heads")->capture_default_str();
-  app.add_option("--mlp-mult", m.mlp_mult, "MLP width multiplier")->capture_default_str();
-  app.add_option("--seq", o.seq, "sequence length")->capture_default_str();
-  app.add_option("--batch", o.batch, "sequences per step")->capture_default_str();
-  app.add_option("--warmup", o.warmup, "LR warmup steps (each phase)")->capture_default_str();
-  app.add_option("--warmdown", o.warmdown, "fraction of each phase with a linear LR warmdown")
-      ->capture_default_str();
-  app.add_option("--matrix-lr", o.optim.matrix_lr, "Muon learning rate (block matrices)")
-      ->capture_default_str();
-  app.add_option("--embed-lr", o.optim.embed_lr, "Adam learning rate (tied embedding)")
-      ->capture_default_str();
-  app.add_option("--scalar-lr", o.optim.scalar_lr, "Adam learning rate (vectors, scalars)")
-      ->capture_default_str();
+  train::add_model_shape_options(app, m, /*show_defaults=*/true);
+  train::add_batch_options(app, o.seq, o.batch);
+  train::add_schedule_options(app, o.warmup, o.warmdown);
+  train::add_learning_rate_options(app, o.optim);
   app.add_option("--eval-batches", o.eval_batches, "validation batches to score (0: all)")
       ->capture_default_str();
-  app.add_option("--threads", o.threads, "OpenMP threads (default: all cores)");
+  train::add_threads_option(app, o.threads);
   app.add_option("--seed", o.seed, "seed for initialisation and batches (every cell)")
       ->capture_default_str();
   app.add_option("--output", o.output, "markdown file to write the table into (empty: print only)")
@@ -388,6 +377,7 @@ int main(int argc, char** argv) {
     if (o.threads > 0) omp_set_num_threads(o.threads);
     m.seed = o.seed;
     m.validate();
+    train::check_run_shape(o.seq, o.batch);
     Ablation a(o);
     return a.run();
   } catch (const std::exception& e) {

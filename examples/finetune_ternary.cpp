@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ternary/gpt.hpp"
+#include "ternary/train/cli.hpp"
 #include "ternary/train/data.hpp"
 #include "ternary/train/finetune.hpp"
 
@@ -154,18 +155,9 @@ int main(int argc, char** argv) {
                  "block order of the ramp: forward (block 0 first) or reverse")
       ->check(CLI::IsMember({"forward", "reverse"}))
       ->capture_default_str();
-  app.add_option("--seq", o.seq, "sequence length (default: the checkpoint run's)");
-  app.add_option("--batch", o.batch, "sequences per step (default: the checkpoint run's)");
-  app.add_option("--warmup", o.ft.loop.warmup, "LR warmup steps")->capture_default_str();
-  app.add_option("--warmdown", o.ft.loop.warmdown, "fraction of the run with a linear LR warmdown")
-      ->capture_default_str();
-  app.add_option("--matrix-lr", o.optim.matrix_lr, "Muon learning rate (block matrices)")
-      ->capture_default_str();
-  app.add_option("--embed-lr", o.optim.embed_lr, "Adam learning rate (tied embedding)")
-      ->capture_default_str();
-  app.add_option("--scalar-lr", o.optim.scalar_lr,
-                 "Adam learning rate (vectors, scalars, extra-norm gains)")
-      ->capture_default_str();
+  train::add_batch_options(app, o.seq, o.batch);  // default: the checkpoint run's
+  train::add_schedule_options(app, o.ft.loop.warmup, o.ft.loop.warmdown);
+  train::add_learning_rate_options(app, o.optim);
   app.add_option("--grad-clip", o.ft.loop.grad_clip, "clip the global gradient norm (0: off)")
       ->capture_default_str();
   app.add_option("--train", o.data.train_path,
@@ -183,7 +175,7 @@ int main(int argc, char** argv) {
                  "progress line every N steps when stderr is not a terminal");
   app.add_option("--log", o.ft.loop.log_path,
                  "append JSON lines (step, loss, lr_scale, tokens_per_s)");
-  app.add_option("--threads", o.threads, "OpenMP threads (default: all cores)");
+  train::add_threads_option(app, o.threads);
   app.add_option("--seed", o.seed, "seed for the training batches")->capture_default_str();
   app.add_option("--save", o.save, "write the fine-tuned model as a checkpoint (safetensors)");
   app.add_option("--export", o.export_path, "artifact path")->capture_default_str();

@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ternary/gpt.hpp"
+#include "ternary/train/cli.hpp"
 #include "ternary/train/data.hpp"
 #include "ternary/train/loop.hpp"
 
@@ -37,6 +38,8 @@ struct Options {
   int threads = 0;
   uint64_t seed = 1337;
   std::string save, resume, export_path = "gpt.artifact", log_path, codec = "lzma";
+  int64_t save_every = 0;
+  std::string on_nonfinite = "stop";
 };
 
 // Fills in what the preset decides, leaving flags the user gave alone.
@@ -90,8 +93,8 @@ int run(Options& o) {
   if (!o.resume.empty()) {
     auto ck = train::load_checkpoint(o.resume, model);
     opt.load_state_dict(ck.optimizer_state);
-    start_step = std::stoll(ck.metadata.at("step"));
-    batcher.restore(BatcherState::parse(ck.metadata.at("batcher")));
+    start_step = ck.require_count("step");
+    batcher.restore(BatcherState::parse(ck.require("batcher")));
     std::fprintf(stderr, "train_gpt: resumed from %s at step %lld\n", o.resume.c_str(),
                  (long long)start_step);
   }
@@ -114,6 +117,7 @@ int run(Options& o) {
   lo.grad_clip = o.grad_clip;
   lo.log_every = o.log_every;
   lo.log_path = o.log_path;
+  lo.on_nonfinite = o.on_nonfinite == "skip" ? train::NonFinite::skip : train::NonFinite::stop;
   std::function<void(int64_t)> eval_hook;
   if (o.eval_every > 0)
     eval_hook = [&](int64_t s) {
@@ -121,15 +125,26 @@ int run(Options& o) {
         std::fprintf(stderr, "\nstep %lld: val bpb %.4f\n", (long long)s,
                      evaluate_model(model, data, o));
     };
-  const train::LoopResult trained = train::train_loop(model, opt, batcher, lo, eval_hook);
+  // A checkpoint holds everything the next step depends on (parameters, optimizer state and
+  // step counts, the batcher's position), so a resumed run continues bit for bit.
+  auto save = [&](int64_t steps_done) {
+    std::map<std::string, std::string> meta{{"step", std::to_string(steps_done)},
+                                            {"batcher", batcher.state().to_string()},
+                                            {"gpt_config", gpt_config_to_json(o.model).dump()}};
+    train::save_checkpoint(o.save, model, opt.state_dict(), meta);
+  };
+  std::function<void(int64_t)> save_hook;
+  if (o.save_every > 0)
+    save_hook = [&](int64_t steps_done) {
+      if (steps_done % o.save_every == 0) save(steps_done);
+    };
+  const train::LoopResult trained =
+      train::train_loop(model, opt, batcher, lo, eval_hook, save_hook);
   const int64_t step = trained.steps;
   const double train_seconds = trained.seconds, tokens_per_s = trained.tokens_per_s;
 
   if (!o.save.empty()) {
-    std::map<std::string, std::string> meta{{"step", std::to_string(step)},
-                                            {"batcher", batcher.state().to_string()},
-                                            {"gpt_config", gpt_config_to_json(o.model).dump()}};
-    train::save_checkpoint(o.save, model, opt.state_dict(), meta);
+    save(step);
     std::fprintf(stderr, "train_gpt: checkpoint saved to %s\n", o.save.c_str());
   }
   std::fprintf(stderr, "train_gpt: evaluating the trained weights...\n");
@@ -164,33 +179,37 @@ int main(int argc, char** argv) {
   nn::GPTConfig& m = o.model;
   app.add_option("--preset", o.preset,
                  "tiny (default: ~3 minutes on 2 cores) or golf (9x512, vocab 1024, seq 1024)");
-  app.add_option("--layers", m.n_layers, "transformer blocks");
-  app.add_option("--dim", m.dim, "model width");
-  app.add_option("--heads", m.n_heads, "attention (query) heads");
-  app.add_option("--kv-heads", m.n_kv_heads, "key/value heads (grouped-query attention)");
-  app.add_option("--mlp-mult", m.mlp_mult, "MLP width multiplier");
-  app.add_option("--vocab", m.vocab_size, "vocabulary size (>= 256 for byte-level text)");
-  app.add_option("--rope-base", m.rope_base, "RoPE base")->capture_default_str();
+  train::add_model_shape_options(app, m, /*show_defaults=*/false);
+  app.add_option("--vocab", m.vocab_size, "vocabulary size (>= 256 for byte-level text)")
+      ->check(CLI::Range(int64_t(1), int64_t(65536)));
+  app.add_option("--rope-base", m.rope_base, "RoPE base")
+      ->check(CLI::Range(1.0, 1e12))
+      ->capture_default_str();
   app.add_option("--softcap", m.logit_softcap, "logit softcap c in c*tanh(x/c)")
+      ->check(CLI::Range(1e-3, 1e6))
       ->capture_default_str();
-  app.add_option("--qk-gain", m.qk_gain_init, "initial per-head query gain")->capture_default_str();
-  app.add_option("--seq", o.seq, "sequence length");
-  app.add_option("--batch", o.batch, "sequences per step");
-  app.add_option("--steps", o.steps, "training steps");
-  app.add_option("--seconds", o.seconds, "stop after this many seconds of training (wall clock)");
-  app.add_option("--warmup", o.warmup, "LR warmup steps")->capture_default_str();
-  app.add_option("--warmdown", o.warmdown, "fraction of the run with a linear LR warmdown")
+  app.add_option("--qk-gain", m.qk_gain_init, "initial per-head query gain")
+      ->check(CLI::Range(-1e3, 1e3))
       ->capture_default_str();
-  app.add_option("--matrix-lr", o.optim.matrix_lr, "Muon learning rate (block matrices)")
+  train::add_batch_options(app, o.seq, o.batch);
+  app.add_option("--steps", o.steps, "training steps")
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 40));
+  app.add_option("--seconds", o.seconds, "stop after this many seconds of training (wall clock)")
+      ->check(CLI::Range(0.0, 1e9));
+  train::add_schedule_options(app, o.warmup, o.warmdown);
+  train::add_learning_rate_options(app, o.optim);
+  app.add_option("--muon-momentum", o.optim.muon_momentum, "Muon momentum")
+      ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
-  app.add_option("--embed-lr", o.optim.embed_lr, "Adam learning rate (tied embedding)")
-      ->capture_default_str();
-  app.add_option("--scalar-lr", o.optim.scalar_lr, "Adam learning rate (vectors, scalars)")
-      ->capture_default_str();
-  app.add_option("--muon-momentum", o.optim.muon_momentum, "Muon momentum")->capture_default_str();
   app.add_option("--weight-decay", o.optim.weight_decay, "decoupled weight decay on matrices")
+      ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   app.add_option("--grad-clip", o.grad_clip, "clip the global gradient norm (0: off)")
+      ->check(CLI::Range(0.0, 1e9))
+      ->capture_default_str();
+  app.add_option("--on-nonfinite", o.on_nonfinite,
+                 "a NaN/Inf loss or gradient: stop (naming the step and tensor) or skip the step")
+      ->check(CLI::IsMember({"stop", "skip"}))
       ->capture_default_str();
   app.add_flag("--ternary,!--no-ternary", m.ternary,
                "BitLinear (ternary) projections (default) or full precision");
@@ -203,18 +222,26 @@ int main(int argc, char** argv) {
   app.add_option("--val", o.val_path,
                  "validation data (required with shards; default: the end of --train text)");
   app.add_option("--val-fraction", o.val_fraction, "fraction of a text file kept for validation")
+      ->check(CLI::Range(0.0, 0.5))
       ->capture_default_str();
   app.add_option("--bytes-per-token", o.bytes_per_token,
                  "token byte lengths (one number per token id), for shards");
   app.add_option("--eval-batches", o.eval_batches, "validation batches to score (0: all)")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--eval-every", o.eval_every,
-                 "also score validation every N steps (0: only at the end)");
+                 "also score validation every N steps (0: only at the end)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--log-every", o.log_every,
-                 "progress line every N steps when stderr is not a terminal");
-  app.add_option("--threads", o.threads, "OpenMP threads (default: all cores)");
+                 "progress line every N steps when stderr is not a terminal")
+      ->check(CLI::PositiveNumber);
+  train::add_threads_option(app, o.threads);
   app.add_option("--seed", o.seed, "seed for initialisation and batches")->capture_default_str();
   app.add_option("--save", o.save, "write a checkpoint (safetensors) after training");
+  app.add_option("--save-every", o.save_every,
+                 "also write the --save checkpoint every N steps (atomically: a crash leaves the "
+                 "previous one)")
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 40));
   app.add_option("--resume", o.resume, "resume from a checkpoint written by --save");
   app.add_option("--export", o.export_path, "artifact path")->capture_default_str();
   app.add_option("--codec", o.codec, "artifact compression: lzma, zstd, zlib or none")
@@ -224,6 +251,8 @@ int main(int argc, char** argv) {
   try {
     apply_preset(o, app);
     o.model.validate();
+    train::check_run_shape(o.seq, o.batch);
+    if (o.save_every > 0 && o.save.empty()) throw Error("--save-every needs --save PATH");
     return run(o);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "train_gpt: error: %s\n", e.what());

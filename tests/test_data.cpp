@@ -17,22 +17,14 @@
 #include "ternary/io/compress.hpp"
 #include "ternary/io/file.hpp"
 
+#include "test_util.hpp"
+
 using namespace ternary;
 using Catch::Matchers::Contains;
 
 namespace {
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    const char* base = std::getenv("TMPDIR");
-    std::string tmpl = std::string(base && *base ? base : "/tmp") + "/ternary_data_XXXXXX";
-    if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    path = tmpl;
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
-  std::string file(const std::string& name) const { return path + "/" + name; }
-};
+using test::TempDir;
 
 std::vector<uint16_t> iota_tokens(size_t n, uint16_t start = 0) {
   std::vector<uint16_t> v(n);

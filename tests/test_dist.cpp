@@ -24,6 +24,7 @@
 #include "ternary/gpt.hpp"
 #include "ternary/optim/clip.hpp"
 #include "ternary/train/golf_optimizers.hpp"
+#include "ternary/train/loop.hpp"
 #include "test_util.hpp"
 
 using namespace ternary;
@@ -679,4 +680,39 @@ TEST_CASE("tools/launch: one failing rank stops all, with its exit status, leavi
       }
       CHECK(gone);
     }
+}
+
+TEST_CASE("train_loop with DataParallel follows the single-process train_loop", "[dist][train]") {
+  train::LoopOptions o;
+  o.steps = 5;
+  o.warmup = 1;
+  o.log_every = 1000;
+  nn::GPT<float> single(dist_config(false));
+  perturb(single, 3, 0.05);
+  train::GolfOptimizers<float> single_opt(single, golf_options());
+  RandomBatcher single_batcher = global_batcher();
+  const double single_loss = train::train_loop(single, single_opt, single_batcher, o).final_loss;
+  const auto single_params = values_of(single);
+
+  const int world = 2;
+  std::vector<double> losses(world);
+  std::vector<std::map<std::string, std::vector<float>>> params(world);
+  dist::run_in_process(world, [&](dist::Communicator& comm) {
+    nn::GPT<float> m(dist_config(false));
+    perturb(m, 3, 0.05);
+    dist::DataParallel<float> dp(m, comm);
+    train::GolfOptimizers<float> opt(m, golf_options());
+    RandomBatcher batcher = global_batcher();  // the global batch; train_loop shards it
+    losses[comm.rank()] = train::train_loop(m, opt, batcher, o, {}, {}, &dp).final_loss;
+    params[comm.rank()] = values_of(m);
+  });
+  for (int r = 0; r < world; ++r) {
+    INFO("rank " << r);
+    CHECK(std::abs(losses[r] - single_loss) <= 1e-6 * single_loss);
+    for (auto& [name, v] : single_params) {
+      INFO(name);
+      CHECK(bits_equal(params[r].at(name), params[0].at(name)));
+      CHECK(l2_diff(params[r].at(name), v) <= 1e-5 * l2(v) + 1e-8);
+    }
+  }
 }

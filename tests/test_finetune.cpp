@@ -6,33 +6,17 @@
 
 #include "ternary/gpt.hpp"
 #include "ternary/train/finetune.hpp"
+#include "test_util.hpp"
 
 using namespace ternary;
 using Catch::Matchers::Contains;
 
 namespace {
 nn::GPTConfig fp_config() {
-  nn::GPTConfig c;
-  c.vocab_size = 32;
-  c.n_layers = 3;  // odd: 1 encoder block, 2 decoder blocks
-  c.dim = 16;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.mlp_mult = 2;
-  c.ternary = false;
-  c.seed = 11;
-  return c;
+  return test::tiny_gpt_config(/*ternary=*/false, /*seed=*/11);
 }
-Tensor<int32_t> random_ids(int64_t B, int64_t T, int64_t V, Rng& rng) {
-  auto t = Tensor<int32_t>::empty({B, T});
-  for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = int32_t(rng.below(V));
-  return t;
-}
-std::vector<uint16_t> random_tokens(size_t n, int64_t V, Rng& rng) {
-  std::vector<uint16_t> t(n);
-  for (auto& x : t) x = uint16_t(rng.below(V));
-  return t;
-}
+using test::random_ids;
+using test::random_tokens;
 std::string temp_path(const std::string& name) {
   return (std::filesystem::temp_directory_path() / ("ternary_test_finetune_" + name)).string();
 }

@@ -15,23 +15,14 @@
 #include "ternary/io/file.hpp"
 #include "ternary/io/safetensors.hpp"
 
+#include "test_util.hpp"
+
 using namespace ternary;
 using Catch::Matchers::Contains;
 
 namespace {
 
-// A fresh directory under $TMPDIR (or /tmp), removed at the end of the test.
-struct TempDir {
-  std::string path;
-  TempDir() {
-    const char* base = std::getenv("TMPDIR");
-    std::string tmpl = std::string(base && *base ? base : "/tmp") + "/ternary_io_XXXXXX";
-    if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    path = tmpl;
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
-  std::string file(const std::string& name) const { return path + "/" + name; }
-};
+using test::TempDir;
 
 std::vector<uint8_t> random_bytes(size_t n, uint64_t seed) {
   Rng rng(seed);

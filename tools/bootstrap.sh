@@ -2,7 +2,8 @@
 # Installs the Debian 12 packages ternary builds with, if any are missing. Safe to re-run.
 set -euo pipefail
 packages=(cmake g++ make ccache pkg-config libeigen3-dev libxsimd-dev libomp-dev catch2
-          libbenchmark-dev zlib1g-dev libzstd-dev liblzma-dev libcli11-dev nlohmann-json3-dev)
+          libbenchmark-dev zlib1g-dev libzstd-dev liblzma-dev libcli11-dev nlohmann-json3-dev
+          clang libclang-rt-14-dev)  # clang: the sanitizer build and libFuzzer
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

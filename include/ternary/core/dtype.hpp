@@ -71,6 +71,13 @@ struct f16 {
 
 enum class DType : uint8_t { f32, f64, bf16, i8, u8, i32, i64, u16 };
 
+// The element types a Tensor may hold (f16 is a storage type without a file dtype).
+template <class T>
+inline constexpr bool is_element_type_v =
+    std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, bf16> ||
+    std::is_same_v<T, f16> || std::is_same_v<T, int8_t> || std::is_same_v<T, uint8_t> ||
+    std::is_same_v<T, int32_t> || std::is_same_v<T, int64_t> || std::is_same_v<T, uint16_t>;
+
 template <class T>
 constexpr DType dtype_of() {
   if constexpr (std::is_same_v<T, float>)

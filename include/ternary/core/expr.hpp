@@ -130,6 +130,20 @@ inline constexpr bool is_scalar_v = std::is_arithmetic_v<X>;
 
 // Two overloads: the scalar one is also device code (TERNARY_HD); the batch one stays
 // host-only, so nvcc never compiles an xsimd batch for the device.
+// exp of a SIMD batch. xsimd's generic exp (double on AVX2) converts x * log2(e) to int64 in
+// scalar code, which is undefined behaviour for inf and NaN (UBSan reports it; x86 happens to
+// give the right answer). Clamp to where exp saturates anyway (exp(-1000) == 0, exp(1000) ==
+// inf in float and double) and put NaN back afterwards.
+template <class X>
+X batch_exp(const X& x) {
+  using T = typename X::value_type;
+  const X lo(T(-1000)), hi(T(1000));
+  const auto nan = x != x;
+  const X safe =
+      xsimd::select(nan, X(T(0)), xsimd::select(x < lo, lo, xsimd::select(x > hi, hi, x)));
+  return xsimd::select(nan, x, xsimd::exp(safe));
+}
+
 #define TERNARY_UNARY_FN(Name, str, scalar_expr, batch_expr)                                  \
   struct Name {                                                                               \
     static constexpr const char* name = str;                                                  \
@@ -140,15 +154,15 @@ inline constexpr bool is_scalar_v = std::is_arithmetic_v<X>;
   };
 
 TERNARY_UNARY_FN(Neg, "neg", -x, -x)
-TERNARY_UNARY_FN(Exp, "exp", std::exp(x), xsimd::exp(x))
+TERNARY_UNARY_FN(Exp, "exp", std::exp(x), batch_exp(x))
 TERNARY_UNARY_FN(Log, "log", std::log(x), xsimd::log(x))
 TERNARY_UNARY_FN(Sqrt, "sqrt", std::sqrt(x), xsimd::sqrt(x))
 TERNARY_UNARY_FN(Rsqrt, "rsqrt", X(1) / std::sqrt(x), X(1) / xsimd::sqrt(x))
 TERNARY_UNARY_FN(Tanh, "tanh", std::tanh(x), xsimd::tanh(x))
-TERNARY_UNARY_FN(Sigmoid, "sigmoid", X(1) / (X(1) + std::exp(-x)), X(1) / (X(1) + xsimd::exp(-x)))
+TERNARY_UNARY_FN(Sigmoid, "sigmoid", X(1) / (X(1) + std::exp(-x)), X(1) / (X(1) + batch_exp(-x)))
 TERNARY_UNARY_FN(Relu, "relu", x > X(0) ? x : X(0), xsimd::max(x, X(0)))
 TERNARY_UNARY_FN(Relu2, "relu2", x > X(0) ? x * x : X(0), xsimd::max(x, X(0)) * xsimd::max(x, X(0)))
-TERNARY_UNARY_FN(Silu, "silu", x / (X(1) + std::exp(-x)), x / (X(1) + xsimd::exp(-x)))
+TERNARY_UNARY_FN(Silu, "silu", x / (X(1) + std::exp(-x)), x / (X(1) + batch_exp(-x)))
 TERNARY_UNARY_FN(Abs, "abs", std::abs(x), xsimd::abs(x))
 TERNARY_UNARY_FN(Square, "square", x* x, x* x)
 TERNARY_UNARY_FN(Reciprocal, "reciprocal", X(1) / x, X(1) / x)

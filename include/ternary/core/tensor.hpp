@@ -29,6 +29,10 @@ namespace ternary {
 
 template <class T, class B>
 class Tensor {
+  static_assert(is_element_type_v<T>,
+                "ternary::Tensor<T>: T must be float, double, bf16, f16, int8_t, uint8_t, int32_t, "
+                "int64_t or uint16_t");
+
  public:
   using value_type = T;
   using backend_type = B;

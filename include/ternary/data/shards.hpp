@@ -59,12 +59,19 @@ inline uint64_t read_shard_header(const std::string& path) {
   return read_shard_header(InputFile(path));
 }
 
-// All tokens of one shard.
-inline std::vector<uint16_t> read_shard(const std::string& path) {
+// All tokens of one shard. With a vocabulary size, every id is checked against it (the
+// error names the file and the byte offset of the first bad id).
+inline std::vector<uint16_t> read_shard(const std::string& path, int64_t vocab_size = 0) {
   InputFile f(path);
   const uint64_t n = read_shard_header(f);
   std::vector<uint16_t> tokens(n);
   if (n) f.read_at(kShardHeaderBytes, tokens.data(), n * 2);
+  if (vocab_size > 0)
+    for (uint64_t i = 0; i < n; ++i)
+      if (int64_t(tokens[i]) >= vocab_size)
+        throw IOError(detail::cat("read_shard: ", path, ": token id ", tokens[i],
+                                  " at byte offset ", kShardHeaderBytes + 2 * i,
+                                  " is >= the vocabulary size ", vocab_size));
   return tokens;
 }
 

@@ -25,6 +25,7 @@
 
 #include <zlib.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -244,6 +245,14 @@ inline Artifact read_artifact(const std::string& path) {
   }
   const uint8_t* data = raw.data() + 8 + jn;
   const uint64_t data_n = raw.size() - 8 - jn;
+  // Sizes and offsets must be JSON integers: a float such as 1e300 must not reach an integer
+  // conversion (undefined behaviour).
+  auto count = [&](const nlohmann::json& e, const char* key) -> uint64_t {
+    const auto& v = e.at(key);
+    if (!v.is_number_integer() || (!v.is_number_unsigned() && v.get<int64_t>() < 0))
+      throw fail("field '", key, "' must be a non-negative integer, got ", v.dump());
+    return v.get<uint64_t>();
+  };
   Artifact a;
   try {
     if (j.at("format") != "ternary-artifact")
@@ -253,11 +262,20 @@ inline Artifact read_artifact(const std::string& path) {
       ArtifactTensor t;
       const std::string name = e.at("name");
       t.encoding = e.at("encoding");
-      for (int64_t d : e.at("shape").get<std::vector<int64_t>>()) {
-        if (d < 0 || d > (int64_t(1) << 32)) throw fail("tensor '", name, "': bad extent ", d);
-        t.shape.push_back(d);
+      const auto& shape = e.at("shape");
+      if (!shape.is_array() || shape.size() > 8)
+        throw fail("tensor '", name, "': 'shape' must be an array of at most 8 extents");
+      uint64_t elements = 1;
+      for (const auto& d : shape) {
+        if (!d.is_number_integer() || d.get<int64_t>() < 0 || d.get<int64_t>() > (int64_t(1) << 32))
+          throw fail("tensor '", name, "': bad extent ", d.dump());
+        t.shape.push_back(d.get<int64_t>());
+        elements *= d.get<uint64_t>();
+        if (elements > raw_n * 8 + 64)  // a section holds at least one byte per 5 values
+          throw fail("tensor '", name, "': shape ", t.shape, " has more elements than the ", raw_n,
+                     "-byte payload can hold");
       }
-      const uint64_t off = e.at("offset"), len = e.at("bytes");
+      const uint64_t off = count(e, "offset"), len = count(e, "bytes");
       if (off > data_n || len > data_n - off)
         throw fail("tensor '", name, "': section [", off, ", ", off + len, ") is outside the ",
                    data_n, "-byte data area");
@@ -271,7 +289,8 @@ inline Artifact read_artifact(const std::string& path) {
                      len, " bytes, expected ", bytes);
       };
       if (t.encoding == "trits_base3") {
-        const int64_t ns = e.at("scales"), group = e.at("group");
+        const int64_t ns = int64_t(std::min<uint64_t>(count(e, "scales"), INT64_MAX));
+        const int64_t group = int64_t(std::min<uint64_t>(count(e, "group"), INT64_MAX));
         if (group <= 0 || n % group != 0 || ns != n / group)
           throw fail("tensor '", name, "': ", ns, " scales of group ", group, " for shape ",
                      t.shape);

@@ -112,21 +112,23 @@ inline void require_codec(Codec c, const char* op) {
                       c == Codec::zstd ? "zstd" : "lzma", ")"));
 }
 
-// The output buffer of a streaming decoder: grows by doubling when the size is unknown; when
-// it is known, holds one byte more so that too much output is detected without unbounded
-// growth (a corrupt or hostile stream cannot make us allocate more than expected + 1).
+// The output buffer of a streaming decoder: grows by doubling as output arrives. When the
+// size is known it never grows past expected + 1 bytes (one more, so that too much output is
+// detected), and it starts small: memory follows the output actually decoded, so a hostile
+// size field cannot make us allocate gigabytes up front.
 class DecodeBuffer {
  public:
   DecodeBuffer(size_t input_size, size_t expected, Codec c) : expected_(expected), codec_(c) {
-    buf_.resize(expected ? expected + 1 : std::max<size_t>(input_size * 4, 1 << 16));
+    const size_t start = std::max<size_t>(input_size * 4, 1 << 16);
+    buf_.resize(expected ? std::min(expected + 1, start) : start);
   }
   // Room for more output at position `pos`, growing if full.
   void reserve_more(size_t pos) {
     if (pos < buf_.size()) return;
-    if (expected_)
+    if (expected_ && buf_.size() > expected_)
       throw IOError(cat("decompress(", codec_name(codec_), "): output exceeds the expected ",
                         expected_, " bytes"));
-    buf_.resize(buf_.size() * 2);
+    buf_.resize(expected_ ? std::min(buf_.size() * 2, expected_ + 1) : buf_.size() * 2);
   }
   uint8_t* data() { return buf_.data(); }
   size_t size() const { return buf_.size(); }

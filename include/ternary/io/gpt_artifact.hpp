@@ -5,6 +5,8 @@
 // The model's configuration travels in the artifact's metadata ("gpt_config", JSON).
 #pragma once
 
+#include <algorithm>
+#include <cstdint>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -32,23 +34,49 @@ inline nlohmann::json gpt_config_to_json(const nn::GPTConfig& c) {
           {"act_quant", c.act_quant},
           {"seed", c.seed}};
 }
+// Strict: each field must be there with its JSON type (an integer for sizes, so a float
+// such as 1e300 never reaches an integer conversion); throws IOError naming the field.
 inline nn::GPTConfig gpt_config_from_json(const nlohmann::json& j) {
+  auto field = [&](const char* key) -> const nlohmann::json& {
+    if (!j.is_object() || !j.contains(key))
+      throw IOError(detail::cat("gpt_config: missing field '", key, "'"));
+    return j[key];
+  };
+  auto integer = [&](const char* key) {
+    const auto& v = field(key);
+    if (!v.is_number_integer())
+      throw IOError(detail::cat("gpt_config: '", key, "' must be an integer, got ", v.dump()));
+    return v.is_number_unsigned() ? int64_t(std::min<uint64_t>(v.get<uint64_t>(), INT64_MAX))
+                                  : v.get<int64_t>();
+  };
+  auto number = [&](const char* key) {
+    const auto& v = field(key);
+    if (!v.is_number()) throw IOError(detail::cat("gpt_config: '", key, "' must be a number"));
+    return v.get<double>();
+  };
+  auto boolean = [&](const char* key) {
+    const auto& v = field(key);
+    if (!v.is_boolean()) throw IOError(detail::cat("gpt_config: '", key, "' must be true/false"));
+    return v.get<bool>();
+  };
   nn::GPTConfig c;
-  c.vocab_size = j.at("vocab_size");
-  c.n_layers = j.at("n_layers");
-  c.dim = j.at("dim");
-  c.n_heads = j.at("n_heads");
-  c.n_kv_heads = j.at("n_kv_heads");
-  c.mlp_mult = j.at("mlp_mult");
-  c.rope_base = j.at("rope_base");
-  c.logit_softcap = j.at("logit_softcap");
-  c.qk_gain_init = j.at("qk_gain_init");
-  c.tied_embed_init_std = j.at("tied_embed_init_std");
-  c.norm_eps = j.at("norm_eps");
-  c.ternary = j.at("ternary");
-  c.extra_norm = j.at("extra_norm");
-  c.act_quant = j.at("act_quant");
-  c.seed = j.at("seed");
+  c.vocab_size = integer("vocab_size");
+  c.n_layers = integer("n_layers");
+  c.dim = integer("dim");
+  c.n_heads = integer("n_heads");
+  c.n_kv_heads = integer("n_kv_heads");
+  c.mlp_mult = integer("mlp_mult");
+  c.rope_base = number("rope_base");
+  c.logit_softcap = number("logit_softcap");
+  c.qk_gain_init = number("qk_gain_init");
+  c.tied_embed_init_std = number("tied_embed_init_std");
+  c.norm_eps = number("norm_eps");
+  c.ternary = boolean("ternary");
+  c.extra_norm = boolean("extra_norm");
+  c.act_quant = boolean("act_quant");
+  const auto& seed = field("seed");
+  if (!seed.is_number_integer()) throw IOError("gpt_config: 'seed' must be an integer");
+  c.seed = seed.get<uint64_t>();
   return c;
 }
 
@@ -95,6 +123,30 @@ inline std::unique_ptr<nn::GPT<float>> load_gpt_artifact(const std::string& path
     config = gpt_config_from_json(nlohmann::json::parse(it->second));
   } catch (const std::exception& e) {
     throw IOError(detail::cat("artifact ", path, ": bad 'gpt_config' metadata: ", e.what()));
+  }
+  try {
+    config.validate();
+  } catch (const Error& e) {
+    throw IOError(detail::cat("artifact ", path, ": bad 'gpt_config' metadata: ", e.what()));
+  }
+  // The config decides how much the model allocates: before building it, check that the
+  // artifact really holds the config's largest tensors, so a corrupt or hostile config cannot
+  // make us allocate more than the artifact itself contains.
+  auto expect = [&](const std::string& name, const Shape& shape) {
+    auto t = a.tensors.find(name);
+    if (t == a.tensors.end())
+      throw IOError(detail::cat("artifact ", path, ": its gpt_config (", config.n_layers,
+                                " layers, dim ", config.dim, ", vocab ", config.vocab_size,
+                                ") needs tensor '", name, "', which it lacks"));
+    if (!(t->second.shape == shape))
+      throw IOError(detail::cat("artifact ", path, ": tensor '", name, "' has shape ",
+                                t->second.shape, ", its gpt_config implies ", shape));
+  };
+  expect("tok_emb.weight", {config.vocab_size, config.dim});
+  for (int64_t i = 0; i < config.n_layers; ++i) {
+    const std::string b = "blocks." + std::to_string(i) + ".";
+    expect(b + "attn.c_q.weight", {config.dim, config.dim});
+    expect(b + "mlp.fc.weight", {config.mlp_mult * config.dim, config.dim});
   }
   auto model = std::make_unique<nn::GPT<float>>(config);
   std::map<std::string, const nn::Projection<float>*> projections;

@@ -20,6 +20,7 @@
 // the byte offset in the file.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -183,13 +184,18 @@ inline std::vector<SafetensorsEntry> parse_safetensors_header(
     if (v["shape"].size() > static_cast<size_t>(kMaxDims))
       throw bad("shape", "rank ", v["shape"].size(), " exceeds the maximum of ", kMaxDims);
     Shape shape;
-    uint64_t nbytes = dtype_size(*dtype);
+    uint64_t nbytes = dtype_size(*dtype), nonzero_elements = 1;
     bool overflow = false;
     for (const auto& e : v["shape"]) {
       if (!e.is_number_unsigned() || e.get<uint64_t>() > uint64_t(INT64_MAX))
         throw bad("shape", "extent ", e.dump(), " is not a non-negative integer");
       uint64_t x = e.get<uint64_t>();
       overflow |= __builtin_mul_overflow(nbytes, x, &nbytes);
+      // Extents beside a zero would pass the byte count; their product must still fit an
+      // int64 element count.
+      if (x != 0)
+        overflow |= __builtin_mul_overflow(nonzero_elements, x, &nonzero_elements) ||
+                    nonzero_elements > uint64_t(INT64_MAX);
       shape.push_back(static_cast<int64_t>(x));
     }
     const auto& off = v.contains("data_offsets") ? v["data_offsets"] : nlohmann::json();
@@ -210,6 +216,14 @@ inline std::vector<SafetensorsEntry> parse_safetensors_header(
                 overflow ? std::string("more than 2^64") : std::to_string(nbytes));
     entries.push_back({name, *dtype, shape, b, e});
   }
+  // Like the reference implementation, the data area must end where the last tensor ends:
+  // bytes past it mean a corrupt header or a file with something appended.
+  uint64_t last_end = 0;
+  for (const auto& en : entries) last_end = std::max(last_end, en.end);
+  if (last_end != data_size)
+    throw fail("the data area (file byte offset ", data_start, ") is ", data_size,
+               " bytes but its tensors end at ", last_end, ": ", data_size - last_end,
+               " unexpected bytes from file byte offset ", data_start + last_end);
   return entries;
 }
 

@@ -62,6 +62,12 @@ struct GPTConfig {
       bad(detail::cat("all sizes must be positive (vocab ", vocab_size, ", layers ", n_layers,
                       ", dim ", dim, ", heads ", n_heads, ", kv heads ", n_kv_heads, ", mlp_mult ",
                       mlp_mult, ")"));
+    // Far above any trainable size, and low enough that products of sizes cannot overflow.
+    if (vocab_size > (1 << 20) || dim > (1 << 20) || n_heads > (1 << 20) || n_layers > (1 << 16) ||
+        mlp_mult > (1 << 10))
+      bad(detail::cat("implausible size (vocab ", vocab_size, ", layers ", n_layers, ", dim ",
+                      dim, ", heads ", n_heads, ", mlp_mult ", mlp_mult,
+                      "; limits 2^20, 2^16, 2^20, 2^20, 2^10)"));
     if (dim % n_heads) bad(detail::cat("dim ", dim, " is not a multiple of n_heads ", n_heads));
     if (head_dim() % 2) bad(detail::cat("head_dim ", head_dim(), " must be even for RoPE"));
     if (n_heads % n_kv_heads)

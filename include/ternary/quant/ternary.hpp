@@ -91,8 +91,12 @@ inline int64_t scale_group(const Shape& shape, const TernaryConfig& c) {
 
 namespace detail {
 // round-half-to-even(v / s) clamped to [-1, 1]; v / s is computed in float, as the scales are.
+// A zero scale (an all-zero group) gives 0/0: every trit of such a group is 0. NaN never
+// reaches the int8 conversion (undefined behaviour); NaN weights are the training loop's to
+// report (its non-finite guard names the parameter).
 inline int8_t to_trit(float v, float s) {
   const float r = std::nearbyint(v / s);
+  if (r != r) return 0;
   return int8_t(r > 1.f ? 1.f : (r < -1.f ? -1.f : r));
 }
 // w + lambda * (q - w) with the exact end points the gradual schedule promises.
@@ -108,6 +112,8 @@ Tensor<T, B> blend(const Tensor<T, B>& w, const Tensor<T, B>& q, double lambda) 
 // gives 0 and +-1.5 gives +-1. A NaN or inf weight throws (a diverged run, not a trit).
 template <class T, class B>
 TernaryWeights quantize_absmean(const Tensor<T, B>& w, const TernaryConfig& c = {}) {
+  // Device memory (e.g. export from a GPU model): quantize a host copy.
+  if constexpr (!B::on_host) return quantize_absmean(Tensor<T>::from(w.shape(), w.to_vector()), c);
   const Tensor<T, B> wc = w.contiguous();
   TernaryWeights q;
   q.shape = w.shape();
@@ -150,7 +156,11 @@ struct STE {
   template <class T, class B>
   static Var<T, B> apply(const Var<T, B>& w, const TernaryConfig& c, double lambda) {
     if (lambda <= 0) return w;
-    auto q = quantize(w.value(), c).template dequantize<T>();
+    Tensor<T, B> q;
+    if constexpr (B::on_host)
+      q = quantize(w.value(), c).template dequantize<T>();
+    else  // the same numbers from a device kernel (found by the tag, e.g. backend/cuda/quant.cuh)
+      q = absmean_fake_quantize(B{}, w.value(), scale_group(w.shape(), c), c.eps);
     return Var<T, B>::record("ternary_ste", detail::blend(w.value(), q, lambda), {w},
                              [w](const Tensor<T, B>& g) { w.accumulate_grad(g); });
   }

@@ -3,6 +3,8 @@
 // to a temporary file and renamed, so a crash never leaves half a checkpoint.
 #pragma once
 
+#include <cerrno>
+#include <cstdlib>
 #include <map>
 #include <string>
 
@@ -23,8 +25,28 @@ void save_checkpoint(const std::string& path, const nn::Module<T, B>& model,
 }
 
 struct LoadedCheckpoint {
+  std::string path;
   std::map<std::string, Tensor<float>> optimizer_state;
   std::map<std::string, std::string> metadata;
+
+  // A metadata entry the caller cannot go on without; throws IOError naming file and key.
+  const std::string& require(const std::string& key) const {
+    auto it = metadata.find(key);
+    if (it == metadata.end())
+      throw IOError(detail::cat("checkpoint ", path, ": no '", key, "' in its metadata"));
+    return it->second;
+  }
+  // A non-negative integer entry ("step").
+  int64_t require_count(const std::string& key) const {
+    const std::string& v = require(key);
+    char* end = nullptr;
+    errno = 0;
+    const long long n = std::strtoll(v.c_str(), &end, 10);
+    if (v.empty() || *end != '\0' || errno != 0 || n < 0)
+      throw IOError(detail::cat("checkpoint ", path, ": metadata '", key, "' is '", v,
+                                "', not a non-negative integer"));
+    return n;
+  }
 };
 
 // Loads parameters into `model` (names and shapes must match; with strict = false,
@@ -34,6 +56,7 @@ inline LoadedCheckpoint load_checkpoint(const std::string& path, nn::Module<floa
   Safetensors st = load_safetensors(path);
   std::map<std::string, Tensor<float>> params;
   LoadedCheckpoint out;
+  out.path = path;
   for (auto& [name, blob] : st.tensors) {
     if (name.rfind("optim.", 0) == 0)
       out.optimizer_state[name] = blob.as<float>();

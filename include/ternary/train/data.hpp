@@ -35,10 +35,10 @@ inline bool looks_like_shards(const std::string& p) {
   return p.find('*') != std::string::npos || p.ends_with(".bin");
 }
 
-inline std::vector<uint16_t> load_shards(const std::string& pattern) {
+inline std::vector<uint16_t> load_shards(const std::string& pattern, int64_t vocab_size) {
   std::vector<uint16_t> all;
   for (const auto& f : glob_files(pattern)) {
-    auto t = read_shard(f);
+    auto t = read_shard(f, vocab_size);
     all.insert(all.end(), t.begin(), t.end());
   }
   return all;
@@ -62,8 +62,8 @@ inline Data load_data(const DataOptions& o, const std::string& who = "train") {
   } else {
     if (o.val_path.empty())
       throw Error("token shards need --val (a shard file or glob) for validation");
-    d.train = load_shards(o.train_path);
-    d.val = load_shards(o.val_path);
+    d.train = load_shards(o.train_path, o.vocab_size);
+    d.val = load_shards(o.val_path, o.vocab_size);
     d.description = o.train_path;
     if (!o.bytes_per_token.empty()) {
       d.bytes_per_token = read_bytes_per_token(o.bytes_per_token, o.vocab_size);

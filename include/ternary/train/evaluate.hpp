@@ -37,9 +37,12 @@ inline std::vector<double> read_bytes_per_token(const std::string& path, int64_t
   while (in >> word) {
     char* end = nullptr;
     const double v = std::strtod(word.c_str(), &end);
-    if (end == word.c_str() || *end != '\0' || !(v >= 0))
+    if (end == word.c_str() || *end != '\0' || !(v >= 0) || !std::isfinite(v))
       throw IOError(detail::cat("bytes-per-token table ", path, ": entry ", table.size(), " is '",
-                                word, "', not a non-negative number"));
+                                word, "', not a finite non-negative number"));
+    if (int64_t(table.size()) >= vocab)
+      throw IOError(detail::cat("bytes-per-token table ", path, ": more than ", vocab,
+                                " entries for a vocabulary of ", vocab));
     table.push_back(v);
   }
   if (int64_t(table.size()) != vocab)

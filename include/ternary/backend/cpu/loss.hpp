@@ -121,7 +121,7 @@ void cross_entropy_backward(cpu, const Tensor<T, cpu>& logits, const Tensor<int3
     if (cap > T(0)) {
       for (; j + W <= V; j += W) {
         batch th = xsimd::tanh(batch::load_unaligned(x + j) / cb);
-        (xsimd::exp((th * cb - mb) - lb) * sb * (one - th * th)).store_unaligned(d + j);
+        (fn::batch_exp((th * cb - mb) - lb) * sb * (one - th * th)).store_unaligned(d + j);
       }
       for (; j < V; ++j) {
         T th = std::tanh(x[j] / cap);
@@ -131,7 +131,7 @@ void cross_entropy_backward(cpu, const Tensor<T, cpu>& logits, const Tensor<int3
       d[t] -= scale * (T(1) - tt * tt);
     } else {
       for (; j + W <= V; j += W)
-        (xsimd::exp((batch::load_unaligned(x + j) - mb) - lb) * sb).store_unaligned(d + j);
+        (fn::batch_exp((batch::load_unaligned(x + j) - mb) - lb) * sb).store_unaligned(d + j);
       for (; j < V; ++j) d[j] = std::exp((x[j] - m) - l) * scale;
       d[t] -= scale;
     }

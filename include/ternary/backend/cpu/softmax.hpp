@@ -45,7 +45,7 @@ T row_exp_sum(const T* x, int64_t n, T shift, T* out) {
   batch acc(T(0));
   int64_t i = 0;
   for (; i + W <= n; i += W) {
-    batch e = xsimd::exp(batch::load_unaligned(x + i) - sb);
+    batch e = fn::batch_exp(batch::load_unaligned(x + i) - sb);
     if (out) e.store_unaligned(out + i);
     acc += e;
   }
@@ -145,7 +145,7 @@ void softmax_backward(cpu, const Tensor<T, cpu>& y, const Tensor<T, cpu>& g,
       const T sg = row_sum(gr, n);
       int64_t j = 0;
       for (; j + W <= n; j += W)
-        (batch::load_unaligned(gr + j) - xsimd::exp(batch::load_unaligned(yr + j)) * sg)
+        (batch::load_unaligned(gr + j) - fn::batch_exp(batch::load_unaligned(yr + j)) * sg)
             .store_unaligned(dr + j);
       for (; j < n; ++j) dr[j] = gr[j] - std::exp(yr[j]) * sg;
     } else {
