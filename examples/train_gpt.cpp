@@ -8,6 +8,13 @@
 //       --val data/fineweb_val_000000.bin --bytes-per-token bytes.txt --seconds 600
 //
 // Progress goes to stderr; the last stdout line is one JSON object with the results.
+// Built by nvcc with -DTERNARY_CUDA=ON (then --device cuda works, and data-parallel over
+// NCCL under tools/launch); by the host compiler otherwise (CPU only).
+#if defined(TERNARY_WITH_CUDA)
+#include "ternary/backend/cuda/all.cuh"  // first: declares the CUDA kernels before the ops
+#include "ternary/dist/nccl_communicator.hpp"
+#endif
+
 #include <omp.h>
 
 #include <CLI/CLI.hpp>
@@ -16,6 +23,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "ternary/dist/env.hpp"
 #include "ternary/gpt.hpp"
 #include "ternary/train/cli.hpp"
 #include "ternary/train/data.hpp"
@@ -40,6 +48,7 @@ struct Options {
   std::string save, resume, export_path = "gpt.artifact", log_path, codec = "lzma";
   int64_t save_every = 0;
   std::string on_nonfinite = "stop";
+  std::string device = "cpu";
 };
 
 // Fills in what the preset decides, leaving flags the user gave alone.
@@ -79,34 +88,72 @@ train::Data load_data(const Options& o) {
       "train_gpt");
 }
 
-double evaluate_model(const nn::GPT<float>& model, const train::Data& d, const Options& o) {
+template <class B>
+double evaluate_model(const nn::GPT<float, B>& model, const train::Data& d, const Options& o) {
   return train::evaluate_gpt(model, d, o.batch, o.seq, o.eval_batches).bpb;
 }
 
-int run(Options& o) {
-  if (o.threads > 0) omp_set_num_threads(o.threads);
-  train::Data data = load_data(o);
-  nn::GPT<float> model(o.model);
-  train::GolfOptimizers<float> opt(model, o.optim);
+// The data-parallel side of a run under tools/launch (RANK, WORLD_SIZE, ... set): NCCL
+// between GPUs. Created before anything touches the device (it picks the GPU).
+struct Parallel {
+  std::unique_ptr<dist::Communicator> comm;
+  int world_size = 1;
+  bool main = true;
+};
+
+template <class B>
+Parallel make_parallel(const Options& o) {
+  Parallel p;
+  const auto env = dist::parse_dist_env();
+  if (!env || env->world_size <= 1) return p;
+  if (o.batch % env->world_size != 0)
+    throw Error(detail::cat("--batch ", o.batch, " must be a multiple of WORLD_SIZE ",
+                            env->world_size,
+                            " (each rank trains on batch / WORLD_SIZE sequences)"));
+#if defined(TERNARY_WITH_CUDA)
+  if constexpr (!B::on_host) {
+    p.comm = std::make_unique<dist::NcclCommunicator>(*env);
+    p.world_size = env->world_size;
+    p.main = env->rank == 0;
+    return p;
+  }
+#endif
+  throw Error(detail::cat("WORLD_SIZE is ", env->world_size,
+                          ": data-parallel training runs over NCCL, with --device cuda in a "
+                          "train_gpt built with -DTERNARY_CUDA=ON"));
+}
+
+template <class B>
+int run(Options& o, const train::Data& data) {
+  Parallel par = make_parallel<B>(o);
+  nn::GPT<float, B> model(o.model);
+  train::GolfOptimizers<float, B> opt(model, o.optim);
   RandomBatcher batcher(data.train, o.batch, o.seq, o.seed, o.model.vocab_size);
   int64_t start_step = 0;
   if (!o.resume.empty()) {
-    auto ck = train::load_checkpoint(o.resume, model);
-    opt.load_state_dict(ck.optimizer_state);
+    nn::GPT<float> host(o.model);  // checkpoints are read on the host, then copied over
+    auto ck = train::load_checkpoint(o.resume, host);
+    train::copy_parameters(host, model);
+    opt.load_state_dict(train::state_to_backend<B>(ck.optimizer_state));
     start_step = ck.require_count("step");
     batcher.restore(BatcherState::parse(ck.require("batcher")));
     std::fprintf(stderr, "train_gpt: resumed from %s at step %lld\n", o.resume.c_str(),
                  (long long)start_step);
   }
-  std::fprintf(stderr,
-               "train_gpt: %s GPT, %lld parameters (%lld layers, dim %lld, %lld/%lld heads, mlp "
-               "x%lld, vocab %lld), "
-               "seq %lld, batch %lld, %d threads\n  data: %s (%zu train / %zu val tokens)\n",
-               o.model.ternary ? "ternary" : "full-precision", (long long)model.num_parameters(),
-               (long long)o.model.n_layers, (long long)o.model.dim, (long long)o.model.n_heads,
-               (long long)o.model.n_kv_heads, (long long)o.model.mlp_mult,
-               (long long)o.model.vocab_size, (long long)o.seq, (long long)o.batch,
-               omp_get_max_threads(), data.description.c_str(), data.train.size(), data.val.size());
+  std::unique_ptr<dist::DataParallel<float, B>> dp;
+  if (par.comm) dp = std::make_unique<dist::DataParallel<float, B>>(model, *par.comm);
+  if (par.main)
+    std::fprintf(
+        stderr,
+        "train_gpt: %s GPT on %s%s, %lld parameters (%lld layers, dim %lld, %lld/%lld heads, mlp "
+        "x%lld, vocab %lld), "
+        "seq %lld, batch %lld, %d threads\n  data: %s (%zu train / %zu val tokens)\n",
+        o.model.ternary ? "ternary" : "full-precision", o.device.c_str(),
+        par.world_size > 1 ? detail::cat(" x", par.world_size, " ranks").c_str() : "",
+        (long long)model.num_parameters(), (long long)o.model.n_layers, (long long)o.model.dim,
+        (long long)o.model.n_heads, (long long)o.model.n_kv_heads, (long long)o.model.mlp_mult,
+        (long long)o.model.vocab_size, (long long)o.seq, (long long)o.batch, omp_get_max_threads(),
+        data.description.c_str(), data.train.size(), data.val.size());
 
   train::LoopOptions lo;
   lo.steps = o.steps;
@@ -121,7 +168,7 @@ int run(Options& o) {
   std::function<void(int64_t)> eval_hook;
   if (o.eval_every > 0)
     eval_hook = [&](int64_t s) {
-      if (s > start_step && s % o.eval_every == 0)
+      if (par.main && s > start_step && s % o.eval_every == 0)
         std::fprintf(stderr, "\nstep %lld: val bpb %.4f\n", (long long)s,
                      evaluate_model(model, data, o));
     };
@@ -139,7 +186,8 @@ int run(Options& o) {
       if (steps_done % o.save_every == 0) save(steps_done);
     };
   const train::LoopResult trained =
-      train::train_loop(model, opt, batcher, lo, eval_hook, save_hook);
+      train::train_loop(model, opt, batcher, lo, eval_hook, save_hook, dp.get());
+  if (!par.main) return 0;  // rank 0 alone saves, exports and scores
   const int64_t step = trained.steps;
   const double train_seconds = trained.seconds, tokens_per_s = trained.tokens_per_s;
 
@@ -151,7 +199,9 @@ int run(Options& o) {
   const double val_bpb = evaluate_model(model, data, o);
   ExportOptions eo;
   eo.codec = codec_from_name(o.codec);
-  const int64_t artifact_bytes = export_gpt_artifact(model, o.export_path, eo);
+  nn::GPT<float> host(o.model);  // the artifact is written from host memory
+  train::copy_parameters(model, host);
+  const int64_t artifact_bytes = export_gpt_artifact(host, o.export_path, eo);
   std::fprintf(
       stderr,
       "train_gpt: artifact %s: %lld bytes (%.2f%% of the %lld-byte Parameter Golf budget)\n",
@@ -168,9 +218,23 @@ int run(Options& o) {
                         {"ternary", o.model.ternary},
                         {"steps", step},
                         {"train_seconds", train_seconds},
-                        {"tokens_per_s", tokens_per_s}};
+                        {"tokens_per_s", tokens_per_s},
+                        {"device", o.device},
+                        {"ranks", par.world_size}};
   std::printf("%s\n", result.dump().c_str());
   return 0;
+}
+
+int run(Options& o) {
+  if (o.threads > 0) omp_set_num_threads(o.threads);
+  const train::Data data = load_data(o);
+  if (o.device == "cpu") return run<cpu>(o, data);
+#if defined(TERNARY_WITH_CUDA)
+  return run<cuda>(o, data);
+#else
+  throw Error(
+      "--device cuda: this train_gpt was built without CUDA (configure with -DTERNARY_CUDA=ON)");
+#endif
 }
 
 int main(int argc, char** argv) {
@@ -236,6 +300,9 @@ int main(int argc, char** argv) {
                  "progress line every N steps when stderr is not a terminal")
       ->check(CLI::PositiveNumber);
   train::add_threads_option(app, o.threads);
+  app.add_option("--device", o.device, "cpu, or cuda (a build with -DTERNARY_CUDA=ON)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   app.add_option("--seed", o.seed, "seed for initialisation and batches")->capture_default_str();
   app.add_option("--save", o.save, "write a checkpoint (safetensors) after training");
   app.add_option("--save-every", o.save_every,

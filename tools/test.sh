@@ -6,13 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/bootstrap.sh
 jobs=$(nproc)
-# CUDA first (build only: CI has no GPU), in its own build dir and only the CUDA targets, so
+# CUDA first (build only: CI has no GPU), in its own build dir and only the CUDA targets (the
+# CUDA tests and the nvcc-built train_gpt with --device cuda and NCCL), so
 # a CUDA compile break never lands; the CPU build never needs the CUDA toolkit. The CTest
 # summary then stays the last thing printed.
 if command -v nvcc >/dev/null 2>&1; then
   cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DTERNARY_BUILD_BENCH=OFF \
-    -DTERNARY_BUILD_EXAMPLES=OFF -DTERNARY_CUDA=ON >/dev/null
-  cmake --build build-cuda -j"$jobs" --target ternary_cuda_tests
+    -DTERNARY_BUILD_EXAMPLES=ON -DTERNARY_CUDA=ON >/dev/null
+  cmake --build build-cuda -j"$jobs" --target ternary_cuda_tests train_gpt
 fi
 # The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer (clang, build-asan), plus
 # the libFuzzer targets of tests/fuzz for a short fixed count each. TERNARY_SKIP_SANITIZERS=1

@@ -88,6 +88,8 @@ struct TensorBlob {
   // A copy of a tensor's elements (any strides) in row-major order.
   template <class T, class B>
   static TensorBlob from(const Tensor<T, B>& t) {
+    if constexpr (!B::on_host)  // device memory: copy through the host
+      return from(Tensor<T>::from(t.shape(), t.to_vector()));
     TensorBlob blob;
     blob.dtype = dtype_of<T>();
     blob.shape = t.shape();

@@ -24,6 +24,42 @@ void save_checkpoint(const std::string& path, const nn::Module<T, B>& model,
   save_safetensors(path, st.tensors, st.metadata);
 }
 
+// Copies every parameter of `from` into the parameter of the same name in `to`, across
+// backends (host <-> device) too; names and shapes must match.
+template <class T, class B1, class B2>
+void copy_parameters(const nn::Module<T, B1>& from, const nn::Module<T, B2>& to) {
+  const auto src = from.named_parameters();
+  const auto dst = to.named_parameters();
+  if (src.size() != dst.size())
+    throw ShapeError(detail::cat("copy_parameters: ", src.size(), " parameters into ", dst.size()));
+  for (size_t i = 0; i < src.size(); ++i) {
+    const auto& [name, p] = src[i];
+    const auto& [dname, d] = dst[i];
+    if (name != dname || !(p.shape() == d.shape()))
+      throw ShapeError(detail::cat("copy_parameters: '", name, "' ", p.shape(), " into '", dname,
+                                   "' ", d.shape()));
+    Var<T, B2> v = d;
+    if constexpr (std::is_same_v<B1, B2>)
+      v.value().assign(p.value());
+    else
+      v.value().assign(Tensor<T, B2>::from(p.shape(), p.value().to_vector()));
+  }
+}
+
+// A state dict moved to another backend (optimizer state between host and device).
+template <class B2, class T, class B1>
+std::map<std::string, Tensor<T, B2>> state_to_backend(
+    const std::map<std::string, Tensor<T, B1>>& state) {
+  std::map<std::string, Tensor<T, B2>> out;
+  for (const auto& [name, t] : state) {
+    if constexpr (std::is_same_v<B1, B2>)
+      out[name] = t;
+    else
+      out[name] = Tensor<T, B2>::from(t.shape(), t.to_vector());
+  }
+  return out;
+}
+
 struct LoadedCheckpoint {
   std::string path;
   std::map<std::string, Tensor<float>> optimizer_state;

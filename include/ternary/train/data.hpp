@@ -77,12 +77,20 @@ inline Data load_data(const DataOptions& o, const std::string& who = "train") {
 
 // Validation loss and bits per byte of `model` on d.val, in windows of `seq` tokens,
 // `batch` windows at a time; max_batches <= 0 scores every window.
-inline EvalResult evaluate_gpt(const nn::GPT<float>& model, const Data& d, int64_t batch,
-                               int64_t seq, int64_t max_batches = 0) {
+// Any backend: batches are drawn on the host and uploaded.
+template <class B = cpu>
+EvalResult evaluate_gpt(const nn::GPT<float, B>& model, const Data& d, int64_t batch, int64_t seq,
+                        int64_t max_batches = 0) {
   SequentialBatcher val(d.val, batch, seq, model.config().vocab_size);
   return evaluate_bpb(
-      [&](const Tensor<int32_t>& x, const Tensor<int32_t>& y) { return model.loss(x, y); }, val,
-      d.bytes_per_token, max_batches);
+      [&](const Tensor<int32_t>& x, const Tensor<int32_t>& y) {
+        if constexpr (B::on_host)
+          return model.loss(x, y);
+        else
+          return model.loss(Tensor<int32_t, B>::from(x.shape(), x.to_vector()),
+                            Tensor<int32_t, B>::from(y.shape(), y.to_vector()));
+      },
+      val, d.bytes_per_token, max_batches);
 }
 
 }  // namespace ternary::train
