@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "ternary/autograd/var.hpp"
 #include "ternary/backend/cpu/embedding.hpp"
@@ -19,6 +20,11 @@ namespace detail {
 template <class B>
 void check_embedding_ids(const Tensor<int32_t, B>& ids_c, const Shape& ids_shape, int64_t V) {
   const int32_t* id = ids_c.data();
+  std::vector<int32_t> host_ids;  // device ids are checked from a host copy
+  if constexpr (!B::on_host) {
+    host_ids = ids_c.to_vector();
+    id = host_ids.data();
+  }
   for (int64_t i = 0; i < ids_c.numel(); ++i) {
     if (id[i] >= 0 && id[i] < V) continue;
     Dims pos = Dims::filled(ids_shape.size(), 0);

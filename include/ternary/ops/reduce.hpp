@@ -118,8 +118,12 @@ Var<T, B> max(const Var<T, B>& x, const std::vector<int64_t>& axes = {}, bool ke
         auto dx_perm = Tensor<T, B>::zeros(permuted);
         auto gc = g.contiguous();
         const int64_t inner = argmax.empty() ? 0 : x.numel() / int64_t(argmax.size());
-        for (size_t r = 0; r < argmax.size(); ++r)
-          dx_perm.data()[r * inner + argmax[r]] = gc.data()[r];
+        if constexpr (B::on_host) {
+          for (size_t r = 0; r < argmax.size(); ++r)
+            dx_perm.data()[r * inner + argmax[r]] = gc.data()[r];
+        } else {  // device memory: the backend scatters (found by the tag, e.g. backend/cuda)
+          max_backward_scatter(B{}, gc, argmax, inner, dx_perm);
+        }
         std::vector<int64_t> inverse(order.size());
         for (size_t i = 0; i < order.size(); ++i) inverse[order[i]] = int64_t(i);
         x.accumulate_grad(dx_perm.permute(inverse));

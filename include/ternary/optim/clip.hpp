@@ -24,7 +24,11 @@ double clip_grad_norm(const std::vector<Var<T, B>>& params, double max_norm) {
   for (const auto& p : params)
     if (p.grad().defined() && seen.insert(p.grad().data()).second) grads.push_back(p.grad());
   double sq = 0;
-  for (const auto& g : grads) sq += detail::squared_norm(g);
+  if constexpr (B::on_host) {
+    for (const auto& g : grads) sq += detail::squared_norm(g);
+  } else {  // one device sum and one host copy for all of them (backend/cuda/quant.cuh)
+    sq = squared_norm_sum(B{}, grads);
+  }
   const double total = std::sqrt(sq);
   if (max_norm > 0) {
     const double coef = max_norm / (total + 1e-6);

@@ -42,7 +42,10 @@ Tensor<T, B> newton_schulz5(const Tensor<T, B>& G, int steps = 5, double eps = 1
     X = transposed ? G.t().clone() : G.clone();
   else
     X = (transposed ? G.t() : G).template to<float>().contiguous();
-  X *= float(1.0 / (std::sqrt(detail::squared_norm(X)) + eps));
+  if constexpr (B::on_host)
+    X *= float(1.0 / (std::sqrt(detail::squared_norm(X)) + eps));
+  else  // the norm stays on the device (backend/cuda/quant.cuh): no host round trip
+    scale_by_inverse_norm(B{}, X, eps);
   for (int k = 0; k < steps; ++k) {
     F A = matmul(X, X.t());              // [r, r], r = min(rows, cols)
     A.assign(A * b + matmul(A, A) * c);  // b A + c A^2

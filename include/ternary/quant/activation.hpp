@@ -20,6 +20,10 @@ namespace ternary::quant {
 // Quantizes rows of the last axis: int8 values and the per-row scale s (x ~= q / s).
 template <class T, class B>
 void quantize_rows_int8(const Tensor<T, B>& x, std::vector<int8_t>& q, std::vector<float>& scale) {
+  if constexpr (!B::on_host) {  // device memory: quantize a host copy (the outputs are host)
+    quantize_rows_int8(Tensor<T>::from(x.shape(), x.to_vector()), q, scale);
+    return;
+  }
   const Tensor<T, B> xc = x.contiguous();
   const int64_t D = x.dim() ? x.size(-1) : 1, rows = D ? xc.numel() / D : 0;
   q.resize(xc.numel());
@@ -56,6 +60,9 @@ void quantize_rows_int8(const Tensor<T, B>& x, std::vector<int8_t>& q, std::vect
 // x_q = q / s as a tensor of x's shape (contiguous).
 template <class T, class B>
 Tensor<T, B> fake_quantize_int8(const Tensor<T, B>& x) {
+  // Device memory: the same numbers from a backend kernel (found by the tag, e.g.
+  // backend/cuda/quant.cuh).
+  if constexpr (!B::on_host) return int8_fake_quantize(B{}, x);
   std::vector<int8_t> q;
   std::vector<float> s;
   quantize_rows_int8(x, q, s);

@@ -30,6 +30,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -154,6 +155,7 @@ struct Context {
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
   bool tf32 = false;
+  bool bf16 = false;
   static Context& instance() {
     static Context ctx;
     return ctx;
@@ -208,6 +210,11 @@ struct cuda {
   // 1e-3 relative error instead of ~1e-6, several times faster. Off by default.
   static void set_tf32(bool on) { cuda_detail::Context::instance().tf32 = on; }
   static bool tf32() { return cuda_detail::Context::instance().tf32; }
+  // fp32 GEMMs with bf16 operands (rounded copies made per product; the tensors, and so the
+  // master weights, stay fp32) and fp32 accumulation and output: ~3e-3 relative error, the
+  // fastest tensor-core path. Takes precedence over tf32. Off by default.
+  static void set_bf16(bool on) { cuda_detail::Context::instance().bf16 = on; }
+  static bool bf16() { return cuda_detail::Context::instance().bf16; }
 
   // Number of usable devices; 0 (not an exception) when there is no GPU or no driver.
   static int device_count() {
@@ -242,6 +249,57 @@ void cross_entropy_backward(cuda, const Tensor<T, cuda>& logits,
                             const Tensor<int32_t, cuda>& targets, int32_t ignore_index, T cap,
                             const Tensor<T, cuda>& zmax, const Tensor<T, cuda>& logsum, T scale,
                             const Tensor<T, cuda>& dx);
+// norm.cuh
+template <class T>
+void rms_norm_forward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& gain,
+                      const Tensor<T, cuda>& y, const Tensor<T, cuda>& rstd, double eps);
+template <class T>
+void rms_norm_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& gain,
+                       const Tensor<T, cuda>& rstd, const Tensor<T, cuda>& g,
+                       const Tensor<T, cuda>& dx, const Tensor<T, cuda>& dgain);
+// embedding.cuh
+template <class T>
+void embedding_forward(cuda, const Tensor<T, cuda>& table, const Tensor<int32_t, cuda>& ids,
+                       const Tensor<T, cuda>& out);
+template <class T>
+void embedding_backward(cuda, const Tensor<int32_t, cuda>& ids, const Tensor<T, cuda>& g,
+                        const Tensor<T, cuda>& dtable);
+// rope.cuh
+template <class T>
+struct RopeTable;
+template <class T>
+std::shared_ptr<const RopeTable<T>> rope_table(cuda, int64_t positions, int64_t half, double base);
+template <class T>
+void rope_rotate(cuda, const T* x, T* out, int64_t rows, int64_t seq_len, int64_t position_offset,
+                 const RopeTable<T>& table, bool inverse);
+// attention.cuh
+template <class T>
+void causal_attention_forward(cuda, const Tensor<T, cuda>& q, const Tensor<T, cuda>& k,
+                              const Tensor<T, cuda>& v, T scale, Tensor<T, cuda>& out,
+                              Tensor<T, cuda>* lse);
+template <class T>
+void causal_attention_backward(cuda, const Tensor<T, cuda>& q, const Tensor<T, cuda>& k,
+                               const Tensor<T, cuda>& v, const Tensor<T, cuda>& out,
+                               const Tensor<T, cuda>& lse, const Tensor<T, cuda>& dout, T scale,
+                               Tensor<T, cuda>& dq, Tensor<T, cuda>& dk, Tensor<T, cuda>& dv);
+// quant.cuh (reached from quant/ and optim/ by argument-dependent lookup on the tag)
+template <class T>
+Tensor<T, cuda> absmean_fake_quantize(cuda, const Tensor<T, cuda>& w, int64_t group, double eps);
+template <class T>
+Tensor<T, cuda> int8_fake_quantize(cuda, const Tensor<T, cuda>& x);
+template <class T>
+double squared_norm(cuda, const Tensor<T, cuda>& x);
+template <class T>
+double squared_norm_sum(cuda, const std::vector<Tensor<T, cuda>>& xs);
+template <class T>
+void scale_by_inverse_norm(cuda, Tensor<T, cuda>& x, double eps);
+// reduce_max.cuh
+template <class T>
+Tensor<T, cuda> reduce_max(cuda, const Tensor<T, cuda>& x, const std::vector<int>& axes,
+                           std::vector<int64_t>* argmax);
+template <class T>
+void max_backward_scatter(cuda, const Tensor<T, cuda>& g, const std::vector<int64_t>& argmax,
+                          int64_t inner, Tensor<T, cuda>& dx);
 
 }  // namespace backend
 

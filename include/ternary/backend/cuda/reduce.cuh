@@ -6,6 +6,9 @@
 //    block covers 32 adjacent output columns (coalesced reads) with 8 lanes of rows each.
 // Any other layout is permuted so the reduced axes come last and made contiguous (one
 // strided copy kernel), then takes the rows path. Accumulation is in T (float or double).
+// Few long outputs (a per-head gain's gradient: 8 rows of 500k; a bias over 8k rows of 512
+// columns) would leave most multiprocessors idle, so those are split: blocks sum chunks of rows
+// (or columns of row chunks) into partial sums, and a second pass of the same kernels adds them.
 #pragma once
 
 #ifndef __CUDACC__
@@ -18,6 +21,11 @@
 #include "ternary/backend/cuda/elementwise.cuh"
 
 namespace ternary::backend::cuda_detail {
+
+// Multiprocessors of the current device (launch_for sizes its grids as 16 blocks per SM).
+inline int num_sms() {
+  return launch_for(int64_t(1) << 40).blocks / 16;
+}
 
 // Sum of v over the block (blockDim.x a multiple of 32, at most 1024); valid in thread 0.
 template <class T>
@@ -47,15 +55,19 @@ __global__ void sum_rows_kernel(const T* __restrict__ x, T* __restrict__ out, in
   }
 }
 
-// out[j] = sum_i x[i * cols + j]; block (32, 8): x = column within the block's 32, y = row lane.
+// out[c * cols + j] = sum over rows i of chunk c (blockIdx.y, chunk_rows each) of
+// x[i * cols + j]; block (32, 8): x = column within the block's 32, y = row lane.
 template <class T>
 __global__ void sum_cols_kernel(const T* __restrict__ x, T* __restrict__ out, int64_t rows,
-                                int64_t cols) {
+                                int64_t cols, int64_t chunk_rows) {
   __shared__ T part[8][33];
   const int64_t j = int64_t(blockIdx.x) * 32 + threadIdx.x;
+  const int64_t r0 = int64_t(blockIdx.y) * chunk_rows;
+  const int64_t r1 = r0 + chunk_rows < rows ? r0 + chunk_rows : rows;
+  out += int64_t(blockIdx.y) * cols;
   T s = T(0);
   if (j < cols)
-    for (int64_t i = threadIdx.y; i < rows; i += 8) s += x[i * cols + j];
+    for (int64_t i = r0 + threadIdx.y; i < r1; i += 8) s += x[i * cols + j];
   part[threadIdx.y][threadIdx.x] = s;
   __syncthreads();
   if (threadIdx.y == 0 && j < cols) {
@@ -63,6 +75,67 @@ __global__ void sum_cols_kernel(const T* __restrict__ x, T* __restrict__ out, in
     for (int k = 0; k < 8; ++k) t += part[k][threadIdx.x];
     out[j] = t;
   }
+}
+
+// out[j] = sum_i x[i * cols + j] for contiguous [rows, cols] x, split into row chunks when
+// the columns alone would give too few blocks.
+template <class T>
+void sum_columns(const T* x, T* out, int64_t rows, int64_t cols) {
+  const int64_t col_blocks = (cols + 31) / 32;
+  const int64_t want = 4 * int64_t(num_sms());
+  int64_t chunks = 1;
+  if (col_blocks < want && rows >= 1024)
+    chunks = std::min<int64_t>({(want + col_blocks - 1) / col_blocks, rows / 256, 65535});
+  if (chunks <= 1) {
+    sum_cols_kernel<<<unsigned(col_blocks), dim3(32, 8), 0, cuda::stream()>>>(x, out, rows, cols,
+                                                                              rows);
+    TERNARY_CUDA_CHECK_LAUNCH("sum_cols_kernel");
+    return;
+  }
+  const int64_t chunk_rows = (rows + chunks - 1) / chunks;
+  chunks = (rows + chunk_rows - 1) / chunk_rows;
+  auto partial = Tensor<T, cuda>::empty(Shape{chunks, cols});
+  sum_cols_kernel<<<dim3(unsigned(col_blocks), unsigned(chunks)), dim3(32, 8), 0, cuda::stream()>>>(
+      x, partial.data(), rows, cols, chunk_rows);
+  TERNARY_CUDA_CHECK_LAUNCH("sum_cols_kernel");
+  sum_cols_kernel<<<unsigned(col_blocks), dim3(32, 8), 0, cuda::stream()>>>(partial.data(), out,
+                                                                            chunks, cols, chunks);
+  TERNARY_CUDA_CHECK_LAUNCH("sum_cols_kernel");
+}
+
+// partial[r * parts + p] = sum of x[r * inner + j] for j in [p * part, (p + 1) * part) (clipped)
+template <class T>
+__global__ void sum_row_parts_kernel(const T* __restrict__ x, T* __restrict__ partial,
+                                     int64_t inner, int64_t part) {
+  const int64_t r = blockIdx.y, lo = int64_t(blockIdx.x) * part;
+  const int64_t hi = lo + part < inner ? lo + part : inner;
+  const T* row = x + r * inner;
+  T s = T(0);
+  for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) s += row[j];
+  s = block_sum(s);
+  if (threadIdx.x == 0) partial[r * gridDim.x + blockIdx.x] = s;
+}
+
+// out[r] = sum_j x[r * inner + j] for contiguous rows; long rows are split into parts when
+// there are too few rows to fill the GPU.
+template <class T>
+void sum_rows(const T* x, T* out, int64_t n_out, int64_t inner) {
+  auto launch = [](const T* src, T* dst, int64_t rows, int64_t len) {
+    const int threads = len >= 1024 ? 512 : (len >= 128 ? 128 : 32);
+    const int blocks = int(std::min<int64_t>(rows, int64_t(1) << 30));
+    sum_rows_kernel<<<blocks, threads, 0, cuda::stream()>>>(src, dst, rows, len);
+    TERNARY_CUDA_CHECK_LAUNCH("sum_rows_kernel");
+  };
+  const int64_t want = 4 * int64_t(num_sms());
+  const int64_t parts =
+      n_out < want ? std::min<int64_t>((want + n_out - 1) / n_out, inner / 8192) : 1;
+  if (parts <= 1 || n_out > 65535) return launch(x, out, n_out, inner);
+  const int64_t part = (inner + parts - 1) / parts;
+  auto partial = Tensor<T, cuda>::empty(Shape{n_out, parts});
+  sum_row_parts_kernel<<<dim3(unsigned(parts), unsigned(n_out)), 512, 0, cuda::stream()>>>(
+      x, partial.data(), inner, part);
+  TERNARY_CUDA_CHECK_LAUNCH("sum_row_parts_kernel");
+  launch(partial.data(), out, n_out, parts);
 }
 
 }  // namespace ternary::backend::cuda_detail
@@ -80,10 +153,7 @@ Tensor<T, cuda> reduce_sum(cuda, const Tensor<T, cuda>& x, const std::vector<int
   if (x.numel() == 0) return out.fill(T(0));
   const int64_t inner = x.numel() / n_out;
   if (p.leading && !p.trailing && x.is_contiguous()) {
-    const int64_t rows = inner, cols = n_out;
-    sum_cols_kernel<<<unsigned((cols + 31) / 32), dim3(32, 8), 0, cuda::stream()>>>(
-        x.data(), out.data(), rows, cols);
-    TERNARY_CUDA_CHECK_LAUNCH("sum_cols_kernel");
+    sum_columns(x.data(), out.data(), inner, n_out);
     return out;
   }
   Tensor<T, cuda> rows = x;
@@ -95,10 +165,7 @@ Tensor<T, cuda> reduce_sum(cuda, const Tensor<T, cuda>& x, const std::vector<int
       if (p.reduced[i]) order.push_back(i);
     rows = x.permute(order).contiguous();
   }
-  const int threads = inner >= 1024 ? 512 : (inner >= 128 ? 128 : 32);
-  const int blocks = int(std::min<int64_t>(n_out, int64_t(1) << 30));
-  sum_rows_kernel<<<blocks, threads, 0, cuda::stream()>>>(rows.data(), out.data(), n_out, inner);
-  TERNARY_CUDA_CHECK_LAUNCH("sum_rows_kernel");
+  sum_rows(rows.data(), out.data(), n_out, inner);
   return out;
 }
 

@@ -1,0 +1,75 @@
+// CUDA embedding kernels (the CPU's contract, backend/cpu/embedding.hpp): a row gather and its
+// scatter-add. The op validates the ids (through a host copy) before a kernel runs.
+//   forward:  out[i, :] = table[ids[i], :]          one thread per output element
+//   backward: dtable[ids[i], :] += g[i, :]          atomicAdd (repeated ids collide), so the
+//             order of the additions, and the last bits of a repeated row's sum, may vary
+#pragma once
+
+#ifndef __CUDACC__
+#error "ternary/backend/cuda/*.cuh holds CUDA kernels: compile with nvcc (-DTERNARY_CUDA=ON)"
+#endif
+
+#include <cstdint>
+
+#include "ternary/backend/cpu/embedding.hpp"
+#include "ternary/backend/cuda/elementwise.cuh"
+
+namespace ternary::backend::cuda_detail {
+
+template <class T>
+__global__ void embedding_forward_kernel(const T* __restrict__ table,
+                                         const int32_t* __restrict__ ids, T* __restrict__ out,
+                                         int64_t N, int64_t D) {
+  for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < N * D;
+       k += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = k / D, j = k % D;
+    out[k] = table[int64_t(ids[i]) * D + j];
+  }
+}
+
+template <class T>
+__global__ void embedding_backward_kernel(const int32_t* __restrict__ ids, const T* __restrict__ g,
+                                          T* __restrict__ dtable, int64_t N, int64_t D) {
+  for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < N * D;
+       k += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = k / D, j = k % D;
+    atomicAdd(dtable + int64_t(ids[i]) * D + j, g[k]);
+  }
+}
+
+}  // namespace ternary::backend::cuda_detail
+
+namespace ternary::backend {
+
+template <class T>
+void embedding_forward(cuda, const Tensor<T, cuda>& table, const Tensor<int32_t, cuda>& ids,
+                       const Tensor<T, cuda>& out) {
+  using namespace cuda_detail;
+  const int64_t N = ids.numel(), D = table.size(1);
+  if (!table.is_contiguous() || !ids.is_contiguous() || !out.is_contiguous() ||
+      out.numel() != N * D)
+    throw ShapeError(detail::cat("embedding_forward(cuda): table ", table.shape(), ", ids ",
+                                 ids.shape(), ", out ", out.shape(), " (all contiguous)"));
+  if (N * D == 0) return;
+  const Launch l = launch_for(N * D);
+  embedding_forward_kernel<<<l.blocks, l.threads, 0, cuda::stream()>>>(table.data(), ids.data(),
+                                                                       out.data(), N, D);
+  TERNARY_CUDA_CHECK_LAUNCH("embedding_forward_kernel");
+}
+
+template <class T>
+void embedding_backward(cuda, const Tensor<int32_t, cuda>& ids, const Tensor<T, cuda>& g,
+                        const Tensor<T, cuda>& dtable) {
+  using namespace cuda_detail;
+  const int64_t N = ids.numel(), D = dtable.size(1);
+  if (!g.is_contiguous() || !ids.is_contiguous() || !dtable.is_contiguous() || g.numel() != N * D)
+    throw ShapeError(detail::cat("embedding_backward(cuda): ids ", ids.shape(), ", g ", g.shape(),
+                                 ", dtable ", dtable.shape(), " (all contiguous)"));
+  if (N * D == 0) return;
+  const Launch l = launch_for(N * D);
+  embedding_backward_kernel<<<l.blocks, l.threads, 0, cuda::stream()>>>(ids.data(), g.data(),
+                                                                        dtable.data(), N, D);
+  TERNARY_CUDA_CHECK_LAUNCH("embedding_backward_kernel");
+}
+
+}  // namespace ternary::backend

@@ -1,0 +1,152 @@
+// CUDA RMSNorm kernels over the rows of a contiguous [rows, D] matrix (the CPU's contract,
+// backend/cpu/norm.hpp; the math is in ops/norm.hpp):
+//   forward:  one warp per row: rstd = 1 / sqrt(mean(x^2) + eps), y = x * rstd * gain
+//   backward: one warp per row: dx = rstd * gg - x * rstd^3 * dot(gg, x) / D, gg = g * gain;
+//             dgain = sum over rows of g * x * rstd: blocks of 32 columns x 8 row lanes sum a
+//             chunk of rows each into a partial row, and the partial rows are summed by
+//             reduce_sum (deterministic: no atomics).
+#pragma once
+
+#ifndef __CUDACC__
+#error "ternary/backend/cuda/*.cuh holds CUDA kernels: compile with nvcc (-DTERNARY_CUDA=ON)"
+#endif
+
+#include <cstdint>
+
+#include "ternary/backend/cpu/norm.hpp"
+#include "ternary/backend/cuda/reduce.cuh"
+
+namespace ternary::backend::cuda_detail {
+
+template <class T>
+__device__ T warp_sum(T v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+template <class T>
+__global__ void rms_norm_forward_kernel(const T* __restrict__ x, const T* __restrict__ gain,
+                                        T* __restrict__ y, T* __restrict__ rstd, int64_t rows,
+                                        int64_t D, double eps) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; r < rows;
+       r += warps) {
+    const T* xr = x + r * D;
+    T s = T(0);
+    for (int64_t j = lane; j < D; j += 32) s += xr[j] * xr[j];
+    s = warp_sum(s);
+    const double ms = D ? double(s) / double(D) : 0.0;
+    const T rs = T(1.0 / ::sqrt(ms + eps));
+    if (lane == 0) rstd[r] = rs;
+    T* yr = y + r * D;
+    if (gain)
+      for (int64_t j = lane; j < D; j += 32) yr[j] = xr[j] * rs * gain[j];
+    else
+      for (int64_t j = lane; j < D; j += 32) yr[j] = xr[j] * rs;
+  }
+}
+
+template <class T>
+__global__ void rms_norm_backward_dx_kernel(const T* __restrict__ x, const T* __restrict__ gain,
+                                            const T* __restrict__ rstd, const T* __restrict__ g,
+                                            T* __restrict__ dx, int64_t rows, int64_t D) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; r < rows;
+       r += warps) {
+    const T *xr = x + r * D, *gr = g + r * D;
+    T dot = T(0);
+    for (int64_t j = lane; j < D; j += 32) dot += (gain ? gr[j] * gain[j] : gr[j]) * xr[j];
+    dot = warp_sum(dot);
+    const T s = rstd[r];
+    const T c = D ? s * s * s * dot / T(D) : T(0);
+    T* dr = dx + r * D;
+    for (int64_t j = lane; j < D; j += 32) dr[j] = s * (gain ? gr[j] * gain[j] : gr[j]) - c * xr[j];
+  }
+}
+
+// partial[chunk, j] = sum over rows r of the chunk of g[r, j] * x[r, j] * rstd[r]
+template <class T>
+__global__ void rms_norm_dgain_kernel(const T* __restrict__ x, const T* __restrict__ rstd,
+                                      const T* __restrict__ g, T* __restrict__ partial,
+                                      int64_t rows, int64_t D, int64_t chunk_rows) {
+  __shared__ T part[8][33];
+  const int64_t j = int64_t(blockIdx.x) * 32 + threadIdx.x;
+  const int64_t r0 = int64_t(blockIdx.y) * chunk_rows;
+  const int64_t r1 = r0 + chunk_rows < rows ? r0 + chunk_rows : rows;
+  T s = T(0);
+  if (j < D)
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) s += g[r * D + j] * x[r * D + j] * rstd[r];
+  part[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && j < D) {
+    T t = T(0);
+    for (int k = 0; k < 8; ++k) t += part[k][threadIdx.x];
+    partial[int64_t(blockIdx.y) * D + j] = t;
+  }
+}
+
+inline int row_warps_blocks(int64_t rows) {
+  return int(std::min<int64_t>((rows + 7) / 8, launch_for(int64_t(1) << 40).blocks * 4));
+}
+
+}  // namespace ternary::backend::cuda_detail
+
+namespace ternary::backend {
+
+template <class T>
+void rms_norm_forward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& gain,
+                      const Tensor<T, cuda>& y, const Tensor<T, cuda>& rstd, double eps) {
+  using namespace cuda_detail;
+  const int64_t rows = x.size(0), D = x.size(1);
+  if (!x.is_contiguous() || !y.is_contiguous() || !(y.shape() == x.shape()) ||
+      rstd.numel() != rows || !rstd.is_contiguous() ||
+      (gain.defined() && (gain.numel() != D || !gain.is_contiguous())))
+    throw ShapeError(detail::cat("rms_norm_forward(cuda): x ", x.shape(), ", y ", y.shape(),
+                                 ", rstd ", rstd.shape(), ", gain ",
+                                 gain.defined() ? gain.shape() : Shape{}, " (contiguous, ", rows,
+                                 " rows of ", D, ")"));
+  if (rows == 0) return;
+  rms_norm_forward_kernel<<<row_warps_blocks(rows), 256, 0, cuda::stream()>>>(
+      x.data(), gain.defined() ? gain.data() : nullptr, y.data(), rstd.data(), rows, D, eps);
+  TERNARY_CUDA_CHECK_LAUNCH("rms_norm_forward_kernel");
+}
+
+template <class T>
+void rms_norm_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& gain,
+                       const Tensor<T, cuda>& rstd, const Tensor<T, cuda>& g,
+                       const Tensor<T, cuda>& dx, const Tensor<T, cuda>& dgain) {
+  using namespace cuda_detail;
+  const int64_t rows = x.size(0), D = x.size(1);
+  if (!x.is_contiguous() || !g.is_contiguous() || !(g.shape() == x.shape()) ||
+      (dx.defined() && (!dx.is_contiguous() || !(dx.shape() == x.shape()))) ||
+      (dgain.defined() && (dgain.numel() != D || !dgain.is_contiguous())))
+    throw ShapeError(detail::cat("rms_norm_backward(cuda): x ", x.shape(), ", g ", g.shape(),
+                                 ", dx ", dx.defined() ? dx.shape() : Shape{}, ", dgain ",
+                                 dgain.defined() ? dgain.shape() : Shape{}));
+  if (dx.defined() && rows > 0) {
+    rms_norm_backward_dx_kernel<<<row_warps_blocks(rows), 256, 0, cuda::stream()>>>(
+        x.data(), gain.defined() ? gain.data() : nullptr, rstd.data(), g.data(), dx.data(), rows,
+        D);
+    TERNARY_CUDA_CHECK_LAUNCH("rms_norm_backward_dx_kernel");
+  }
+  if (dgain.defined()) {
+    if (rows == 0 || D == 0) {
+      Tensor<T, cuda>(dgain).fill(T(0));
+      return;
+    }
+    // 256 rows per chunk, more when the grid's y extent (65535) would overflow.
+    const int64_t chunk = std::max<int64_t>(256, (rows + 65534) / 65535);
+    const int64_t chunks = (rows + chunk - 1) / chunk;
+    auto partial = Tensor<T, cuda>::empty(Shape{chunks, D});
+    rms_norm_dgain_kernel<<<dim3(unsigned((D + 31) / 32), unsigned(chunks)), dim3(32, 8), 0,
+                            cuda::stream()>>>(x.data(), rstd.data(), g.data(), partial.data(), rows,
+                                              D, chunk);
+    TERNARY_CUDA_CHECK_LAUNCH("rms_norm_dgain_kernel");
+    Tensor<T, cuda> out = dgain.reshape(Shape{D});
+    out.assign(reduce_sum(cuda{}, partial, {0}).reshape(Shape{D}));
+  }
+}
+
+}  // namespace ternary::backend

@@ -1,0 +1,167 @@
+// CUDA kernels for the quantizers and the optimizers' norms, so that a training step reads
+// no device memory from the host:
+//  - absmean_fake_quantize: the ternary weight BitLinear multiplies by (quant/ternary.hpp):
+//    one block per scale group sums |w| in double (as the CPU does), s = float(sum / n + eps),
+//    w_q = T(s) * clamp(round_half_even(float(w) / s), -1, 1): the CPU's numbers exactly,
+//    up to the order of a double sum.
+//  - int8_fake_quantize: per-row int8 activations (quant/activation.hpp): one warp per row,
+//    s = 127 / max|x| (1 for a zero row), x_q = float(clamp(round(x s), -128, 127)) / s:
+//    bit-identical to the CPU.
+//    Non-finite inputs: the CPU throws; here a group or row holding a NaN or inf comes out
+//    NaN (checking would cost a host synchronisation per call), so the loss turns NaN.
+//  - squared_norm / squared_norm_sum: sum of x^2 in double (grid-stride, block tree, one
+//    double atomicAdd per block), one host copy for the result (for a list: one in all).
+//  - scale_by_inverse_norm: x *= 1 / (||x|| + eps) with the norm kept on the device (Muon's
+//    Newton-Schulz normalisation, no host round trip).
+#pragma once
+
+#ifndef __CUDACC__
+#error "ternary/backend/cuda/*.cuh holds CUDA kernels: compile with nvcc (-DTERNARY_CUDA=ON)"
+#endif
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "ternary/backend/cuda/norm.cuh"
+
+namespace ternary::backend::cuda_detail {
+
+template <class T>
+__global__ void absmean_quantize_kernel(const T* __restrict__ w, T* __restrict__ out, int64_t group,
+                                        double eps) {
+  __shared__ float scale;
+  const T* wg = w + int64_t(blockIdx.x) * group;
+  T* og = out + int64_t(blockIdx.x) * group;
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < group; i += blockDim.x) s += fabs(double(wg[i]));
+  s = block_sum(s);
+  if (threadIdx.x == 0) scale = float(s / double(group) + eps);  // NaN/inf propagate
+  __syncthreads();
+  const float sc = scale;
+  for (int64_t i = threadIdx.x; i < group; i += blockDim.x) {
+    const float r = nearbyintf(float(wg[i]) / sc);
+    // 0/0 (a zero scale: an all-zero group with eps = 0) is a zero trit, as on the CPU
+    const float t = r != r ? 0.f : (r > 1.f ? 1.f : (r < -1.f ? -1.f : r));
+    og[i] = isfinite(sc) ? T(sc) * T(t) : T(NAN);
+  }
+}
+
+template <class T>
+__global__ void int8_quantize_kernel(const T* __restrict__ x, T* __restrict__ out, int64_t rows,
+                                     int64_t D) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; r < rows;
+       r += warps) {
+    const T* xr = x + r * D;
+    float m = 0;
+    bool finite = true;
+    for (int64_t j = lane; j < D; j += 32) {
+      const float a = fabsf(float(xr[j]));
+      finite = finite && isfinite(a);
+      m = fmaxf(m, a);
+    }
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    finite = __all_sync(0xffffffffu, finite);
+    const float s = m > 0 ? 127.0f / m : 1.0f;
+    T* orow = out + r * D;
+    for (int64_t j = lane; j < D; j += 32) {
+      const float v = nearbyintf(float(xr[j]) * s);
+      const int8_t q = int8_t(v > 127.f ? 127.f : (v < -128.f ? -128.f : v));
+      orow[j] = finite ? T(float(q) / s) : T(NAN);
+    }
+  }
+}
+
+template <class T>
+__global__ void sum_squares_kernel(const T* __restrict__ x, int64_t n, double* out) {
+  double s = 0;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    s += double(x[i]) * double(x[i]);
+  s = block_sum(s);
+  if (threadIdx.x == 0) atomicAdd(out, s);
+}
+
+template <class T>
+__global__ void scale_inverse_norm_kernel(T* x, int64_t n, const double* sq, double eps) {
+  const T f = T(1.0 / (::sqrt(*sq) + eps));
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    x[i] *= f;
+}
+
+// Adds sum(x^2) into *out (device).
+template <class T>
+void add_sum_squares(const Tensor<T, cuda>& x, double* out) {
+  const Tensor<T, cuda> c = x.contiguous();
+  if (c.numel() == 0) return;
+  const Launch l = launch_for(c.numel(), 512);
+  sum_squares_kernel<<<std::min(l.blocks, 1024), l.threads, 0, cuda::stream()>>>(c.data(),
+                                                                                 c.numel(), out);
+  TERNARY_CUDA_CHECK_LAUNCH("sum_squares_kernel");
+}
+
+}  // namespace ternary::backend::cuda_detail
+
+namespace ternary::backend {
+
+template <class T>
+Tensor<T, cuda> absmean_fake_quantize(cuda, const Tensor<T, cuda>& w, int64_t group, double eps) {
+  using namespace cuda_detail;
+  const Tensor<T, cuda> wc = w.contiguous();
+  const int64_t n = wc.numel();
+  if (group <= 0 || n % group != 0)
+    throw ShapeError(detail::cat("absmean_fake_quantize(cuda): group ", group,
+                                 " does not divide a weight of shape ", w.shape()));
+  auto out = Tensor<T, cuda>::empty(w.shape());
+  if (n == 0) return out;
+  const int threads = group >= 4096 ? 1024 : (group >= 256 ? 256 : 32);
+  absmean_quantize_kernel<<<unsigned(n / group), threads, 0, cuda::stream()>>>(
+      wc.data(), out.data(), group, eps);
+  TERNARY_CUDA_CHECK_LAUNCH("absmean_quantize_kernel");
+  return out;
+}
+
+template <class T>
+Tensor<T, cuda> int8_fake_quantize(cuda, const Tensor<T, cuda>& x) {
+  using namespace cuda_detail;
+  const Tensor<T, cuda> xc = x.contiguous();
+  const int64_t D = x.dim() ? x.size(-1) : 1, rows = D ? xc.numel() / D : 0;
+  auto out = Tensor<T, cuda>::empty(x.shape());
+  if (rows == 0) return out;
+  int8_quantize_kernel<<<row_warps_blocks(rows), 256, 0, cuda::stream()>>>(xc.data(), out.data(),
+                                                                           rows, D);
+  TERNARY_CUDA_CHECK_LAUNCH("int8_quantize_kernel");
+  return out;
+}
+
+template <class T>
+double squared_norm_sum(cuda, const std::vector<Tensor<T, cuda>>& xs) {
+  auto acc = Tensor<double, cuda>::zeros(Shape{1});
+  for (const auto& x : xs) cuda_detail::add_sum_squares(x, acc.data());
+  return acc.item();
+}
+
+template <class T>
+double squared_norm(cuda, const Tensor<T, cuda>& x) {
+  return squared_norm_sum(cuda{}, std::vector<Tensor<T, cuda>>{x});
+}
+
+template <class T>
+void scale_by_inverse_norm(cuda, Tensor<T, cuda>& x, double eps) {
+  using namespace cuda_detail;
+  if (!x.is_contiguous())
+    throw ShapeError(detail::cat("scale_by_inverse_norm(cuda): needs a contiguous tensor, got ",
+                                 x.shape(), " with strides ", x.strides()));
+  auto acc = Tensor<double, cuda>::zeros(Shape{1});
+  add_sum_squares(x, acc.data());
+  if (x.numel() == 0) return;
+  const Launch l = launch_for(x.numel());
+  scale_inverse_norm_kernel<<<l.blocks, l.threads, 0, cuda::stream()>>>(x.data(), x.numel(),
+                                                                        acc.data(), eps);
+  TERNARY_CUDA_CHECK_LAUNCH("scale_inverse_norm_kernel");
+}
+
+}  // namespace ternary::backend

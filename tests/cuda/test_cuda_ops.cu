@@ -1,0 +1,293 @@
+// The GPT's ops on the CUDA backend against the same ops on the CPU, on random shapes
+// including odd sizes: forward values and the gradients of a random linear functional
+// L = sum(out * W) (so every output element's gradient path is checked).
+// Tolerances (relative L2 error to the CPU): rms_norm, rope, embedding 1e-5; fused attention
+// forward 1e-5 and gradients 1e-4 (online softmax and fp32 sums in another order); the int8
+// activation quantizer is bit-identical (0); ternary weights 1e-6 (the same trits; the scale
+// is a double sum in another order); squared norms 1e-6 (the CPU sums float blocks); Muon /
+// clipping 1e-5 after 3 steps.
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <vector>
+
+#include "cuda_check.hpp"
+#include "ternary/backend/cuda/all.cuh"
+#include "ternary/ops/attention.hpp"
+#include "ternary/ops/elementwise.hpp"
+#include "ternary/ops/embedding.hpp"
+#include "ternary/ops/matmul.hpp"
+#include "ternary/ops/norm.hpp"
+#include "ternary/ops/reduce.hpp"
+#include "ternary/ops/rope.hpp"
+#include "ternary/ops/view.hpp"
+#include "ternary/optim/clip.hpp"
+#include "ternary/optim/muon.hpp"
+#include "ternary/quant/activation.hpp"
+#include "ternary/quant/ternary.hpp"
+
+using namespace ternary;
+using test::rel_err;
+
+using VarH = Var<float>;
+using VarD = Var<float, cuda>;
+
+namespace {
+// sum(y * w) for a fixed random w of y's shape, on either backend. Each graph must be run
+// backward before the next is built: backward() runs and then clears the thread's whole tape.
+template <class B>
+Var<float, B> functional(const Var<float, B>& y, const Tensor<float>& w) {
+  if constexpr (std::is_same_v<B, cuda>)
+    return sum(y * VarD::constant(to_device(w)));
+  else
+    return sum(y * VarH::constant(w));
+}
+}  // namespace
+
+// (D = 1 is left out of the gradient check: there dx = rstd g eps / (x^2 + eps) is a
+// cancellation to ~1e-6 of its terms on either backend, so no relative tolerance is meaningful.)
+TEST_CASE("cuda rms_norm: forward and gradients against the CPU, with and without gain") {
+  Rng rng(21);
+  const std::vector<std::array<int64_t, 3>> shapes = {
+      {1, 1, 3}, {2, 3, 5}, {3, 7, 33}, {4, 17, 64}, {2, 9, 130}, {1, 300, 512}, {5, 3, 1000}};
+  for (auto [a, b, d] : shapes)
+    for (int with_gain = 0; with_gain < 2; ++with_gain) {
+      INFO("shape " << a << "x" << b << "x" << d << " gain " << with_gain);
+      auto hx = Tensor<float>::randn({a, b, d}, rng, 0.3, 1.7);
+      auto hg = Tensor<float>::rand({d}, rng, 0.5, 1.5);
+      auto hw = Tensor<float>::randn({a, b, d}, rng);
+      auto cx = VarH::parameter(hx.clone()), cg = VarH::parameter(hg.clone());
+      auto dx = VarD::parameter(to_device(hx)), dg = VarD::parameter(to_device(hg));
+      auto cy = with_gain ? rms_norm(cx, cg, 1e-6) : rms_norm(cx, 1e-6);
+      functional(cy, hw).backward();
+      auto dy = with_gain ? rms_norm(dx, dg, 1e-6) : rms_norm(dx, 1e-6);
+      CHECK(rel_err(dy.value(), cy.value()) < 1e-5);
+      functional(dy, hw).backward();
+      CHECK(rel_err(dx.grad(), cx.grad()) < 1e-5);
+      if (with_gain) CHECK(rel_err(dg.grad(), cg.grad()) < 1e-5);
+    }
+  // a transposed (non-contiguous) input goes through a copy
+  auto hx = Tensor<float>::randn({6, 10}, rng);
+  auto y = rms_norm(to_device(hx).t(), 1e-6);
+  CHECK(rel_err(y, rms_norm(hx.t(), 1e-6)) < 1e-6);
+}
+
+TEST_CASE("cuda embedding: gather and scatter-add (repeated ids) against the CPU") {
+  Rng rng(22);
+  for (auto [V, D, B, T] : std::vector<std::array<int64_t, 4>>{
+           {1, 1, 1, 1}, {5, 3, 2, 7}, {50, 33, 4, 13}, {1024, 64, 8, 129}}) {
+    INFO("V " << V << " D " << D << " ids " << B << "x" << T);
+    auto htab = Tensor<float>::randn({V, D}, rng);
+    std::vector<int32_t> ids(B * T);
+    for (auto& i : ids) i = int32_t(rng.uniform(0, double(V))) % int32_t(V);
+    ids[0] = int32_t(V - 1);
+    auto hids = Tensor<int32_t>::from({B, T}, ids);
+    auto hw = Tensor<float>::randn({B, T, D}, rng);
+    auto ct = VarH::parameter(htab.clone());
+    auto dt = VarD::parameter(to_device(htab));
+    auto cy = embedding(ct, hids);
+    functional(cy, hw).backward();
+    auto dy = embedding(dt, to_device(hids));
+    CHECK(rel_err(dy.value(), cy.value()) == 0);
+    functional(dy, hw).backward();
+    CHECK(rel_err(dt.grad(), ct.grad()) < 1e-5);
+  }
+  auto dt = VarD::parameter(Tensor<float, cuda>::zeros({4, 2}));
+  CHECK_THROWS_WITH(embedding(dt, Tensor<int32_t, cuda>::from({3}, {0, 4, 1})),
+                    Catch::Contains("id 4 at position [1]"));
+}
+
+TEST_CASE("cuda rope: forward and gradient against the CPU (offsets, odd lengths)") {
+  Rng rng(23);
+  for (auto [B, H, T, Dh] : std::vector<std::array<int64_t, 4>>{
+           {1, 1, 1, 2}, {2, 3, 7, 6}, {2, 4, 65, 64}, {1, 2, 300, 34}}) {
+    for (int64_t offset : {int64_t(0), int64_t(5)}) {
+      INFO("shape " << B << "x" << H << "x" << T << "x" << Dh << " offset " << offset);
+      auto hx = Tensor<float>::randn({B, H, T, Dh}, rng);
+      auto hw = Tensor<float>::randn({B, H, T, Dh}, rng);
+      auto cx = VarH::parameter(hx.clone());
+      auto dx = VarD::parameter(to_device(hx));
+      auto cy = rope(cx, 10000.0, offset);
+      functional(cy, hw).backward();
+      auto dy = rope(dx, 10000.0, offset);
+      CHECK(rel_err(dy.value(), cy.value()) < 1e-6);
+      functional(dy, hw).backward();
+      CHECK(rel_err(dx.grad(), cx.grad()) < 1e-6);
+    }
+  }
+  // a permuted (strided) input, as the GPT's heads are
+  auto hx = Tensor<float>::randn({2, 9, 3, 8}, rng);
+  CHECK(rel_err(rope(to_device(hx).permute({0, 2, 1, 3})), rope(hx.permute({0, 2, 1, 3}))) < 1e-6);
+}
+
+TEST_CASE("cuda causal attention (fused, GQA): forward and gradients against the CPU") {
+  Rng rng(24);
+  // B, Hq, Hkv, T, Dh: odd lengths, every padded head size (16, 32, 64, 128), tile edges
+  const std::vector<std::array<int64_t, 5>> shapes = {
+      {1, 1, 1, 1, 2},    {2, 2, 1, 7, 6},    {1, 4, 2, 65, 20},   {2, 3, 3, 64, 32},
+      {1, 8, 4, 130, 64}, {2, 2, 2, 33, 100}, {1, 4, 1, 200, 128}, {1, 2, 1, 257, 64}};
+  for (auto [B, Hq, Hkv, T, Dh] : shapes) {
+    INFO("B " << B << " Hq " << Hq << " Hkv " << Hkv << " T " << T << " Dh " << Dh);
+    auto hq = Tensor<float>::randn({B, Hq, T, Dh}, rng);
+    auto hk = Tensor<float>::randn({B, Hkv, T, Dh}, rng);
+    // v as the GPT makes it: a [B, T, Hkv, Dh] tensor viewed as [B, Hkv, T, Dh]
+    auto hv_bthd = Tensor<float>::randn({B, T, Hkv, Dh}, rng);
+    auto hw = Tensor<float>::randn({B, Hq, T, Dh}, rng);
+    auto cq = VarH::parameter(hq.clone()), ck = VarH::parameter(hk.clone()),
+         cv = VarH::parameter(hv_bthd.clone());
+    auto dq = VarD::parameter(to_device(hq)), dk = VarD::parameter(to_device(hk)),
+         dv = VarD::parameter(to_device(hv_bthd));
+    auto cy = causal_attention(cq, ck, permute(cv, {0, 2, 1, 3}));
+    functional(cy, hw).backward();
+    auto dy = causal_attention(dq, dk, permute(dv, {0, 2, 1, 3}));
+    CHECK(rel_err(dy.value(), cy.value()) < 1e-5);
+    functional(dy, hw).backward();
+    CHECK(rel_err(dq.grad(), cq.grad()) < 1e-4);
+    CHECK(rel_err(dk.grad(), ck.grad()) < 1e-4);
+    CHECK(rel_err(dv.grad(), cv.grad()) < 1e-4);
+  }
+  // a non-default scale, tensor level (no lse)
+  auto hq = Tensor<float>::randn({1, 2, 40, 16}, rng),
+       hk = Tensor<float>::randn({1, 1, 40, 16}, rng);
+  auto hv = Tensor<float>::randn({1, 1, 40, 16}, rng);
+  CHECK(rel_err(causal_attention(to_device(hq), to_device(hk), to_device(hv), 0.3),
+                causal_attention(hq, hk, hv, 0.3)) < 1e-5);
+  auto big = Tensor<float, cuda>::zeros({1, 1, 4, 130});
+  CHECK_THROWS_WITH(causal_attention(big, big, big), Catch::Contains("head size 130"));
+}
+
+TEST_CASE("cuda max: values, first-maximum argmax and its gradient against the CPU") {
+  Rng rng(25);
+  auto hx = Tensor<float>::randn({4, 5, 37}, rng);
+  hx(1, 2, 3) = hx(1, 2, 9) = 50.f;  // a tie: the first one gets the gradient
+  for (std::vector<int64_t> axes : {std::vector<int64_t>{-1}, {0}, {1}, {0, 2}, {}}) {
+    auto hw = Tensor<float>::randn(max(hx, axes).shape(), rng);
+    auto cx = VarH::parameter(hx.clone());
+    auto dx = VarD::parameter(to_device(hx));
+    auto cy = max(cx, axes);
+    functional(cy, hw).backward();
+    auto dy = max(dx, axes);
+    CHECK(rel_err(dy.value(), cy.value()) == 0);
+    functional(dy, hw).backward();
+    CHECK(rel_err(dx.grad(), cx.grad()) == 0);
+  }
+}
+
+TEST_CASE("cuda quantizers: ternary absmean (STE) and int8 activations against the CPU") {
+  Rng rng(26);
+  for (auto g : {quant::Granularity::per_tensor, quant::Granularity::per_row,
+                 quant::Granularity::per_group}) {
+    quant::TernaryConfig c;
+    c.granularity = g;
+    c.group_size = 32;
+    auto hw = Tensor<float>::randn({48, 96}, rng, 0, 0.1);
+    auto hgrad = Tensor<float>::randn({48, 96}, rng);
+    for (double lambda : {1.0, 0.4}) {
+      auto cw = VarH::parameter(hw.clone());
+      auto dw = VarD::parameter(to_device(hw));
+      auto cq = quant::STE::apply(cw, c, lambda);
+      functional(cq, hgrad).backward();
+      auto dq = quant::STE::apply(dw, c, lambda);
+      CHECK(rel_err(dq.value(), cq.value()) < 1e-6);
+      functional(dq, hgrad).backward();
+      CHECK(rel_err(dw.grad(), cw.grad()) == 0);  // straight through
+    }
+  }
+  for (auto [rows, D] : std::vector<std::array<int64_t, 2>>{{1, 1}, {7, 33}, {300, 512}}) {
+    auto hx = Tensor<float>::randn({rows, D}, rng, 0, 2);
+    if (rows > 1) hx.select(0, 1).fill(0.f);  // a zero row stays zero
+    auto hw = Tensor<float>::randn({rows, D}, rng);
+    auto cx = VarH::parameter(hx.clone());
+    auto dx = VarD::parameter(to_device(hx));
+    auto cy = quant::quantize_activations(cx);
+    functional(cy, hw).backward();
+    auto dy = quant::quantize_activations(dx);
+    CHECK(rel_err(dy.value(), cy.value()) == 0);
+    functional(dy, hw).backward();
+    CHECK(rel_err(dx.grad(), cx.grad()) == 0);
+  }
+  // a NaN makes its row NaN on the device (the CPU throws)
+  auto bad = Tensor<float>::ones({2, 4});
+  bad(1, 2) = std::nanf("");
+  auto y = to_host(quant::fake_quantize_int8(to_device(bad)));
+  CHECK(y(0, 0) == 1.f);
+  CHECK(std::isnan(y(1, 0)));
+}
+
+TEST_CASE("cuda norms, clipping and Muon against the CPU") {
+  Rng rng(27);
+  auto a = Tensor<float>::randn({1000, 37}, rng), b = Tensor<float>::randn({3}, rng);
+  CHECK(optim::detail::squared_norm(to_device(a)) ==
+        Approx(optim::detail::squared_norm(a)).epsilon(1e-6));
+  // clip_grad_norm: same total, same scaled gradients
+  auto ca = VarH::parameter(a.clone()), cb = VarH::parameter(b.clone());
+  auto da = VarD::parameter(to_device(a)), db = VarD::parameter(to_device(b));
+  ca.accumulate_grad(a);
+  cb.accumulate_grad(b);
+  da.accumulate_grad(to_device(a));
+  db.accumulate_grad(to_device(b));
+  const double tc = optim::clip_grad_norm<float, cpu>({ca, cb, ca}, 1.0);
+  const double td = optim::clip_grad_norm<float, cuda>({da, db, da}, 1.0);
+  CHECK(td == Approx(tc).epsilon(1e-6));
+  CHECK(rel_err(da.grad(), ca.grad()) < 1e-6);
+  CHECK(rel_err(db.grad(), cb.grad()) < 1e-6);
+  // Newton-Schulz (wide and tall) and three Muon steps
+  for (auto [r, cdim] : std::vector<std::array<int64_t, 2>>{{64, 96}, {130, 33}}) {
+    auto g = Tensor<float>::randn({r, cdim}, rng);
+    CHECK(rel_err(optim::newton_schulz5(to_device(g)), optim::newton_schulz5(g)) < 1e-5);
+    auto hp = Tensor<float>::randn({r, cdim}, rng, 0, 0.1);
+    auto cp = VarH::parameter(hp.clone());
+    auto dp = VarD::parameter(to_device(hp));
+    optim::Muon<float> cm({cp}, {.lr = 0.02, .weight_decay = 0.01});
+    optim::Muon<float, cuda> dm({dp}, {.lr = 0.02, .weight_decay = 0.01});
+    for (int s = 0; s < 3; ++s) {
+      auto hg = Tensor<float>::randn({r, cdim}, rng);
+      cp.accumulate_grad(hg);
+      dp.accumulate_grad(to_device(hg));
+      cm.step();
+      dm.step();
+      cm.zero_grad();
+      dm.zero_grad();
+    }
+    CHECK(rel_err(dp.value(), cp.value()) < 1e-5);
+  }
+}
+
+TEST_CASE("cuda gemm with bf16 operands (fp32 accumulation) behind cuda::set_bf16") {
+  struct Bf16On {  // switched off again even if a check throws
+    Bf16On() { cuda::set_bf16(true); }
+    ~Bf16On() { cuda::set_bf16(false); }
+  };
+  Rng rng(28);
+  auto ha = Tensor<float>::randn({65, 130}, rng), hb = Tensor<float>::randn({33, 130}, rng);
+  auto hc = Tensor<float>::randn({3, 17, 65}, rng), hw = Tensor<float>::randn({29, 65}, rng);
+  const auto ref = matmul(ha, hb.t());   // a transposed operand
+  const auto ref2 = matmul(hc, hw.t());  // folded batch
+  double e, e2;
+  {
+    Bf16On on;
+    e = rel_err(matmul(to_device(ha), to_device(hb).t()), ref);
+    e2 = rel_err(matmul(to_device(hc), to_device(hw).t()), ref2);
+  }
+  INFO("bf16 relative errors " << e << ", " << e2);
+  // bf16 rounds each operand to 8 bits of mantissa: ~3e-3, far above fp32's ~1e-7
+  CHECK(e < 1e-2);
+  CHECK(e2 < 1e-2);
+  CHECK(e > 1e-4);
+  CHECK(rel_err(matmul(to_device(ha), to_device(hb).t()), ref) < 1e-5);  // fp32 again
+}
+
+TEST_CASE("cuda reduce_sum: few long outputs (split into partial sums) against the CPU") {
+  Rng rng(29);
+  // a per-head gain's gradient (rows of 500k), a bias gradient over many rows, a middle axis
+  for (auto [shape, axes] :
+       std::vector<std::pair<Shape, std::vector<int64_t>>>{{{8, 500001}, {1}},
+                                                           {{3, 70000}, {-1}},
+                                                           {{20011, 40}, {0}},
+                                                           {{4099, 512}, {0}},
+                                                           {{2, 8, 1024, 64}, {0, 2, 3}},
+                                                           {{5, 30001, 3}, {1}}}) {
+    INFO("shape " << shape);
+    auto hx = Tensor<float>::randn(shape, rng, 0.5, 1.0);
+    CHECK(rel_err(sum(to_device(hx), axes), sum(hx, axes)) < 1e-5);
+  }
+}
