@@ -96,7 +96,7 @@ LoopResult train_loop(const nn::GPT<T, B>& model, GolfOptimizers<T, B>& opt, Ran
   optim::LrSchedule schedule{o.warmup, int64_t(o.warmdown * double(o.steps)), o.warmdown};
   const int64_t end = o.steps > 0 ? o.steps : std::numeric_limits<int64_t>::max();
   const int64_t tokens_per_step = batcher.batch_size() * batcher.seq_len();
-  Progress progress(o.label, o.steps, main_rank ? o.log_every : 0);
+  Progress progress(o.label, o.steps, o.log_every);  // updated on the main rank only
   const auto params = model.parameters();
   LoopResult r;
   int64_t step = o.start_step;
