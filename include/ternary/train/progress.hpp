@@ -27,7 +27,10 @@ class Progress {
   void update(int64_t step, const std::string& detail) {
     const double t = elapsed_seconds();
     const double eta = step > 0 && total_ > step ? t / double(step) * double(total_ - step) : 0;
-    if (tty_) {
+    if (tty_ && total_ <= 0) {  // a wall-clock budget: no step count to draw a bar against
+      std::fprintf(stderr, "\r%s step %lld  %s  elapsed %s   ", label_.c_str(), (long long)step,
+                   detail.c_str(), format_seconds(t).c_str());
+    } else if (tty_) {
       const int width = 24;
       const int filled = total_ > 0 ? int(width * double(step) / double(total_)) : 0;
       std::string bar(filled, '#');
@@ -35,6 +38,10 @@ class Progress {
       std::fprintf(stderr, "\r%s [%s] %lld/%lld  %s  eta %s   ", label_.c_str(), bar.c_str(),
                    (long long)step, (long long)total_, detail.c_str(), format_seconds(eta).c_str());
       if (step >= total_) std::fprintf(stderr, "\n");
+    } else if (total_ <= 0) {  // a wall-clock budget: no step count to show progress against
+      if (step % every_ == 0 || step == 1)
+        std::fprintf(stderr, "%s step %lld  %s  elapsed %s\n", label_.c_str(), (long long)step,
+                     detail.c_str(), format_seconds(t).c_str());
     } else if (step % every_ == 0 || step == 1 || step >= total_) {
       std::fprintf(stderr, "%s %lld/%lld  %s  elapsed %s  eta %s\n", label_.c_str(),
                    (long long)step, (long long)total_, detail.c_str(), format_seconds(t).c_str(),
