@@ -415,6 +415,16 @@ std::ostream& operator<<(std::ostream& os, const Tensor<T, B>& t) {
   return os;
 }
 
+// `t` on backend B2: the same handle when it is already there, else a contiguous copy moved
+// through host memory (batches, parameters and optimizer state crossing host <-> device).
+template <class B2, class T, class B1>
+Tensor<T, B2> to_backend(const Tensor<T, B1>& t) {
+  if constexpr (std::is_same_v<B1, B2>)
+    return t;
+  else
+    return Tensor<T, B2>::from(t.shape(), t.to_vector());
+}
+
 // Largest absolute difference between two tensors of the same shape (for tests and checks).
 template <class T, class B>
 double max_abs_diff(const Tensor<T, B>& a, const Tensor<T, B>& b) {

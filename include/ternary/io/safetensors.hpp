@@ -89,7 +89,7 @@ struct TensorBlob {
   template <class T, class B>
   static TensorBlob from(const Tensor<T, B>& t) {
     if constexpr (!B::on_host)  // device memory: copy through the host
-      return from(Tensor<T>::from(t.shape(), t.to_vector()));
+      return from(to_backend<cpu>(t));
     TensorBlob blob;
     blob.dtype = dtype_of<T>();
     blob.shape = t.shape();

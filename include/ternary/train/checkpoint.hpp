@@ -39,10 +39,7 @@ void copy_parameters(const nn::Module<T, B1>& from, const nn::Module<T, B2>& to)
       throw ShapeError(detail::cat("copy_parameters: '", name, "' ", p.shape(), " into '", dname,
                                    "' ", d.shape()));
     Var<T, B2> v = d;
-    if constexpr (std::is_same_v<B1, B2>)
-      v.value().assign(p.value());
-    else
-      v.value().assign(Tensor<T, B2>::from(p.shape(), p.value().to_vector()));
+    v.value().assign(to_backend<B2>(p.value()));
   }
 }
 
@@ -51,12 +48,7 @@ template <class B2, class T, class B1>
 std::map<std::string, Tensor<T, B2>> state_to_backend(
     const std::map<std::string, Tensor<T, B1>>& state) {
   std::map<std::string, Tensor<T, B2>> out;
-  for (const auto& [name, t] : state) {
-    if constexpr (std::is_same_v<B1, B2>)
-      out[name] = t;
-    else
-      out[name] = Tensor<T, B2>::from(t.shape(), t.to_vector());
-  }
+  for (const auto& [name, t] : state) out[name] = to_backend<B2>(t);
   return out;
 }
 

@@ -84,11 +84,7 @@ EvalResult evaluate_gpt(const nn::GPT<float, B>& model, const Data& d, int64_t b
   SequentialBatcher val(d.val, batch, seq, model.config().vocab_size);
   return evaluate_bpb(
       [&](const Tensor<int32_t>& x, const Tensor<int32_t>& y) {
-        if constexpr (B::on_host)
-          return model.loss(x, y);
-        else
-          return model.loss(Tensor<int32_t, B>::from(x.shape(), x.to_vector()),
-                            Tensor<int32_t, B>::from(y.shape(), y.to_vector()));
+        return model.loss(to_backend<B>(x), to_backend<B>(y));
       },
       val, d.bytes_per_token, max_batches);
 }

@@ -82,12 +82,6 @@ LoopResult train_loop(const nn::GPT<T, B>& model, GolfOptimizers<T, B>& opt, Ran
   if (o.steps <= 0 && o.seconds <= 0)
     throw Error("train_loop: give a number of steps or a time budget in seconds");
   const bool main_rank = !dp || dp->is_main();
-  auto on_backend = [](const Tensor<int32_t>& t) {
-    if constexpr (B::on_host)
-      return t;
-    else
-      return Tensor<int32_t, B>::from(t.shape(), t.to_vector());
-  };
   std::ofstream log;
   if (!o.log_path.empty() && main_rank) {
     log.open(o.log_path, std::ios::app);
@@ -113,7 +107,7 @@ LoopResult train_loop(const nn::GPT<T, B>& model, GolfOptimizers<T, B>& opt, Ran
     if (before_step) before_step(step);
     Batch b = batcher.next();
     if (dp) b = dist::shard_batch(b, dp->rank(), dp->world_size());
-    auto loss = model.loss(on_backend(b.inputs), on_backend(b.targets));
+    auto loss = model.loss(to_backend<B>(b.inputs), to_backend<B>(b.targets));
     const double value = dp ? dp->average(loss.item()) : loss.item();
     std::optional<std::string> fault;
     if (!std::isfinite(value)) {
