@@ -4,7 +4,6 @@
 // input byte picks a mode: even = the rest is the file as is; odd = the rest is a payload
 // (JSON length, JSON, tensor data) that the target wraps in a valid header with a correct
 // CRC, which lets the fuzzer reach the JSON and tensor parsing and the model rebuild.
-#include <cstring>
 
 #include "fuzz_input.hpp"
 #include "ternary/io/gpt_artifact.hpp"
@@ -16,17 +15,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     file.assign(data + 1, data + size);
   } else {
     const std::span<const uint8_t> payload(data + 1, size - 1);
-    file.resize(ternary::kArtifactHeaderBytes);
-    std::memcpy(file.data(), ternary::kArtifactMagic, 8);
-    const uint32_t version = ternary::kArtifactVersion, codec = 0;
-    const uint64_t n = payload.size();
-    const uint32_t crc = ternary::detail::crc32_of(payload);
-    std::memcpy(file.data() + 8, &version, 4);
-    std::memcpy(file.data() + 12, &codec, 4);
-    std::memcpy(file.data() + 16, &n, 8);
-    std::memcpy(file.data() + 24, &n, 8);
-    std::memcpy(file.data() + 32, &crc, 4);
-    file.insert(file.end(), payload.begin(), payload.end());
+    file = ternary::detail::artifact_file(payload, payload, ternary::Codec::none);
   }
   const std::string path = ternary::fuzz::write_input(file.data(), file.size(), ".artifact");
   try {

@@ -31,6 +31,7 @@
 #include <cstring>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -88,6 +89,27 @@ inline uint32_t crc32_of(std::span<const uint8_t> bytes) {
 }  // namespace detail
 
 // Collects tensors, then writes the artifact.
+namespace detail {
+// The file: the 40-byte header (magic, version, codec, uncompressed and compressed sizes,
+// CRC-32 of the uncompressed payload, 4 zero bytes), then the compressed payload.
+inline std::vector<uint8_t> artifact_file(std::span<const uint8_t> raw,
+                                          std::span<const uint8_t> packed, Codec codec) {
+  std::vector<uint8_t> file(kArtifactHeaderBytes);
+  std::memcpy(file.data(), kArtifactMagic, 8);
+  const uint32_t version = kArtifactVersion, codec_id = uint32_t(codec), crc = crc32_of(raw),
+                 zero = 0;
+  const uint64_t raw_n = raw.size(), packed_n = packed.size();
+  std::memcpy(file.data() + 8, &version, 4);
+  std::memcpy(file.data() + 12, &codec_id, 4);
+  std::memcpy(file.data() + 16, &raw_n, 8);
+  std::memcpy(file.data() + 24, &packed_n, 8);
+  std::memcpy(file.data() + 32, &crc, 4);
+  std::memcpy(file.data() + 36, &zero, 4);
+  file.insert(file.end(), packed.begin(), packed.end());
+  return file;
+}
+}  // namespace detail
+
 class ArtifactWriter {
  public:
   // A ternary tensor: trits in {-1, 0, 1} (row-major, numel(shape) of them) and one scale per
@@ -158,19 +180,7 @@ class ArtifactWriter {
   int64_t write(const std::string& path, Codec codec,
                 std::optional<int> level = std::nullopt) const {
     const auto raw = payload();
-    const auto packed = compress(raw, codec, level);
-    std::vector<uint8_t> file(kArtifactHeaderBytes);
-    std::memcpy(file.data(), kArtifactMagic, 8);
-    const uint32_t version = kArtifactVersion, codec_id = uint32_t(codec),
-                   crc = detail::crc32_of(raw), zero = 0;
-    const uint64_t raw_n = raw.size(), packed_n = packed.size();
-    std::memcpy(file.data() + 8, &version, 4);
-    std::memcpy(file.data() + 12, &codec_id, 4);
-    std::memcpy(file.data() + 16, &raw_n, 8);
-    std::memcpy(file.data() + 24, &packed_n, 8);
-    std::memcpy(file.data() + 32, &crc, 4);
-    std::memcpy(file.data() + 36, &zero, 4);
-    file.insert(file.end(), packed.begin(), packed.end());
+    const auto file = detail::artifact_file(raw, compress(raw, codec, level), codec);
     write_file_atomic(path, file);
     return int64_t(file.size());
   }
