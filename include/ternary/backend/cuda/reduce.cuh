@@ -138,6 +138,19 @@ void sum_rows(const T* x, T* out, int64_t n_out, int64_t inner) {
   launch(partial.data(), out, n_out, parts);
 }
 
+// `x` as contiguous rows [kept elements, reduced elements]: the reduced axes moved last
+// (a copy unless they already are, in a contiguous tensor).
+template <class T>
+Tensor<T, cuda> reduced_axes_last(const Tensor<T, cuda>& x, const cpu_detail::ReducePlan& p) {
+  if (p.trailing && x.is_contiguous()) return x;
+  std::vector<int64_t> order;
+  for (int i = 0; i < x.dim(); ++i)
+    if (!p.reduced[i]) order.push_back(i);
+  for (int i = 0; i < x.dim(); ++i)
+    if (p.reduced[i]) order.push_back(i);
+  return x.permute(order).contiguous();
+}
+
 }  // namespace ternary::backend::cuda_detail
 
 namespace ternary::backend {
@@ -156,15 +169,7 @@ Tensor<T, cuda> reduce_sum(cuda, const Tensor<T, cuda>& x, const std::vector<int
     sum_columns(x.data(), out.data(), inner, n_out);
     return out;
   }
-  Tensor<T, cuda> rows = x;
-  if (!(p.trailing && x.is_contiguous())) {
-    std::vector<int64_t> order;
-    for (int i = 0; i < x.dim(); ++i)
-      if (!p.reduced[i]) order.push_back(i);
-    for (int i = 0; i < x.dim(); ++i)
-      if (p.reduced[i]) order.push_back(i);
-    rows = x.permute(order).contiguous();
-  }
+  const Tensor<T, cuda> rows = reduced_axes_last(x, p);
   sum_rows(rows.data(), out.data(), n_out, inner);
   return out;
 }

@@ -92,15 +92,7 @@ Tensor<T, cuda> reduce_max(cuda, const Tensor<T, cuda>& x, const std::vector<int
     throw ShapeError(detail::cat("max: cannot reduce over an empty axis (shape ", x.shape(), ")"));
   if (argmax) argmax->assign(size_t(n_out), 0);
   if (n_out == 0) return out;
-  Tensor<T, cuda> rows = x;
-  if (!(p.trailing && x.is_contiguous())) {
-    std::vector<int64_t> order;
-    for (int i = 0; i < x.dim(); ++i)
-      if (!p.reduced[i]) order.push_back(i);
-    for (int i = 0; i < x.dim(); ++i)
-      if (p.reduced[i]) order.push_back(i);
-    rows = x.permute(order).contiguous();
-  }
+  const Tensor<T, cuda> rows = reduced_axes_last(x, p);
   auto arg = Tensor<int64_t, cuda>::empty(Shape{n_out});
   const int threads = inner >= 1024 ? 512 : (inner >= 128 ? 128 : 32);
   const int blocks = int(std::min<int64_t>(n_out, int64_t(1) << 30));
