@@ -18,6 +18,7 @@
 #include "cuda_check.hpp"
 #include "ternary/backend/cuda/all.cuh"
 #include "ternary/nn/gpt.hpp"
+#include "ternary/train/checkpoint.hpp"
 #include "ternary/train/golf_optimizers.hpp"
 
 using namespace ternary;
@@ -61,16 +62,6 @@ void perturb(const nn::GPT<float>& h, uint64_t seed) {
   }
 }
 
-void copy_parameters(const nn::GPT<float>& h, nn::GPT<float, cuda>& d) {
-  auto hp = h.named_parameters();
-  auto dp = d.named_parameters();
-  REQUIRE(hp.size() == dp.size());
-  for (size_t i = 0; i < hp.size(); ++i) {
-    REQUIRE(hp[i].first == dp[i].first);
-    dp[i].second.value().assign(to_device(hp[i].second.value()));
-  }
-}
-
 }  // namespace
 
 TEST_CASE("cuda GPT: loss and every gradient match the CPU (fp32 and ternary)") {
@@ -79,7 +70,7 @@ TEST_CASE("cuda GPT: loss and every gradient match the CPU (fp32 and ternary)") 
     nn::GPT<float> hm(cfg);
     nn::GPT<float, cuda> dm(cfg);
     perturb(hm, 5);
-    copy_parameters(hm, dm);
+    train::copy_parameters(hm, dm);  // names and shapes must match, else it throws
     Tensor<int32_t> ids, targets;
     make_batch(3, 37, cfg.vocab_size, ids, targets);
     auto hl = hm.loss(ids, targets);
@@ -112,7 +103,7 @@ TEST_CASE("cuda GPT: 20 golf-optimizer steps lower the loss and track the CPU ru
     const auto cfg = tiny_config(tern);
     nn::GPT<float> hm(cfg);
     nn::GPT<float, cuda> dm(cfg);
-    copy_parameters(hm, dm);
+    train::copy_parameters(hm, dm);  // names and shapes must match, else it throws
     Tensor<int32_t> ids, targets;
     make_batch(4, 32, cfg.vocab_size, ids, targets);
     const auto dids = to_device(ids), dtargets = to_device(targets);
