@@ -5,7 +5,7 @@
 // forward 1e-5 and gradients 1e-4 (online softmax and fp32 sums in another order); the int8
 // activation quantizer is bit-identical (0); ternary weights 1e-6 (the same trits; the scale
 // is a double sum in another order); squared norms 1e-6 (the CPU sums float blocks); Muon /
-// clipping 1e-5 after 3 steps.
+// clipping 1e-5 after 3 steps; tensor-core (bf16) attention 1.5e-2 / 3e-2 (see its test).
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <vector>
@@ -153,6 +153,56 @@ TEST_CASE("cuda causal attention (fused, GQA): forward and gradients against the
                 causal_attention(hq, hk, hv, 0.3)) < 1e-5);
   auto big = Tensor<float, cuda>::zeros({1, 1, 4, 130});
   CHECK_THROWS_WITH(causal_attention(big, big, big), Catch::Contains("head size 130"));
+}
+
+// Tensor-core attention (attention_mma.cuh): bf16 operands, fp32 accumulation and softmax.
+// Relative error to the fp32 CPU result: bf16 rounding of q, k, v, p and ds gives ~2e-3 to
+// 5e-3; the bound is 1.5e-2 (forward) and 3e-2 (gradients), and the error must be above 1e-5,
+// so the test fails if the exact fp32 kernels ran instead.
+TEST_CASE("cuda causal attention on tensor cores (bf16 mma): forward and gradients") {
+  Rng rng(26);
+  struct ResetPrecision {  // back to exact fp32 even when a check throws
+    ~ResetPrecision() {
+      cuda::set_bf16(false);
+      cuda::set_tf32(false);
+    }
+  };
+  const std::vector<std::array<int64_t, 5>> shapes = {
+      {1, 1, 1, 1, 2},    {2, 2, 1, 7, 6},     {1, 4, 2, 65, 20},   {2, 3, 3, 64, 32},
+      {1, 8, 4, 130, 64}, {2, 2, 2, 33, 100},  {1, 4, 1, 200, 128}, {1, 2, 1, 257, 64},
+      {1, 2, 2, 96, 16},  {2, 4, 2, 1024, 64}, {1, 2, 1, 300, 128}};
+  for (int mode = 0; mode < 2; ++mode)  // bf16 GEMMs, then TF32 GEMMs: both take this path
+    for (auto [B, Hq, Hkv, T, Dh] : shapes) {
+      if (mode == 1 && T > 300) continue;
+      INFO("mode " << (mode ? "tf32" : "bf16") << " B " << B << " Hq " << Hq << " Hkv " << Hkv
+                   << " T " << T << " Dh " << Dh);
+      auto hq = Tensor<float>::randn({B, Hq, T, Dh}, rng);
+      auto hk = Tensor<float>::randn({B, Hkv, T, Dh}, rng);
+      auto hv_bthd = Tensor<float>::randn({B, T, Hkv, Dh}, rng);
+      auto hw = Tensor<float>::randn({B, Hq, T, Dh}, rng);
+      auto cq = VarH::parameter(hq.clone()), ck = VarH::parameter(hk.clone()),
+           cv = VarH::parameter(hv_bthd.clone());
+      auto cy = causal_attention(cq, ck, permute(cv, {0, 2, 1, 3}));
+      functional(cy, hw).backward();
+      ResetPrecision reset;
+      if (mode == 0)
+        cuda::set_bf16(true);
+      else
+        cuda::set_tf32(true);
+      auto dq = VarD::parameter(to_device(hq)), dk = VarD::parameter(to_device(hk)),
+           dv = VarD::parameter(to_device(hv_bthd));
+      auto dy = causal_attention(dq, dk, permute(dv, {0, 2, 1, 3}));
+      const double ey = rel_err(dy.value(), cy.value());
+      functional(dy, hw).backward();
+      const double eq = rel_err(dq.grad(), cq.grad()), ek = rel_err(dk.grad(), ck.grad()),
+                   ev = rel_err(dv.grad(), cv.grad());
+      INFO("errors: out " << ey << " dq " << eq << " dk " << ek << " dv " << ev);
+      CHECK(ey < 1.5e-2);
+      CHECK(eq < 3e-2);
+      CHECK(ek < 3e-2);
+      CHECK(ev < 3e-2);
+      if (T * Dh >= 64) CHECK(ey > 1e-5);  // the bf16 path really ran
+    }
 }
 
 TEST_CASE("cuda max: values, first-maximum argmax and its gradient against the CPU") {

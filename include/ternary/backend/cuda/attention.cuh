@@ -20,7 +20,8 @@
 //                every query row at or after the key): dv = sum_i p do_i, dk = scale sum_i ds q_i
 //   Both write their outputs once (no atomics): the backward is deterministic.
 // Operands may be strided views whose last axis has unit stride (the GPT's v is a permuted
-// view); others are copied once. Head sizes above 128 throw.
+// view); others are copied once. Head sizes above 128 throw. With reduced-precision matrix
+// math on (cuda::set_bf16 / set_tf32) the tensor-core kernels of attention_mma.cuh run instead.
 #pragma once
 
 #ifndef __CUDACC__
@@ -31,6 +32,8 @@
 #include <type_traits>
 
 #include "ternary/backend/cpu/attention.hpp"
+#include "ternary/backend/cuda/attention_grid.cuh"
+#include "ternary/backend/cuda/attention_mma.cuh"
 #include "ternary/backend/cuda/elementwise.cuh"
 
 namespace ternary::backend::cuda_detail {
@@ -65,25 +68,6 @@ inline constexpr int kBwdRows = TERNARY_CUDA_ATTN_DQ_ROWS;
 inline constexpr int kDkdvRows = TERNARY_CUDA_ATTN_DKDV_ROWS;  // it holds four row vectors
 static_assert(64 % kBwdRows == 0 && 32 % kBwdRows == 0 && 32 % kDkdvRows == 0,
               "attention: rows per step must divide the tiles");
-
-struct HeadStrides {
-  int64_t b, h, t;
-};
-
-// The block's (tile, head, batch) from a 1-d grid of tiles * heads * B blocks. Blocks are
-// started roughly in index order, so the tile index varies slowest and the longest tiles (the
-// last query tiles, or the first key tiles, under the causal mask) come first: short blocks
-// fill the tail instead of a long one starting last.
-struct TileIndex {
-  int tile, head, b;
-};
-template <int ROWS>
-__device__ TileIndex tile_index(int T, int heads, bool reverse) {
-  const int tiles = (T + ROWS - 1) / ROWS;
-  const int per_tile = int(gridDim.x) / tiles;  // heads * B
-  const int t = int(blockIdx.x) / per_tile, rem = int(blockIdx.x) % per_tile;
-  return {reverse ? tiles - 1 - t : t, rem % heads, rem / heads};
-}
 
 // Mask of the lanes that share this lane's row (SPLIT consecutive lanes).
 template <int SPLIT>
@@ -390,6 +374,12 @@ void with_head_dim(int64_t D, const char* op, F&& f) {
         detail::cat(op, "(cuda): head size ", D, " is above the largest supported, 128"));
 }
 
+// Reduced-precision matrix math (cuda::set_bf16 or set_tf32) also moves attention onto the
+// tensor cores (attention_mma.cuh, bf16 operands); otherwise the exact fp32 kernels here run.
+inline bool attention_on_tensor_cores() {
+  return cuda::bf16() || cuda::tf32();
+}
+
 inline void check_attention_sizes(const char* op, const Tensor<float, cuda>& q,
                                   const Tensor<float, cuda>& k) {
   // One block per 64 rows of every (b, h): the 1-d grid and the int index math must fit.
@@ -418,6 +408,15 @@ void causal_attention_forward(cuda, const Tensor<T, cuda>& q_in, const Tensor<T,
   const auto q = unit_inner(q_in), k = unit_inner(k_in), v = unit_inner(v_in);
   with_head_dim(D, "causal_attention_forward", [&](auto dm) {
     constexpr int DM = decltype(dm)::value;
+    if (attention_on_tensor_cores()) {
+      using C = MmaAttnCfg<DM>;
+      const int64_t tiles = (T_len + C::ROWS - 1) / C::ROWS;
+      attn_mma_forward_kernel<DM><<<unsigned(tiles * Hq * B), C::THREADS, 0, cuda::stream()>>>(
+          q.data(), head_strides(q), k.data(), head_strides(k), v.data(), head_strides(v),
+          out.data(), lse ? lse->data() : nullptr, T_len, D, Hq, Hq / Hkv, scale);
+      TERNARY_CUDA_CHECK_LAUNCH("attn_mma_forward_kernel");
+      return;
+    }
     using C = AttnCfg<DM>;
     const int64_t tiles = (T_len + C::ROWS - 1) / C::ROWS;
     attn_forward_kernel<DM><<<unsigned(tiles * Hq * B), C::THREADS, 0, cuda::stream()>>>(
@@ -461,6 +460,22 @@ void causal_attention_backward(cuda, const Tensor<T, cuda>& q_in, const Tensor<T
   }
   with_head_dim(D, "causal_attention_backward", [&](auto dm) {
     constexpr int DM = decltype(dm)::value;
+    if (attention_on_tensor_cores()) {
+      using C = MmaAttnCfg<DM>;
+      const int64_t tiles = (T_len + C::ROWS - 1) / C::ROWS;
+      attn_mma_backward_dq_kernel<DM><<<unsigned(tiles * Hq * B), C::THREADS, 0, cuda::stream()>>>(
+          q.data(), head_strides(q), k.data(), head_strides(k), v.data(), head_strides(v),
+          dout.data(), head_strides(dout), lse.data(), di.data(), dq.data(), T_len, D, Hq, Hq / Hkv,
+          scale);
+      TERNARY_CUDA_CHECK_LAUNCH("attn_mma_backward_dq_kernel");
+      attn_mma_backward_dkdv_kernel<DM>
+          <<<unsigned(tiles * Hkv * B), C::THREADS, 0, cuda::stream()>>>(
+              q.data(), head_strides(q), k.data(), head_strides(k), v.data(), head_strides(v),
+              dout.data(), head_strides(dout), lse.data(), di.data(), dk.data(), dv.data(), T_len,
+              D, Hq, Hkv, Hq / Hkv, scale);
+      TERNARY_CUDA_CHECK_LAUNCH("attn_mma_backward_dkdv_kernel");
+      return;
+    }
     using C = AttnCfg<DM>;
     const int64_t tiles = (T_len + C::ROWS - 1) / C::ROWS;
     attn_backward_dq_kernel<DM><<<unsigned(tiles * Hq * B), C::THREADS, 0, cuda::stream()>>>(
