@@ -75,12 +75,14 @@ TEST_CASE("cuda elementwise: every functor, fused, against the CPU") {
   Rng rng(2);
   auto ha = Tensor<float>::randn({37, 53}, rng), hb = Tensor<float>::rand({37, 53}, rng, 0.5, 2);
   auto a = to_device(ha), b = to_device(hb);
-#define ONE(expr_of)                                                                \
-  check_expr(#expr_of, [&] {                                                        \
-    auto f = []([[maybe_unused]] const auto& a, [[maybe_unused]] const auto& b) { return expr_of; }; \
-    Tensor<float> hc = f(ha, hb);                                                   \
-    Tensor<float, cuda> dc = f(a, b);                                               \
-    return std::pair{hc, dc};                                                       \
+#define ONE(expr_of)                                                              \
+  check_expr(#expr_of, [&] {                                                      \
+    auto f = []([[maybe_unused]] const auto& a, [[maybe_unused]] const auto& b) { \
+      return expr_of;                                                             \
+    };                                                                            \
+    Tensor<float> hc = f(ha, hb);                                                 \
+    Tensor<float, cuda> dc = f(a, b);                                             \
+    return std::pair{hc, dc};                                                     \
   });
   ONE(a + b * 2.f - 1.f)
   ONE(a / b)
@@ -107,6 +109,15 @@ TEST_CASE("cuda elementwise: broadcasting, strided views and strided destination
     // broadcast
     check_expr("x * row + col", [&] {
       return std::pair{Tensor<float>(hx * hrow + hcol), Tensor<float, cuda>(x * row + col)};
+    });
+    // broadcast blocks of every flat pattern ([1, m, 1], [m, k]) and one that is not flat
+    // ([n, 1, k]: broadcast between two kept axes, the strided path)
+    auto hmid = Tensor<float>::randn({1, m, 1}, rng), hmk = Tensor<float>::randn({m, k}, rng);
+    auto hnk = Tensor<float>::randn({n, 1, k}, rng);
+    auto mid = to_device(hmid), mk = to_device(hmk), nk = to_device(hnk);
+    check_expr("x * mid + mk - nk", [&] {
+      return std::pair{Tensor<float>(hx * hmid + hmk - hnk),
+                       Tensor<float, cuda>(x * mid + mk - nk)};
     });
     // a permuted (non-contiguous) operand
     check_expr("x + y.permute", [&] {
