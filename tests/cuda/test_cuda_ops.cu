@@ -224,24 +224,27 @@ TEST_CASE("cuda max: values, first-maximum argmax and its gradient against the C
 
 TEST_CASE("cuda quantizers: ternary absmean (STE) and int8 activations against the CPU") {
   Rng rng(26);
-  for (auto g : {quant::Granularity::per_tensor, quant::Granularity::per_row,
-                 quant::Granularity::per_group}) {
-    quant::TernaryConfig c;
-    c.granularity = g;
-    c.group_size = 32;
-    auto hw = Tensor<float>::randn({48, 96}, rng, 0, 0.1);
-    auto hgrad = Tensor<float>::randn({48, 96}, rng);
-    for (double lambda : {1.0, 0.4}) {
-      auto cw = VarH::parameter(hw.clone());
-      auto dw = VarD::parameter(to_device(hw));
-      auto cq = quant::STE::apply(cw, c, lambda);
-      functional(cq, hgrad).backward();
-      auto dq = quant::STE::apply(dw, c, lambda);
-      CHECK(rel_err(dq.value(), cq.value()) < 1e-6);
-      functional(dq, hgrad).backward();
-      CHECK(rel_err(dw.grad(), cw.grad()) == 0);  // straight through
+  // small groups (a block each), then large ones split over many blocks (two passes)
+  for (auto [r, c_] : std::vector<std::array<int64_t, 2>>{{48, 96}, {512, 1024}, {3, 70001}})
+    for (auto g : {quant::Granularity::per_tensor, quant::Granularity::per_row,
+                   quant::Granularity::per_group}) {
+      INFO("weight " << r << "x" << c_ << " granularity " << int(g));
+      quant::TernaryConfig c;
+      c.granularity = g;
+      c.group_size = r == 3 ? 70001 : 32;
+      auto hw = Tensor<float>::randn({r, c_}, rng, 0, 0.1);
+      auto hgrad = Tensor<float>::randn({r, c_}, rng);
+      for (double lambda : {1.0, 0.4}) {
+        auto cw = VarH::parameter(hw.clone());
+        auto dw = VarD::parameter(to_device(hw));
+        auto cq = quant::STE::apply(cw, c, lambda);
+        functional(cq, hgrad).backward();
+        auto dq = quant::STE::apply(dw, c, lambda);
+        CHECK(rel_err(dq.value(), cq.value()) < 1e-6);
+        functional(dq, hgrad).backward();
+        CHECK(rel_err(dw.grad(), cw.grad()) == 0);  // straight through
+      }
     }
-  }
   for (auto [rows, D] : std::vector<std::array<int64_t, 2>>{{1, 1}, {7, 33}, {300, 512}}) {
     auto hx = Tensor<float>::randn({rows, D}, rng, 0, 2);
     if (rows > 1) hx.select(0, 1).fill(0.f);  // a zero row stays zero

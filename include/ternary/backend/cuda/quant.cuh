@@ -1,7 +1,8 @@
 // CUDA kernels for the quantizers and the optimizers' norms, so that a training step reads
 // no device memory from the host:
 //  - absmean_fake_quantize: the ternary weight BitLinear multiplies by (quant/ternary.hpp):
-//    one block per scale group sums |w| in double (as the CPU does), s = float(sum / n + eps),
+//    one block per scale group (or, for a few large groups, a split of one: two passes) sums
+//    |w| in double (as the CPU does), s = float(sum / n + eps),
 //    w_q = T(s) * clamp(round_half_even(float(w) / s), -1, 1): the CPU's numbers exactly,
 //    up to the order of a double sum.
 //  - int8_fake_quantize: per-row int8 activations (quant/activation.hpp): one warp per row,
@@ -44,6 +45,42 @@ __global__ void absmean_quantize_kernel(const T* __restrict__ w, T* __restrict__
     // 0/0 (a zero scale: an all-zero group with eps = 0) is a zero trit, as on the CPU
     const float t = r != r ? 0.f : (r > 1.f ? 1.f : (r < -1.f ? -1.f : r));
     og[i] = isfinite(sc) ? T(sc) * T(t) : T(NAN);
+  }
+}
+
+// Large groups (a per-tensor scale over a whole weight) are split over many blocks, so one
+// block does not stream megabytes alone: pass 1 writes a partial |w| sum per (group, split);
+// pass 2 sums a group's partials in a fixed order (deterministic) and quantizes its split.
+template <class T>
+__global__ void absmean_partial_kernel(const T* __restrict__ w, int64_t group, int splits,
+                                       double* __restrict__ partial) {
+  const int64_t g = blockIdx.x / splits, sp = blockIdx.x % splits;
+  const int64_t chunk = (group + splits - 1) / splits, i0 = sp * chunk;
+  const int64_t i1 = i0 + chunk < group ? i0 + chunk : group;
+  const T* wg = w + g * group;
+  double s = 0;
+  for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) s += fabs(double(wg[i]));
+  s = block_sum(s);
+  if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+template <class T>
+__global__ void absmean_apply_kernel(const T* __restrict__ w, T* __restrict__ out, int64_t group,
+                                     int splits, const double* __restrict__ partial, double eps) {
+  __shared__ float scale;
+  const int64_t g = blockIdx.x / splits, sp = blockIdx.x % splits;
+  if (threadIdx.x == 0) {
+    double s = 0;
+    for (int k = 0; k < splits; ++k) s += partial[g * splits + k];
+    scale = float(s / double(group) + eps);  // NaN/inf propagate
+  }
+  __syncthreads();
+  const float sc = scale;
+  const int64_t chunk = (group + splits - 1) / splits, i0 = sp * chunk;
+  const int64_t i1 = i0 + chunk < group ? i0 + chunk : group;
+  for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
+    const float r = nearbyintf(float(w[g * group + i]) / sc);
+    const float t = r != r ? 0.f : (r > 1.f ? 1.f : (r < -1.f ? -1.f : r));
+    out[g * group + i] = isfinite(sc) ? T(sc) * T(t) : T(NAN);
   }
 }
 
@@ -117,6 +154,18 @@ Tensor<T, cuda> absmean_fake_quantize(cuda, const Tensor<T, cuda>& w, int64_t gr
                                  " does not divide a weight of shape ", w.shape()));
   auto out = Tensor<T, cuda>::empty(w.shape());
   if (n == 0) return out;
+  const int64_t groups = n / group;
+  if (group >= 65536 && groups < 64) {  // few large groups: split each over many blocks
+    const int splits = int(std::min<int64_t>((group + 8191) / 8192, 256));
+    auto partial = Tensor<double, cuda>::empty(Shape{groups * splits});
+    absmean_partial_kernel<<<unsigned(groups * splits), 256, 0, cuda::stream()>>>(
+        wc.data(), group, splits, partial.data());
+    TERNARY_CUDA_CHECK_LAUNCH("absmean_partial_kernel");
+    absmean_apply_kernel<<<unsigned(groups * splits), 256, 0, cuda::stream()>>>(
+        wc.data(), out.data(), group, splits, partial.data(), eps);
+    TERNARY_CUDA_CHECK_LAUNCH("absmean_apply_kernel");
+    return out;
+  }
   const int threads = group >= 4096 ? 1024 : (group >= 256 ? 256 : 32);
   absmean_quantize_kernel<<<unsigned(n / group), threads, 0, cuda::stream()>>>(
       wc.data(), out.data(), group, eps);
