@@ -49,6 +49,7 @@ struct Options {
   int64_t save_every = 0;
   std::string on_nonfinite = "stop";
   std::string device = "cpu";
+  std::string precision = "tf32";  // of matrix products on the GPU
 };
 
 // Fills in what the preset decides, leaving flags the user gave alone.
@@ -230,6 +231,9 @@ int run(Options& o) {
   const train::Data data = load_data(o);
   if (o.device == "cpu") return run<cpu>(o, data);
 #if defined(TERNARY_WITH_CUDA)
+  // GEMMs and attention: exact fp32, TF32 tensor cores (attention in bf16), or bf16 operands.
+  cuda::set_tf32(o.precision == "tf32");
+  cuda::set_bf16(o.precision == "bf16");
   return run<cuda>(o, data);
 #else
   throw Error(
@@ -303,6 +307,11 @@ int main(int argc, char** argv) {
   app.add_option("--device", o.device, "cpu, or cuda (a build with -DTERNARY_CUDA=ON)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
+  app.add_option("--precision", o.precision,
+                 "matrix products with --device cuda: fp32 (exact), tf32 (tensor cores; "
+                 "attention in bf16) or bf16 operands; always fp32 on the CPU")
+      ->check(CLI::IsMember({"fp32", "tf32", "bf16"}))
+      ->capture_default_str();
   app.add_option("--seed", o.seed, "seed for initialisation and batches")->capture_default_str();
   app.add_option("--save", o.save, "write a checkpoint (safetensors) after training");
   app.add_option("--save-every", o.save_every,
@@ -320,6 +329,9 @@ int main(int argc, char** argv) {
     o.model.validate();
     train::check_run_shape(o.seq, o.batch);
     if (o.save_every > 0 && o.save.empty()) throw Error("--save-every needs --save PATH");
+    if (o.device == "cpu" && app.count("--precision") && o.precision != "fp32")
+      throw Error(detail::cat("--precision ", o.precision,
+                              " applies to --device cuda; the CPU computes in fp32"));
     return run(o);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "train_gpt: error: %s\n", e.what());

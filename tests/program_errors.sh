@@ -29,6 +29,8 @@ expect "zero width" "--dim" "$train_gpt" --dim 0
 expect "heads not dividing dim" "dim 30 is not a multiple of n_heads 4" "$train_gpt" --dim 30 --heads 4
 expect "unknown preset" "unknown preset 'huge'" "$train_gpt" --preset huge
 expect "warmdown out of range" "--warmdown" "$train_gpt" --warmdown 2
+expect "GPU precision on the CPU" "--precision bf16 applies to --device cuda" "$train_gpt" --precision bf16
+expect "unknown precision" "--precision" "$train_gpt" --device cuda --precision fp8
 expect "missing resume file" "nothing.safetensors.*cannot open" "$train_gpt" "${small[@]}" --resume nothing.safetensors
 printf 'not a checkpoint' > junk.safetensors
 expect "junk checkpoint" "junk.safetensors" "$train_gpt" "${small[@]}" --resume junk.safetensors
