@@ -84,7 +84,7 @@ void BM_triad(benchmark::State& st) {
 BENCHMARK(BM_triad)->Arg(int64_t(16) << 20)->Arg(int64_t(512) << 10)->UseRealTime();
 
 // ---- matmul ---------------------------------------------------------------------------------
-// Square C = A B through ternary::matmul (our partitioning over Eigen's kernel).
+// Square C = A B through ternary::matmul (our packed GEMM, backend/cpu/gemm_kernel.hpp).
 void BM_matmul_square(benchmark::State& st) {
   const int64_t n = st.range(0);
   auto a = randn({n, n}, 1), b = randn({n, n}, 2);
@@ -92,6 +92,39 @@ void BM_matmul_square(benchmark::State& st) {
   flops(st, 2.0 * n * n * n);
 }
 BENCHMARK(BM_matmul_square)->RangeMultiplier(2)->Range(256, 2048)->UseRealTime();
+
+// Our packed GEMM (backend/cpu/gemm_kernel.hpp) against the Eigen path it replaced, same
+// row-major operands C[M, N] = A[M, K] B[K, N], `threads` OpenMP threads (both split C the
+// same way and stay on one thread below 2^26 multiply-adds).
+template <bool Ours>
+void BM_gemm(benchmark::State& st) {
+  const int64_t M = st.range(0), N = st.range(1), K = st.range(2);
+  const int threads = int(st.range(3)), saved = omp_get_max_threads();
+  auto a = randn({M, K}, 1), b = randn({K, N}, 2), c = Tensor<float>::empty({M, N});
+  const MatView<const float> av{a.data(), M, K, K, 1}, bv{b.data(), K, N, N, 1};
+  const MatView<float> cv{c.data(), M, N, N, 1};
+  omp_set_num_threads(threads);
+  for (auto _ : st) {
+    if constexpr (Ours)
+      backend::gemm_packed(cpu{}, av, bv, cv, 1.f, 0.f);
+    else
+      backend::gemm_eigen(cpu{}, av, bv, cv, 1.f, 0.f);
+    benchmark::DoNotOptimize(c.data());
+  }
+  omp_set_num_threads(saved);
+  flops(st, 2.0 * M * N * K);
+}
+void gemm_shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"M", "N", "K", "threads"});
+  for (int64_t t : {1, 2}) {
+    b->Args({kTokens, kHidden, kDim, t})->Args({kTokens, kDim, kHidden, t});
+    b->Args({kTokens, kDim, kDim, t})->Args({1024, 1024, 256, t});
+    for (int64_t n = 256; n <= 2048; n *= 2) b->Args({n, n, n, t});
+  }
+  b->UseRealTime();
+}
+BENCHMARK(BM_gemm<true>)->Name("BM_gemm_ours")->Apply(gemm_shapes);
+BENCHMARK(BM_gemm<false>)->Name("BM_gemm_eigen")->Apply(gemm_shapes);
 
 // The three products of a linear layer y = x W^T (W [N, K]) at the GPT's shapes:
 //   fwd: [M, K] x [K, N]   dx: g W = [M, N] x [N, K]   dw: g^T x = [N, M] x [M, K]

@@ -2,6 +2,13 @@
 // transposed operands (read in place), and gradients.
 #include <catch2/catch.hpp>
 
+#include <omp.h>
+
+#include <cmath>
+#include <limits>
+#include <tuple>
+#include <vector>
+
 #include "ternary/ternary.hpp"
 
 using namespace ternary;
@@ -74,4 +81,157 @@ TEST_CASE("matmul and linear gradients", "[ops][matmul]") {
   auto x = Var<double>::constant(Tensor<double>::zeros({2, 3}));
   auto w = Var<double>::constant(Tensor<double>::zeros({4, 5}));
   CHECK_THROWS_WITH(linear(x, w), Contains("linear") && Contains("[4, 5]"));
+}
+
+// ---- the packed GEMM kernel (backend/cpu/gemm_kernel.hpp) -------------------------------------
+namespace {
+// A rows x cols matrix in its own storage, laid out as asked, with its values kept in double.
+// layout 0: row-major (padded rows), 1: column-major (a transposed view), 2: neither (strides
+// 2 and 2 cols + 1), 3: row-major with a gap of 3 elements between columns.
+template <class T>
+struct TestMat {
+  std::vector<T> buf;
+  backend::MatView<T> v;
+  TestMat(int64_t rows, int64_t cols, int layout) {
+    int64_t rs = 1, cs = 1, size = 0;
+    if (layout == 0) rs = cols + 3, size = rows * rs;
+    if (layout == 1) cs = rows + 2, size = cols * cs;
+    if (layout == 2) cs = 2, rs = 2 * cols + 1, size = rows * rs;
+    if (layout == 3) cs = 3, rs = 3 * cols, size = rows * rs;
+    buf.assign(size_t(std::max<int64_t>(size, 1)), T(0));
+    v = {buf.data(), rows, cols, rs, cs};
+  }
+  T& at(int64_t i, int64_t j) { return v.data[i * v.row_stride + j * v.col_stride]; }
+  backend::MatView<const T> cview() const {
+    return {v.data, v.rows, v.cols, v.row_stride, v.col_stride};
+  }
+};
+
+// C = alpha A B + beta C through gemm_packed against a double loop; C starts as NaN when
+// beta == 0. Error bound per element: rel * sqrt(K) * (|alpha| sum_k |a b| + |beta c|).
+template <class T>
+void check_packed_gemm(int64_t M, int64_t N, int64_t K, int la, int lb, int lc, double alpha,
+                       double beta, Rng& rng, double rel) {
+  TestMat<T> a(M, K, la), b(K, N, lb), c(M, N, lc);
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t k = 0; k < K; ++k) a.at(i, k) = T(rng.uniform(-1, 1));
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t j = 0; j < N; ++j) b.at(k, j) = T(rng.uniform(-1, 1));
+  std::vector<double> c0(size_t(M * N));
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      c.at(i, j) = beta == 0 ? std::numeric_limits<T>::quiet_NaN() : T(rng.uniform(-1, 1));
+      c0[i * N + j] = c.at(i, j);
+    }
+  backend::gemm_packed(cpu{}, a.cview(), b.cview(), c.v, T(alpha), T(beta));
+  int64_t bad = 0;
+  double worst = 0;
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      double ref = 0, mag = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        ref += double(a.at(i, k)) * double(b.at(k, j));
+        mag += std::abs(double(a.at(i, k)) * double(b.at(k, j)));
+      }
+      ref *= alpha, mag *= std::abs(alpha);
+      if (beta != 0) ref += beta * c0[i * N + j], mag += std::abs(beta * c0[i * N + j]);
+      const double err = std::abs(double(c.at(i, j)) - ref);
+      const double tol = rel * std::sqrt(double(std::max<int64_t>(K, 1))) * mag + 1e-30;
+      if (!(err <= tol)) ++bad;  // NaN fails too
+      if (err / (mag + 1e-30) > worst || err != err) worst = err / (mag + 1e-30);
+    }
+  INFO("M " << M << " N " << N << " K " << K << " layouts a " << la << " b " << lb << " c " << lc
+            << " alpha " << alpha << " beta " << beta << " threads " << omp_get_max_threads()
+            << " worst relative error " << worst);
+  CHECK(bad == 0);
+}
+}  // namespace
+
+TEST_CASE("packed gemm matches a double loop at tile and block edges", "[gemm]") {
+  Rng rng(11);
+  const int saved = omp_get_max_threads();
+  const std::vector<int64_t> edges{1, 5, 6, 7, 15, 16, 17, 63};
+  const std::vector<std::tuple<double, double>> scales{{1, 0}, {0.5, 2}, {1, 1}};
+  for (int threads : {1, 2}) {
+    omp_set_num_threads(threads);
+    // Every combination of the small sizes, every layout pair; alpha/beta cycled.
+    int n = 0;
+    for (int64_t M : edges)
+      for (int64_t N : edges)
+        for (int64_t K : edges)
+          for (int la : {0, 1})
+            for (int lb : {0, 1}) {
+              auto [alpha, beta] = scales[size_t(n++) % scales.size()];
+              check_packed_gemm<float>(M, N, K, la, lb, 0, alpha, beta, rng, 1e-6);
+            }
+    // Around the cache blocks (KC 512, MC 96, NC 4096 for float), all layouts of A, B and C.
+    for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{257, 300, 257},
+                           {300, 17, 513},
+                           {97, 257, 300},
+                           {193, 31, 1025},
+                           {1, 300, 257},
+                           {300, 1, 256},
+                           {63, 15, 1},
+                           {7, 4099, 5}})
+      for (int la : {0, 1, 2})
+        for (int lb : {0, 1, 2})
+          for (int lc : {0, 1, 2, 3})
+            for (auto [alpha, beta] : scales)
+              if ((la + lb + lc) % 3 == 0 || (la == 0 && lb == 0))  // a third of the grid
+                check_packed_gemm<float>(M, N, K, la, lb, lc, alpha, beta, rng, 1e-6);
+    // Large enough (>= 2^26 multiply-adds) to be split across threads: by rows and by columns.
+    for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1030, 130, 520}, {130, 1030, 520}})
+      for (int lc : {0, 1, 2})
+        check_packed_gemm<float>(M, N, K, lc == 1 ? 1 : 0, lc == 2 ? 1 : 0, lc, 0.5,
+                                 lc == 0 ? 0 : 2, rng, 1e-6);
+  }
+  omp_set_num_threads(saved);
+}
+
+TEST_CASE("packed gemm in double, empty sums, and calls from inside a parallel region", "[gemm]") {
+  Rng rng(12);
+  for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {7, 9, 300}, {65, 33, 17}})
+    for (int la : {0, 1, 2})
+      for (int lb : {0, 1, 2}) check_packed_gemm<double>(M, N, K, la, lb, la, 1.5, 0, rng, 1e-14);
+  // K = 0: C = beta C, and beta == 0 clears NaN.
+  for (double beta : {0.0, 2.0}) check_packed_gemm<float>(6, 17, 0, 0, 0, 2, 1, beta, rng, 1e-6);
+  check_packed_gemm<float>(0, 5, 3, 0, 0, 0, 1, 0, rng, 1e-6);
+  // Each thread runs its own product on its own pack buffer.
+  std::vector<int64_t> failures(8, 0);
+#pragma omp parallel for num_threads(2) schedule(static, 1)
+  for (int t = 0; t < 8; ++t) {
+    const int64_t M = 40 + 13 * t, N = 50 + 7 * t, K = 200 + 31 * t;
+    std::vector<float> a(size_t(M * K)), b(size_t(K * N)), c(size_t(M * N));
+    for (size_t i = 0; i < a.size(); ++i) a[i] = float(int(i % 7) - 3);
+    for (size_t i = 0; i < b.size(); ++i) b[i] = float(int(i % 5) - 2);
+    backend::gemm_packed(cpu{}, backend::MatView<const float>{a.data(), M, K, K, 1},
+                         backend::MatView<const float>{b.data(), K, N, 1, K},  // column-major
+                         backend::MatView<float>{c.data(), M, N, N, 1}, 1.f, 0.f);
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) {
+        double ref = 0;  // small integers: exact in float
+        for (int64_t k = 0; k < K; ++k) ref += double(a[size_t(i * K + k)]) * b[size_t(j * K + k)];
+        if (c[size_t(i * N + j)] != ref) ++failures[size_t(t)];
+      }
+  }
+  for (int t = 0; t < 8; ++t) CHECK(failures[size_t(t)] == 0);
+  CHECK_THROWS_WITH(backend::gemm_packed(cpu{}, backend::MatView<const float>{nullptr, 2, 3, 3, 1},
+                                         backend::MatView<const float>{nullptr, 4, 5, 5, 1},
+                                         backend::MatView<float>{nullptr, 2, 5, 5, 1}, 1.f, 0.f),
+                    Contains("gemm") && Contains("[2, 3] x [4, 5]"));
+}
+
+TEST_CASE("gemm (the packed kernel) and gemm_eigen agree", "[gemm]") {
+  Rng rng(13);
+  const int64_t M = 77, N = 45, K = 290;
+  std::vector<float> a(size_t(M * K)), b(size_t(K * N)), c1(size_t(M * N)), c2(size_t(M * N));
+  for (auto& x : a) x = float(rng.uniform(-1, 1));
+  for (auto& x : b) x = float(rng.uniform(-1, 1));
+  for (size_t i = 0; i < c1.size(); ++i) c1[i] = c2[i] = float(rng.uniform(-1, 1));
+  backend::MatView<const float> av{a.data(), M, K, 1, M}, bv{b.data(), K, N, N, 1};
+  backend::gemm(cpu{}, av, bv, backend::MatView<float>{c1.data(), M, N, N, 1}, 0.5f, 1.5f);
+  backend::gemm_eigen(cpu{}, av, bv, backend::MatView<float>{c2.data(), M, N, N, 1}, 0.5f, 1.5f);
+  float worst = 0;
+  for (size_t i = 0; i < c1.size(); ++i) worst = std::max(worst, std::abs(c1[i] - c2[i]));
+  CHECK(worst < 1e-4f);
 }

@@ -65,13 +65,21 @@ Tensor<T, B> matmul(const Tensor<T, B>& a, const Tensor<T, B>& b) {
     }
     return off;
   };
-  const bool parallel_batches = nb >= 2 * omp_get_max_threads() || M * N * K < (1 << 18);
-#pragma omp parallel for schedule(dynamic) if (parallel_batches && nb > 1)
-  for (int64_t i = 0; i < nb; ++i) {
+  auto product = [&](int64_t i) {
     MatView<const T> av{ae.data() + offset_of(ae, i), M, K, ae.strides()[nd], ae.strides()[nd + 1]};
     MatView<const T> bv{be.data() + offset_of(be, i), K, N, be.strides()[nd], be.strides()[nd + 1]};
     MatView<T> cv{out.data() + i * M * N, M, N, N, 1};
     backend::gemm(B{}, av, bv, cv, T(1), T(0));
+  };
+  // Threads over the batch, or inside each GEMM, never both. A plain loop (not a parallel
+  // region with a false `if`) for the second case: the GEMM's own team would otherwise be a
+  // nested one, which libgomp creates afresh, threads and all, on every call.
+  const bool parallel_batches = nb >= 2 * omp_get_max_threads() || M * N * K < (1 << 18);
+  if (parallel_batches && nb > 1) {
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t i = 0; i < nb; ++i) product(i);
+  } else {
+    for (int64_t i = 0; i < nb; ++i) product(i);
   }
   return out;
 }

@@ -1,12 +1,20 @@
-// CPU GEMM: C = alpha * A B + beta * C on strided 2-d views, through Eigen's blocked,
-// vectorised GEMM. Each operand may be row-major (unit column stride) or column-major
-// (unit row stride, e.g. a transposed view): both map onto Eigen without a copy; anything
-// else is copied to a contiguous block first.
+// CPU GEMM: C = alpha * A B + beta * C on strided 2-d views.
 //
-// Threads: we split C into row (or column) blocks ourselves, one Eigen call per thread, and
-// turn Eigen's own OpenMP parallelism off. Eigen's parallel GEMM made a small GPT training
-// step 15x slower on 2 threads than on 1 (measured: 1.9k vs 28.8k tokens/s in the tutorial
-// model); with our split, 2 threads are faster than 1.
+// gemm(cpu, ...) runs our packed, register-blocked kernel (gemm_kernel.hpp) for float and
+// double: on the 2-core AVX2 dev VM it beats Eigen's GEMM by 1.3-1.5x on one core at the
+// GPT's shapes (docs/benchmarks.md, "own GEMM"), and GEMM is over half of a training step.
+// Products with a single row or column of C (GEMV) still go to Eigen.
+// Building with -DTERNARY_GEMM_EIGEN selects the Eigen path instead (for A/B measurements).
+//
+// gemm_eigen is the previous path, kept as the reference the tests and benchmarks compare
+// against: Eigen's blocked, vectorised GEMM. Each operand may be row-major (unit column
+// stride) or column-major (unit row stride, e.g. a transposed view): both map onto Eigen
+// without a copy; anything else is copied to a contiguous block first.
+//
+// Threads (both paths): we split C into row (or column) blocks ourselves, one block per
+// thread, and turn Eigen's own OpenMP parallelism off. Eigen's parallel GEMM made a small GPT
+// training step 15x slower on 2 threads than on 1 (measured: 1.9k vs 28.8k tokens/s in the
+// tutorial model); with our split, 2 threads are faster than 1.
 #pragma once
 
 #ifndef EIGEN_DONT_PARALLELIZE
@@ -18,17 +26,10 @@
 #include <cstdint>
 
 #include "ternary/backend/cpu/cpu.hpp"
+#include "ternary/backend/cpu/gemm_kernel.hpp"
 #include "ternary/core/tensor.hpp"
 
 namespace ternary::backend {
-
-// A 2-d strided window on memory (strides in elements).
-template <class T>
-struct MatView {
-  T* data;
-  int64_t rows, cols;
-  int64_t row_stride, col_stride;
-};
 
 template <class T, class B>
 MatView<T> mat_view(const Tensor<T, B>& t) {
@@ -77,8 +78,8 @@ void with_eigen(const MatView<T>& v, Tensor<std::remove_const_t<T>, cpu>& scratc
 }  // namespace cpu_detail
 
 template <class T>
-void gemm(cpu, const MatView<const T>& a, const MatView<const T>& b, const MatView<T>& c, T alpha,
-          T beta) {
+void gemm_eigen(cpu, const MatView<const T>& a, const MatView<const T>& b, const MatView<T>& c,
+                T alpha, T beta) {
   using namespace cpu_detail;
   if (a.cols != b.rows || c.rows != a.rows || c.cols != b.cols)
     throw ShapeError(detail::cat("gemm: [", a.rows, ", ", a.cols, "] x [", b.rows, ", ", b.cols,
@@ -140,6 +141,22 @@ void gemm(cpu, const MatView<const T>& a, const MatView<const T>& b, const MatVi
     for (int64_t i = 0; i < c.rows; ++i)
       for (int64_t j = 0; j < c.cols; ++j)
         c.data[i * c.row_stride + j * c.col_stride] = sc.data()[i * c.cols + j];
+}
+
+template <class T>
+void gemm(cpu, const MatView<const T>& a, const MatView<const T>& b, const MatView<T>& c, T alpha,
+          T beta) {
+#ifndef TERNARY_GEMM_EIGEN
+  // A single row or column of C is a GEMV: packing B (or A) would cost as much as the product
+  // and most of each register tile would be padding, so Eigen's GEMV kernels take it.
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+    if (c.rows != 1 && c.cols != 1) {
+      gemm_packed(cpu{}, a, b, c, alpha, beta);
+      return;
+    }
+  }
+#endif
+  gemm_eigen(cpu{}, a, b, c, alpha, beta);
 }
 
 }  // namespace ternary::backend
