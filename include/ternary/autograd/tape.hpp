@@ -8,7 +8,10 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <utility>
 #include <vector>
+
+#include "ternary/core/pool.hpp"
 
 namespace ternary {
 
@@ -33,9 +36,7 @@ class Tape {
   struct Entry {
     const char* op;
     std::shared_ptr<detail::NodeBase> output;
-    std::function<void()> backward;
-    // Leaves with on_grad_ready whose oldest reader is this entry: final once it has run.
-    std::vector<std::shared_ptr<detail::NodeBase>> ready_after;
+    detail::Callback backward;  // pooled closure (core/pool.hpp): no heap per op
   };
 
   // The calling thread's tape.
@@ -44,29 +45,34 @@ class Tape {
     return tape;
   }
 
-  void record(const char* op, std::shared_ptr<detail::NodeBase> out, std::function<void()> bw) {
+  template <class F>
+  void record(const char* op, std::shared_ptr<detail::NodeBase> out, F&& bw) {
     out->on_tape = true;
-    entries_.push_back({op, std::move(out), std::move(bw), {}});
+    entries_.push_back({op, std::move(out), detail::Callback(std::forward<F>(bw))});
   }
   // Called right after record() for each input of that entry that has an on_grad_ready hook:
   // the first entry to read a leaf is the last to add into its gradient during backward.
   void note_hooked_input(const std::shared_ptr<detail::NodeBase>& leaf) {
     if (entries_.empty() || leaf->ready_generation == generation_) return;
     leaf->ready_generation = generation_;
-    entries_.back().ready_after.push_back(leaf);
+    ready_.push_back({entries_.size() - 1, leaf});
   }
   size_t size() const { return entries_.size(); }
   const std::vector<Entry>& entries() const { return entries_; }
 
   // Runs every entry whose output received a gradient, newest first, then clears the tape.
   void run_backward() {
-    for (auto it = entries_.rbegin(); it != entries_.rend(); ++it) {
-      if (it->output->has_grad()) it->backward();
-      for (auto& leaf : it->ready_after) leaf->on_grad_ready();
+    for (size_t i = entries_.size(); i-- > 0;) {
+      Entry& e = entries_[i];
+      if (e.output->has_grad()) e.backward();
+      // ready_ is in entry order, so the hooks due after entry i are at its back.
+      for (; !ready_.empty() && ready_.back().entry == i; ready_.pop_back())
+        ready_.back().leaf->on_grad_ready();
     }
     clear();
   }
-  // Drops the recorded graph (e.g. after a forward pass whose loss is not needed).
+  // Drops the recorded graph (e.g. after a forward pass whose loss is not needed). The
+  // vectors keep their capacity, so the next step records without allocating.
   void clear() {
     for (auto& e : entries_) {
       e.output->on_tape = false;
@@ -74,6 +80,7 @@ class Tape {
       e.output->release_graph();
     }
     entries_.clear();
+    ready_.clear();
     generation_ = next_generation();
   }
 
@@ -86,7 +93,14 @@ class Tape {
     static std::atomic<uint64_t> counter{0};
     return ++counter;
   }
+  // A leaf whose gradient is final once entry `entry` has run (one list for the whole tape
+  // rather than one per entry, so that recording allocates nothing after the first step).
+  struct ReadyHook {
+    size_t entry;
+    std::shared_ptr<detail::NodeBase> leaf;
+  };
   std::vector<Entry> entries_;
+  std::vector<ReadyHook> ready_;
   uint64_t generation_ = next_generation();
   bool enabled_ = true;
 };

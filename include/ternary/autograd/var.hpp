@@ -43,7 +43,8 @@ class Var {
 
   Var() = default;
   // A constant (requires_grad = false) or a leaf that collects a gradient.
-  explicit Var(Tensor<T, B> value, bool requires_grad = false) : node_(std::make_shared<Node>()) {
+  explicit Var(Tensor<T, B> value, bool requires_grad = false)
+      : node_(std::allocate_shared<Node>(detail::PoolAllocator<Node>{})) {  // pooled: no heap
     if (!value.defined()) throw AutogradError("Var: cannot wrap an undefined tensor");
     node_->value = std::move(value);
     node_->requires_grad = requires_grad;

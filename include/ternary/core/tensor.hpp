@@ -8,6 +8,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <iomanip>
 #include <memory>
@@ -20,6 +21,7 @@
 #include "ternary/core/dtype.hpp"
 #include "ternary/core/error.hpp"
 #include "ternary/core/expr.hpp"
+#include "ternary/core/pool.hpp"
 #include "ternary/core/random.hpp"
 #include "ternary/core/shape.hpp"
 #include "ternary/core/storage.hpp"
@@ -61,7 +63,9 @@ class Tensor {
     for (int64_t e : shape)
       if (e < 0) throw ShapeError(detail::cat("Tensor: negative extent in shape ", shape));
     Tensor t;
-    t.storage_ = std::make_shared<Storage<T, B>>(std::max<int64_t>(ternary::numel(shape), 1));
+    // Pooled control block + Storage (core/pool.hpp); the elements come from B::allocate.
+    t.storage_ = std::allocate_shared<Storage<T, B>>(detail::PoolAllocator<Storage<T, B>>{},
+                                                     std::max<int64_t>(ternary::numel(shape), 1));
     t.shape_ = shape;
     t.strides_ = contiguous_strides(shape);
     return t;
@@ -236,12 +240,12 @@ class Tensor {
     if (dim() != 2) throw ShapeError(detail::cat("t: expects a 2-d tensor, got shape ", shape_));
     return transpose(0, 1);
   }
-  Tensor permute(const std::vector<int64_t>& order) const {
-    if (static_cast<int>(order.size()) != dim())
+  Tensor permute(const Dims& order) const {
+    if (order.size() != dim())
       throw ShapeError(
           detail::cat("permute: ", order.size(), " axes given for a tensor of shape ", shape_));
     Tensor v = *this;
-    std::vector<bool> seen(dim(), false);
+    std::array<bool, kMaxDims> seen{};
     for (int i = 0; i < dim(); ++i) {
       int a = normalize_axis(order[i], dim(), "permute");
       if (seen[a]) throw ShapeError(detail::cat("permute: axis ", order[i], " appears twice"));
@@ -251,6 +255,9 @@ class Tensor {
     }
     return v;
   }
+  // Braced lists and std::vector orders (a braced list would be ambiguous between the two).
+  Tensor permute(std::initializer_list<int64_t> order) const { return permute(Dims(order)); }
+  Tensor permute(const std::vector<int64_t>& order) const { return permute(Dims(order)); }
   // Python-style slice along one axis: [start, end) with step > 0; negative bounds count from
   // the end and bounds are clamped to the axis, as in numpy.
   Tensor slice(int64_t axis, int64_t start, int64_t end, int64_t step = 1) const {

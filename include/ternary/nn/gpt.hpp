@@ -16,8 +16,11 @@
 // config.ternary, a BitLinear (extra RMSNorm + int8 activations + ternary weights).
 #pragma once
 
+#include <array>
 #include <cmath>
+#include <cstddef>
 #include <memory>
+#include <memory_resource>
 #include <string>
 #include <vector>
 
@@ -65,8 +68,8 @@ struct GPTConfig {
     // Far above any trainable size, and low enough that products of sizes cannot overflow.
     if (vocab_size > (1 << 20) || dim > (1 << 20) || n_heads > (1 << 20) || n_layers > (1 << 16) ||
         mlp_mult > (1 << 10))
-      bad(detail::cat("implausible size (vocab ", vocab_size, ", layers ", n_layers, ", dim ",
-                      dim, ", heads ", n_heads, ", mlp_mult ", mlp_mult,
+      bad(detail::cat("implausible size (vocab ", vocab_size, ", layers ", n_layers, ", dim ", dim,
+                      ", heads ", n_heads, ", mlp_mult ", mlp_mult,
                       "; limits 2^20, 2^16, 2^20, 2^20, 2^10)"));
     if (dim % n_heads) bad(detail::cat("dim ", dim, " is not a multiple of n_heads ", n_heads));
     if (head_dim() % 2) bad(detail::cat("head_dim ", head_dim(), " must be even for RoPE"));
@@ -220,7 +223,12 @@ class GPT : public Module<T, B> {
       throw ShapeError(detail::cat("GPT: token ids must be [batch, seq], got ", ids.shape()));
     VarT x = rms_norm(embedding(tok_emb_, ids), c_.norm_eps);
     const VarT x0 = x;
-    std::vector<VarT> skips;
+    // The skip stack lives in a buffer on this frame (no heap per step up to 32 encoder
+    // blocks; more spill to the heap).
+    std::array<std::byte, 32 * sizeof(VarT)> skip_buf;
+    std::pmr::monotonic_buffer_resource skip_arena(skip_buf.data(), skip_buf.size());
+    std::pmr::vector<VarT> skips(&skip_arena);
+    skips.reserve(size_t(n_encoder_));
     for (int64_t i = 0; i < n_encoder_; ++i) {
       x = blocks_[i]->forward(x, x0);
       skips.push_back(x);

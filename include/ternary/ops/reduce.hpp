@@ -65,7 +65,10 @@ Tensor<T, B> sum_to(const Tensor<T, B>& g, const Shape& shape) {
   const int lead = g.dim() - shape.size();
   if (lead < 0)
     throw ShapeError(detail::cat("sum_to: cannot reduce shape ", g.shape(), " to ", shape));
-  std::vector<int> axes;
+  // Reused by each thread: every broadcast op's backward lands here, and the kernels take a
+  // std::vector (a fresh one per call would be a heap allocation per op and step).
+  thread_local std::vector<int> axes;
+  axes.clear();
   for (int i = 0; i < g.dim(); ++i) {
     if (i < lead)
       axes.push_back(i);

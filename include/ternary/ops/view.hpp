@@ -3,6 +3,7 @@
 // gradient (slices scatter it into zeros). Tests: tests/test_view.cpp.
 #pragma once
 
+#include <initializer_list>
 #include <vector>
 
 #include "ternary/autograd/var.hpp"
@@ -22,14 +23,23 @@ Var<T, B> transpose(const Var<T, B>& x, int64_t a0, int64_t a1) {
       [x, a0, a1](const Tensor<T, B>& g) { x.accumulate_grad(g.transpose(a0, a1)); });
 }
 template <class T, class B>
-Var<T, B> permute(const Var<T, B>& x, const std::vector<int64_t>& order) {
+Var<T, B> permute(const Var<T, B>& x, const Dims& order) {
   auto out = x.value().permute(order);
-  std::vector<int64_t> inverse(order.size());
-  for (size_t i = 0; i < order.size(); ++i)
+  Dims inverse = Dims::filled(order.size(), 0);  // inline: no heap per call
+  for (int i = 0; i < order.size(); ++i)
     inverse[normalize_axis(order[i], x.dim(), "permute")] = int64_t(i);
   return Var<T, B>::record("permute", out, {x}, [x, inverse](const Tensor<T, B>& g) {
     x.accumulate_grad(g.permute(inverse));
   });
+}
+// Braced lists and std::vector orders (a braced list would be ambiguous between the two).
+template <class T, class B>
+Var<T, B> permute(const Var<T, B>& x, std::initializer_list<int64_t> order) {
+  return permute(x, Dims(order));
+}
+template <class T, class B>
+Var<T, B> permute(const Var<T, B>& x, const std::vector<int64_t>& order) {
+  return permute(x, Dims(order));
 }
 
 namespace detail {

@@ -9,7 +9,6 @@
 #pragma once
 
 #include <cmath>
-#include <set>
 #include <vector>
 
 #include "ternary/autograd/var.hpp"
@@ -19,21 +18,34 @@ namespace ternary::optim {
 
 template <class T, class B>
 double clip_grad_norm(const std::vector<Var<T, B>>& params, double max_norm) {
-  std::vector<Tensor<T, B>> grads;
-  std::set<const T*> seen;
-  for (const auto& p : params)
-    if (p.grad().defined() && seen.insert(p.grad().data()).second) grads.push_back(p.grad());
+  // The i-th parameter's grad if it has one that no earlier parameter shares. A linear scan
+  // (models have tens of parameters) instead of a set keeps the step free of heap allocation.
+  auto distinct_grad = [&](size_t i) -> const Tensor<T, B>* {
+    const Tensor<T, B>& g = params[i].grad();
+    if (!g.defined()) return nullptr;
+    for (size_t j = 0; j < i; ++j)
+      if (params[j].grad().defined() && params[j].grad().data() == g.data()) return nullptr;
+    return &g;
+  };
   double sq = 0;
   if constexpr (B::on_host) {
-    for (const auto& g : grads) sq += detail::squared_norm(g);
+    for (size_t i = 0; i < params.size(); ++i)
+      if (const auto* g = distinct_grad(i)) sq += detail::squared_norm(*g);
   } else {  // one device sum and one host copy for all of them (backend/cuda/quant.cuh)
+    std::vector<Tensor<T, B>> grads;
+    for (size_t i = 0; i < params.size(); ++i)
+      if (const auto* g = distinct_grad(i)) grads.push_back(*g);
     sq = squared_norm_sum(B{}, grads);
   }
   const double total = std::sqrt(sq);
   if (max_norm > 0) {
     const double coef = max_norm / (total + 1e-6);
     if (coef < 1)
-      for (auto& g : grads) g *= T(coef);  // g shares the gradient's storage: scaled in place
+      for (size_t i = 0; i < params.size(); ++i)
+        if (const auto* g = distinct_grad(i)) {
+          Tensor<T, B> shared = *g;  // shares the gradient's storage: scaled in place
+          shared *= T(coef);
+        }
   }
   return total;
 }

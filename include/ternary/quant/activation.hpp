@@ -17,17 +17,13 @@
 
 namespace ternary::quant {
 
-// Quantizes rows of the last axis: int8 values and the per-row scale s (x ~= q / s).
-template <class T, class B>
-void quantize_rows_int8(const Tensor<T, B>& x, std::vector<int8_t>& q, std::vector<float>& scale) {
-  if constexpr (!B::on_host) {  // device memory: quantize a host copy (the outputs are host)
-    quantize_rows_int8(Tensor<T>::from(x.shape(), x.to_vector()), q, scale);
-    return;
-  }
-  const Tensor<T, B> xc = x.contiguous();
-  const int64_t D = x.dim() ? x.size(-1) : 1, rows = D ? xc.numel() / D : 0;
-  q.resize(xc.numel());
-  scale.resize(rows);
+namespace detail {
+// The per-token int8 quantizer's loop over rows of the last axis of x (contiguous): each
+// row's scale s = 127 / max|x| (1 for an all-zero row) and each element's q = round(x * s)
+// clamped to int8, handed to emit(r, s, i, q) (i: flat index). Throws on a NaN or inf.
+template <class T, class B, class Emit>
+void int8_rows(const Tensor<T, B>& xc, const Shape& shape, Emit&& emit) {
+  const int64_t D = shape.size() ? shape[shape.size() - 1] : 1, rows = D ? xc.numel() / D : 0;
   const T* p = xc.data();
   int64_t bad = -1;  // a row with a NaN or inf (no throwing inside the parallel loop)
 #pragma omp parallel for schedule(static) if (xc.numel() >= (1 << 16))
@@ -46,29 +42,44 @@ void quantize_rows_int8(const Tensor<T, B>& x, std::vector<int8_t>& q, std::vect
       continue;
     }
     const float s = m > 0 ? 127.0f / m : 1.0f;
-    scale[r] = s;
     for (int64_t j = 0; j < D; ++j) {
       const float v = std::nearbyint(float(row[j]) * s);
-      q[r * D + j] = int8_t(v > 127.f ? 127.f : (v < -128.f ? -128.f : v));
+      emit(r, s, r * D + j, int8_t(v > 127.f ? 127.f : (v < -128.f ? -128.f : v)));
     }
   }
   if (bad >= 0)
     throw Error(ternary::detail::cat("quantize_activations: row ", bad, " of an input of shape ",
-                                     x.shape(), " has a NaN or inf"));
+                                     shape, " has a NaN or inf"));
+}
+}  // namespace detail
+
+// Quantizes rows of the last axis: int8 values and the per-row scale s (x ~= q / s).
+template <class T, class B>
+void quantize_rows_int8(const Tensor<T, B>& x, std::vector<int8_t>& q, std::vector<float>& scale) {
+  if constexpr (!B::on_host) {  // device memory: quantize a host copy (the outputs are host)
+    quantize_rows_int8(Tensor<T>::from(x.shape(), x.to_vector()), q, scale);
+    return;
+  }
+  const int64_t D = x.dim() ? x.size(-1) : 1;
+  q.resize(x.numel());
+  scale.resize(D ? x.numel() / D : 0);
+  detail::int8_rows(x.contiguous(), x.shape(), [&](int64_t r, float s, int64_t i, int8_t v) {
+    scale[r] = s;
+    q[i] = v;
+  });
 }
 
-// x_q = q / s as a tensor of x's shape (contiguous).
+// x_q = q / s as a tensor of x's shape (contiguous), written directly (no int8 and scale
+// vectors: this runs in every BitLinear forward pass).
 template <class T, class B>
 Tensor<T, B> fake_quantize_int8(const Tensor<T, B>& x) {
   // Device memory: the same numbers from a backend kernel (found by the tag, e.g.
   // backend/cuda/quant.cuh).
   if constexpr (!B::on_host) return int8_fake_quantize(B{}, x);
-  std::vector<int8_t> q;
-  std::vector<float> s;
-  quantize_rows_int8(x, q, s);
   auto out = Tensor<T, B>::empty(x.shape());
-  const int64_t D = x.dim() ? x.size(-1) : 1;
-  for (size_t i = 0; i < q.size(); ++i) out.data()[i] = T(float(q[i]) / s[i / D]);
+  T* o = out.data();
+  detail::int8_rows(x.contiguous(), x.shape(),
+                    [o](int64_t, float s, int64_t i, int8_t v) { o[i] = T(float(v) / s); });
   return out;
 }
 

@@ -108,42 +108,65 @@ Tensor<T, B> blend(const Tensor<T, B>& w, const Tensor<T, B>& q, double lambda) 
 }
 }  // namespace detail
 
+namespace detail {
+// The absmean quantizer's loop: for each scale group g of the contiguous w, its scale s and
+// each element's trit, handed to emit(g, s, i, trit) (i: flat index). Throws on a NaN or inf.
+template <class T, class B, class Emit>
+void absmean_groups(const Tensor<T, B>& wc, int64_t group, double eps, const Shape& shape,
+                    Emit&& emit) {
+  const int64_t n = wc.numel(), n_groups = n / group;
+  const T* x = wc.data();
+  int64_t bad = -1;  // a group with a non-finite value (no throwing inside the parallel loop)
+#pragma omp parallel for schedule(static) if (n >= (1 << 16))
+  for (int64_t g = 0; g < n_groups; ++g) {
+    const T* xg = x + g * group;
+    double sum_abs = 0;
+    for (int64_t i = 0; i < group; ++i) sum_abs += std::abs(double(xg[i]));
+    if (!std::isfinite(sum_abs)) {
+#pragma omp critical(ternary_quant_bad)
+      bad = g;
+      continue;
+    }
+    const float s = float(sum_abs / double(group) + eps);
+    for (int64_t i = 0; i < group; ++i) emit(g, s, g * group + i, to_trit(float(xg[i]), s));
+  }
+  if (bad >= 0)
+    throw Error(ternary::detail::cat("ternary: weight of shape ", shape,
+                                     " has a NaN or inf in scale group ", bad));
+}
+}  // namespace detail
+
 // Absmean ternary quantization. Rounding is half to even (as torch.round), so w / s = +-0.5
 // gives 0 and +-1.5 gives +-1. A NaN or inf weight throws (a diverged run, not a trit).
 template <class T, class B>
 TernaryWeights quantize_absmean(const Tensor<T, B>& w, const TernaryConfig& c = {}) {
   // Device memory (e.g. export from a GPU model): quantize a host copy.
   if constexpr (!B::on_host) return quantize_absmean(Tensor<T>::from(w.shape(), w.to_vector()), c);
-  const Tensor<T, B> wc = w.contiguous();
   TernaryWeights q;
   q.shape = w.shape();
-  const int64_t n = wc.numel();
   q.group = scale_group(w.shape(), c);
-  const int64_t n_groups = n / q.group;
-  q.trits.resize(n);
-  q.scales.resize(n_groups);
-  const T* x = wc.data();
-  int64_t bad = -1;  // a group with a non-finite value (no throwing inside the parallel loop)
-#pragma omp parallel for schedule(static) if (n >= (1 << 16))
-  for (int64_t g = 0; g < n_groups; ++g) {
-    const T* xg = x + g * q.group;
-    double sum_abs = 0;
-    for (int64_t i = 0; i < q.group; ++i) sum_abs += std::abs(double(xg[i]));
-    if (!std::isfinite(sum_abs)) {
-#pragma omp critical(ternary_quant_bad)
-      bad = g;
-      continue;
-    }
-    const float s = float(sum_abs / double(q.group) + c.eps);
-    q.scales[g] = s;
-    for (int64_t i = 0; i < q.group; ++i)
-      q.trits[g * q.group + i] = detail::to_trit(float(xg[i]), s);
-  }
-  if (bad >= 0)
-    throw Error(ternary::detail::cat("ternary: weight of shape ", w.shape(),
-                                     " has a NaN or inf in scale group ", bad));
+  q.trits.resize(w.numel());
+  q.scales.resize(w.numel() / q.group);
+  detail::absmean_groups(w.contiguous(), q.group, c.eps, w.shape(),
+                         [&](int64_t g, float s, int64_t i, int8_t trit) {
+                           q.scales[g] = s;
+                           q.trits[i] = trit;
+                         });
   return q;
 }
+
+namespace detail {
+// quantize_absmean(w, c).dequantize<T>() (the same numbers), written straight into a tensor:
+// the training forward pass needs no trit and scale vectors (no heap allocation per step).
+template <class T>
+Tensor<T, cpu> absmean_dequantized(const Tensor<T, cpu>& w, const TernaryConfig& c) {
+  auto out = Tensor<T, cpu>::empty(w.shape());
+  T* o = out.data();
+  absmean_groups(w.contiguous(), scale_group(w.shape(), c), c.eps, w.shape(),
+                 [o](int64_t, float s, int64_t i, int8_t trit) { o[i] = T(s) * T(trit); });
+  return out;
+}
+}  // namespace detail
 
 // Straight-through estimator with the absmean quantizer.
 struct STE {
@@ -158,7 +181,7 @@ struct STE {
     if (lambda <= 0) return w;
     Tensor<T, B> q;
     if constexpr (B::on_host)
-      q = quantize(w.value(), c).template dequantize<T>();
+      q = detail::absmean_dequantized(w.value(), c);  // == quantize(w, c).dequantize<T>()
     else  // the same numbers from a device kernel (found by the tag, e.g. backend/cuda/quant.cuh)
       q = absmean_fake_quantize(B{}, w.value(), scale_group(w.shape(), c), c.eps);
     return Var<T, B>::record("ternary_ste", detail::blend(w.value(), q, lambda), {w},

@@ -123,7 +123,9 @@ void causal_attention_forward(cpu, const Tensor<T, cpu>& q_in, const Tensor<T, c
       tasks > 1 && tasks * T_len * T_len * std::max<int64_t>(D, 1) / 2 >= kAttentionParallelFlops;
 #pragma omp parallel if (big)
   {
-    std::vector<T> s(static_cast<size_t>(std::max<int64_t>(T_len, 1)));
+    // Scratch as a tensor: its memory comes from the block cache (no heap per call).
+    const auto s_buf = Tensor<T, cpu>::empty({std::max<int64_t>(T_len, 1)});
+    T* s = s_buf.data();
 #pragma omp for schedule(dynamic)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t b = task / Hq, h = task % Hq, hk = h / group;

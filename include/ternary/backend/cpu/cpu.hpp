@@ -3,6 +3,7 @@
 // header per op family under backend/cpu/, so a second backend adds overloads beside them.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
@@ -22,7 +23,10 @@ struct cpu {
   // step): after the first step no memory comes from the system, and large buffers are not
   // mmap'ed, page-faulted and zeroed by the kernel again each step (measured: ~5% of a GPT
   // training step). A block carries its size in a 64-byte header. The cache holds at most
-  // kCacheBytes; trim_cache() gives it back.
+  // kCacheBytes, or the peak of live block bytes if that is larger (a step whose activations
+  // exceed kCacheBytes would otherwise return its overflow to the system and ask for it
+  // again next step; keeping what the program already held at once never raises its peak);
+  // trim_cache() gives it back.
   static void* allocate(size_t bytes) {
     if (bytes == 0) bytes = alignment;
     const size_t rounded = (bytes + alignment - 1) / alignment * alignment;
@@ -33,6 +37,7 @@ struct cpu {
       base = static_cast<char*>(std::aligned_alloc(alignment, rounded + alignment));
       if (!base) throw std::bad_alloc();
     }
+    cache().note_new(rounded);
     *reinterpret_cast<size_t*>(base) = rounded;
     return base + alignment;
   }
@@ -50,7 +55,8 @@ struct cpu {
   struct BlockCache {
     std::mutex m;
     std::map<size_t, char*> heads;  // size -> first free block (base), or nullptr
-    size_t bytes = 0;
+    size_t bytes = 0;               // cached
+    size_t live = 0, peak = 0;      // handed out (by allocate, not yet deallocated)
     static char*& next_of(char* base) { return *reinterpret_cast<char**>(base + sizeof(size_t)); }
     void* take(size_t n) {
       std::lock_guard<std::mutex> lock(m);
@@ -59,11 +65,19 @@ struct cpu {
       char* base = it->second;
       it->second = next_of(base);
       bytes -= n;
+      live += n;
+      peak = std::max(peak, live);
       return base + alignment;
+    }
+    void note_new(size_t n) {
+      std::lock_guard<std::mutex> lock(m);
+      live += n;
+      peak = std::max(peak, live);
     }
     bool put(char* base, size_t n) {
       std::lock_guard<std::mutex> lock(m);
-      if (bytes + n > kCacheBytes) return false;
+      live -= n;
+      if (bytes + n > std::max(kCacheBytes, peak)) return false;
       char*& head = heads[n];
       next_of(base) = head;
       head = base;
@@ -79,6 +93,7 @@ struct cpu {
           head = nx;
         }
       bytes = 0;
+      peak = live;  // the high-water mark so far no longer reserves cache room
     }
   };
   // Never destroyed: tensors in static storage may be freed after any other static.

@@ -65,7 +65,7 @@ CrossEntropySums cross_entropy_forward(cpu, const Tensor<T, cpu>& logits,
   const bool big = rows > 1 && rows * V >= kParallelThreshold;
 #pragma omp parallel if (big) reduction(+ : loss_sum, count)
   {
-    std::vector<T> buf(cap > T(0) ? V : 0);
+    const auto buf = Tensor<T, cpu>::empty({cap > T(0) ? V : 0});  // block cache: no heap
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const int32_t t = ts[r];

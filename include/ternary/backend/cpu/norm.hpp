@@ -79,12 +79,13 @@ void rms_norm_backward(cpu, const Tensor<T, cpu>& x, const Tensor<T, cpu>& gain,
   T* dxs = dx.defined() ? dx.data() : nullptr;
   const bool big = rows > 1 && rows * D >= kParallelThreshold;
   const int nt = big ? omp_get_max_threads() : 1;
-  std::vector<T> partial(dgain.defined() ? size_t(nt) * size_t(D) : 0, T(0));
+  // Scratch as tensors: their memory comes from the block cache (no heap per call).
+  const auto partial = Tensor<T, cpu>::zeros({dgain.defined() ? int64_t(nt) * D : 0});
 #pragma omp parallel num_threads(nt) if (big)
   {
     const int tid = big ? omp_get_thread_num() : 0;
-    T* dw = partial.empty() ? nullptr : partial.data() + size_t(tid) * size_t(D);
-    std::vector<T> gg_buf(w && dxs ? D : 0);
+    T* dw = dgain.defined() ? partial.data() + size_t(tid) * size_t(D) : nullptr;
+    const auto gg_buf = Tensor<T, cpu>::empty({w && dxs ? D : 0});
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const T *xr = xs + r * D, *gr = gs + r * D;
@@ -123,7 +124,7 @@ void rms_norm_backward(cpu, const Tensor<T, cpu>& x, const Tensor<T, cpu>& gain,
     T* out = dgain.data();
     for (int64_t j = 0; j < D; ++j) {
       T acc = T(0);
-      for (int t = 0; t < nt; ++t) acc += partial[size_t(t) * size_t(D) + size_t(j)];
+      for (int t = 0; t < nt; ++t) acc += partial.data()[size_t(t) * size_t(D) + size_t(j)];
       out[j] = acc;
     }
   }

@@ -5,6 +5,7 @@
 //  - anything else: permute the reduced axes to the end, make it contiguous, trailing path.
 #pragma once
 
+#include <array>
 #include <limits>
 #include <vector>
 #include <xsimd/xsimd.hpp>
@@ -17,14 +18,13 @@ namespace ternary::backend {
 namespace cpu_detail {
 
 struct ReducePlan {
-  std::vector<bool> reduced;  // per axis of the input
-  Shape out_keepdim;          // output shape with reduced axes kept as 1
+  std::array<bool, kMaxDims> reduced{};  // per axis of the input (inline: no heap per op)
+  Shape out_keepdim;                     // output shape with reduced axes kept as 1
   bool trailing = true, leading = true;
 };
 
 inline ReducePlan plan_reduction(const Shape& shape, const std::vector<int>& axes) {
   ReducePlan p;
-  p.reduced.assign(shape.size(), false);
   for (int a : axes) p.reduced[a] = true;
   p.out_keepdim = shape;
   bool seen_reduced = false, seen_kept = false;
@@ -79,7 +79,7 @@ T max_contiguous(const T* x, int64_t n, int64_t* argmax) {
 // The input viewed with reduced axes last and made contiguous: [outer, inner] rows.
 template <class T>
 Tensor<T, cpu> reduced_last(const Tensor<T, cpu>& x, const ReducePlan& p) {
-  std::vector<int64_t> order;
+  Dims order;
   for (int i = 0; i < x.dim(); ++i)
     if (!p.reduced[i]) order.push_back(i);
   for (int i = 0; i < x.dim(); ++i)
