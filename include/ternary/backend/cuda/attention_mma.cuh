@@ -145,6 +145,27 @@ __device__ void mma_acc_times_tile(float (&out)[MmaAttnCfg<DM>::DT][4],
   }
 }
 
+// Writes this lane's part of a warp's 16 x DM accumulator tiles as rows r0 and r1 = r0 + 8
+// of a contiguous [rows, D] head (base: the head's first row), times mul0 / mul1 per row;
+// rows >= T and columns >= D are left alone.
+template <int DM>
+__device__ void store_rows(float* __restrict__ dst, int64_t base, int r0, int T, int D,
+                           const float (&acc)[MmaAttnCfg<DM>::DT][4], float mul0, float mul1) {
+  const int t = threadIdx.x % 4, r1 = r0 + 8;
+#pragma unroll
+  for (int dt = 0; dt < MmaAttnCfg<DM>::DT; ++dt) {
+    const int d = dt * 8 + 2 * t;
+    if (r0 < T) {
+      if (d < D) dst[(base + r0) * D + d] = acc[dt][0] * mul0;
+      if (d + 1 < D) dst[(base + r0) * D + d + 1] = acc[dt][1] * mul0;
+    }
+    if (r1 < T) {
+      if (d < D) dst[(base + r1) * D + d] = acc[dt][2] * mul1;
+      if (d + 1 < D) dst[(base + r1) * D + d + 1] = acc[dt][3] * mul1;
+    }
+  }
+}
+
 // Sum over the four lanes (t = 0..3) that hold one accumulator row.
 __device__ __forceinline__ float quad_sum(float v) {
   v += __shfl_xor_sync(0xffffffffu, v, 1);
@@ -233,19 +254,7 @@ __global__ void __launch_bounds__(MmaAttnCfg<DM>::THREADS)
   l0 = quad_sum(l0);
   l1 = quad_sum(l1);
   const int64_t base = (int64_t(b) * Hq + h) * T;
-  const float inv0 = 1.f / l0, inv1 = 1.f / l1;
-#pragma unroll
-  for (int dt = 0; dt < C::DT; ++dt) {
-    const int d = dt * 8 + 2 * t;
-    if (r0 < T) {
-      if (d < D) out[(base + r0) * D + d] = o[dt][0] * inv0;
-      if (d + 1 < D) out[(base + r0) * D + d + 1] = o[dt][1] * inv0;
-    }
-    if (r1 < T) {
-      if (d < D) out[(base + r1) * D + d] = o[dt][2] * inv1;
-      if (d + 1 < D) out[(base + r1) * D + d + 1] = o[dt][3] * inv1;
-    }
-  }
+  store_rows<DM>(out, base, r0, T, D, o, 1.f / l0, 1.f / l1);
   if (lse && t == 0) {
     if (r0 < T) lse[base + r0] = (m0 + log2f(l0)) * kLn2;
     if (r1 < T) lse[base + r1] = (m1 + log2f(l1)) * kLn2;
@@ -305,18 +314,7 @@ __global__ void __launch_bounds__(MmaAttnCfg<DM>::THREADS)
       }
     mma_acc_times_tile<DM>(acc, s, Ks);
   }
-#pragma unroll
-  for (int dt = 0; dt < C::DT; ++dt) {
-    const int d = dt * 8 + 2 * t;
-    if (r0 < T) {
-      if (d < D) dq[(base + r0) * D + d] = acc[dt][0] * scale;
-      if (d + 1 < D) dq[(base + r0) * D + d + 1] = acc[dt][1] * scale;
-    }
-    if (r1 < T) {
-      if (d < D) dq[(base + r1) * D + d] = acc[dt][2] * scale;
-      if (d + 1 < D) dq[(base + r1) * D + d + 1] = acc[dt][3] * scale;
-    }
-  }
+  store_rows<DM>(dq, base, r0, T, D, acc, scale, scale);
 }
 
 // grid: key tiles * Hkv * B; dk, dv contiguous [B, Hkv, T, D]. A block's 64 keys of one kv
@@ -382,18 +380,8 @@ __global__ void __launch_bounds__(MmaAttnCfg<DM>::THREADS)
     }
   }
   const int64_t base = (int64_t(b) * Hkv + hk) * T;
-#pragma unroll
-  for (int dt = 0; dt < C::DT; ++dt) {
-    const int d = dt * 8 + 2 * t;
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int key = e < 2 ? c0 : c1, dd = d + (e & 1);
-      if (key < T && dd < D) {
-        dk[(base + key) * D + dd] = dka[dt][e] * scale;
-        dv[(base + key) * D + dd] = dva[dt][e];
-      }
-    }
-  }
+  store_rows<DM>(dk, base, c0, T, D, dka, scale, scale);
+  store_rows<DM>(dv, base, c0, T, D, dva, 1.f, 1.f);
 }
 
 }  // namespace ternary::backend::cuda_detail
