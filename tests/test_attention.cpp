@@ -60,12 +60,14 @@ void check_against_reference(const Dims5& d, double tol, uint64_t seed,
 }
 
 const Dims5 kShapes[] = {
-    {2, 2, 2, 7, 5},    // Hq = Hkv, odd T, Dh < one AVX2 float batch
-    {1, 4, 1, 9, 13},   // Hq = 4 Hkv, Dh not a multiple of 8
-    {2, 8, 2, 17, 24},  // Hq = 4 Hkv
-    {1, 3, 3, 1, 3},    // a single position
-    {3, 6, 3, 33, 40},  // large enough to run threaded
-    {2, 4, 4, 16, 64},  // a power-of-two head size
+    {2, 2, 2, 7, 5},     // Hq = Hkv, odd T, Dh < one AVX2 float batch
+    {1, 4, 1, 9, 13},    // Hq = 4 Hkv, Dh not a multiple of 8
+    {2, 8, 2, 17, 24},   // Hq = 4 Hkv
+    {1, 3, 3, 1, 3},     // a single position
+    {3, 6, 3, 33, 40},   // large enough to run threaded
+    {2, 4, 4, 16, 64},   // a power-of-two head size (T >= 16: the GEMM kernels from here on)
+    {1, 4, 2, 130, 20},  // GEMM kernels: T past the packing blocks, GQA
+    {2, 2, 1, 257, 64},  // odd T, Hq = 2 Hkv
 };
 
 }  // namespace
