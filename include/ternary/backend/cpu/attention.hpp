@@ -220,10 +220,6 @@ template <class T>
 MatView<const T> head_matrix(const HeadRows<T>& x, int64_t b, int64_t h, int64_t T_len, int64_t D) {
   return {x.row(b, h, 0), T_len, D, x.st, 1};
 }
-template <class T>
-MatView<const T> transposed_view(const MatView<const T>& m) {
-  return {m.data, m.cols, m.rows, m.col_stride, m.row_stride};
-}
 
 // Row i of the scores s (scaled) -> causal probabilities exp(s - lse) with lse computed here
 // (forward) or given (backward); entries past the diagonal become 0.
@@ -268,7 +264,8 @@ void causal_attention_forward(cpu, const Tensor<T, cpu>& q_in, const Tensor<T, c
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t b = task / Hq, h = task % Hq, hk = h / group;
       const auto kh = head_matrix(k, b, hk, T_len, D);
-      gemm_packed(cpu{}, head_matrix(q, b, h, T_len, D), transposed_view(kh), sv, scale, T(0));
+      gemm_packed(cpu{}, head_matrix(q, b, h, T_len, D), gemm_detail::transposed(kh), sv, scale,
+                  T(0));
       for (int64_t i = 0; i < T_len; ++i) {
         const T l = softmax_causal_row(s + i * T_len, i, T_len);
         if (lse) lse->data()[task * T_len + i] = l;
@@ -315,15 +312,15 @@ void causal_attention_backward(cpu, const Tensor<T, cpu>& q_in, const Tensor<T, 
         const int64_t row0 = (b * Hq + h) * T_len;
         const T beta = h == hk * group ? T(0) : T(1);  // the first query head overwrites
         const auto qh = head_matrix(q, b, h, T_len, D), doh = head_matrix(dout, b, h, T_len, D);
-        gemm_packed(cpu{}, qh, transposed_view(kh), pv, scale, T(0));  // S
+        gemm_packed(cpu{}, qh, gemm_detail::transposed(kh), pv, scale, T(0));  // S
         for (int64_t i = 0; i < T_len; ++i) {
           T* pi = p + i * T_len;
           const T l = lse.data()[row0 + i];
           for (int64_t j = 0; j <= i; ++j) pi[j] = std::exp(pi[j] - l);
           std::fill(pi + i + 1, pi + T_len, T(0));
         }
-        gemm_packed(cpu{}, transposed_view(pc), doh, dvh, T(1), beta);  // dV += P^T dO
-        gemm_packed(cpu{}, doh, transposed_view(vh), dsv, T(1), T(0));  // dP = dO V^T
+        gemm_packed(cpu{}, gemm_detail::transposed(pc), doh, dvh, T(1), beta);  // dV += P^T dO
+        gemm_packed(cpu{}, doh, gemm_detail::transposed(vh), dsv, T(1), T(0));  // dP = dO V^T
         for (int64_t i = 0; i < T_len; ++i) {  // dS = P (dP - D_i), D_i = dO_i . O_i
           const T di = attn_dot(dout.row(b, h, i), out.data() + (row0 + i) * D, D);
           T* dsi = ds + i * T_len;
@@ -332,7 +329,8 @@ void causal_attention_backward(cpu, const Tensor<T, cpu>& q_in, const Tensor<T, 
         }
         gemm_packed(cpu{}, dsc, kh, MatView<T>{dq_out.data() + row0 * D, T_len, D, D, 1}, scale,
                     T(0));
-        gemm_packed(cpu{}, transposed_view(dsc), qh, dkh, scale, beta);  // dK += scale dS^T Q
+        gemm_packed(cpu{}, gemm_detail::transposed(dsc), qh, dkh, scale,
+                    beta);  // dK += scale dS^T Q
       }
     }
   }

@@ -299,15 +299,21 @@ MatView<T> transposed(const MatView<T>& v) {
 
 }  // namespace gemm_detail
 
+// C = A B needs A [M, K], B [K, N], C [M, N]; the message names all three shapes.
+template <class T>
+void check_gemm_shapes(const MatView<const T>& a, const MatView<const T>& b, const MatView<T>& c) {
+  if (a.cols != b.rows || c.rows != a.rows || c.cols != b.cols)
+    throw ShapeError(detail::cat("gemm: [", a.rows, ", ", a.cols, "] x [", b.rows, ", ", b.cols,
+                                 "] -> [", c.rows, ", ", c.cols, "]"));
+}
+
 // C = alpha * A B + beta * C for any strides of A, B and C (C's elements must not alias A's or
 // B's). beta == 0 never reads C, so C may hold garbage (NaN) on entry.
 template <class T>
 void gemm_packed(cpu, const MatView<const T>& a, const MatView<const T>& b, const MatView<T>& c,
                  T alpha, T beta) {
   using namespace gemm_detail;
-  if (a.cols != b.rows || c.rows != a.rows || c.cols != b.cols)
-    throw ShapeError(detail::cat("gemm: [", a.rows, ", ", a.cols, "] x [", b.rows, ", ", b.cols,
-                                 "] -> [", c.rows, ", ", c.cols, "]"));
+  check_gemm_shapes(a, b, c);
   if (c.rows == 0 || c.cols == 0) return;
   if (a.cols == 0) {  // empty sum: C = beta C
     for (int64_t i = 0; i < c.rows; ++i)

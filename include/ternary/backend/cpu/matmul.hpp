@@ -81,9 +81,7 @@ template <class T>
 void gemm_eigen(cpu, const MatView<const T>& a, const MatView<const T>& b, const MatView<T>& c,
                 T alpha, T beta) {
   using namespace cpu_detail;
-  if (a.cols != b.rows || c.rows != a.rows || c.cols != b.cols)
-    throw ShapeError(detail::cat("gemm: [", a.rows, ", ", a.cols, "] x [", b.rows, ", ", b.cols,
-                                 "] -> [", c.rows, ", ", c.cols, "]"));
+  check_gemm_shapes(a, b, c);
   if (c.rows == 0 || c.cols == 0) return;
   Tensor<T, cpu> sa, sb, sc;
   MatView<T> cv = c;
