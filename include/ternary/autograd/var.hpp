@@ -81,18 +81,35 @@ class Var {
     if (!(g.shape() == n.value.shape()))
       throw AutogradError(detail::cat("accumulate_grad: gradient of shape ", g.shape(),
                                       " for a value of shape ", n.value.shape()));
-    if (!n.grad.defined())
-      n.grad = g.clone();  // own copy: g may be shared with other grads
-    else
+    // A leaf's gradient is changed in place later (optimizers, clipping, all-reduce), so it
+    // gets its own copy. An inner node's gradient is only read, by the node's own backward
+    // rule, so it may share g's buffer (saving a copy pass per node); because g may be
+    // shared with other nodes, a second gradient is then added out of place, never into the
+    // shared buffer.
+    if (!n.grad.defined()) {
+      if (n.is_leaf || !g.is_contiguous())
+        n.grad = g.clone();
+      else
+        n.grad = g;
+    } else if (n.is_leaf) {
       n.grad += g;
+    } else {
+      n.grad = Tensor<T, B>(n.grad + g);
+    }
   }
   // Adds an expression into the gradient without a temporary tensor.
   template <Expression E>
   void accumulate_grad(const E& e) const {
     Node& n = node();
     if (!n.requires_grad) return;
-    if (!n.grad.defined()) n.grad = Tensor<T, B>::zeros(n.value.shape());
-    n.grad += e;
+    if (!n.grad.defined()) {  // one pass: evaluate e into a fresh buffer
+      n.grad = Tensor<T, B>::empty(n.value.shape());
+      n.grad.assign(e);
+    } else if (n.is_leaf) {
+      n.grad += e;
+    } else {  // the buffer may be shared (above): out of place
+      n.grad = Tensor<T, B>(n.grad + e);
+    }
   }
 
   // Reverse-mode sweep from this scalar: d this / d every leaf that requires grad.
