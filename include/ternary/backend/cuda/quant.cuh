@@ -28,6 +28,16 @@
 
 namespace ternary::backend::cuda_detail {
 
+// One weight quantized with scale sc: sc * clamp(round_half_even(w / sc), -1, 1); 0/0 (a zero
+// scale: an all-zero group with eps = 0) is a zero trit, as on the CPU; a non-finite scale
+// gives NaN.
+template <class T>
+__device__ T absmean_trit_times_scale(T w, float sc) {
+  const float r = nearbyintf(float(w) / sc);
+  const float t = r != r ? 0.f : (r > 1.f ? 1.f : (r < -1.f ? -1.f : r));
+  return isfinite(sc) ? T(sc) * T(t) : T(NAN);
+}
+
 template <class T>
 __global__ void absmean_quantize_kernel(const T* __restrict__ w, T* __restrict__ out, int64_t group,
                                         double eps) {
@@ -40,12 +50,8 @@ __global__ void absmean_quantize_kernel(const T* __restrict__ w, T* __restrict__
   if (threadIdx.x == 0) scale = float(s / double(group) + eps);  // NaN/inf propagate
   __syncthreads();
   const float sc = scale;
-  for (int64_t i = threadIdx.x; i < group; i += blockDim.x) {
-    const float r = nearbyintf(float(wg[i]) / sc);
-    // 0/0 (a zero scale: an all-zero group with eps = 0) is a zero trit, as on the CPU
-    const float t = r != r ? 0.f : (r > 1.f ? 1.f : (r < -1.f ? -1.f : r));
-    og[i] = isfinite(sc) ? T(sc) * T(t) : T(NAN);
-  }
+  for (int64_t i = threadIdx.x; i < group; i += blockDim.x)
+    og[i] = absmean_trit_times_scale(wg[i], sc);
 }
 
 // Large groups (a per-tensor scale over a whole weight) are split over many blocks, so one
@@ -77,11 +83,8 @@ __global__ void absmean_apply_kernel(const T* __restrict__ w, T* __restrict__ ou
   const float sc = scale;
   const int64_t chunk = (group + splits - 1) / splits, i0 = sp * chunk;
   const int64_t i1 = i0 + chunk < group ? i0 + chunk : group;
-  for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
-    const float r = nearbyintf(float(w[g * group + i]) / sc);
-    const float t = r != r ? 0.f : (r > 1.f ? 1.f : (r < -1.f ? -1.f : r));
-    out[g * group + i] = isfinite(sc) ? T(sc) * T(t) : T(NAN);
-  }
+  for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x)
+    out[g * group + i] = absmean_trit_times_scale(w[g * group + i], sc);
 }
 
 template <class T>
