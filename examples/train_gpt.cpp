@@ -35,6 +35,7 @@ struct Options {
   std::string preset = "tiny";
   nn::GPTConfig model;
   int64_t seq = 0, batch = 0, steps = 0;
+  int64_t micro_batch = 0;  // sequences per forward/backward on a rank (0: no accumulation)
   double seconds = 0;
   int64_t warmup = 10;
   double warmdown = 0.3;  // fraction of the run
@@ -91,7 +92,10 @@ train::Data load_data(const Options& o) {
 
 template <class B>
 double evaluate_model(const nn::GPT<float, B>& model, const train::Data& d, const Options& o) {
-  return train::evaluate_gpt(model, d, o.batch, o.seq, o.eval_batches).bpb;
+  // Scored in micro-batches: a global batch of 512 sequences need not fit on one device.
+  return train::evaluate_gpt(model, d, o.micro_batch > 0 ? o.micro_batch : o.batch, o.seq,
+                             o.eval_batches)
+      .bpb;
 }
 
 // The data-parallel side of a run under tools/launch (RANK, WORLD_SIZE, ... set): NCCL
@@ -148,13 +152,14 @@ int run(Options& o, const train::Data& data) {
         stderr,
         "train_gpt: %s GPT on %s%s, %lld parameters (%lld layers, dim %lld, %lld/%lld heads, mlp "
         "x%lld, vocab %lld), "
-        "seq %lld, batch %lld, %d threads\n  data: %s (%zu train / %zu val tokens)\n",
+        "seq %lld, batch %lld%s, %d threads\n  data: %s (%zu train / %zu val tokens)\n",
         o.model.ternary ? "ternary" : "full-precision", o.device.c_str(),
         par.world_size > 1 ? detail::cat(" x", par.world_size, " ranks").c_str() : "",
         (long long)model.num_parameters(), (long long)o.model.n_layers, (long long)o.model.dim,
         (long long)o.model.n_heads, (long long)o.model.n_kv_heads, (long long)o.model.mlp_mult,
-        (long long)o.model.vocab_size, (long long)o.seq, (long long)o.batch, omp_get_max_threads(),
-        data.description.c_str(), data.train.size(), data.val.size());
+        (long long)o.model.vocab_size, (long long)o.seq, (long long)o.batch,
+        o.micro_batch > 0 ? detail::cat(" in micro-batches of ", o.micro_batch).c_str() : "",
+        omp_get_max_threads(), data.description.c_str(), data.train.size(), data.val.size());
 
   train::LoopOptions lo;
   lo.steps = o.steps;
@@ -164,6 +169,7 @@ int run(Options& o, const train::Data& data) {
   lo.warmdown = o.warmdown;
   lo.grad_clip = o.grad_clip;
   lo.log_every = o.log_every;
+  lo.micro_batch = o.micro_batch;
   lo.log_path = o.log_path;
   lo.on_nonfinite = o.on_nonfinite == "skip" ? train::NonFinite::skip : train::NonFinite::stop;
   std::function<void(int64_t)> eval_hook;
@@ -188,6 +194,11 @@ int run(Options& o, const train::Data& data) {
     };
   const train::LoopResult trained =
       train::train_loop(model, opt, batcher, lo, eval_hook, save_hook, dp.get());
+  if (dp) {  // every rank applied the same updates: the replicas must be bit-identical
+    dp->check_parameters_identical();
+    if (par.main)
+      std::fprintf(stderr, "train_gpt: parameters bit-identical on all %d ranks\n", par.world_size);
+  }
   if (!par.main) return 0;  // rank 0 alone saves, exports and scores
   const int64_t step = trained.steps;
   const double train_seconds = trained.seconds, tokens_per_s = trained.tokens_per_s;
@@ -260,6 +271,10 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(-1e3, 1e3))
       ->capture_default_str();
   train::add_batch_options(app, o.seq, o.batch);
+  app.add_option("--micro-batch", o.micro_batch,
+                 "sequences per forward/backward on each rank; the rest of --batch is gradient "
+                 "accumulation (0: none). The run does not depend on it, only memory does")
+      ->check(CLI::Range(int64_t(0), train::kMaxModelExtent));
   app.add_option("--steps", o.steps, "training steps")
       ->check(CLI::Range(int64_t(0), int64_t(1) << 40));
   app.add_option("--seconds", o.seconds, "stop after this many seconds of training (wall clock)")

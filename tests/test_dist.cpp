@@ -13,6 +13,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -682,7 +683,8 @@ TEST_CASE("tools/launch: one failing rank stops all, with its exit status, leavi
     }
 }
 
-TEST_CASE("train_loop with DataParallel follows the single-process train_loop", "[dist][train]") {
+TEST_CASE("train_loop with DataParallel and micro-batches follows the single-process train_loop",
+          "[dist][train]") {
   train::LoopOptions o;
   o.steps = 5;
   o.warmup = 1;
@@ -694,16 +696,22 @@ TEST_CASE("train_loop with DataParallel follows the single-process train_loop", 
   const double single_loss = train::train_loop(single, single_opt, single_batcher, o).final_loss;
   const auto single_params = values_of(single);
 
-  const int world = 2;
+  // The global batch of 12 over `world` ranks, each cutting its share into micro-batches.
+  const auto [world, micro] =
+      GENERATE(table<int, int64_t>({{2, 0}, {2, 3}, {3, 2}, {1, 4}, {1, 1}}));
+  INFO("world " << world << ", micro-batch " << micro);
+  o.micro_batch = micro;
   std::vector<double> losses(world);
   std::vector<std::map<std::string, std::vector<float>>> params(world);
   dist::run_in_process(world, [&](dist::Communicator& comm) {
     nn::GPT<float> m(dist_config(false));
     perturb(m, 3, 0.05);
-    dist::DataParallel<float> dp(m, comm);
+    std::optional<dist::DataParallel<float>> dp;  // its gradient hooks only with several ranks
+    if (world > 1) dp.emplace(m, comm);
     train::GolfOptimizers<float> opt(m, golf_options());
     RandomBatcher batcher = global_batcher();  // the global batch; train_loop shards it
-    losses[comm.rank()] = train::train_loop(m, opt, batcher, o, {}, {}, &dp).final_loss;
+    losses[comm.rank()] =
+        train::train_loop(m, opt, batcher, o, {}, {}, dp ? &*dp : nullptr).final_loss;
     params[comm.rank()] = values_of(m);
   });
   for (int r = 0; r < world; ++r) {
@@ -715,4 +723,18 @@ TEST_CASE("train_loop with DataParallel follows the single-process train_loop", 
       CHECK(l2_diff(params[r].at(name), v) <= 1e-5 * l2(v) + 1e-8);
     }
   }
+}
+
+TEST_CASE("train_loop: a micro-batch that does not divide a rank's share is an error",
+          "[dist][train]") {
+  train::LoopOptions o;
+  o.steps = 1;
+  o.micro_batch = 5;  // 12 sequences per step: not a multiple of 5
+  nn::GPT<float> m(dist_config(false));
+  train::GolfOptimizers<float> opt(m, golf_options());
+  RandomBatcher batcher = global_batcher();
+  CHECK_THROWS_AS(train::train_loop(m, opt, batcher, o), ShapeError);
+  CHECK_THROWS_WITH(
+      train::train_loop(m, opt, batcher, o),
+      Catch::Matchers::Contains("12 per rank") && Catch::Matchers::Contains("micro-batch 5"));
 }

@@ -147,6 +147,16 @@ class NcclCommunicator final : public Communicator {
       TERNARY_NCCL_CHECK(ncclGetUniqueId(&id));
     }
     lib_stream_ = cuda::stream();  // creates the library's stream on this device
+    // If anything ran on the GPU before this constructor, the stream and cuBLAS handle belong
+    // to the device that was current then (device 0): every kernel of this rank would run
+    // there, and NCCL would wait for a peer that never comes.
+    if (const int made_on = backend::cuda_detail::Context::instance().device;
+        made_on != env.local_rank)
+      throw CudaError(detail::cat(
+          "NcclCommunicator: rank ", env.rank, ": the library's CUDA stream was made on device ",
+          made_on, " before the communicator selected LOCAL_RANK's device ", env.local_rank,
+          "; create the communicator before any tensor, "
+          "model or GEMM touches the GPU"));
     if (overlap) {
       TERNARY_CUDA_CHECK(cudaStreamCreateWithFlags(&comm_stream_, cudaStreamNonBlocking));
       TERNARY_CUDA_CHECK(cudaEventCreateWithFlags(&issued_, cudaEventDisableTiming));

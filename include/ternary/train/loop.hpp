@@ -4,6 +4,13 @@
 // quantization schedule sets each layer's lambda); a hook after each step lets it save a
 // checkpoint.
 //
+// Gradient accumulation: with micro_batch set, each rank's share of the global batch is cut
+// into micro-batches of that many sequences; each runs forward and backward with its loss
+// scaled by 1 / (micro-batches), so the summed gradient is the mean over the rank's rows,
+// exactly the gradient of one large batch up to float rounding. Data-parallel ranks
+// all-reduce only after the last micro-batch. The global batch, and so the training run, does
+// not depend on the number of ranks or the micro-batch size; only memory does.
+//
 // Non-finite values: a NaN or Inf loss, or a NaN or Inf anywhere in the gradients (the global
 // gradient norm is computed every step anyway, for clipping, so the check is free), either
 // stops training with an error naming the step and the first parameter at fault (the
@@ -37,10 +44,11 @@ struct LoopOptions {
   double seconds = 0;      // stop after this much wall-clock training time (0: no limit)
   int64_t start_step = 0;  // when resuming
   int64_t warmup = 10;
-  double warmdown = 0.3;   // fraction of the run (steps or seconds) with a linear warmdown
-  double grad_clip = 1.0;  // global gradient-norm clip (0: off)
-  int64_t log_every = 10;  // progress lines when stderr is not a terminal
-  std::string log_path;    // JSON lines: step, loss, lr_scale, tokens_per_s
+  double warmdown = 0.3;    // fraction of the run (steps or seconds) with a linear warmdown
+  double grad_clip = 1.0;   // global gradient-norm clip (0: off)
+  int64_t micro_batch = 0;  // sequences per forward/backward on a rank (0: the rank's whole share)
+  int64_t log_every = 10;   // progress lines when stderr is not a terminal
+  std::string log_path;     // JSON lines: step, loss, lr_scale, tokens_per_s
   std::string label = "train";
   NonFinite on_nonfinite = NonFinite::stop;
 };
@@ -90,6 +98,14 @@ LoopResult train_loop(const nn::GPT<T, B>& model, GolfOptimizers<T, B>& opt, Ran
   optim::LrSchedule schedule{o.warmup, int64_t(o.warmdown * double(o.steps)), o.warmdown};
   const int64_t end = o.steps > 0 ? o.steps : std::numeric_limits<int64_t>::max();
   const int64_t tokens_per_step = batcher.batch_size() * batcher.seq_len();
+  const int world = dp ? dp->world_size() : 1;
+  const int64_t rank_rows = batcher.batch_size() / world;  // the batcher draws the global batch
+  const int64_t micro = o.micro_batch > 0 ? o.micro_batch : rank_rows;
+  if (batcher.batch_size() % world != 0 || rank_rows % micro != 0)
+    throw ShapeError(detail::cat(o.label, ": the global batch of ", batcher.batch_size(),
+                                 " sequences over ", world, " rank(s) gives ", rank_rows,
+                                 " per rank, which is not a multiple of the micro-batch ", micro));
+  const int64_t accum = rank_rows / micro;
   Progress progress(o.label, o.steps, o.log_every);  // updated on the main rank only
   const auto params = model.parameters();
   LoopResult r;
@@ -107,15 +123,27 @@ LoopResult train_loop(const nn::GPT<T, B>& model, GolfOptimizers<T, B>& opt, Ran
     if (before_step) before_step(step);
     Batch b = batcher.next();
     if (dp) b = dist::shard_batch(b, dp->rank(), dp->world_size());
-    auto loss = model.loss(to_backend<B>(b.inputs), to_backend<B>(b.targets));
-    const double value = dp ? dp->average(loss.item()) : loss.item();
+    // Forward and backward per micro-batch; ranks decide on the rank-averaged loss of each, so
+    // that all of them run the same backward passes (their collectives must match).
+    double value = 0;
     std::optional<std::string> fault;
-    if (!std::isfinite(value)) {
-      fault = detail::cat("the loss is ", value);
-      Tape::current().clear();  // no backward this step: drop the recorded graph
+    for (int64_t a = 0; a < accum && !fault; ++a) {
+      const Batch mb = accum > 1 ? dist::shard_batch(b, int(a), int(accum)) : b;
+      auto loss = model.loss(to_backend<B>(mb.inputs), to_backend<B>(mb.targets));
+      const double micro_value = dp ? dp->average(loss.item()) : loss.item();
+      if (!std::isfinite(micro_value)) {
+        fault = detail::cat("the loss is ", micro_value);
+        Tape::current().clear();  // no backward for this micro-batch: drop the recorded graph
+        break;
+      }
+      value += micro_value / double(accum);
+      if (dp) dp->set_sync(a == accum - 1);
+      (accum > 1 ? loss * (T(1) / T(accum)) : loss).backward();
+    }
+    if (fault) {
+      value = std::numeric_limits<double>::quiet_NaN();
       if (dp) dp->skip_step();
     } else {
-      loss.backward();
       if (dp) dp->finish_gradients();
       const double norm = optim::clip_grad_norm(params, o.grad_clip);
       if (!std::isfinite(norm)) {

@@ -151,11 +151,13 @@ class Pool {
 
 // The stream all of the backend's work runs on (kernels, cuBLAS, copies), and the cuBLAS
 // handle bound to it. Created on first use, on the current device.
+// The library's stream and cuBLAS handle, made on first use on the device current then (so a
+// data-parallel rank must select its GPU before any kernel, copy or GEMM runs: see
+// dist/nccl_communicator.hpp, which checks it).
 struct Context {
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
-  bool tf32 = false;
-  bool bf16 = false;
+  int device = -1;  // the device the stream and handle belong to
   static Context& instance() {
     static Context ctx;
     return ctx;
@@ -167,10 +169,21 @@ struct Context {
 
  private:
   Context() {
+    TERNARY_CUDA_CHECK(cudaGetDevice(&device));
     TERNARY_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     TERNARY_CUDA_CHECK(cublasCreate(&blas));
     TERNARY_CUDA_CHECK(cublasSetStream(blas, stream));
     TERNARY_CUDA_CHECK(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH));
+  }
+};
+
+// Matrix-math switches. Plain flags, apart from Context: setting them touches no device.
+struct MathMode {
+  bool tf32 = false;
+  bool bf16 = false;
+  static MathMode& instance() {
+    static MathMode m;
+    return m;
   }
 };
 
@@ -208,13 +221,13 @@ struct cuda {
   static void synchronize() { TERNARY_CUDA_CHECK(cudaStreamSynchronize(stream())); }
   // fp32 GEMMs on tensor cores in TF32 (10-bit mantissa inputs, fp32 accumulation): about
   // 1e-3 relative error instead of ~1e-6, several times faster. Off by default.
-  static void set_tf32(bool on) { cuda_detail::Context::instance().tf32 = on; }
-  static bool tf32() { return cuda_detail::Context::instance().tf32; }
+  static void set_tf32(bool on) { cuda_detail::MathMode::instance().tf32 = on; }
+  static bool tf32() { return cuda_detail::MathMode::instance().tf32; }
   // fp32 GEMMs with bf16 operands (rounded copies made per product; the tensors, and so the
   // master weights, stay fp32) and fp32 accumulation and output: ~3e-3 relative error, the
   // fastest tensor-core path. Takes precedence over tf32. Off by default.
-  static void set_bf16(bool on) { cuda_detail::Context::instance().bf16 = on; }
-  static bool bf16() { return cuda_detail::Context::instance().bf16; }
+  static void set_bf16(bool on) { cuda_detail::MathMode::instance().bf16 = on; }
+  static bool bf16() { return cuda_detail::MathMode::instance().bf16; }
 
   // Number of usable devices; 0 (not an exception) when there is no GPU or no driver.
   static int device_count() {
