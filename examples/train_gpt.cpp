@@ -146,7 +146,10 @@ int run(Options& o, const train::Data& data) {
                  (long long)start_step);
   }
   std::unique_ptr<dist::DataParallel<float, B>> dp;
-  if (par.comm) dp = std::make_unique<dist::DataParallel<float, B>>(model, *par.comm);
+  if (par.comm) {
+    dp = std::make_unique<dist::DataParallel<float, B>>(model, *par.comm);
+    opt.shard_muon(*par.comm);
+  }
   if (par.main)
     std::fprintf(
         stderr,

@@ -709,6 +709,7 @@ TEST_CASE("train_loop with DataParallel and micro-batches follows the single-pro
     std::optional<dist::DataParallel<float>> dp;  // its gradient hooks only with several ranks
     if (world > 1) dp.emplace(m, comm);
     train::GolfOptimizers<float> opt(m, golf_options());
+    opt.shard_muon(comm);                      // each rank orthogonalises its share of the matrices
     RandomBatcher batcher = global_batcher();  // the global batch; train_loop shards it
     losses[comm.rank()] =
         train::train_loop(m, opt, batcher, o, {}, {}, dp ? &*dp : nullptr).final_loss;
@@ -723,6 +724,49 @@ TEST_CASE("train_loop with DataParallel and micro-batches follows the single-pro
       CHECK(l2_diff(params[r].at(name), v) <= 1e-5 * l2(v) + 1e-8);
     }
   }
+}
+
+TEST_CASE("Muon: sharded orthogonalisation gives every rank the unsharded update, bit for bit",
+          "[dist][optim]") {
+  // Five matrices of three shapes (two 8 x 12, 12 x 8, two 6 x 6), two steps, with momentum.
+  const std::vector<Shape> shapes{{8, 12}, {12, 8}, {6, 6}, {8, 12}, {6, 6}};
+  auto make = [&](uint64_t seed) {
+    Rng rng(seed);
+    std::vector<Var<float>> ps;
+    for (const auto& s : shapes) ps.push_back(Var<float>::parameter(Tensor<float>::randn(s, rng)));
+    return ps;
+  };
+  auto run = [&](std::vector<Var<float>>& ps, optim::Muon<float>& muon) {
+    for (int step = 0; step < 2; ++step) {
+      Rng grads(100 + uint64_t(step));
+      for (auto& p : ps) p.accumulate_grad(Tensor<float>::randn(p.shape(), grads));
+      muon.step();
+      muon.zero_grad();
+    }
+  };
+  std::vector<Var<float>> ref = make(7);
+  optim::Muon<float> plain(ref, optim::MuonOptions{});
+  run(ref, plain);
+
+  for (int world : {2, 3}) {
+    std::vector<std::vector<std::vector<float>>> got(world);
+    dist::run_in_process(world, [&](dist::Communicator& comm) {
+      std::vector<Var<float>> ps = make(7);
+      optim::Muon<float> muon(ps, optim::MuonOptions{});
+      muon.shard_updates(comm.rank(), comm.world_size(), [&comm](float* d, size_t n) {
+        comm.all_reduce(d, n, dist::ReduceOp::sum);
+      });
+      run(ps, muon);
+      for (auto& p : ps) got[comm.rank()].push_back(p.value().to_vector());
+    });
+    for (int r = 0; r < world; ++r)
+      for (size_t i = 0; i < ref.size(); ++i) {
+        INFO("world " << world << ", rank " << r << ", matrix " << i);
+        CHECK(bits_equal(got[r][i], ref[i].value().to_vector()));
+      }
+  }
+  optim::Muon<float> m(make(1), optim::MuonOptions{});
+  CHECK_THROWS_WITH(m.shard_updates(2, 2, [](float*, size_t) {}), Contains("rank 2 of 2"));
 }
 
 TEST_CASE("train_loop: a micro-batch that does not divide a rank's share is an error",

@@ -14,10 +14,17 @@
 // quickly rather than converging exactly (each step multiplies a small one by ~a, so those
 // below ~a^-steps of the largest stay small, as in the reference). Only for 2-d parameters: use
 // AdamW for the embeddings, gains and scalars. Tests: tests/test_optim.cpp.
+//
+// Data-parallel runs can share the Newton-Schulz work (shard_updates, as the Parameter Golf
+// reference does): every rank still updates every momentum buffer (so any rank's state is
+// complete), but rank r orthogonalises only the matrices i with i % world == r, writes them
+// into one flat buffer (zeros elsewhere), and a sum over the ranks hands every rank every O
+// (x + 0 is exact, so all ranks apply bit-identical updates). Tests: tests/test_dist.cpp.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -82,6 +89,17 @@ class Muon : public GroupedOptimizer<MuonOptions, T, B> {
     for (auto& g : groups) this->add_param_group(std::move(g.params), g.options);
   }
 
+  // Shares the orthogonalisation over `world` ranks; sum_over_ranks(data, n) must sum n
+  // values over all ranks in place (an all-reduce) and return once data may be read.
+  void shard_updates(int rank, int world, std::function<void(T*, size_t)> sum_over_ranks) {
+    if (world < 1 || rank < 0 || rank >= world || !sum_over_ranks)
+      throw Error(detail::cat("Muon::shard_updates: rank ", rank, " of ", world,
+                              " ranks (and a sum function) needed"));
+    rank_ = rank;
+    world_ = world;
+    sum_over_ranks_ = std::move(sum_over_ranks);
+  }
+
  protected:
   void validate(const std::vector<VarT>& params, const MuonOptions& o) const override {
     Base::validate(params, o);
@@ -106,10 +124,47 @@ class Muon : public GroupedOptimizer<MuonOptions, T, B> {
     TensorT& buf = Base::state_tensor(state, "momentum_buffer", p.shape());
     buf.assign(buf * T(o.momentum) + g);
     const TensorT eff = o.nesterov ? TensorT(g + buf * T(o.momentum)) : buf;
-    const TensorT O = newton_schulz5(eff, o.ns_steps);
     const double scale = std::sqrt(std::max(1.0, double(p.size(0)) / double(p.size(1))));
-    p.assign(p * T(1 - lr * o.weight_decay) - O * T(lr * scale));
+    const T decay = T(1 - lr * o.weight_decay), step = T(lr * scale);
+    if (world_ > 1) {  // orthogonalised by its owner rank in finish_step
+      pending_.push_back({index, p, eff, decay, step});
+      return;
+    }
+    p.assign(p * decay - newton_schulz5(eff, o.ns_steps) * step);
   }
+
+  void finish_step() override {
+    if (pending_.empty()) return;
+    int64_t total = 0;
+    for (const auto& m : pending_) total += m.eff.numel();
+    TensorT flat = TensorT::zeros(Shape{total});
+    int64_t offset = 0;
+    for (const auto& m : pending_) {
+      if (int(m.index % size_t(world_)) == rank_)
+        flat.narrow(0, offset, m.eff.numel())
+            .view(m.eff.shape())
+            .assign(newton_schulz5(m.eff, this->options_of(m.index).ns_steps));
+      offset += m.eff.numel();
+    }
+    sum_over_ranks_(flat.data(), size_t(total));
+    offset = 0;
+    for (auto& m : pending_) {
+      const TensorT O = flat.narrow(0, offset, m.eff.numel()).view(m.eff.shape());
+      m.p.assign(m.p * m.decay - O * m.step);
+      offset += m.eff.numel();
+    }
+    pending_.clear();
+  }
+
+ private:
+  struct Pending {  // a matrix whose update waits for the ranks' orthogonalisations
+    size_t index;
+    TensorT p, eff;
+    T decay, step;
+  };
+  int rank_ = 0, world_ = 1;
+  std::function<void(T*, size_t)> sum_over_ranks_;
+  std::vector<Pending> pending_;
 };
 
 }  // namespace ternary::optim

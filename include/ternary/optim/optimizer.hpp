@@ -97,6 +97,7 @@ class Optimizer {
       ++param_steps_[i];
       update(i, p.value(), p.grad(), state_[i], param_steps_[i]);
     }
+    finish_step();
   }
   // Drops every parameter's gradient (the next backward allocates fresh ones).
   void zero_grad() {
@@ -186,6 +187,8 @@ class Optimizer {
                       int64_t step) = 0;
   // The names of the state tensors each parameter has after its first update.
   virtual std::vector<std::string> state_names() const = 0;
+  // Runs after every parameter's update() of a step (e.g. to apply work deferred by update).
+  virtual void finish_step() {}
 
   // Appends parameters; returns the index of the first. Each Var may appear only once.
   size_t add_params(const std::vector<VarT>& params, const char* op) {

@@ -7,6 +7,7 @@
 #include <map>
 #include <string>
 
+#include "ternary/dist/communicator.hpp"
 #include "ternary/nn/module.hpp"
 #include "ternary/optim/adamw.hpp"
 #include "ternary/optim/muon.hpp"
@@ -52,6 +53,16 @@ class GolfOptimizers {
     if (!matrices.empty()) muon_ = optim::Muon<T, B>(matrices, mo);
     if (!embeddings.empty()) embed_ = optim::AdamW<T, B>(embeddings, eo);
     if (!scalars.empty()) scalars_ = optim::AdamW<T, B>(scalars, so);
+  }
+
+  // Data-parallel runs: the ranks share Muon's Newton-Schulz work, each orthogonalising a
+  // 1/world share of the matrices (optim/muon.hpp); the updates stay bit-identical on all ranks.
+  void shard_muon(dist::Communicator& comm) {
+    if (comm.world_size() <= 1) return;
+    muon_.shard_updates(comm.rank(), comm.world_size(), [&comm](T* data, size_t n) {
+      comm.all_reduce(data, n, dist::ReduceOp::sum);
+      comm.wait();  // later work on the library's stream sees the sum
+    });
   }
 
   void step() {

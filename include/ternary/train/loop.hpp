@@ -25,6 +25,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "ternary/data/batcher.hpp"
 #include "ternary/dist/data_parallel.hpp"
@@ -106,6 +107,7 @@ LoopResult train_loop(const nn::GPT<T, B>& model, GolfOptimizers<T, B>& opt, Ran
                                  " sequences over ", world, " rank(s) gives ", rank_rows,
                                  " per rank, which is not a multiple of the micro-batch ", micro));
   const int64_t accum = rank_rows / micro;
+  std::vector<Tensor<T, B>> micro_losses;  // one scalar per micro-batch, kept on the device
   Progress progress(o.label, o.steps, o.log_every);  // updated on the main rank only
   const auto params = model.parameters();
   LoopResult r;
@@ -123,28 +125,26 @@ LoopResult train_loop(const nn::GPT<T, B>& model, GolfOptimizers<T, B>& opt, Ran
     if (before_step) before_step(step);
     Batch b = batcher.next();
     if (dp) b = dist::shard_batch(b, dp->rank(), dp->world_size());
-    // Forward and backward per micro-batch; ranks decide on the rank-averaged loss of each, so
-    // that all of them run the same backward passes (their collectives must match).
-    double value = 0;
-    std::optional<std::string> fault;
-    for (int64_t a = 0; a < accum && !fault; ++a) {
+    // Forward and backward of every micro-batch, without waiting for the device in between:
+    // the micro-batch losses are read once, at the end. Every rank runs every backward pass,
+    // so the ranks' collectives always match; a non-finite loss makes non-finite gradients,
+    // and both are judged after the all-reduce, where every rank sees the same numbers.
+    micro_losses.clear();
+    for (int64_t a = 0; a < accum; ++a) {
       const Batch mb = accum > 1 ? dist::shard_batch(b, int(a), int(accum)) : b;
       auto loss = model.loss(to_backend<B>(mb.inputs), to_backend<B>(mb.targets));
-      const double micro_value = dp ? dp->average(loss.item()) : loss.item();
-      if (!std::isfinite(micro_value)) {
-        fault = detail::cat("the loss is ", micro_value);
-        Tape::current().clear();  // no backward for this micro-batch: drop the recorded graph
-        break;
-      }
-      value += micro_value / double(accum);
+      micro_losses.push_back(loss.value());
       if (dp) dp->set_sync(a == accum - 1);
       (accum > 1 ? loss * (T(1) / T(accum)) : loss).backward();
     }
-    if (fault) {
-      value = std::numeric_limits<double>::quiet_NaN();
-      if (dp) dp->skip_step();
+    if (dp) dp->finish_gradients();
+    double rank_loss = 0;
+    for (const auto& l : micro_losses) rank_loss += double(l.item()) / double(accum);
+    const double value = dp ? dp->average(rank_loss) : rank_loss;  // the same on every rank
+    std::optional<std::string> fault;
+    if (!std::isfinite(value)) {
+      fault = detail::cat("the loss is ", value);
     } else {
-      if (dp) dp->finish_gradients();
       const double norm = optim::clip_grad_norm(params, o.grad_clip);
       if (!std::isfinite(norm)) {
         fault = first_nonfinite_gradient(model);
