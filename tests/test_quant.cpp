@@ -294,3 +294,45 @@ TEST_CASE("the schedule sets the lambdas of a list of layers", "[quant][schedule
   CHECK(instant.lambda(1, 4) == 0.0);
   CHECK(instant.lambda(1, 5) == 1.0);
 }
+
+TEST_CASE("rms_norm_quantize_activations is quantize_activations(rms_norm(x)), gradients too",
+          "[quant]") {
+  Rng rng(12);
+  for (auto shape : {Shape{5, 32}, Shape{2, 3, 17}}) {
+    auto hx = Tensor<double>::randn(shape, rng, 0, 2);
+    hx.select(0, 1).fill(0.0);  // a zero row stays zero
+    auto hg = Tensor<double>::randn({shape.back()}, rng, 1, 0.3);
+    auto upstream = Tensor<double>::randn(shape, rng);
+    auto x1 = Var<double>::parameter(hx.clone()), g1 = Var<double>::parameter(hg.clone());
+    auto x2 = Var<double>::parameter(hx.clone()), g2 = Var<double>::parameter(hg.clone());
+    auto fused = rms_norm_quantize_activations(x1, g1, 1e-6);
+    sum(fused * Var<double>::constant(upstream)).backward();  // one graph on the tape at a time
+    auto composed = quantize_activations(rms_norm(x2, g2, 1e-6));
+    sum(composed * Var<double>::constant(upstream)).backward();
+    CHECK(max_abs_diff(fused.value(), composed.value()) == 0.0);
+    CHECK(max_abs_diff(x1.grad(), x2.grad()) == 0.0);
+    CHECK(max_abs_diff(g1.grad(), g2.grad()) == 0.0);
+  }
+  // The backward is rms_norm's exactly (straight through the rounding), checked against
+  // finite differences of the un-quantized rms_norm at a random point.
+  auto x = Var<double>::parameter(Tensor<double>::randn({3, 8}, rng));
+  auto g = Var<double>::parameter(Tensor<double>::randn({8}, rng, 1, 0.2));
+  auto up = Tensor<double>::randn({3, 8}, rng);
+  sum(rms_norm_quantize_activations(x, g) * Var<double>::constant(up)).backward();
+  const double h = 1e-6;
+  for (int64_t i = 0; i < 3; ++i)
+    for (int64_t j = 0; j < 8; j += 3) {
+      auto xp = x.value().clone(), xm = x.value().clone();
+      xp(i, j) += h;
+      xm(i, j) -= h;
+      auto f = [&](const Tensor<double>& at) {
+        return sum(Tensor<double>(rms_norm(at, g.value()) * up)).item();
+      };
+      const double fd = (f(xp) - f(xm)) / (2 * h);
+      CHECK(x.grad()(i, j) == Approx(fd).epsilon(1e-6));
+    }
+  auto bad = Var<double>::parameter(Tensor<double>::ones({2, 4}));
+  bad.value()(1, 2) = std::nan("");
+  auto ones = Var<double>::parameter(Tensor<double>::ones({4}));
+  CHECK_THROWS_WITH(rms_norm_quantize_activations(bad, ones), Contains("row 1"));
+}

@@ -258,6 +258,30 @@ TEST_CASE("cuda quantizers: ternary absmean (STE) and int8 activations against t
     functional(dy, hw).backward();
     CHECK(rel_err(dx.grad(), cx.grad()) == 0);
   }
+  // rms_norm and int8 in one kernel: bit for bit the two kernels, with rms_norm's gradients;
+  // against the CPU within a few roundings that land on the other side of a half
+  for (auto [rows, D] : std::vector<std::array<int64_t, 2>>{{7, 33}, {300, 512}}) {
+    INFO("rms_norm_quantize_activations " << rows << "x" << D);
+    auto hx = Tensor<float>::randn({rows, D}, rng, 0, 2);
+    hx.select(0, 1).fill(0.f);
+    auto hg = Tensor<float>::randn({D}, rng, 1, 0.3);
+    auto hw = Tensor<float>::randn({rows, D}, rng);
+    auto fx = VarD::parameter(to_device(hx)), fg = VarD::parameter(to_device(hg));
+    auto fy = quant::rms_norm_quantize_activations(fx, fg);
+    functional(fy, hw).backward();
+    auto ux = VarD::parameter(to_device(hx)), ug = VarD::parameter(to_device(hg));
+    auto uy = quant::quantize_activations(rms_norm(ux, ug));
+    functional(uy, hw).backward();
+    CHECK(rel_err(fy.value(), to_host(uy.value())) == 0);
+    CHECK(rel_err(fx.grad(), to_host(ux.grad())) == 0);
+    CHECK(rel_err(fg.grad(), to_host(ug.grad())) == 0);
+    auto cx = VarH::parameter(hx.clone()), cg = VarH::parameter(hg.clone());
+    auto cy = quant::rms_norm_quantize_activations(cx, cg);
+    functional(cy, hw).backward();
+    CHECK(rel_err(fy.value(), cy.value()) < 1e-3);
+    CHECK(rel_err(fx.grad(), cx.grad()) < 1e-4);
+    CHECK(rel_err(fg.grad(), cg.grad()) < 1e-4);
+  }
   // a NaN makes its row NaN on the device (the CPU throws)
   auto bad = Tensor<float>::ones({2, 4});
   bad(1, 2) = std::nanf("");

@@ -53,8 +53,13 @@ class BitLinear : public Projection<T, B> {
     if (x.size(-1) != weight_.size(1))
       throw ShapeError(detail::cat("BitLinear: input ", x.shape(),
                                    " does not match weight [out, in] = ", weight_.shape()));
-    Var<T, B> h = norm_ ? norm_->forward(x) : x;
-    if (c_.act_quant) h = quant::quantize_activations(h, lambda_);
+    Var<T, B> h;
+    if (norm_ && c_.act_quant && lambda_ >= 1)  // one pass (and one kernel on CUDA)
+      h = quant::rms_norm_quantize_activations(x, norm_->gain(), norm_->eps());
+    else {
+      h = norm_ ? norm_->forward(x) : x;
+      if (c_.act_quant) h = quant::quantize_activations(h, lambda_);
+    }
     return linear(h, quantized_weight());
   }
   // The weight the forward pass multiplies by (blended by lambda; fixed once frozen).

@@ -39,14 +39,18 @@ Tensor<T, B> rms_norm_rows(const Tensor<T, B>& x_c, const Tensor<T, B>& gain_c, 
   return y;
 }
 
-template <class T, class B>
-Var<T, B> rms_norm_var(const Var<T, B>& x, const Var<T, B>* gain, double eps) {
+// The differentiable rms_norm. `forward(x_c, w_c, eps, rstd)` computes the output and rstd;
+// another forward than rms_norm_rows may post-process the output with a straight-through
+// gradient (quant::rms_norm_quantize_activations), since the backward is always rms_norm's.
+template <class T, class B, class Forward>
+Var<T, B> rms_norm_var(const Var<T, B>& x, const Var<T, B>* gain, double eps, const char* name,
+                       Forward&& forward) {
   const bool has_gain = gain != nullptr;
   check_rms_norm(x.value(), has_gain ? &gain->value() : nullptr, eps);
   Tensor<T, B> x_c = x.value().contiguous();
   Tensor<T, B> w_c = has_gain ? gain->value().contiguous() : Tensor<T, B>();
   Tensor<T, B> rstd;
-  Tensor<T, B> y = rms_norm_rows(x_c, w_c, eps, rstd);
+  Tensor<T, B> y = forward(x_c, w_c, eps, rstd);
   const Var<T, B> w = has_gain ? *gain : Var<T, B>();
   auto backward = [x, w, x_c, w_c, rstd](const Tensor<T, B>& g) {
     const int64_t D = x_c.size(-1), rows = rstd.numel();
@@ -59,8 +63,13 @@ Var<T, B> rms_norm_var(const Var<T, B>& x, const Var<T, B>* gain, double eps) {
     if (want_dx) x.accumulate_grad(dx);
     if (want_dw) w.accumulate_grad(dw);
   };
-  if (has_gain) return Var<T, B>::record("rms_norm", y, {x, *gain}, backward);
-  return Var<T, B>::record("rms_norm", y, {x}, backward);
+  if (has_gain) return Var<T, B>::record(name, y, {x, *gain}, backward);
+  return Var<T, B>::record(name, y, {x}, backward);
+}
+template <class T, class B>
+Var<T, B> rms_norm_var(const Var<T, B>& x, const Var<T, B>* gain, double eps) {
+  return rms_norm_var(x, gain, eps, "rms_norm",
+                      [](auto&&... a) { return rms_norm_rows<T, B>(a...); });
 }
 
 }  // namespace detail

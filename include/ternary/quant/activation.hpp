@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "ternary/autograd/var.hpp"
+#include "ternary/ops/norm.hpp"
 #include "ternary/quant/ternary.hpp"
 
 namespace ternary::quant {
@@ -90,6 +91,30 @@ Var<T, B> quantize_activations(const Var<T, B>& x, double lambda = 1.0) {
   return Var<T, B>::record("act_quant_int8",
                            detail::blend(x.value(), fake_quantize_int8(x.value()), lambda), {x},
                            [x](const Tensor<T, B>& g) { x.accumulate_grad(g); });
+}
+
+// quantize_activations(rms_norm(x, gain, eps)) at lambda = 1 as one tape node: the same
+// values, bit for bit, and the same gradients (the straight-through estimator hands the
+// gradient to rms_norm unchanged, so the backward is rms_norm's). BitLinear's forward with the
+// extra norm uses it. On CUDA one kernel normalises and quantizes (backend/cuda/norm.cuh), so
+// the normalised rows never reach memory; on the CPU the two passes run one after the other.
+template <class T, class B>
+Var<T, B> rms_norm_quantize_activations(const Var<T, B>& x, const Var<T, B>& gain,
+                                        double eps = 1e-6) {
+  auto forward = [](const Tensor<T, B>& x_c, const Tensor<T, B>& w_c, double e,
+                    Tensor<T, B>& rstd) -> Tensor<T, B> {
+    if constexpr (B::on_host) {
+      return fake_quantize_int8(ternary::detail::rms_norm_rows(x_c, w_c, e, rstd));
+    } else {
+      const int64_t D = x_c.size(-1), rows = D ? x_c.numel() / D : 0;
+      auto y = Tensor<T, B>::empty(x_c.shape());
+      rstd = Tensor<T, B>::empty(Shape{rows});
+      backend::rms_norm_forward(B{}, x_c.reshape(Shape{rows, D}), w_c, y.reshape(Shape{rows, D}),
+                                rstd, e, /*int8_output=*/true);
+      return y;
+    }
+  };
+  return ternary::detail::rms_norm_var(x, &gain, eps, "rms_norm_int8", forward);
 }
 
 }  // namespace ternary::quant

@@ -265,7 +265,8 @@ void cross_entropy_backward(cuda, const Tensor<T, cuda>& logits,
 // norm.cuh
 template <class T>
 void rms_norm_forward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& gain,
-                      const Tensor<T, cuda>& y, const Tensor<T, cuda>& rstd, double eps);
+                      const Tensor<T, cuda>& y, const Tensor<T, cuda>& rstd, double eps,
+                      bool int8_output = false);
 template <class T>
 void rms_norm_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& gain,
                        const Tensor<T, cuda>& rstd, const Tensor<T, cuda>& g,

@@ -24,7 +24,23 @@ __device__ T warp_sum(T v) {
   return v;
 }
 
+// Per-token int8 fake quantization of one value v of a row whose largest magnitude is m
+// (quant/activation.hpp): s = 127 / m (1 for a zero row), q = clamp(round(v s), -128, 127),
+// v_q = q / s; NaN for a row holding a NaN or inf (the CPU throws instead).
+__device__ inline float int8_row_scale(float m) {
+  return m > 0 ? 127.0f / m : 1.0f;
+}
 template <class T>
+__device__ T int8_round_trip(float v, float s, bool finite) {
+  const float r = nearbyintf(v * s);
+  const int8_t q = int8_t(r > 127.f ? 127.f : (r < -128.f ? -128.f : r));
+  return finite ? T(float(q) / s) : T(NAN);
+}
+
+// One warp per row. With Int8, y is written int8 fake-quantized (the value above of each
+// x * rstd * gain): the same float operations as rms_norm then int8_quantize_kernel, so the
+// same bits, without storing and re-reading the normalised rows.
+template <class T, bool Int8 = false>
 __global__ void rms_norm_forward_kernel(const T* __restrict__ x, const T* __restrict__ gain,
                                         T* __restrict__ y, T* __restrict__ rstd, int64_t rows,
                                         int64_t D, double eps) {
@@ -40,7 +56,21 @@ __global__ void rms_norm_forward_kernel(const T* __restrict__ x, const T* __rest
     const T rs = T(1.0 / ::sqrt(ms + eps));
     if (lane == 0) rstd[r] = rs;
     T* yr = y + r * D;
-    if (gain)
+    if constexpr (Int8) {
+      auto normed = [&](int64_t j) { return gain ? xr[j] * rs * gain[j] : xr[j] * rs; };
+      float m = 0;
+      bool finite = true;
+      for (int64_t j = lane; j < D; j += 32) {
+        const float a = fabsf(float(normed(j)));
+        finite = finite && isfinite(a);
+        m = fmaxf(m, a);
+      }
+      for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+      finite = __all_sync(0xffffffffu, finite);
+      const float s = int8_row_scale(m);
+      for (int64_t j = lane; j < D; j += 32)
+        yr[j] = int8_round_trip<T>(float(normed(j)), s, finite);
+    } else if (gain)
       for (int64_t j = lane; j < D; j += 32) yr[j] = xr[j] * rs * gain[j];
     else
       for (int64_t j = lane; j < D; j += 32) yr[j] = xr[j] * rs;
@@ -95,9 +125,12 @@ inline int row_warps_blocks(int64_t rows) {
 
 namespace ternary::backend {
 
+// int8_output: y holds the per-token int8 fake quantization of the normalised rows
+// (quant::rms_norm_quantize_activations), in the same pass.
 template <class T>
 void rms_norm_forward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& gain,
-                      const Tensor<T, cuda>& y, const Tensor<T, cuda>& rstd, double eps) {
+                      const Tensor<T, cuda>& y, const Tensor<T, cuda>& rstd, double eps,
+                      bool int8_output) {  // default: in cuda.hpp's declaration
   using namespace cuda_detail;
   const int64_t rows = x.size(0), D = x.size(1);
   if (!x.is_contiguous() || !y.is_contiguous() || !(y.shape() == x.shape()) ||
@@ -108,8 +141,13 @@ void rms_norm_forward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& gai
                                  gain.defined() ? gain.shape() : Shape{}, " (contiguous, ", rows,
                                  " rows of ", D, ")"));
   if (rows == 0) return;
-  rms_norm_forward_kernel<<<row_warps_blocks(rows), 256, 0, cuda::stream()>>>(
-      x.data(), gain.defined() ? gain.data() : nullptr, y.data(), rstd.data(), rows, D, eps);
+  const T* g = gain.defined() ? gain.data() : nullptr;
+  if (int8_output)
+    rms_norm_forward_kernel<T, true><<<row_warps_blocks(rows), 256, 0, cuda::stream()>>>(
+        x.data(), g, y.data(), rstd.data(), rows, D, eps);
+  else
+    rms_norm_forward_kernel<T, false><<<row_warps_blocks(rows), 256, 0, cuda::stream()>>>(
+        x.data(), g, y.data(), rstd.data(), rows, D, eps);
   TERNARY_CUDA_CHECK_LAUNCH("rms_norm_forward_kernel");
 }
 

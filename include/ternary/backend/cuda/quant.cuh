@@ -74,10 +74,11 @@ __global__ void absmean_apply_kernel(const T* __restrict__ w, T* __restrict__ ou
                                      int splits, const double* __restrict__ partial, double eps) {
   __shared__ float scale;
   const int64_t g = blockIdx.x / splits, sp = blockIdx.x % splits;
-  if (threadIdx.x == 0) {
+  if (threadIdx.x < 32) {  // one warp sums the partials, in a fixed order: deterministic
     double s = 0;
-    for (int k = 0; k < splits; ++k) s += partial[g * splits + k];
-    scale = float(s / double(group) + eps);  // NaN/inf propagate
+    for (int k = int(threadIdx.x); k < splits; k += 32) s += partial[g * splits + k];
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (threadIdx.x == 0) scale = float(s / double(group) + eps);  // NaN/inf propagate
   }
   __syncthreads();
   const float sc = scale;
@@ -104,13 +105,9 @@ __global__ void int8_quantize_kernel(const T* __restrict__ x, T* __restrict__ ou
     }
     for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
     finite = __all_sync(0xffffffffu, finite);
-    const float s = m > 0 ? 127.0f / m : 1.0f;
+    const float s = int8_row_scale(m);
     T* orow = out + r * D;
-    for (int64_t j = lane; j < D; j += 32) {
-      const float v = nearbyintf(float(xr[j]) * s);
-      const int8_t q = int8_t(v > 127.f ? 127.f : (v < -128.f ? -128.f : v));
-      orow[j] = finite ? T(float(q) / s) : T(NAN);
-    }
+    for (int64_t j = lane; j < D; j += 32) orow[j] = int8_round_trip<T>(float(xr[j]), s, finite);
   }
 }
 
@@ -159,7 +156,9 @@ Tensor<T, cuda> absmean_fake_quantize(cuda, const Tensor<T, cuda>& w, int64_t gr
   if (n == 0) return out;
   const int64_t groups = n / group;
   if (group >= 65536 && groups < 64) {  // few large groups: split each over many blocks
-    const int splits = int(std::min<int64_t>((group + 8191) / 8192, 256));
+    // 2048 weights a block (8 per thread): a 512 x 512 weight fills 128 blocks, not 32, and
+    // the pass over it no longer waits on a few blocks' memory latency.
+    const int splits = int(std::min<int64_t>((group + 2047) / 2048, 1024));
     auto partial = Tensor<double, cuda>::empty(Shape{groups * splits});
     absmean_partial_kernel<<<unsigned(groups * splits), 256, 0, cuda::stream()>>>(
         wc.data(), group, splits, partial.data());
