@@ -48,7 +48,8 @@ Var<float, B> functional(const Var<float, B>& y, const Tensor<float>& w) {
 TEST_CASE("cuda rms_norm: forward and gradients against the CPU, with and without gain") {
   Rng rng(21);
   const std::vector<std::array<int64_t, 3>> shapes = {
-      {1, 1, 3}, {2, 3, 5}, {3, 7, 33}, {4, 17, 64}, {2, 9, 130}, {1, 300, 512}, {5, 3, 1000}};
+      {1, 1, 3},     {2, 3, 5},    {3, 7, 33},     {4, 17, 64}, {2, 9, 130},
+      {1, 300, 512}, {5, 3, 1000}, {1, 4100, 256}, {2, 5, 2000}};  // 2000: dgain apart from dx
   for (auto [a, b, d] : shapes)
     for (int with_gain = 0; with_gain < 2; ++with_gain) {
       INFO("shape " << a << "x" << b << "x" << d << " gain " << with_gain);
@@ -65,6 +66,17 @@ TEST_CASE("cuda rms_norm: forward and gradients against the CPU, with and withou
       CHECK(rel_err(dx.grad(), cx.grad()) < 1e-5);
       if (with_gain) CHECK(rel_err(dg.grad(), cg.grad()) < 1e-5);
     }
+  // only the gain wants a gradient (the fused backward then writes no dx)
+  {
+    auto hx = Tensor<float>::randn({40, 96}, rng);
+    auto hg = Tensor<float>::rand({96}, rng, 0.5, 1.5);
+    auto hw = Tensor<float>::randn({40, 96}, rng);
+    auto cg = VarH::parameter(hg.clone());
+    auto dg = VarD::parameter(to_device(hg));
+    functional(rms_norm(VarH::constant(hx), cg, 1e-6), hw).backward();
+    functional(rms_norm(VarD::constant(to_device(hx)), dg, 1e-6), hw).backward();
+    CHECK(rel_err(dg.grad(), cg.grad()) < 1e-5);
+  }
   // a transposed (non-contiguous) input goes through a copy
   auto hx = Tensor<float>::randn({6, 10}, rng);
   auto y = rms_norm(to_device(hx).t(), 1e-6);

@@ -96,6 +96,46 @@ __global__ void rms_norm_backward_dx_kernel(const T* __restrict__ x, const T* __
   }
 }
 
+// dx as rms_norm_backward_dx_kernel (if dx is not null) and, in the same pass over x and g,
+// the block's share of dgain: partial[block, j] = sum over the block's rows r of
+// g[r, j] * x[r, j] * rstd[r]. Each warp accumulates its rows in its own shared-memory row
+// (blockDim.x / 32 rows of D values), then the block sums them in a fixed order.
+template <class T>
+__global__ void rms_norm_backward_fused_kernel(const T* __restrict__ x, const T* __restrict__ gain,
+                                               const T* __restrict__ rstd, const T* __restrict__ g,
+                                               T* __restrict__ dx, T* __restrict__ partial,
+                                               int64_t rows, int64_t D) {
+  extern __shared__ unsigned char shared_bytes[];
+  T* acc = reinterpret_cast<T*>(shared_bytes);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+  T* mine = acc + int64_t(warp) * D;
+  for (int64_t j = lane; j < D; j += 32) mine[j] = T(0);
+  const int64_t warps = int64_t(gridDim.x) * nw;
+  for (int64_t r = int64_t(blockIdx.x) * nw + warp; r < rows; r += warps) {
+    const T *xr = x + r * D, *gr = g + r * D;
+    const T s = rstd[r];
+    if (dx) {
+      T dot = T(0);
+      for (int64_t j = lane; j < D; j += 32) dot += (gain ? gr[j] * gain[j] : gr[j]) * xr[j];
+      dot = warp_sum(dot);
+      const T c = D ? s * s * s * dot / T(D) : T(0);
+      T* dr = dx + r * D;
+      for (int64_t j = lane; j < D; j += 32) {
+        dr[j] = s * (gain ? gr[j] * gain[j] : gr[j]) - c * xr[j];
+        mine[j] += gr[j] * xr[j] * s;
+      }
+    } else {
+      for (int64_t j = lane; j < D; j += 32) mine[j] += gr[j] * xr[j] * s;
+    }
+  }
+  __syncthreads();
+  for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+    T t = T(0);
+    for (int k = 0; k < nw; ++k) t += acc[int64_t(k) * D + j];
+    partial[int64_t(blockIdx.x) * D + j] = t;
+  }
+}
+
 // partial[chunk, j] = sum over rows r of the chunk of g[r, j] * x[r, j] * rstd[r]
 template <class T>
 __global__ void rms_norm_dgain_kernel(const T* __restrict__ x, const T* __restrict__ rstd,
@@ -163,6 +203,21 @@ void rms_norm_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& ga
     throw ShapeError(detail::cat("rms_norm_backward(cuda): x ", x.shape(), ", g ", g.shape(),
                                  ", dx ", dx.defined() ? dx.shape() : Shape{}, ", dgain ",
                                  dgain.defined() ? dgain.shape() : Shape{}));
+  // With a gain to differentiate and rows short enough for 8 of them in shared memory: dx and
+  // dgain in one pass (x and g read once), then a small sum over the blocks' partial rows.
+  const size_t fused_shared = size_t(8 * D) * sizeof(T);
+  if (dgain.defined() && rows > 0 && D > 0 && fused_shared <= 48 * 1024) {
+    const int blocks =
+        int(std::min<int64_t>((rows + 7) / 8, launch_for(int64_t(1) << 40).blocks / 4));
+    auto partial = Tensor<T, cuda>::empty(Shape{blocks, D});
+    rms_norm_backward_fused_kernel<<<blocks, 256, fused_shared, cuda::stream()>>>(
+        x.data(), gain.defined() ? gain.data() : nullptr, rstd.data(), g.data(),
+        dx.defined() ? dx.data() : nullptr, partial.data(), rows, D);
+    TERNARY_CUDA_CHECK_LAUNCH("rms_norm_backward_fused_kernel");
+    Tensor<T, cuda> out = dgain.reshape(Shape{D});
+    out.assign(reduce_sum(cuda{}, partial, {0}).reshape(Shape{D}));
+    return;
+  }
   if (dx.defined() && rows > 0) {
     rms_norm_backward_dx_kernel<<<row_warps_blocks(rows), 256, 0, cuda::stream()>>>(
         x.data(), gain.defined() ? gain.data() : nullptr, rstd.data(), g.data(), dx.data(), rows,
