@@ -124,14 +124,17 @@ int main(int argc, char** argv) {
     auto secs_since = [&](auto t) { return std::chrono::duration<double>(now() - t).count(); };
     auto step = [&] {
       double total = 0;
-      for (int64_t a = 0; a < accum; ++a, ++micro) {
-        auto t = now();
-        auto loss = model.loss(xs[micro % kBatches], ys[micro % kBatches]);
-        total += loss.item();
-        t_fwd += secs_since(t);
-        t = now();
-        (accum > 1 ? loss * (1.0f / float(accum)) : loss).backward();
-        t_bwd += secs_since(t);
+      {
+        quant::QuantizedWeightCache quantize_once;  // as train_loop: fixed until opt.step()
+        for (int64_t a = 0; a < accum; ++a, ++micro) {
+          auto t = now();
+          auto loss = model.loss(xs[micro % kBatches], ys[micro % kBatches]);
+          total += loss.item();
+          t_fwd += secs_since(t);
+          t = now();
+          (accum > 1 ? loss * (1.0f / float(accum)) : loss).backward();
+          t_bwd += secs_since(t);
+        }
       }
       auto t = now();
       optim::clip_grad_norm(params, 1.0);

@@ -336,3 +336,46 @@ TEST_CASE("rms_norm_quantize_activations is quantize_activations(rms_norm(x)), g
   auto ones = Var<double>::parameter(Tensor<double>::ones({4}));
   CHECK_THROWS_WITH(rms_norm_quantize_activations(bad, ones), Contains("row 1"));
 }
+
+TEST_CASE("QuantizedWeightCache: one quantization per weight inside a scope, none outside",
+          "[quant]") {
+  Rng rng(5);
+  auto w = Var<float>::parameter(Tensor<float>::randn({6, 8}, rng));
+  TernaryConfig c;
+  // outside a scope every forward quantizes anew
+  CHECK(QuantizedWeightCache::active() == nullptr);
+  auto a = STE::apply(w, c, 1.0), b = STE::apply(w, c, 1.0);
+  CHECK(a.value().data() != b.value().data());
+  CHECK(max_abs_diff(a.value(), b.value()) == 0.0);
+  Tape::current().clear();
+  {
+    QuantizedWeightCache cache;
+    auto q1 = STE::apply(w, c, 1.0);
+    auto q2 = STE::apply(w, c, 1.0);
+    CHECK(q1.value().data() == q2.value().data());  // the same tensor, quantized once
+    CHECK(max_abs_diff(q1.value(), a.value()) == 0.0);
+    auto half = STE::apply(w, c, 0.5);  // another lambda is another entry
+    CHECK(half.value().data() != q1.value().data());
+    c.granularity = Granularity::per_row;  // another scale group too
+    auto rows = STE::apply(w, c, 1.0);
+    CHECK(rows.value().data() != q1.value().data());
+    c.granularity = Granularity::per_tensor;
+    CHECK(cache.size() == 3);
+    {
+      QuantizedWeightCache nested;  // uses the outer scope
+      CHECK(QuantizedWeightCache::active() == &cache);
+      CHECK(STE::apply(w, c, 1.0).value().data() == q1.value().data());
+    }
+    // both uses pass their gradient straight through to the latent weight
+    sum(q1 + q2).backward();
+    CHECK(max_abs_diff(w.grad(), Tensor<float>::full({6, 8}, 2.0f)) == 0.0);
+  }
+  CHECK(QuantizedWeightCache::active() == nullptr);
+  // after the scope, a changed weight is quantized from its new values
+  w.value() *= -1.0f;
+  {
+    QuantizedWeightCache cache;
+    CHECK(max_abs_diff(STE::apply(w, c, 1.0).value(), Tensor<float>(-a.value())) == 0.0);
+  }
+  Tape::current().clear();
+}

@@ -23,6 +23,7 @@
 #include "ternary/autograd/var.hpp"
 #include "ternary/quant/hadamard.hpp"
 #include "ternary/quant/packing.hpp"
+#include "ternary/quant/weight_cache.hpp"
 
 namespace ternary::quant {
 
@@ -175,16 +176,27 @@ struct STE {
   static TernaryWeights quantize(const Tensor<T, B>& w, const TernaryConfig& c) {
     return quantize_absmean(w, c);
   }
-  // Forward: the blended weight; backward: the identity.
+  // Forward: the blended weight; backward: the identity. Inside a QuantizedWeightCache scope
+  // (weight_cache.hpp) each weight is quantized once and the result reused.
   template <class T, class B>
   static Var<T, B> apply(const Var<T, B>& w, const TernaryConfig& c, double lambda) {
     if (lambda <= 0) return w;
-    Tensor<T, B> q;
-    if constexpr (B::on_host)
-      q = detail::absmean_dequantized(w.value(), c);  // == quantize(w, c).dequantize<T>()
-    else  // the same numbers from a device kernel (found by the tag, e.g. backend/cuda/quant.cuh)
-      q = absmean_fake_quantize(B{}, w.value(), scale_group(w.shape(), c), c.eps);
-    return Var<T, B>::record("ternary_ste", detail::blend(w.value(), q, lambda), {w},
+    const int64_t group = scale_group(w.shape(), c);
+    QuantizedWeightCache* cache = QuantizedWeightCache::active();
+    const QuantizedWeightCache::Key key{double(group), c.eps, lambda};  // no allocation
+    Tensor<T, B> used;
+    if (const Tensor<T, B>* hit = cache ? cache->find(w.value(), key) : nullptr) {
+      used = *hit;
+    } else {
+      Tensor<T, B> q;
+      if constexpr (B::on_host)
+        q = detail::absmean_dequantized(w.value(), c);  // == quantize(w, c).dequantize<T>()
+      else  // the same numbers from a device kernel (by the tag, e.g. backend/cuda/quant.cuh)
+        q = absmean_fake_quantize(B{}, w.value(), group, c.eps);
+      used = detail::blend(w.value(), q, lambda);
+      if (cache) cache->insert(w.value(), key, used);
+    }
+    return Var<T, B>::record("ternary_ste", used, {w},
                              [w](const Tensor<T, B>& g) { w.accumulate_grad(g); });
   }
 };

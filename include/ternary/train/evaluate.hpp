@@ -17,6 +17,7 @@
 #include "ternary/autograd/tape.hpp"
 #include "ternary/data/batcher.hpp"
 #include "ternary/ops/loss.hpp"
+#include "ternary/quant/weight_cache.hpp"
 
 namespace ternary {
 
@@ -58,6 +59,7 @@ template <class LossFn>
 EvalResult evaluate_bpb(LossFn&& loss_fn, SequentialBatcher val,
                         const std::vector<double>& bytes_per_token = {}, int64_t max_batches = 0) {
   NoGrad no_grad;
+  quant::QuantizedWeightCache quantize_once;  // the weights do not change while scoring
   EvalResult r;
   double nats = 0;
   int64_t batches = 0;

@@ -130,12 +130,15 @@ LoopResult train_loop(const nn::GPT<T, B>& model, GolfOptimizers<T, B>& opt, Ran
     // so the ranks' collectives always match; a non-finite loss makes non-finite gradients,
     // and both are judged after the all-reduce, where every rank sees the same numbers.
     micro_losses.clear();
-    for (int64_t a = 0; a < accum; ++a) {
-      const Batch mb = accum > 1 ? dist::shard_batch(b, int(a), int(accum)) : b;
-      auto loss = model.loss(to_backend<B>(mb.inputs), to_backend<B>(mb.targets));
-      micro_losses.push_back(loss.value());
-      if (dp) dp->set_sync(a == accum - 1);
-      (accum > 1 ? loss * (T(1) / T(accum)) : loss).backward();
+    {
+      quant::QuantizedWeightCache quantize_once;  // weights are fixed until opt.step()
+      for (int64_t a = 0; a < accum; ++a) {
+        const Batch mb = accum > 1 ? dist::shard_batch(b, int(a), int(accum)) : b;
+        auto loss = model.loss(to_backend<B>(mb.inputs), to_backend<B>(mb.targets));
+        micro_losses.push_back(loss.value());
+        if (dp) dp->set_sync(a == accum - 1);
+        (accum > 1 ? loss * (T(1) / T(accum)) : loss).backward();
+      }
     }
     if (dp) dp->finish_gradients();
     double rank_loss = 0;
