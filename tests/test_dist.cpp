@@ -17,6 +17,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "ternary/dist/data_parallel.hpp"
@@ -697,8 +698,10 @@ TEST_CASE("train_loop with DataParallel and micro-batches follows the single-pro
   const auto single_params = values_of(single);
 
   // The global batch of 12 over `world` ranks, each cutting its share into micro-batches.
-  const auto [world, micro] =
-      GENERATE(table<int, int64_t>({{2, 0}, {2, 3}, {3, 2}, {1, 4}, {1, 1}}));
+  // (not a structured binding: clang before 16 cannot capture those in a lambda)
+  const auto row = GENERATE(table<int, int64_t>({{2, 0}, {2, 3}, {3, 2}, {1, 4}, {1, 1}}));
+  const int world = std::get<0>(row);
+  const int64_t micro = std::get<1>(row);
   INFO("world " << world << ", micro-batch " << micro);
   o.micro_batch = micro;
   std::vector<double> losses(world);
