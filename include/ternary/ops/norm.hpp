@@ -27,15 +27,16 @@ void check_rms_norm(const Tensor<T, B>& x, const Tensor<T, B>* gain, double eps)
                                  x.shape(), " (needs [", x.size(-1), "])"));
 }
 
-// Forward on rows; returns y (x's shape) and the per-row rstd.
-template <class T, class B>
+// Forward on rows; returns y (x's shape) and the per-row rstd. `options` go on to the
+// backend's kernel (the CUDA one takes int8_output).
+template <class T, class B, class... Options>
 Tensor<T, B> rms_norm_rows(const Tensor<T, B>& x_c, const Tensor<T, B>& gain_c, double eps,
-                           Tensor<T, B>& rstd) {
+                           Tensor<T, B>& rstd, Options... options) {
   const int64_t D = x_c.size(-1), rows = D ? x_c.numel() / D : 0;
   auto y = Tensor<T, B>::empty(x_c.shape());
   rstd = Tensor<T, B>::empty(Shape{rows});
   backend::rms_norm_forward(B{}, x_c.reshape(Shape{rows, D}), gain_c, y.reshape(Shape{rows, D}),
-                            rstd, eps);
+                            rstd, eps, options...);
   return y;
 }
 

@@ -103,16 +103,10 @@ Var<T, B> rms_norm_quantize_activations(const Var<T, B>& x, const Var<T, B>& gai
                                         double eps = 1e-6) {
   auto forward = [](const Tensor<T, B>& x_c, const Tensor<T, B>& w_c, double e,
                     Tensor<T, B>& rstd) -> Tensor<T, B> {
-    if constexpr (B::on_host) {
+    if constexpr (B::on_host)
       return fake_quantize_int8(ternary::detail::rms_norm_rows(x_c, w_c, e, rstd));
-    } else {
-      const int64_t D = x_c.size(-1), rows = D ? x_c.numel() / D : 0;
-      auto y = Tensor<T, B>::empty(x_c.shape());
-      rstd = Tensor<T, B>::empty(Shape{rows});
-      backend::rms_norm_forward(B{}, x_c.reshape(Shape{rows, D}), w_c, y.reshape(Shape{rows, D}),
-                                rstd, e, /*int8_output=*/true);
-      return y;
-    }
+    else
+      return ternary::detail::rms_norm_rows(x_c, w_c, e, rstd, /*int8_output=*/true);
   };
   return ternary::detail::rms_norm_var(x, &gain, eps, "rms_norm_int8", forward);
 }

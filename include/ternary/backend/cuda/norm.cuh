@@ -24,10 +24,21 @@ __device__ T warp_sum(T v) {
   return v;
 }
 
-// Per-token int8 fake quantization of one value v of a row whose largest magnitude is m
-// (quant/activation.hpp): s = 127 / m (1 for a zero row), q = clamp(round(v s), -128, 127),
-// v_q = q / s; NaN for a row holding a NaN or inf (the CPU throws instead).
-__device__ inline float int8_row_scale(float m) {
+// Per-token int8 fake quantization (quant/activation.hpp) of a row whose values one warp
+// reads as value(j), j = lane, lane + 32, ...: the scale s = 127 / max|v| (1 for a zero row),
+// then each q = clamp(round(v s), -128, 127) and v_q = q / s; NaN for a row holding a NaN or
+// inf (the CPU throws instead). `finite` is set for the whole warp.
+template <class Value>
+__device__ float int8_row_scale(Value value, int64_t D, int lane, bool& finite) {
+  float m = 0;
+  bool ok = true;
+  for (int64_t j = lane; j < D; j += 32) {
+    const float a = fabsf(value(j));
+    ok = ok && isfinite(a);
+    m = fmaxf(m, a);
+  }
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  finite = __all_sync(0xffffffffu, ok);
   return m > 0 ? 127.0f / m : 1.0f;
 }
 template <class T>
@@ -57,19 +68,10 @@ __global__ void rms_norm_forward_kernel(const T* __restrict__ x, const T* __rest
     if (lane == 0) rstd[r] = rs;
     T* yr = y + r * D;
     if constexpr (Int8) {
-      auto normed = [&](int64_t j) { return gain ? xr[j] * rs * gain[j] : xr[j] * rs; };
-      float m = 0;
-      bool finite = true;
-      for (int64_t j = lane; j < D; j += 32) {
-        const float a = fabsf(float(normed(j)));
-        finite = finite && isfinite(a);
-        m = fmaxf(m, a);
-      }
-      for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-      finite = __all_sync(0xffffffffu, finite);
-      const float s = int8_row_scale(m);
-      for (int64_t j = lane; j < D; j += 32)
-        yr[j] = int8_round_trip<T>(float(normed(j)), s, finite);
+      auto normed = [&](int64_t j) { return float(gain ? xr[j] * rs * gain[j] : xr[j] * rs); };
+      bool finite;
+      const float s = int8_row_scale(normed, D, lane, finite);
+      for (int64_t j = lane; j < D; j += 32) yr[j] = int8_round_trip<T>(normed(j), s, finite);
     } else if (gain)
       for (int64_t j = lane; j < D; j += 32) yr[j] = xr[j] * rs * gain[j];
     else
@@ -77,39 +79,22 @@ __global__ void rms_norm_forward_kernel(const T* __restrict__ x, const T* __rest
   }
 }
 
+// One warp per row. dx (if not null) = rstd * (gg - x_hat * mean(gg * x_hat)), gg = g * gain;
+// and, if partial is not null, in the same pass over x and g, the block's share of dgain:
+// partial[block, j] = sum over the block's rows r of g[r, j] * x[r, j] * rstd[r]. For that
+// each warp accumulates its rows in its own shared-memory row (blockDim.x / 32 rows of D
+// values), then the block sums them in a fixed order.
 template <class T>
-__global__ void rms_norm_backward_dx_kernel(const T* __restrict__ x, const T* __restrict__ gain,
-                                            const T* __restrict__ rstd, const T* __restrict__ g,
-                                            T* __restrict__ dx, int64_t rows, int64_t D) {
-  const int lane = threadIdx.x % 32;
-  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
-  for (int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; r < rows;
-       r += warps) {
-    const T *xr = x + r * D, *gr = g + r * D;
-    T dot = T(0);
-    for (int64_t j = lane; j < D; j += 32) dot += (gain ? gr[j] * gain[j] : gr[j]) * xr[j];
-    dot = warp_sum(dot);
-    const T s = rstd[r];
-    const T c = D ? s * s * s * dot / T(D) : T(0);
-    T* dr = dx + r * D;
-    for (int64_t j = lane; j < D; j += 32) dr[j] = s * (gain ? gr[j] * gain[j] : gr[j]) - c * xr[j];
-  }
-}
-
-// dx as rms_norm_backward_dx_kernel (if dx is not null) and, in the same pass over x and g,
-// the block's share of dgain: partial[block, j] = sum over the block's rows r of
-// g[r, j] * x[r, j] * rstd[r]. Each warp accumulates its rows in its own shared-memory row
-// (blockDim.x / 32 rows of D values), then the block sums them in a fixed order.
-template <class T>
-__global__ void rms_norm_backward_fused_kernel(const T* __restrict__ x, const T* __restrict__ gain,
-                                               const T* __restrict__ rstd, const T* __restrict__ g,
-                                               T* __restrict__ dx, T* __restrict__ partial,
-                                               int64_t rows, int64_t D) {
+__global__ void rms_norm_backward_kernel(const T* __restrict__ x, const T* __restrict__ gain,
+                                         const T* __restrict__ rstd, const T* __restrict__ g,
+                                         T* __restrict__ dx, T* __restrict__ partial, int64_t rows,
+                                         int64_t D) {
   extern __shared__ unsigned char shared_bytes[];
   T* acc = reinterpret_cast<T*>(shared_bytes);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
-  T* mine = acc + int64_t(warp) * D;
-  for (int64_t j = lane; j < D; j += 32) mine[j] = T(0);
+  T* mine = partial ? acc + int64_t(warp) * D : nullptr;
+  if (mine)
+    for (int64_t j = lane; j < D; j += 32) mine[j] = T(0);
   const int64_t warps = int64_t(gridDim.x) * nw;
   for (int64_t r = int64_t(blockIdx.x) * nw + warp; r < rows; r += warps) {
     const T *xr = x + r * D, *gr = g + r * D;
@@ -122,12 +107,13 @@ __global__ void rms_norm_backward_fused_kernel(const T* __restrict__ x, const T*
       T* dr = dx + r * D;
       for (int64_t j = lane; j < D; j += 32) {
         dr[j] = s * (gain ? gr[j] * gain[j] : gr[j]) - c * xr[j];
-        mine[j] += gr[j] * xr[j] * s;
+        if (mine) mine[j] += gr[j] * xr[j] * s;
       }
-    } else {
+    } else if (mine) {
       for (int64_t j = lane; j < D; j += 32) mine[j] += gr[j] * xr[j] * s;
     }
   }
+  if (!partial) return;  // the same for the whole block: no thread skips the barrier alone
   __syncthreads();
   for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
     T t = T(0);
@@ -203,6 +189,8 @@ void rms_norm_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& ga
     throw ShapeError(detail::cat("rms_norm_backward(cuda): x ", x.shape(), ", g ", g.shape(),
                                  ", dx ", dx.defined() ? dx.shape() : Shape{}, ", dgain ",
                                  dgain.defined() ? dgain.shape() : Shape{}));
+  const T* gain_p = gain.defined() ? gain.data() : nullptr;
+  T* dx_p = dx.defined() ? dx.data() : nullptr;
   // With a gain to differentiate and rows short enough for 8 of them in shared memory: dx and
   // dgain in one pass (x and g read once), then a small sum over the blocks' partial rows.
   const size_t fused_shared = size_t(8 * D) * sizeof(T);
@@ -210,19 +198,17 @@ void rms_norm_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& ga
     const int blocks =
         int(std::min<int64_t>((rows + 7) / 8, launch_for(int64_t(1) << 40).blocks / 4));
     auto partial = Tensor<T, cuda>::empty(Shape{blocks, D});
-    rms_norm_backward_fused_kernel<<<blocks, 256, fused_shared, cuda::stream()>>>(
-        x.data(), gain.defined() ? gain.data() : nullptr, rstd.data(), g.data(),
-        dx.defined() ? dx.data() : nullptr, partial.data(), rows, D);
-    TERNARY_CUDA_CHECK_LAUNCH("rms_norm_backward_fused_kernel");
+    rms_norm_backward_kernel<<<blocks, 256, fused_shared, cuda::stream()>>>(
+        x.data(), gain_p, rstd.data(), g.data(), dx_p, partial.data(), rows, D);
+    TERNARY_CUDA_CHECK_LAUNCH("rms_norm_backward_kernel");
     Tensor<T, cuda> out = dgain.reshape(Shape{D});
     out.assign(reduce_sum(cuda{}, partial, {0}).reshape(Shape{D}));
     return;
   }
   if (dx.defined() && rows > 0) {
-    rms_norm_backward_dx_kernel<<<row_warps_blocks(rows), 256, 0, cuda::stream()>>>(
-        x.data(), gain.defined() ? gain.data() : nullptr, rstd.data(), g.data(), dx.data(), rows,
-        D);
-    TERNARY_CUDA_CHECK_LAUNCH("rms_norm_backward_dx_kernel");
+    rms_norm_backward_kernel<<<row_warps_blocks(rows), 256, 0, cuda::stream()>>>(
+        x.data(), gain_p, rstd.data(), g.data(), dx_p, static_cast<T*>(nullptr), rows, D);
+    TERNARY_CUDA_CHECK_LAUNCH("rms_norm_backward_kernel");
   }
   if (dgain.defined()) {
     if (rows == 0 || D == 0) {

@@ -96,16 +96,8 @@ __global__ void int8_quantize_kernel(const T* __restrict__ x, T* __restrict__ ou
   for (int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; r < rows;
        r += warps) {
     const T* xr = x + r * D;
-    float m = 0;
-    bool finite = true;
-    for (int64_t j = lane; j < D; j += 32) {
-      const float a = fabsf(float(xr[j]));
-      finite = finite && isfinite(a);
-      m = fmaxf(m, a);
-    }
-    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    finite = __all_sync(0xffffffffu, finite);
-    const float s = int8_row_scale(m);
+    bool finite;
+    const float s = int8_row_scale([xr](int64_t j) { return float(xr[j]); }, D, lane, finite);
     T* orow = out + r * D;
     for (int64_t j = lane; j < D; j += 32) orow[j] = int8_round_trip<T>(float(xr[j]), s, finite);
   }
