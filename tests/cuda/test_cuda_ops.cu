@@ -217,6 +217,46 @@ TEST_CASE("cuda causal attention on tensor cores (bf16 mma): forward and gradien
     }
 }
 
+// The GPT's heads are views of [B, T, H, Dh] memory; the kernels read such inputs and write
+// out, dq, dk and dv through their strides. Every element of a strided output must equal the
+// contiguous run's (same kernels, same arithmetic), and nothing outside the view is touched.
+TEST_CASE("cuda causal attention: outputs and gradients written into [B, T, H, Dh] views") {
+  Rng rng(27);
+  struct ResetPrecision {
+    ~ResetPrecision() { cuda::set_tf32(false); }
+  } reset;
+  auto token_major = [](int64_t B, int64_t H, int64_t T, int64_t D) {  // poisoned, viewed
+    return Tensor<float, cuda>::full(Shape{B, T, H, D}, std::nanf("")).permute({0, 2, 1, 3});
+  };
+  for (bool tensor_cores : {false, true})
+    for (auto [B, Hq, Hkv, T, Dh] : std::vector<std::array<int64_t, 5>>{
+             {2, 4, 2, 70, 64}, {1, 3, 1, 33, 20}, {1, 2, 2, 129, 128}}) {
+      INFO((tensor_cores ? "tensor cores" : "fp32")
+           << " B " << B << " Hq " << Hq << " T " << T << " Dh " << Dh);
+      cuda::set_tf32(tensor_cores);
+      auto q = to_device(Tensor<float>::randn({B, Hq, T, Dh}, rng));
+      auto k = to_device(Tensor<float>::randn({B, Hkv, T, Dh}, rng));
+      auto v = to_device(Tensor<float>::randn({B, Hkv, T, Dh}, rng));
+      auto dout = to_device(Tensor<float>::randn({B, Hq, T, Dh}, rng));
+      using TD = Tensor<float, cuda>;
+      auto out = TD::empty(q.shape()), lse = TD::empty(Shape{B, Hq, T});
+      auto dq = TD::empty(q.shape()), dk = TD::empty(k.shape()), dv = TD::empty(v.shape());
+      backend::causal_attention_forward(cuda{}, q, k, v, 0.2f, out, &lse);
+      backend::causal_attention_backward(cuda{}, q, k, v, out, lse, dout, 0.2f, dq, dk, dv);
+      auto out_v = token_major(B, Hq, T, Dh), lse_v = TD::empty(Shape{B, Hq, T});
+      auto dq_v = token_major(B, Hq, T, Dh), dk_v = token_major(B, Hkv, T, Dh),
+           dv_v = token_major(B, Hkv, T, Dh);
+      backend::causal_attention_forward(cuda{}, q, k, v, 0.2f, out_v, &lse_v);
+      backend::causal_attention_backward(cuda{}, q, k, v, out_v, lse_v, dout, 0.2f, dq_v, dk_v,
+                                         dv_v);
+      CHECK(rel_err(out_v, to_host(out)) == 0);  // NaN anywhere (an unwritten element) fails these
+      CHECK(rel_err(lse_v, to_host(lse)) == 0);
+      CHECK(rel_err(dq_v, to_host(dq)) == 0);
+      CHECK(rel_err(dk_v, to_host(dk)) == 0);
+      CHECK(rel_err(dv_v, to_host(dv)) == 0);
+    }
+}
+
 TEST_CASE("cuda max: values, first-maximum argmax and its gradient against the CPU") {
   Rng rng(25);
   auto hx = Tensor<float>::randn({4, 5, 37}, rng);

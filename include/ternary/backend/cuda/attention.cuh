@@ -21,7 +21,9 @@
 //   Both write their outputs once (no atomics): the backward is deterministic.
 // Operands may be strided views whose last axis has unit stride (the GPT's v is a permuted
 // view); others are copied once. Head sizes above 128 throw. With reduced-precision matrix
-// math on (cuda::set_bf16 / set_tf32) the tensor-core kernels of attention_mma.cuh run instead.
+// math on (cuda::set_bf16 / set_tf32) the tensor-core kernels of attention_mma.cuh run instead;
+// they also write out, dq, dk and dv through their strides (these kernels write contiguous
+// buffers, copied into strided outputs).
 #pragma once
 
 #ifndef __CUDACC__
@@ -200,19 +202,20 @@ __global__ void __launch_bounds__(AttnCfg<DM>::THREADS)
   }
 }
 
-// di[row] = sum_d dout[row, d] * out[row, d]; one warp per row of [B, Hq, T] (dout strided).
+// di[row] = sum_d dout[row, d] * out[row, d]; one warp per row of [B, Hq, T] (both strided).
 template <int = 0>
 __global__ void attn_rowdot_kernel(const float* __restrict__ dout, HeadStrides ds,
-                                   const float* __restrict__ out, float* __restrict__ di, int B,
-                                   int Hq, int T, int D) {
+                                   const float* __restrict__ out, HeadStrides os,
+                                   float* __restrict__ di, int B, int Hq, int T, int D) {
   const int lane = threadIdx.x % 32;
   const int64_t rows = int64_t(B) * Hq * T, warps = int64_t(gridDim.x) * (blockDim.x / 32);
   for (int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; r < rows;
        r += warps) {
     const int64_t t = r % T, h = (r / T) % Hq, b = r / (int64_t(T) * Hq);
     const float* dr = dout + b * ds.b + h * ds.h + t * ds.t;
+    const float* orow = out + b * os.b + h * os.h + t * os.t;
     float s = 0.f;
-    for (int d = lane; d < D; d += 32) s += dr[d] * out[r * D + d];
+    for (int d = lane; d < D; d += 32) s += dr[d] * orow[d];
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     if (lane == 0) di[r] = s;
   }
@@ -350,9 +353,12 @@ __global__ void __launch_bounds__(AttnCfg<DM>::THREADS)
   }
 }
 
+inline bool has_unit_inner(const Tensor<float, cuda>& x) {
+  return x.size(-1) <= 1 || x.strides()[x.dim() - 1] == 1;
+}
 // x itself if its last axis has unit stride, else a contiguous copy.
 inline Tensor<float, cuda> unit_inner(const Tensor<float, cuda>& x) {
-  return x.size(-1) <= 1 || x.strides()[x.dim() - 1] == 1 ? x : x.clone();
+  return has_unit_inner(x) ? x : x.clone();
 }
 inline HeadStrides head_strides(const Tensor<float, cuda>& x) {
   return {x.strides()[0], x.strides()[1], x.strides()[2]};
@@ -402,33 +408,33 @@ void causal_attention_forward(cuda, const Tensor<T, cuda>& q_in, const Tensor<T,
   check_attention_sizes("causal_attention_forward", q_in, k_in);
   const int B = int(q_in.size(0)), Hq = int(q_in.size(1)), T_len = int(q_in.size(2)),
             D = int(q_in.size(3)), Hkv = int(k_in.size(1));
-  if (!out.is_contiguous() || (lse && !lse->is_contiguous()))
-    throw ShapeError("causal_attention_forward(cuda): out and lse must be contiguous");
+  if (!has_unit_inner(out) || (lse && !lse->is_contiguous()))
+    throw ShapeError(
+        "causal_attention_forward(cuda): out needs a unit-stride head axis and lse must be "
+        "contiguous");
   if (q_in.numel() == 0) return;
   const auto q = unit_inner(q_in), k = unit_inner(k_in), v = unit_inner(v_in);
   with_head_dim(D, "causal_attention_forward", [&](auto dm) {
     constexpr int DM = decltype(dm)::value;
     if (attention_on_tensor_cores()) {
-      using C = MmaAttnCfg<DM>;
-      const int64_t tiles = (T_len + C::ROWS - 1) / C::ROWS;
-      attn_mma_forward_kernel<DM><<<unsigned(tiles * Hq * B), C::THREADS, 0, cuda::stream()>>>(
-          q.data(), head_strides(q), k.data(), head_strides(k), v.data(), head_strides(v),
-          out.data(), lse ? lse->data() : nullptr, T_len, D, Hq, Hq / Hkv, scale);
-      TERNARY_CUDA_CHECK_LAUNCH("attn_mma_forward_kernel");
+      flash_attention_forward<DM>(q, k, v, scale, out, lse);
       return;
     }
+    // The fp32 kernels write a contiguous output.
+    Tensor<T, cuda> dst = out.is_contiguous() ? out : Tensor<T, cuda>::empty(out.shape());
     using C = AttnCfg<DM>;
     const int64_t tiles = (T_len + C::ROWS - 1) / C::ROWS;
     attn_forward_kernel<DM><<<unsigned(tiles * Hq * B), C::THREADS, 0, cuda::stream()>>>(
-        q.data(), head_strides(q), k.data(), head_strides(k), v.data(), head_strides(v), out.data(),
+        q.data(), head_strides(q), k.data(), head_strides(k), v.data(), head_strides(v), dst.data(),
         lse ? lse->data() : nullptr, T_len, D, Hq, Hq / Hkv, scale);
     TERNARY_CUDA_CHECK_LAUNCH("attn_forward_kernel");
+    if (dst.data() != out.data()) out.assign(dst);
   });
 }
 
 template <class T>
 void causal_attention_backward(cuda, const Tensor<T, cuda>& q_in, const Tensor<T, cuda>& k_in,
-                               const Tensor<T, cuda>& v_in, const Tensor<T, cuda>& out,
+                               const Tensor<T, cuda>& v_in, const Tensor<T, cuda>& out_in,
                                const Tensor<T, cuda>& lse, const Tensor<T, cuda>& dout_in, T scale,
                                Tensor<T, cuda>& dq, Tensor<T, cuda>& dk, Tensor<T, cuda>& dv) {
   static_assert(std::is_same_v<T, float>, "causal_attention(cuda): float only");
@@ -436,12 +442,12 @@ void causal_attention_backward(cuda, const Tensor<T, cuda>& q_in, const Tensor<T
   check_attention_sizes("causal_attention_backward", q_in, k_in);
   const int B = int(q_in.size(0)), Hq = int(q_in.size(1)), T_len = int(q_in.size(2)),
             D = int(q_in.size(3)), Hkv = int(k_in.size(1));
-  if (!out.is_contiguous() || !lse.is_contiguous() || !dq.is_contiguous() || !dk.is_contiguous() ||
-      !dv.is_contiguous() || !(dout_in.shape() == q_in.shape()))
-    throw ShapeError(
-        detail::cat("causal_attention_backward(cuda): out, lse, dq, dk, dv must be "
-                    "contiguous and dout ",
-                    dout_in.shape(), " shaped like q ", q_in.shape()));
+  if (!lse.is_contiguous() || !has_unit_inner(dq) || !has_unit_inner(dk) || !has_unit_inner(dv) ||
+      !(dout_in.shape() == q_in.shape()) || !(out_in.shape() == q_in.shape()))
+    throw ShapeError(detail::cat(
+        "causal_attention_backward(cuda): lse must be contiguous, dq, dk, dv need a "
+        "unit-stride head axis, and out ",
+        out_in.shape(), " and dout ", dout_in.shape(), " must be shaped like q ", q_in.shape()));
   if (k_in.numel() == 0) return;
   if (q_in.numel() == 0) {
     dk.fill(0.f);
@@ -449,46 +455,45 @@ void causal_attention_backward(cuda, const Tensor<T, cuda>& q_in, const Tensor<T
     return;
   }
   const auto q = unit_inner(q_in), k = unit_inner(k_in), v = unit_inner(v_in);
-  const auto dout = unit_inner(dout_in);
+  const auto dout = unit_inner(dout_in), out = unit_inner(out_in);
+  if (attention_on_tensor_cores()) {
+    with_head_dim(D, "causal_attention_backward", [&](auto dm) {
+      flash_attention_backward<decltype(dm)::value>(q, k, v, out, lse, dout, scale, dq, dk, dv);
+    });
+    return;
+  }
   auto di = Tensor<float, cuda>::empty(Shape{B, Hq, T_len});
   {
     const int64_t rows = int64_t(B) * Hq * T_len;
     const int blocks = int(std::min<int64_t>((rows + 7) / 8, 1 << 16));
     attn_rowdot_kernel<><<<blocks, 256, 0, cuda::stream()>>>(
-        dout.data(), head_strides(dout), out.data(), di.data(), B, Hq, T_len, D);
+        dout.data(), head_strides(dout), out.data(), head_strides(out), di.data(), B, Hq, T_len, D);
     TERNARY_CUDA_CHECK_LAUNCH("attn_rowdot_kernel");
   }
+  // The fp32 kernels write contiguous gradients.
+  auto contiguous_target = [](Tensor<T, cuda>& t) {
+    return t.is_contiguous() ? t : Tensor<T, cuda>::empty(t.shape());
+  };
+  Tensor<T, cuda> dq_c = contiguous_target(dq), dk_c = contiguous_target(dk),
+                  dv_c = contiguous_target(dv);
   with_head_dim(D, "causal_attention_backward", [&](auto dm) {
     constexpr int DM = decltype(dm)::value;
-    if (attention_on_tensor_cores()) {
-      using C = MmaAttnCfg<DM>;
-      const int64_t tiles = (T_len + C::ROWS - 1) / C::ROWS;
-      attn_mma_backward_dq_kernel<DM><<<unsigned(tiles * Hq * B), C::THREADS, 0, cuda::stream()>>>(
-          q.data(), head_strides(q), k.data(), head_strides(k), v.data(), head_strides(v),
-          dout.data(), head_strides(dout), lse.data(), di.data(), dq.data(), T_len, D, Hq, Hq / Hkv,
-          scale);
-      TERNARY_CUDA_CHECK_LAUNCH("attn_mma_backward_dq_kernel");
-      attn_mma_backward_dkdv_kernel<DM>
-          <<<unsigned(tiles * Hkv * B), C::THREADS, 0, cuda::stream()>>>(
-              q.data(), head_strides(q), k.data(), head_strides(k), v.data(), head_strides(v),
-              dout.data(), head_strides(dout), lse.data(), di.data(), dk.data(), dv.data(), T_len,
-              D, Hq, Hkv, Hq / Hkv, scale);
-      TERNARY_CUDA_CHECK_LAUNCH("attn_mma_backward_dkdv_kernel");
-      return;
-    }
     using C = AttnCfg<DM>;
     const int64_t tiles = (T_len + C::ROWS - 1) / C::ROWS;
     attn_backward_dq_kernel<DM><<<unsigned(tiles * Hq * B), C::THREADS, 0, cuda::stream()>>>(
         q.data(), head_strides(q), k.data(), head_strides(k), v.data(), head_strides(v),
-        dout.data(), head_strides(dout), lse.data(), di.data(), dq.data(), T_len, D, Hq, Hq / Hkv,
+        dout.data(), head_strides(dout), lse.data(), di.data(), dq_c.data(), T_len, D, Hq, Hq / Hkv,
         scale);
     TERNARY_CUDA_CHECK_LAUNCH("attn_backward_dq_kernel");
     attn_backward_dkdv_kernel<DM><<<unsigned(tiles * Hkv * B), C::THREADS, 0, cuda::stream()>>>(
         q.data(), head_strides(q), k.data(), head_strides(k), v.data(), head_strides(v),
-        dout.data(), head_strides(dout), lse.data(), di.data(), dk.data(), dv.data(), T_len, D, Hq,
-        Hkv, Hq / Hkv, scale);
+        dout.data(), head_strides(dout), lse.data(), di.data(), dk_c.data(), dv_c.data(), T_len, D,
+        Hq, Hkv, Hq / Hkv, scale);
     TERNARY_CUDA_CHECK_LAUNCH("attn_backward_dkdv_kernel");
   });
+  if (dq_c.data() != dq.data()) dq.assign(dq_c);
+  if (dk_c.data() != dk.data()) dk.assign(dk_c);
+  if (dv_c.data() != dv.data()) dv.assign(dv_c);
 }
 
 }  // namespace ternary::backend

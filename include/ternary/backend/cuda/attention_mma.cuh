@@ -1,25 +1,37 @@
-// CUDA fused causal GQA attention on tensor cores: the flash-attention algorithm of
-// attention.cuh with every product (q.k, p.v, do.v, ds.k, p^T.do, ds^T.q) done by
-// `mma.sync.m16n8k16` on bf16 operands with fp32 accumulation. Used instead of the fp32 SIMT
-// kernels when reduced-precision matrix math is on (cuda::set_bf16 or cuda::set_tf32); the
-// tensors stay fp32 in memory and are rounded to bf16 as tiles are loaded. Softmax
-// statistics, accumulators and outputs are fp32.
+// CUDA fused causal GQA attention on tensor cores, FlashAttention-2 style: the algorithm of
+// attention.cuh (online softmax forward; dq and dk/dv backward kernels that recompute the
+// scores from the saved row logsumexp) with every product on `mma.sync.m16n8k16` (bf16
+// operands, fp32 accumulation, softmax and outputs in fp32). Runs instead of the fp32 SIMT
+// kernels when reduced-precision matrix math is on (cuda::set_bf16 or cuda::set_tf32).
+//
+// Data flow. The fp32 operands (any layout with a unit-stride head axis: the GPT's q, k, v are
+// views of [B, T, H, Dh] memory) are first packed by one pass each into contiguous bf16
+// [B, H, T, DM] (DM = the head size rounded up to 16, 32, 64 or 128; padding columns are
+// zero). Packing dout also computes the backward's Di = rowsum(dout * out). Then the kernels
+// stream bf16 tiles straight from global memory into shared memory with `cp.async` (16 bytes
+// per copy, two buffers: the next tile lands while the current one is used), and read mma
+// fragments out of shared memory with `ldmatrix` (`.trans` where the tile is the k index of the
+// product: p.v, ds.k, p^T.do, ds^T.q). Outputs are written in fp32 through their own strides,
+// so out, dq, dk and dv may also be views of [B, T, H, Dh] memory.
 //
 // Layout: a block owns 64 rows (query rows: forward, dq; key rows: dk/dv), 4 warps of 16
-// rows. A warp keeps its 16 rows of the fixed operands as mma A fragments in registers and
-// streams INNER-row tiles of the other operands through shared memory (bf16, rows padded by
-// 16 bytes so fragment loads hit 32 distinct banks). Scores live in mma accumulators; the
-// accumulator layout of two adjacent 16x8 tiles is the A-fragment layout of one 16x16 tile, so
-// p (or ds) feeds the next product without leaving registers (the FlashAttention-2 trick).
+// rows. Each warp keeps its 16 rows of the fixed operands (q; q and do; k and v) as mma A
+// fragments in registers and streams INNER-row tiles of the others. Shared rows are padded by
+// 16 bytes, so the 8 row addresses of an ldmatrix hit distinct banks. Scores live in mma
+// accumulators; two adjacent 16x8 accumulator tiles are one 16x16 A fragment, so p (or ds)
+// feeds the next product without leaving registers.
 //
 // mma.m16n8k16 fragments (PTX ISA; g = lane / 4, t = lane % 4; pairs are bf16x2, low half first):
 //   A 16x16: a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
 //   B 16x8:  b0 = (k 2t..2t+1, n g), b1 = (k 2t+8..2t+9, n g)
 //   C 16x8:  c0,c1 = (g, 2t..2t+1), c2,c3 = (g+8, 2t..2t+1)
+// ldmatrix.x4 loads four 8x8 bf16 matrices; lanes 8i..8i+7 give the row addresses of matrix i,
+// and lane l receives row l/4, columns 2(l%4)..+1 of each (with .trans: column l/4, rows
+// 2(l%4)..+1), which is exactly the fragment layouts above.
 //
 // Causal masking: a tile is masked only where it crosses the diagonal; tiles wholly above it
-// are skipped per warp. Rows at or past T are zero in shared memory and masked out of every
-// sum over them; nothing past T is written.
+// are skipped per warp. Rows at or past T are zero-filled by cp.async and masked out of every
+// sum over them; nothing past T (or past the head size D) is written.
 #pragma once
 
 #ifndef __CUDACC__
@@ -35,8 +47,10 @@
 
 namespace ternary::backend::cuda_detail {
 
+using bf16 = __nv_bfloat16;
+
 template <int DM>
-struct MmaAttnCfg {
+struct FlashCfg {
   static constexpr int ROWS = 64;  // rows owned by a block
   static constexpr int WARPS = 4;  // 16 rows each
   static constexpr int THREADS = WARPS * 32;
@@ -45,11 +59,16 @@ struct MmaAttnCfg {
   static constexpr int KS = DM / 16;                 // 16-wide k steps over the head
   static constexpr int NT = INNER / 8;               // 8-wide score tiles per streamed tile
   static constexpr int DT = DM / 8;                  // 8-wide output tiles over the head
+  static constexpr int CHUNKS = DM / 8;              // 16-byte chunks per bf16 row
+  static constexpr int FIXED = ROWS * SS;            // a block's own rows in shared memory
+  static constexpr int TILE = INNER * SS;            // one streamed tile
+  static_assert(NT % 2 == 0 && DT % 2 == 0, "ldmatrix.x4 covers two 8-wide tiles");
 };
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
+// ---- PTX wrappers ---------------------------------------------------------------------------
 __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                                uint32_t b1) {
   asm volatile(
@@ -58,115 +77,37 @@ __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const bf16* p) {
+  const unsigned a = unsigned(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* p) {
+  const unsigned a = unsigned(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+// 16 bytes global -> shared, asynchronously; zero-filled when !valid (src is then not read).
+__device__ __forceinline__ void cp_async_16(bf16* dst, const bf16* src, bool valid) {
+  const unsigned s = unsigned(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n");
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);
 }
-__device__ __forceinline__ uint32_t pack_bf16(__nv_bfloat16 lo, __nv_bfloat16 hi) {
-  const uint32_t l = *reinterpret_cast<const unsigned short*>(&lo);
-  const uint32_t h = *reinterpret_cast<const unsigned short*>(&hi);
-  return l | (h << 16);
-}
-// Two consecutive bf16 of a shared-memory row (4-byte aligned: even column, even stride).
-__device__ __forceinline__ uint32_t ld_pair(const __nv_bfloat16* p) {
-  return *reinterpret_cast<const uint32_t*>(p);
-}
 
-// Rows [r0, r0 + n) of one head (base points at row 0, rows st apart, unit inner stride) as
-// bf16 into shared memory (row stride SS); rows >= T and columns >= D are zero.
-template <int DM>
-__device__ void mma_load_tile(__nv_bfloat16* s, const float* base, int64_t st, int r0, int n, int T,
-                              int D) {
-  using C = MmaAttnCfg<DM>;
-  for (int idx = threadIdx.x; idx < n * DM; idx += C::THREADS) {
-    const int r = idx / DM, d = idx % DM;
-    const float v = (r0 + r < T && d < D) ? base[int64_t(r0 + r) * st + d] : 0.f;
-    s[r * C::SS + d] = __float2bfloat16_rn(v);
-  }
-}
-
-// The A fragments of 16 rows (r, r + 8 for this lane) of one head, read from global memory.
-template <int DM>
-__device__ void load_a_fragments(uint32_t (&f)[MmaAttnCfg<DM>::KS][4], const float* base,
-                                 int64_t st, int r, int T, int D) {
-  const int t = threadIdx.x % 4;
-  const float* row0 = base + int64_t(r) * st;
-  const float* row1 = base + int64_t(r + 8) * st;
-  auto at = [&](const float* row, int rr, int d) { return rr < T && d < D ? row[d] : 0.f; };
-#pragma unroll
-  for (int kk = 0; kk < MmaAttnCfg<DM>::KS; ++kk) {
-    const int d0 = kk * 16 + 2 * t, d1 = d0 + 8;
-    f[kk][0] = pack_bf16(at(row0, r, d0), at(row0, r, d0 + 1));
-    f[kk][1] = pack_bf16(at(row1, r + 8, d0), at(row1, r + 8, d0 + 1));
-    f[kk][2] = pack_bf16(at(row0, r, d1), at(row0, r, d1 + 1));
-    f[kk][3] = pack_bf16(at(row1, r + 8, d1), at(row1, r + 8, d1 + 1));
-  }
-}
-
-// acc[nt] (16 x 8 per nt) = A (16 x DM, fragments) . S^T where S is a shared tile of INNER
-// rows x DM: the rows of S are the n index (scores of q against keys, dp of do against v).
-template <int DM>
-__device__ void mma_rows_dot_tile(float (&acc)[MmaAttnCfg<DM>::NT][4],
-                                  const uint32_t (&a)[MmaAttnCfg<DM>::KS][4],
-                                  const __nv_bfloat16* s) {
-  using C = MmaAttnCfg<DM>;
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-#pragma unroll
-  for (int nt = 0; nt < C::NT; ++nt) {
-    acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
-    const __nv_bfloat16* row = s + (nt * 8 + g) * C::SS + 2 * t;
-#pragma unroll
-    for (int kk = 0; kk < C::KS; ++kk)
-      mma_bf16_16816(acc[nt], a[kk], ld_pair(row + kk * 16), ld_pair(row + kk * 16 + 8));
-  }
-}
-
-// out[dt] (16 x 8 per dt) += P (16 x INNER, in accumulator layout, rounded to bf16) . S where
-// S is a shared tile of INNER rows x DM: the rows of S are the k index (p.v, ds.k, p^T.do).
-template <int DM>
-__device__ void mma_acc_times_tile(float (&out)[MmaAttnCfg<DM>::DT][4],
-                                   const float (&p)[MmaAttnCfg<DM>::NT][4],
-                                   const __nv_bfloat16* s) {
-  using C = MmaAttnCfg<DM>;
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-#pragma unroll
-  for (int kk = 0; kk < C::INNER / 16; ++kk) {
-    const uint32_t a[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]),
-                           pack_bf16(p[2 * kk][2], p[2 * kk][3]),
-                           pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]),
-                           pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3])};
-    const __nv_bfloat16* r0 = s + (kk * 16 + 2 * t) * C::SS + g;  // k rows 2t, 2t+1, 2t+8, 2t+9
-#pragma unroll
-    for (int dt = 0; dt < C::DT; ++dt) {
-      const __nv_bfloat16* c = r0 + dt * 8;
-      mma_bf16_16816(out[dt], a, pack_bf16(c[0], c[C::SS]), pack_bf16(c[8 * C::SS], c[9 * C::SS]));
-    }
-  }
-}
-
-// Writes this lane's part of a warp's 16 x DM accumulator tiles as rows r0 and r1 = r0 + 8
-// of a contiguous [rows, D] head (base: the head's first row), times mul0 / mul1 per row;
-// rows >= T and columns >= D are left alone.
-template <int DM>
-__device__ void store_rows(float* __restrict__ dst, int64_t base, int r0, int T, int D,
-                           const float (&acc)[MmaAttnCfg<DM>::DT][4], float mul0, float mul1) {
-  const int t = threadIdx.x % 4, r1 = r0 + 8;
-#pragma unroll
-  for (int dt = 0; dt < MmaAttnCfg<DM>::DT; ++dt) {
-    const int d = dt * 8 + 2 * t;
-    if (r0 < T) {
-      if (d < D) dst[(base + r0) * D + d] = acc[dt][0] * mul0;
-      if (d + 1 < D) dst[(base + r0) * D + d + 1] = acc[dt][1] * mul0;
-    }
-    if (r1 < T) {
-      if (d < D) dst[(base + r1) * D + d] = acc[dt][2] * mul1;
-      if (d + 1 < D) dst[(base + r1) * D + d + 1] = acc[dt][3] * mul1;
-    }
-  }
-}
-
-// Sum over the four lanes (t = 0..3) that hold one accumulator row.
+// Sum / max over the four lanes (t = 0..3) that hold one accumulator row.
 __device__ __forceinline__ float quad_sum(float v) {
   v += __shfl_xor_sync(0xffffffffu, v, 1);
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
@@ -176,40 +117,195 @@ __device__ __forceinline__ float quad_max(float v) {
   return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
 }
 
-// grid: query tiles * Hq * B; out contiguous [B, Hq, T, D]; lse [B, Hq, T] (natural log) or null.
+// ---- packing --------------------------------------------------------------------------------
+// dst[(b H + h) T + t][0..DM) = bf16(src row (b, h, t)), zero past D; DM / 8 threads per row,
+// 8 columns (16 bytes) each. With `other`, also di[row] = sum_d src[d] * other[d] (fp32):
+// the backward's Di = rowsum(dout * out), taken from the fp32 values.
 template <int DM>
-__global__ void __launch_bounds__(MmaAttnCfg<DM>::THREADS)
-    attn_mma_forward_kernel(const float* __restrict__ q, HeadStrides qs,
-                            const float* __restrict__ k, HeadStrides ks,
-                            const float* __restrict__ v, HeadStrides vs, float* __restrict__ out,
-                            float* __restrict__ lse, int T, int D, int Hq, int group, float scale) {
-  using C = MmaAttnCfg<DM>;
-  __shared__ __align__(16) __nv_bfloat16 Ks[C::INNER * C::SS];
-  __shared__ __align__(16) __nv_bfloat16 Vs[C::INNER * C::SS];
+__global__ void attn_pack_bf16_kernel(const float* __restrict__ src, HeadStrides ss,
+                                      bf16* __restrict__ dst, int H, int T, int D, int64_t rows,
+                                      const float* __restrict__ other, HeadStrides os,
+                                      float* __restrict__ di) {
+  constexpr int LANES = DM / 8;  // divides 32: a row's lanes are consecutive in one warp
+  const int64_t gid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t row = gid / LANES;
+  const int c = int(gid % LANES);
+  float x[8], dot = 0.f;
+  if (row < rows) {
+    const int t = int(row % T);
+    const int64_t bh = row / T;
+    const int h = int(bh % H), b = int(bh / H);
+    const float* s = src + b * ss.b + h * ss.h + t * ss.t + c * 8;
+    const float* o = other ? other + b * os.b + h * os.h + t * os.t + c * 8 : nullptr;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      x[e] = c * 8 + e < D ? s[e] : 0.f;
+      if (o && c * 8 + e < D) dot = fmaf(x[e], o[e], dot);
+    }
+    uint4 packed;
+    packed.x = pack_bf16(x[0], x[1]);
+    packed.y = pack_bf16(x[2], x[3]);
+    packed.z = pack_bf16(x[4], x[5]);
+    packed.w = pack_bf16(x[6], x[7]);
+    *reinterpret_cast<uint4*>(dst + row * DM + c * 8) = packed;
+  }
+  if (di) {  // every lane of the warp takes part in the shuffles
+#pragma unroll
+    for (int off = 1; off < LANES; off <<= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+    if (row < rows && c == 0) di[row] = dot;
+  }
+}
+
+// ---- tiles and fragments --------------------------------------------------------------------
+// Rows [r0, r0 + N) of one packed head (row-major [T, DM]) into shared memory (row stride SS),
+// asynchronously; rows >= T are zero.
+template <int DM, int N>
+__device__ __forceinline__ void flash_load_tile(bf16* s, const bf16* head, int r0, int T) {
+  using C = FlashCfg<DM>;
+#pragma unroll
+  for (int i = threadIdx.x; i < N * C::CHUNKS; i += C::THREADS) {
+    const int r = i / C::CHUNKS, c = i % C::CHUNKS;
+    const bool valid = r0 + r < T;
+    cp_async_16(s + r * C::SS + c * 8, head + int64_t(valid ? r0 + r : 0) * DM + c * 8, valid);
+  }
+}
+
+// The A fragments of the warp's 16 rows [w, w + 16) of a shared tile.
+template <int DM>
+__device__ __forceinline__ void flash_a_fragments(uint32_t (&f)[FlashCfg<DM>::KS][4], const bf16* s,
+                                                  int w) {
+  using C = FlashCfg<DM>;
+  const int lane = threadIdx.x % 32;
+  const bf16* p = s + (w + lane % 16) * C::SS + (lane / 16) * 8;
+#pragma unroll
+  for (int kk = 0; kk < C::KS; ++kk) ldmatrix_x4(f[kk], p + kk * 16);
+}
+
+// acc[nt] (16 x 8 per nt) = A (16 x DM) . S^T, S a shared tile of INNER rows x DM whose rows
+// are the n index (q.k, do.v, k.q, v.do).
+template <int DM>
+__device__ __forceinline__ void flash_rows_dot_tile(float (&acc)[FlashCfg<DM>::NT][4],
+                                                    const uint32_t (&a)[FlashCfg<DM>::KS][4],
+                                                    const bf16* s) {
+  using C = FlashCfg<DM>;
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int nt = 0; nt < C::NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+  // Matrices: (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15).
+  const bf16* p = s + ((lane / 16) * 8 + lane % 8) * C::SS + ((lane / 8) % 2) * 8;
+#pragma unroll
+  for (int np = 0; np < C::NT / 2; ++np)
+#pragma unroll
+    for (int kk = 0; kk < C::KS; ++kk) {
+      uint32_t b[4];
+      ldmatrix_x4(b, p + np * 16 * C::SS + kk * 16);
+      mma_bf16_16816(acc[2 * np], a[kk], b[0], b[1]);
+      mma_bf16_16816(acc[2 * np + 1], a[kk], b[2], b[3]);
+    }
+}
+
+// out[dt] (16 x 8 per dt) += P (16 x INNER, accumulator layout, rounded to bf16) . S, S a
+// shared tile of INNER rows x DM whose rows are the k index (p.v, ds.k, p^T.do, ds^T.q).
+template <int DM>
+__device__ __forceinline__ void flash_acc_times_tile(float (&out)[FlashCfg<DM>::DT][4],
+                                                     const float (&p)[FlashCfg<DM>::NT][4],
+                                                     const bf16* s) {
+  using C = FlashCfg<DM>;
+  const int lane = threadIdx.x % 32;
+  // Matrices (transposed): (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), (k 8-15, n 8-15).
+  const bf16* base = s + (((lane / 8) % 2) * 8 + lane % 8) * C::SS + (lane / 16) * 8;
+#pragma unroll
+  for (int kk = 0; kk < C::INNER / 16; ++kk) {
+    const uint32_t a[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]),
+                           pack_bf16(p[2 * kk][2], p[2 * kk][3]),
+                           pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]),
+                           pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+#pragma unroll
+    for (int dp = 0; dp < C::DT / 2; ++dp) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, base + kk * 16 * C::SS + dp * 16);
+      mma_bf16_16816(out[2 * dp], a, b[0], b[1]);
+      mma_bf16_16816(out[2 * dp + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// Writes this lane's part of a warp's 16 x DM accumulator tiles as rows r0 and r0 + 8 of one
+// head (head: its row 0; rows rs apart, unit inner stride), times mul0 / mul1 per row; rows
+// >= T and columns >= D are left alone.
+template <int DM>
+__device__ __forceinline__ void flash_store_rows(float* __restrict__ head, int64_t rs, int r0,
+                                                 int T, int D,
+                                                 const float (&acc)[FlashCfg<DM>::DT][4],
+                                                 float mul0, float mul1) {
+  const int t = threadIdx.x % 4, r1 = r0 + 8;
+#pragma unroll
+  for (int dt = 0; dt < FlashCfg<DM>::DT; ++dt) {
+    const int d = dt * 8 + 2 * t;
+    if (r0 < T) {
+      if (d < D) head[r0 * rs + d] = acc[dt][0] * mul0;
+      if (d + 1 < D) head[r0 * rs + d + 1] = acc[dt][1] * mul0;
+    }
+    if (r1 < T) {
+      if (d < D) head[r1 * rs + d] = acc[dt][2] * mul1;
+      if (d + 1 < D) head[r1 * rs + d + 1] = acc[dt][3] * mul1;
+    }
+  }
+}
+
+// ---- kernels --------------------------------------------------------------------------------
+// grid: query tiles * Hq * B. q packed [B, Hq, T, DM], k and v packed [B, Hkv, T, DM]; out
+// through its strides; lse [B, Hq, T] contiguous (natural log) or null.
+// Shared memory: Q (64 rows), then K and V tiles, two buffers each.
+template <int DM>
+__global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
+    flash_forward_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                         const bf16* __restrict__ v, float* __restrict__ out, HeadStrides os,
+                         float* __restrict__ lse, int T, int D, int Hq, int group, float scale) {
+  using C = FlashCfg<DM>;
+  extern __shared__ __align__(16) unsigned char flash_smem[];
+  bf16* Qs = reinterpret_cast<bf16*>(flash_smem);
+  bf16* Ks = Qs + C::FIXED;                               // [2][TILE]
+  bf16* Vs = Ks + 2 * C::TILE;                            // [2][TILE]
   const TileIndex ti = tile_index<C::ROWS>(T, Hq, true);  // the longest rows first
-  const int b = ti.b, h = ti.head, hk = h / group;
+  const int b = ti.b, h = ti.head, hk = h / group, Hkv = Hq / group;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int w0 = ti.tile * C::ROWS + warp * 16;  // the warp's first query row
-  const int r0 = w0 + g, r1 = r0 + 8;            // this lane's rows
+  const int row0 = ti.tile * C::ROWS, w0 = row0 + warp * 16;  // block's / warp's first row
+  const int r0 = w0 + g, r1 = r0 + 8;                         // this lane's rows
+  const bf16* qh = q + (int64_t(b) * Hq + h) * T * DM;
+  const bf16* kh = k + (int64_t(b) * Hkv + hk) * T * DM;
+  const bf16* vh = v + (int64_t(b) * Hkv + hk) * T * DM;
+  const int block_last = min(T, row0 + C::ROWS) - 1;
+  const int tiles = block_last / C::INNER + 1;
+
+  flash_load_tile<DM, C::ROWS>(Qs, qh, row0, T);
+  flash_load_tile<DM, C::INNER>(Ks, kh, 0, T);
+  flash_load_tile<DM, C::INNER>(Vs, vh, 0, T);
+  cp_async_commit();
+
   uint32_t qf[C::KS][4];
-  load_a_fragments<DM>(qf, q + b * qs.b + h * qs.h, qs.t, r0, T, D);
   float o[C::DT][4];
 #pragma unroll
   for (int dt = 0; dt < C::DT; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
-  // Running max (log2 domain, scores times scale * log2 e) and this lane's part of the sum.
+  // Running max (log2 domain: scores times scale * log2 e) and this lane's part of the sum.
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
   const float sl2 = scale * kLog2e;
-  const int block_last = min(T, (ti.tile + 1) * C::ROWS) - 1;
-  const float* kb = k + b * ks.b + hk * ks.h;
-  const float* vb = v + b * vs.b + hk * vs.h;
-  for (int j0 = 0; j0 <= block_last; j0 += C::INNER) {
-    __syncthreads();
-    mma_load_tile<DM>(Ks, kb, ks.t, j0, C::INNER, T, D);
-    mma_load_tile<DM>(Vs, vb, vs.t, j0, C::INNER, T, D);
-    __syncthreads();
+  for (int j = 0; j < tiles; ++j) {
+    cp_async_wait_all();
+    __syncthreads();  // tile j is in; every warp is done with tile j - 1's buffer
+    if (j == 0) flash_a_fragments<DM>(qf, Qs, warp * 16);
+    if (j + 1 < tiles) {
+      const int nb = (j + 1) % 2;
+      flash_load_tile<DM, C::INNER>(Ks + nb * C::TILE, kh, (j + 1) * C::INNER, T);
+      flash_load_tile<DM, C::INNER>(Vs + nb * C::TILE, vh, (j + 1) * C::INNER, T);
+    }
+    cp_async_commit();
+    const int j0 = j * C::INNER;
     if (j0 > w0 + 15) continue;  // every key of the tile is after the warp's rows
+    const bf16* Kt = Ks + (j % 2) * C::TILE;
+    const bf16* Vt = Vs + (j % 2) * C::TILE;
     float s[C::NT][4];
-    mma_rows_dot_tile<DM>(s, qf, Ks);
+    flash_rows_dot_tile<DM>(s, qf, Kt);
     const bool diagonal = j0 + C::INNER - 1 > w0;
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
@@ -249,60 +345,80 @@ __global__ void __launch_bounds__(MmaAttnCfg<DM>::THREADS)
       o[dt][2] *= a1;
       o[dt][3] *= a1;
     }
-    mma_acc_times_tile<DM>(o, s, Vs);
+    flash_acc_times_tile<DM>(o, s, Vt);
   }
   l0 = quad_sum(l0);
   l1 = quad_sum(l1);
-  const int64_t base = (int64_t(b) * Hq + h) * T;
-  store_rows<DM>(out, base, r0, T, D, o, 1.f / l0, 1.f / l1);
+  flash_store_rows<DM>(out + b * os.b + h * os.h, os.t, r0, T, D, o, 1.f / l0, 1.f / l1);
   if (lse && t == 0) {
+    const int64_t base = (int64_t(b) * Hq + h) * T;
     if (r0 < T) lse[base + r0] = (m0 + log2f(l0)) * kLn2;
     if (r1 < T) lse[base + r1] = (m1 + log2f(l1)) * kLn2;
   }
 }
 
-// grid: query tiles * Hq * B; dq contiguous [B, Hq, T, D]. di = rowsum(dout * out).
+// grid: query tiles * Hq * B; dq through its strides. di = rowsum(dout * out) [B, Hq, T].
 //   p = exp(scale q.k - lse), dp = do.v, ds = p (dp - di), dq = scale sum_j ds k_j
+// Shared memory: Q and dO (64 rows each, read once into fragments), then K and V tiles, two
+// buffers each.
 template <int DM>
-__global__ void __launch_bounds__(MmaAttnCfg<DM>::THREADS)
-    attn_mma_backward_dq_kernel(const float* __restrict__ q, HeadStrides qs,
-                                const float* __restrict__ k, HeadStrides ks,
-                                const float* __restrict__ v, HeadStrides vs,
-                                const float* __restrict__ dout, HeadStrides dos,
-                                const float* __restrict__ lse, const float* __restrict__ di,
-                                float* __restrict__ dq, int T, int D, int Hq, int group,
-                                float scale) {
-  using C = MmaAttnCfg<DM>;
-  __shared__ __align__(16) __nv_bfloat16 Ks[C::INNER * C::SS];
-  __shared__ __align__(16) __nv_bfloat16 Vs[C::INNER * C::SS];
+__global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
+    flash_backward_dq_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                             const bf16* __restrict__ v, const bf16* __restrict__ dout,
+                             const float* __restrict__ lse, const float* __restrict__ di,
+                             float* __restrict__ dq, HeadStrides dqs, int T, int D, int Hq,
+                             int group, float scale) {
+  using C = FlashCfg<DM>;
+  extern __shared__ __align__(16) unsigned char flash_smem[];
+  bf16* Qs = reinterpret_cast<bf16*>(flash_smem);
+  bf16* Ds = Qs + C::FIXED;
+  bf16* Ks = Ds + C::FIXED;     // [2][TILE]
+  bf16* Vs = Ks + 2 * C::TILE;  // [2][TILE]
   const TileIndex ti = tile_index<C::ROWS>(T, Hq, true);
-  const int b = ti.b, h = ti.head, hk = h / group;
+  const int b = ti.b, h = ti.head, hk = h / group, Hkv = Hq / group;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int w0 = ti.tile * C::ROWS + warp * 16;
+  const int row0 = ti.tile * C::ROWS, w0 = row0 + warp * 16;
   const int r0 = w0 + g, r1 = r0 + 8;
-  uint32_t qf[C::KS][4], df[C::KS][4];
-  load_a_fragments<DM>(qf, q + b * qs.b + h * qs.h, qs.t, r0, T, D);
-  load_a_fragments<DM>(df, dout + b * dos.b + h * dos.h, dos.t, r0, T, D);
-  const int64_t base = (int64_t(b) * Hq + h) * T;
+  const int64_t qbase = (int64_t(b) * Hq + h) * T;
+  const bf16* kh = k + (int64_t(b) * Hkv + hk) * T * DM;
+  const bf16* vh = v + (int64_t(b) * Hkv + hk) * T * DM;
+  const int block_last = min(T, row0 + C::ROWS) - 1;
+  const int tiles = block_last / C::INNER + 1;
+
+  flash_load_tile<DM, C::ROWS>(Qs, q + qbase * DM, row0, T);
+  flash_load_tile<DM, C::ROWS>(Ds, dout + qbase * DM, row0, T);
+  flash_load_tile<DM, C::INNER>(Ks, kh, 0, T);
+  flash_load_tile<DM, C::INNER>(Vs, vh, 0, T);
+  cp_async_commit();
+
   const float sl2 = scale * kLog2e;
-  const float lse0 = r0 < T ? lse[base + r0] * kLog2e : 0.f;
-  const float lse1 = r1 < T ? lse[base + r1] * kLog2e : 0.f;
-  const float di0 = r0 < T ? di[base + r0] : 0.f, di1 = r1 < T ? di[base + r1] : 0.f;
+  const float lse0 = r0 < T ? lse[qbase + r0] * kLog2e : 0.f;
+  const float lse1 = r1 < T ? lse[qbase + r1] * kLog2e : 0.f;
+  const float di0 = r0 < T ? di[qbase + r0] : 0.f, di1 = r1 < T ? di[qbase + r1] : 0.f;
+  uint32_t qf[C::KS][4], df[C::KS][4];
   float acc[C::DT][4];
 #pragma unroll
   for (int dt = 0; dt < C::DT; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.f;
-  const int block_last = min(T, (ti.tile + 1) * C::ROWS) - 1;
-  const float* kb = k + b * ks.b + hk * ks.h;
-  const float* vb = v + b * vs.b + hk * vs.h;
-  for (int j0 = 0; j0 <= block_last; j0 += C::INNER) {
+  for (int j = 0; j < tiles; ++j) {
+    cp_async_wait_all();
     __syncthreads();
-    mma_load_tile<DM>(Ks, kb, ks.t, j0, C::INNER, T, D);
-    mma_load_tile<DM>(Vs, vb, vs.t, j0, C::INNER, T, D);
-    __syncthreads();
+    if (j == 0) {
+      flash_a_fragments<DM>(qf, Qs, warp * 16);
+      flash_a_fragments<DM>(df, Ds, warp * 16);
+    }
+    if (j + 1 < tiles) {
+      const int nb = (j + 1) % 2;
+      flash_load_tile<DM, C::INNER>(Ks + nb * C::TILE, kh, (j + 1) * C::INNER, T);
+      flash_load_tile<DM, C::INNER>(Vs + nb * C::TILE, vh, (j + 1) * C::INNER, T);
+    }
+    cp_async_commit();
+    const int j0 = j * C::INNER;
     if (j0 > w0 + 15) continue;
+    const bf16* Kt = Ks + (j % 2) * C::TILE;
+    const bf16* Vt = Vs + (j % 2) * C::TILE;
     float s[C::NT][4], dp[C::NT][4];
-    mma_rows_dot_tile<DM>(s, qf, Ks);
-    mma_rows_dot_tile<DM>(dp, df, Vs);
+    flash_rows_dot_tile<DM>(s, qf, Kt);
+    flash_rows_dot_tile<DM>(dp, df, Vt);
     const bool diagonal = j0 + C::INNER - 1 > w0;
 #pragma unroll
     for (int nt = 0; nt < C::NT; ++nt)
@@ -312,76 +428,206 @@ __global__ void __launch_bounds__(MmaAttnCfg<DM>::THREADS)
         const float p = diagonal && key > row ? 0.f : exp2f(s[nt][e] * sl2 - (e < 2 ? lse0 : lse1));
         s[nt][e] = p * (dp[nt][e] - (e < 2 ? di0 : di1));  // ds
       }
-    mma_acc_times_tile<DM>(acc, s, Ks);
+    flash_acc_times_tile<DM>(acc, s, Kt);
   }
-  store_rows<DM>(dq, base, r0, T, D, acc, scale, scale);
+  flash_store_rows<DM>(dq + b * dqs.b + h * dqs.h, dqs.t, r0, T, D, acc, scale, scale);
 }
 
-// grid: key tiles * Hkv * B; dk, dv contiguous [B, Hkv, T, D]. A block's 64 keys of one kv
+// grid: key tiles * Hkv * B; dk and dv through their strides. A block's 64 keys of one kv
 // head, over every query head of its group and every query tile at or after the keys:
 //   p^T = exp(scale k.q - lse), dv = sum_i p^T do_i, dp^T = v.do, ds^T = p^T (dp^T - di),
 //   dk = scale sum_i ds^T q_i
+// Shared memory: K and V (64 rows each, read once into fragments), then Q and dO tiles and
+// their lse / di values, two buffers each.
 template <int DM>
-__global__ void __launch_bounds__(MmaAttnCfg<DM>::THREADS)
-    attn_mma_backward_dkdv_kernel(const float* __restrict__ q, HeadStrides qs,
-                                  const float* __restrict__ k, HeadStrides ks,
-                                  const float* __restrict__ v, HeadStrides vs,
-                                  const float* __restrict__ dout, HeadStrides dos,
-                                  const float* __restrict__ lse, const float* __restrict__ di,
-                                  float* __restrict__ dk, float* __restrict__ dv, int T, int D,
-                                  int Hq, int Hkv, int group, float scale) {
-  using C = MmaAttnCfg<DM>;
-  __shared__ __align__(16) __nv_bfloat16 Qs[C::INNER * C::SS];
-  __shared__ __align__(16) __nv_bfloat16 Ds[C::INNER * C::SS];
-  __shared__ float Ls[C::INNER], Dis[C::INNER];
+__global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
+    flash_backward_dkdv_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                               const bf16* __restrict__ v, const bf16* __restrict__ dout,
+                               const float* __restrict__ lse, const float* __restrict__ di,
+                               float* __restrict__ dk, HeadStrides dks, float* __restrict__ dv,
+                               HeadStrides dvs, int T, int D, int Hq, int Hkv, int group,
+                               float scale) {
+  using C = FlashCfg<DM>;
+  extern __shared__ __align__(16) unsigned char flash_smem[];
+  bf16* Kf = reinterpret_cast<bf16*>(flash_smem);
+  bf16* Vf = Kf + C::FIXED;
+  bf16* Qs = Vf + C::FIXED;                                 // [2][TILE]
+  bf16* Ds = Qs + 2 * C::TILE;                              // [2][TILE]
+  float* Ls = reinterpret_cast<float*>(Ds + 2 * C::TILE);   // [2][INNER], lse * log2 e
+  float* Dis = Ls + 2 * C::INNER;                           // [2][INNER]
   const TileIndex ti = tile_index<C::ROWS>(T, Hkv, false);  // the longest columns first
   const int b = ti.b, hk = ti.head;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int w0 = ti.tile * C::ROWS + warp * 16;  // the warp's first key
-  const int c0 = w0 + g, c1 = c0 + 8;            // this lane's keys
+  const int key0 = ti.tile * C::ROWS, w0 = key0 + warp * 16;  // block's / warp's first key
+  const int c0 = w0 + g, c1 = c0 + 8;                         // this lane's keys
+  const int64_t kbase = (int64_t(b) * Hkv + hk) * T;
+  // The (query head, query tile) pairs this block visits, in order: tile it covers query
+  // rows [key0 + (it % per_head) INNER, + INNER) of head hk * group + it / per_head.
+  const int per_head = (T - key0 + C::INNER - 1) / C::INNER;
+  const int steps = per_head * group;
+  auto load_step = [&](int it, int buf) {
+    const int h = hk * group + it / per_head, i0 = key0 + (it % per_head) * C::INNER;
+    const int64_t qbase = (int64_t(b) * Hq + h) * T;
+    flash_load_tile<DM, C::INNER>(Qs + buf * C::TILE, q + qbase * DM, i0, T);
+    flash_load_tile<DM, C::INNER>(Ds + buf * C::TILE, dout + qbase * DM, i0, T);
+    for (int r = threadIdx.x; r < C::INNER; r += C::THREADS) {
+      Ls[buf * C::INNER + r] = i0 + r < T ? lse[qbase + i0 + r] * kLog2e : 0.f;
+      Dis[buf * C::INNER + r] = i0 + r < T ? di[qbase + i0 + r] : 0.f;
+    }
+  };
+
+  flash_load_tile<DM, C::ROWS>(Kf, k + kbase * DM, key0, T);
+  flash_load_tile<DM, C::ROWS>(Vf, v + kbase * DM, key0, T);
+  load_step(0, 0);
+  cp_async_commit();
+
   uint32_t kf[C::KS][4], vf[C::KS][4];
-  load_a_fragments<DM>(kf, k + b * ks.b + hk * ks.h, ks.t, c0, T, D);
-  load_a_fragments<DM>(vf, v + b * vs.b + hk * vs.h, vs.t, c0, T, D);
   float dka[C::DT][4], dva[C::DT][4];
 #pragma unroll
   for (int dt = 0; dt < C::DT; ++dt)
 #pragma unroll
     for (int e = 0; e < 4; ++e) dka[dt][e] = dva[dt][e] = 0.f;
   const float sl2 = scale * kLog2e;
-  for (int h = hk * group; h < (hk + 1) * group; ++h) {
-    const float* qb = q + b * qs.b + h * qs.h;
-    const float* db = dout + b * dos.b + h * dos.h;
-    const int64_t rb = (int64_t(b) * Hq + h) * T;
-    for (int i0 = ti.tile * C::ROWS; i0 < T; i0 += C::INNER) {
-      __syncthreads();
-      mma_load_tile<DM>(Qs, qb, qs.t, i0, C::INNER, T, D);
-      mma_load_tile<DM>(Ds, db, dos.t, i0, C::INNER, T, D);
-      for (int r = threadIdx.x; r < C::INNER; r += C::THREADS) {
-        Ls[r] = i0 + r < T ? lse[rb + i0 + r] * kLog2e : 0.f;
-        Dis[r] = i0 + r < T ? di[rb + i0 + r] : 0.f;
-      }
-      __syncthreads();
-      if (i0 + C::INNER - 1 < w0) continue;  // every query of the tile is before the warp's keys
-      float s[C::NT][4], dp[C::NT][4];
-      mma_rows_dot_tile<DM>(s, kf, Qs);  // s^T: rows are keys, columns queries
-      mma_rows_dot_tile<DM>(dp, vf, Ds);
-#pragma unroll
-      for (int nt = 0; nt < C::NT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int qi = nt * 8 + 2 * t + (e & 1), key = e < 2 ? c0 : c1;
-          const bool live = i0 + qi >= key && i0 + qi < T;
-          const float p = live ? exp2f(s[nt][e] * sl2 - Ls[qi]) : 0.f;
-          s[nt][e] = p;
-          dp[nt][e] = p * (dp[nt][e] - Dis[qi]);  // ds^T
-        }
-      mma_acc_times_tile<DM>(dva, s, Ds);
-      mma_acc_times_tile<DM>(dka, dp, Qs);
+  for (int it = 0; it < steps; ++it) {
+    cp_async_wait_all();
+    __syncthreads();
+    if (it == 0) {
+      flash_a_fragments<DM>(kf, Kf, warp * 16);
+      flash_a_fragments<DM>(vf, Vf, warp * 16);
     }
+    if (it + 1 < steps) load_step(it + 1, (it + 1) % 2);
+    cp_async_commit();
+    const int i0 = key0 + (it % per_head) * C::INNER;
+    if (i0 + C::INNER - 1 < w0) continue;  // every query of the tile is before the warp's keys
+    const int buf = it % 2;
+    const bf16* Qt = Qs + buf * C::TILE;
+    const bf16* Dt = Ds + buf * C::TILE;
+    const float* Lt = Ls + buf * C::INNER;
+    const float* Dit = Dis + buf * C::INNER;
+    float s[C::NT][4], dp[C::NT][4];
+    flash_rows_dot_tile<DM>(s, kf, Qt);  // s^T: rows are keys, columns queries
+    flash_rows_dot_tile<DM>(dp, vf, Dt);
+#pragma unroll
+    for (int nt = 0; nt < C::NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int qi = nt * 8 + 2 * t + (e & 1), key = e < 2 ? c0 : c1;
+        const bool live = i0 + qi >= key && i0 + qi < T;
+        const float p = live ? exp2f(s[nt][e] * sl2 - Lt[qi]) : 0.f;
+        s[nt][e] = p;
+        dp[nt][e] = p * (dp[nt][e] - Dit[qi]);  // ds^T
+      }
+    flash_acc_times_tile<DM>(dva, s, Dt);
+    flash_acc_times_tile<DM>(dka, dp, Qt);
   }
-  const int64_t base = (int64_t(b) * Hkv + hk) * T;
-  store_rows<DM>(dk, base, c0, T, D, dka, scale, scale);
-  store_rows<DM>(dv, base, c0, T, D, dva, 1.f, 1.f);
+  flash_store_rows<DM>(dk + b * dks.b + hk * dks.h, dks.t, c0, T, D, dka, scale, scale);
+  flash_store_rows<DM>(dv + b * dvs.b + hk * dvs.h, dvs.t, c0, T, D, dva, 1.f, 1.f);
+}
+
+// ---- host side ------------------------------------------------------------------------------
+template <int DM>
+struct FlashSmem {
+  using C = FlashCfg<DM>;
+  static constexpr size_t forward = (C::FIXED + 4 * C::TILE) * sizeof(bf16);
+  static constexpr size_t dq = (2 * C::FIXED + 4 * C::TILE) * sizeof(bf16);
+  static constexpr size_t dkdv =
+      (2 * C::FIXED + 4 * C::TILE) * sizeof(bf16) + 4 * C::INNER * sizeof(float);
+};
+
+// Above 48 KB a kernel must opt in to its dynamic shared memory, once per kernel.
+template <class Kernel>
+void allow_dynamic_smem(Kernel kernel, size_t bytes) {
+  if (bytes > 48 * 1024)
+    TERNARY_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
+// x [B, H, T, D] (unit-stride head axis) as bf16 [B, H, T, DM]; with `other` (same shape),
+// also di = rowsum(x * other) [B, H, T].
+template <int DM>
+void flash_pack(const Tensor<float, cuda>& x, bf16* dst, const Tensor<float, cuda>* other = nullptr,
+                float* di = nullptr) {
+  const int64_t rows = x.size(0) * x.size(1) * x.size(2);
+  const int64_t threads = rows * (DM / 8);
+  const unsigned blocks = unsigned((threads + 255) / 256);
+  const HeadStrides xs{x.strides()[0], x.strides()[1], x.strides()[2]};
+  const HeadStrides os =
+      other ? HeadStrides{other->strides()[0], other->strides()[1], other->strides()[2]}
+            : HeadStrides{0, 0, 0};
+  attn_pack_bf16_kernel<DM><<<blocks, 256, 0, cuda::stream()>>>(
+      x.data(), xs, dst, int(x.size(1)), int(x.size(2)), int(x.size(3)), rows,
+      other ? other->data() : nullptr, os, di);
+  TERNARY_CUDA_CHECK_LAUNCH("attn_pack_bf16_kernel");
+}
+
+inline HeadStrides flash_strides(const Tensor<float, cuda>& x) {
+  return {x.strides()[0], x.strides()[1], x.strides()[2]};
+}
+
+// out (and lse) from q, k, v; all [B, H, T, D] with a unit-stride head axis (any other layout).
+template <int DM>
+void flash_attention_forward(const Tensor<float, cuda>& q, const Tensor<float, cuda>& k,
+                             const Tensor<float, cuda>& v, float scale, Tensor<float, cuda>& out,
+                             Tensor<float, cuda>* lse) {
+  using C = FlashCfg<DM>;
+  const int B = int(q.size(0)), Hq = int(q.size(1)), T = int(q.size(2)), D = int(q.size(3)),
+            Hkv = int(k.size(1));
+  Scratch qp(size_t(q.size(0) * Hq * T) * DM * sizeof(bf16));
+  Scratch kp(size_t(k.size(0) * Hkv * T) * DM * sizeof(bf16));
+  Scratch vp(size_t(k.size(0) * Hkv * T) * DM * sizeof(bf16));
+  flash_pack<DM>(q, static_cast<bf16*>(qp.p));
+  flash_pack<DM>(k, static_cast<bf16*>(kp.p));
+  flash_pack<DM>(v, static_cast<bf16*>(vp.p));
+  static const bool smem_ok =
+      (allow_dynamic_smem(flash_forward_kernel<DM>, FlashSmem<DM>::forward), true);
+  (void)smem_ok;
+  const int64_t tiles = (T + C::ROWS - 1) / C::ROWS;
+  flash_forward_kernel<DM>
+      <<<unsigned(tiles * Hq * B), C::THREADS, FlashSmem<DM>::forward, cuda::stream()>>>(
+          static_cast<const bf16*>(qp.p), static_cast<const bf16*>(kp.p),
+          static_cast<const bf16*>(vp.p), out.data(), flash_strides(out),
+          lse ? lse->data() : nullptr, T, D, Hq, Hq / Hkv, scale);
+  TERNARY_CUDA_CHECK_LAUNCH("flash_forward_kernel");
+}
+
+// dq, dk, dv from q, k, v, out, lse and dout (unit-stride head axes, any other layout).
+template <int DM>
+void flash_attention_backward(const Tensor<float, cuda>& q, const Tensor<float, cuda>& k,
+                              const Tensor<float, cuda>& v, const Tensor<float, cuda>& out,
+                              const Tensor<float, cuda>& lse, const Tensor<float, cuda>& dout,
+                              float scale, Tensor<float, cuda>& dq, Tensor<float, cuda>& dk,
+                              Tensor<float, cuda>& dv) {
+  using C = FlashCfg<DM>;
+  const int B = int(q.size(0)), Hq = int(q.size(1)), T = int(q.size(2)), D = int(q.size(3)),
+            Hkv = int(k.size(1));
+  const size_t q_bytes = size_t(B) * Hq * T * DM * sizeof(bf16);
+  const size_t kv_bytes = size_t(B) * Hkv * T * DM * sizeof(bf16);
+  Scratch qp(q_bytes), kp(kv_bytes), vp(kv_bytes), dop(q_bytes);
+  Scratch di(size_t(B) * Hq * T * sizeof(float));
+  flash_pack<DM>(q, static_cast<bf16*>(qp.p));
+  flash_pack<DM>(k, static_cast<bf16*>(kp.p));
+  flash_pack<DM>(v, static_cast<bf16*>(vp.p));
+  flash_pack<DM>(dout, static_cast<bf16*>(dop.p), &out, static_cast<float*>(di.p));
+  static const bool smem_ok =
+      (allow_dynamic_smem(flash_backward_dq_kernel<DM>, FlashSmem<DM>::dq),
+       allow_dynamic_smem(flash_backward_dkdv_kernel<DM>, FlashSmem<DM>::dkdv), true);
+  (void)smem_ok;
+  const int64_t tiles = (T + C::ROWS - 1) / C::ROWS;
+  const auto* qb = static_cast<const bf16*>(qp.p);
+  const auto* kb = static_cast<const bf16*>(kp.p);
+  const auto* vb = static_cast<const bf16*>(vp.p);
+  const auto* dob = static_cast<const bf16*>(dop.p);
+  const auto* dib = static_cast<const float*>(di.p);
+  flash_backward_dq_kernel<DM>
+      <<<unsigned(tiles * Hq * B), C::THREADS, FlashSmem<DM>::dq, cuda::stream()>>>(
+          qb, kb, vb, dob, lse.data(), dib, dq.data(), flash_strides(dq), T, D, Hq, Hq / Hkv,
+          scale);
+  TERNARY_CUDA_CHECK_LAUNCH("flash_backward_dq_kernel");
+  flash_backward_dkdv_kernel<DM>
+      <<<unsigned(tiles * Hkv * B), C::THREADS, FlashSmem<DM>::dkdv, cuda::stream()>>>(
+          qb, kb, vb, dob, lse.data(), dib, dk.data(), flash_strides(dk), dv.data(),
+          flash_strides(dv), T, D, Hq, Hkv, Hq / Hkv, scale);
+  TERNARY_CUDA_CHECK_LAUNCH("flash_backward_dkdv_kernel");
 }
 
 }  // namespace ternary::backend::cuda_detail

@@ -240,6 +240,18 @@ struct cuda {
   }
 };
 
+namespace cuda_detail {
+// Device scratch from the pool, returned on scope exit (stream-ordered reuse: a later kernel on
+// the one stream may take the memory only after every earlier one has run).
+struct Scratch {
+  void* p = nullptr;
+  explicit Scratch(size_t bytes) : p(cuda::allocate(bytes)) {}
+  ~Scratch() { cuda::deallocate(p); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
+}  // namespace cuda_detail
+
 // ---- every CUDA kernel entry point, declared before core/tensor.hpp and the ops ----------
 // (definitions: backend/cuda/<family>.cuh; signatures must match them exactly)
 template <class T, class E>

@@ -79,15 +79,6 @@ __global__ void to_bf16_kernel(const float* src, int64_t rs, int64_t cs, __nv_bf
   }
 }
 
-// Device scratch from the pool, returned on scope exit (stream-ordered reuse).
-struct Scratch {
-  void* p = nullptr;
-  explicit Scratch(size_t bytes) : p(cuda::allocate(bytes)) {}
-  ~Scratch() { cuda::deallocate(p); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-};
-
 // C (row-major, ldc) = alpha A B + beta C with A, B rounded to bf16.
 inline void gemm_bf16(const MatView<const float>& a, const MatView<const float>& b, float* c,
                       int64_t ldc, float alpha, float beta) {
