@@ -10,6 +10,10 @@
 //   dq = scale dS k     dk = scale dS^T q   (dk, dv summed over the query heads of a group)
 //
 // Memory beyond inputs and output: the logsumexp, O(B Hq T). Kernel: backend/cpu/attention.hpp.
+// Layouts: on the GPU the output is token-major memory [B, T, Hq, Dh] seen as [B, Hq, T, Dh],
+// so merging the heads back (permute to [B, T, Hq, Dh], reshape to [B, T, Hq Dh]) is free;
+// the gradients of q, k, v are written in those inputs' own layout when it is such a view.
+// The CPU kernels write contiguous [B, H, T, Dh] tensors.
 // causal_attention_reference is the same function built from plain differentiable ops
 // (materialising the T x T scores); tests check the fused op against it.
 // Tests: tests/test_attention.cpp.
@@ -45,6 +49,25 @@ inline double check_attention(const char* op, const Shape& q, const Shape& k, co
   if (!std::isfinite(s)) throw Error(cat(op, ": scale must be finite, got ", s));
   return s;
 }
+
+// The output tensor of the op: on the GPU a [B, H, T, Dh] view of token-major memory.
+template <class T, class B>
+Tensor<T, B> attention_output(const Shape& s) {
+  if constexpr (B::on_host)
+    return Tensor<T, B>::empty(s);
+  else
+    return Tensor<T, B>::empty(Shape{s[0], s[2], s[1], s[3]}).permute({0, 2, 1, 3});
+}
+// A gradient for x: on the GPU in x's layout when x is a [B, H, T, Dh] view of token-major
+// memory (the GPT's heads), so the gradient flows back through the head split without a copy.
+template <class T, class B>
+Tensor<T, B> attention_grad_like(const Tensor<T, B>& x) {
+  if constexpr (!B::on_host) {
+    const auto tm = x.permute({0, 2, 1, 3});
+    if (tm.is_contiguous()) return attention_output<T, B>(x.shape());
+  }
+  return Tensor<T, B>::empty(x.shape());
+}
 }  // namespace detail
 
 // ---- tensor level (no gradient) -------------------------------------------------------------
@@ -53,7 +76,7 @@ Tensor<T, B> causal_attention(const Tensor<T, B>& q, const Tensor<T, B>& k, cons
                               std::optional<double> scale = std::nullopt) {
   const double s =
       detail::check_attention("causal_attention", q.shape(), k.shape(), v.shape(), scale);
-  auto out = Tensor<T, B>::empty(q.shape());
+  auto out = detail::attention_output<T, B>(q.shape());
   backend::causal_attention_forward(B{}, q, k, v, T(s), out, static_cast<Tensor<T, B>*>(nullptr));
   return out;
 }
@@ -64,7 +87,7 @@ Var<T, B> causal_attention(const Var<T, B>& q, const Var<T, B>& k, const Var<T, 
                            std::optional<double> scale = std::nullopt) {
   const T s =
       T(detail::check_attention("causal_attention", q.shape(), k.shape(), v.shape(), scale));
-  auto out = Tensor<T, B>::empty(q.shape());
+  auto out = detail::attention_output<T, B>(q.shape());
   const bool needs =
       grad_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
   Tensor<T, B> lse;
@@ -73,9 +96,9 @@ Var<T, B> causal_attention(const Var<T, B>& q, const Var<T, B>& k, const Var<T, 
                                     needs ? &lse : nullptr);
   return Var<T, B>::record("causal_attention", out, {q, k, v},
                            [q, k, v, out, lse, s](const Tensor<T, B>& g) {
-                             auto dq = Tensor<T, B>::empty(q.shape());
-                             auto dk = Tensor<T, B>::empty(k.shape());
-                             auto dv = Tensor<T, B>::empty(v.shape());
+                             auto dq = detail::attention_grad_like(q.value());
+                             auto dk = detail::attention_grad_like(k.value());
+                             auto dv = detail::attention_grad_like(v.value());
                              backend::causal_attention_backward(
                                  B{}, q.value(), k.value(), v.value(), out, lse, g, s, dq, dk, dv);
                              if (q.requires_grad()) q.accumulate_grad(dq);

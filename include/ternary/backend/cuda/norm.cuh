@@ -5,6 +5,8 @@
 //             dgain = sum over rows of g * x * rstd: blocks of 32 columns x 8 row lanes sum a
 //             chunk of rows each into a partial row, and the partial rows are summed by
 //             reduce_sum (deterministic: no atomics).
+//   Rows of 128, 256, 512 or 1024 floats (the GPT's) take register-resident variants of both:
+//   each row is read from memory once, as float4.
 #pragma once
 
 #ifndef __CUDACC__
@@ -12,6 +14,8 @@
 #endif
 
 #include <cstdint>
+#include <initializer_list>
+#include <type_traits>
 
 #include "ternary/backend/cpu/norm.hpp"
 #include "ternary/backend/cuda/reduce.cuh"
@@ -122,6 +126,158 @@ __global__ void rms_norm_backward_kernel(const T* __restrict__ x, const T* __res
   }
 }
 
+// ---- register-resident rows: D = 128 V floats ------------------------------------------------
+// The GPT's rows (D = 512, 1024) take these: each lane loads its 4 V values of the row once as
+// float4 (columns 4 (lane + 32 i) .. + 3, coalesced), keeps them in registers, and every later
+// pass (the int8 scan, the writes, the backward's dot product) reads registers, not memory.
+// Same formulas as the kernels above; the sums run in another order (float rounding).
+template <int V>
+struct RowVec {
+  float4 v[V];
+  __device__ void load(const float* __restrict__ row, int lane) {
+#pragma unroll
+    for (int i = 0; i < V; ++i) v[i] = reinterpret_cast<const float4*>(row)[lane + 32 * i];
+  }
+  __device__ void store(float* __restrict__ row, int lane) const {
+#pragma unroll
+    for (int i = 0; i < V; ++i) reinterpret_cast<float4*>(row)[lane + 32 * i] = v[i];
+  }
+  __device__ float& at(int i, int e) {
+    return reinterpret_cast<float*>(&v[i])[e];
+  }
+  __device__ float at(int i, int e) const {
+    return reinterpret_cast<const float*>(&v[i])[e];
+  }
+};
+
+template <int V, bool Int8>
+__global__ void rms_norm_forward_vec_kernel(const float* __restrict__ x,
+                                            const float* __restrict__ gain, float* __restrict__ y,
+                                            float* __restrict__ rstd, int64_t rows, double eps) {
+  constexpr int D = 128 * V;
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  RowVec<V> gv;
+  if (gain) gv.load(gain, lane);
+  for (int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; r < rows;
+       r += warps) {
+    RowVec<V> xv;
+    xv.load(x + r * D, lane);
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s += xv.at(i, e) * xv.at(i, e);
+    s = warp_sum(s);
+    const float rs = float(1.0 / ::sqrt(double(s) / double(D) + eps));
+    if (lane == 0) rstd[r] = rs;
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        xv.at(i, e) = gain ? xv.at(i, e) * rs * gv.at(i, e) : xv.at(i, e) * rs;
+    if constexpr (Int8) {
+      float m = 0.f;
+      bool ok = true;
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float a = fabsf(xv.at(i, e));
+          ok = ok && isfinite(a);
+          m = fmaxf(m, a);
+        }
+      for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+      const bool finite = __all_sync(0xffffffffu, ok);
+      const float sc = m > 0 ? 127.0f / m : 1.0f;
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) xv.at(i, e) = int8_round_trip<float>(xv.at(i, e), sc, finite);
+    }
+    xv.store(y + r * D, lane);
+  }
+}
+
+// dx (if not null) and the block's dgain partial row (if partial is not null; each lane sums
+// its own columns in registers, then the warps' rows are added in a fixed order).
+template <int V>
+__global__ void rms_norm_backward_vec_kernel(const float* __restrict__ x,
+                                             const float* __restrict__ gain,
+                                             const float* __restrict__ rstd,
+                                             const float* __restrict__ g, float* __restrict__ dx,
+                                             float* __restrict__ partial, int64_t rows) {
+  constexpr int D = 128 * V;
+  extern __shared__ unsigned char shared_bytes[];
+  float* acc = reinterpret_cast<float*>(shared_bytes);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+  RowVec<V> gv, dg;
+  if (gain) gv.load(gain, lane);
+#pragma unroll
+  for (int i = 0; i < V; ++i) dg.v[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+  const int64_t warps = int64_t(gridDim.x) * nw;
+  for (int64_t r = int64_t(blockIdx.x) * nw + warp; r < rows; r += warps) {
+    RowVec<V> xv, gr;
+    xv.load(x + r * D, lane);
+    gr.load(g + r * D, lane);
+    const float s = rstd[r];
+    if (partial)
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dg.at(i, e) += gr.at(i, e) * xv.at(i, e) * s;
+    if (dx) {
+      float dot = 0.f;
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if (gain) gr.at(i, e) *= gv.at(i, e);
+          dot += gr.at(i, e) * xv.at(i, e);
+        }
+      dot = warp_sum(dot);
+      const float c = s * s * s * dot / float(D);
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) xv.at(i, e) = s * gr.at(i, e) - c * xv.at(i, e);
+      xv.store(dx + r * D, lane);
+    }
+  }
+  if (!partial) return;  // the same for the whole block
+  dg.store(acc + int64_t(warp) * D, lane);
+  __syncthreads();
+  for (int j = threadIdx.x; j < D; j += blockDim.x) {
+    float t = 0.f;
+    for (int k = 0; k < nw; ++k) t += acc[int64_t(k) * D + j];
+    partial[int64_t(blockIdx.x) * D + j] = t;
+  }
+}
+
+// Calls f(std::integral_constant<int, V>) when rows of D floats fit the kernels above (D = 128 V,
+// V in 1, 2, 4, 8, and every pointer 16-byte aligned); returns false otherwise.
+template <class F>
+bool with_row_vec(int64_t D, std::initializer_list<const void*> ptrs, F&& f) {
+  for (const void* p : ptrs)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  switch (D) {
+    case 128:
+      f(std::integral_constant<int, 1>{});
+      return true;
+    case 256:
+      f(std::integral_constant<int, 2>{});
+      return true;
+    case 512:
+      f(std::integral_constant<int, 4>{});
+      return true;
+    case 1024:
+      f(std::integral_constant<int, 8>{});
+      return true;
+    default:
+      return false;
+  }
+}
+
 // partial[chunk, j] = sum over rows r of the chunk of g[r, j] * x[r, j] * rstd[r]
 template <class T>
 __global__ void rms_norm_dgain_kernel(const T* __restrict__ x, const T* __restrict__ rstd,
@@ -168,6 +324,19 @@ void rms_norm_forward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& gai
                                  " rows of ", D, ")"));
   if (rows == 0) return;
   const T* g = gain.defined() ? gain.data() : nullptr;
+  if constexpr (std::is_same_v<T, float>) {
+    const bool vec = with_row_vec(D, {x.data(), g, y.data()}, [&](auto v) {
+      constexpr int V = decltype(v)::value;
+      if (int8_output)
+        rms_norm_forward_vec_kernel<V, true><<<row_warps_blocks(rows), 256, 0, cuda::stream()>>>(
+            x.data(), g, y.data(), rstd.data(), rows, eps);
+      else
+        rms_norm_forward_vec_kernel<V, false><<<row_warps_blocks(rows), 256, 0, cuda::stream()>>>(
+            x.data(), g, y.data(), rstd.data(), rows, eps);
+      TERNARY_CUDA_CHECK_LAUNCH("rms_norm_forward_vec_kernel");
+    });
+    if (vec) return;
+  }
   if (int8_output)
     rms_norm_forward_kernel<T, true><<<row_warps_blocks(rows), 256, 0, cuda::stream()>>>(
         x.data(), g, y.data(), rstd.data(), rows, D, eps);
@@ -176,6 +345,24 @@ void rms_norm_forward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& gai
         x.data(), g, y.data(), rstd.data(), rows, D, eps);
   TERNARY_CUDA_CHECK_LAUNCH("rms_norm_forward_kernel");
 }
+
+namespace cuda_detail {
+// The register-resident backward when D allows it (float rows of 128 V); false otherwise.
+template <class T>
+bool backward_vec(int blocks, size_t shared, const Tensor<T, cuda>& x, const T* gain,
+                  const Tensor<T, cuda>& rstd, const Tensor<T, cuda>& g, T* dx, T* partial,
+                  int64_t rows) {
+  if constexpr (!std::is_same_v<T, float>) {
+    return false;
+  } else {
+    return with_row_vec(x.size(1), {x.data(), gain, g.data(), dx, partial}, [&](auto v) {
+      rms_norm_backward_vec_kernel<decltype(v)::value><<<blocks, 256, shared, cuda::stream()>>>(
+          x.data(), gain, rstd.data(), g.data(), dx, partial, rows);
+      TERNARY_CUDA_CHECK_LAUNCH("rms_norm_backward_vec_kernel");
+    });
+  }
+}
+}  // namespace cuda_detail
 
 template <class T>
 void rms_norm_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& gain,
@@ -198,14 +385,18 @@ void rms_norm_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& ga
     const int blocks =
         int(std::min<int64_t>((rows + 7) / 8, launch_for(int64_t(1) << 40).blocks / 4));
     auto partial = Tensor<T, cuda>::empty(Shape{blocks, D});
-    rms_norm_backward_kernel<<<blocks, 256, fused_shared, cuda::stream()>>>(
-        x.data(), gain_p, rstd.data(), g.data(), dx_p, partial.data(), rows, D);
-    TERNARY_CUDA_CHECK_LAUNCH("rms_norm_backward_kernel");
+    if (!backward_vec(blocks, fused_shared, x, gain_p, rstd, g, dx_p, partial.data(), rows)) {
+      rms_norm_backward_kernel<<<blocks, 256, fused_shared, cuda::stream()>>>(
+          x.data(), gain_p, rstd.data(), g.data(), dx_p, partial.data(), rows, D);
+      TERNARY_CUDA_CHECK_LAUNCH("rms_norm_backward_kernel");
+    }
     Tensor<T, cuda> out = dgain.reshape(Shape{D});
     out.assign(reduce_sum(cuda{}, partial, {0}).reshape(Shape{D}));
     return;
   }
-  if (dx.defined() && rows > 0) {
+  if (dx.defined() && rows > 0 &&
+      !backward_vec(row_warps_blocks(rows), 0, x, gain_p, rstd, g, dx_p, static_cast<T*>(nullptr),
+                    rows)) {
     rms_norm_backward_kernel<<<row_warps_blocks(rows), 256, 0, cuda::stream()>>>(
         x.data(), gain_p, rstd.data(), g.data(), dx_p, static_cast<T*>(nullptr), rows, D);
     TERNARY_CUDA_CHECK_LAUNCH("rms_norm_backward_kernel");
