@@ -13,6 +13,7 @@
 #include "cuda_check.hpp"
 #include "ternary/backend/cuda/all.cuh"
 #include "ternary/ops/attention.hpp"
+#include "ternary/ops/channel_mix.hpp"
 #include "ternary/ops/elementwise.hpp"
 #include "ternary/ops/embedding.hpp"
 #include "ternary/ops/matmul.hpp"
@@ -254,6 +255,32 @@ TEST_CASE("cuda causal attention: outputs and gradients written into [B, T, H, D
       CHECK(rel_err(dq_v, to_host(dq)) == 0);
       CHECK(rel_err(dk_v, to_host(dk)) == 0);
       CHECK(rel_err(dv_v, to_host(dv)) == 0);
+    }
+}
+
+TEST_CASE("cuda channel_mix: values and gradients of both forms against the CPU") {
+  Rng rng(28);
+  // [16, 64, 512]: float4 columns over many row slices; [3, 7, 5]: one float per thread.
+  for (Shape shape : {Shape{16, 64, 512}, Shape{3, 7, 5}})
+    for (bool with_a : {true, false}) {
+      INFO("shape " << shape << (with_a ? " a x + b y" : " x + b y"));
+      const int64_t D = shape.back();
+      auto hx = Tensor<float>::randn(shape, rng), hy = Tensor<float>::randn(shape, rng);
+      auto ha = Tensor<float>::randn({D}, rng), hb = Tensor<float>::randn({D}, rng);
+      auto hw = Tensor<float>::randn(shape, rng);
+      auto ca = VarH::parameter(ha.clone()), cx = VarH::parameter(hx.clone()),
+           cb = VarH::parameter(hb.clone()), cy = VarH::parameter(hy.clone());
+      auto cout = with_a ? channel_mix(ca, cx, cb, cy) : channel_mix(cx, cb, cy);
+      functional(cout, hw).backward();
+      auto da = VarD::parameter(to_device(ha)), dx = VarD::parameter(to_device(hx)),
+           db = VarD::parameter(to_device(hb)), dy = VarD::parameter(to_device(hy));
+      auto dout = with_a ? channel_mix(da, dx, db, dy) : channel_mix(dx, db, dy);
+      CHECK(rel_err(dout.value(), cout.value()) < 1e-6);
+      functional(dout, hw).backward();
+      CHECK(rel_err(dx.grad(), cx.grad()) < 1e-6);
+      CHECK(rel_err(dy.grad(), cy.grad()) < 1e-6);
+      CHECK(rel_err(db.grad(), cb.grad()) < 1e-5);  // sums in another order
+      if (with_a) CHECK(rel_err(da.grad(), ca.grad()) < 1e-5);
     }
 }
 

@@ -28,6 +28,7 @@
 #include "ternary/nn/linear.hpp"
 #include "ternary/nn/module.hpp"
 #include "ternary/ops/attention.hpp"
+#include "ternary/ops/channel_mix.hpp"
 #include "ternary/ops/elementwise.hpp"
 #include "ternary/ops/embedding.hpp"
 #include "ternary/ops/loss.hpp"
@@ -177,9 +178,11 @@ class Block : public Module<T, B> {
     resid_mix_ = this->register_parameter("resid_mix", mix);
   }
   VarT forward(const VarT& x_in, const VarT& x0) const {
-    VarT x = select(resid_mix_, 0, 0) * x_in + select(resid_mix_, 0, 1) * x0;
-    x = x + attn_scale_ * attn_.forward(rms_norm(x, c_.norm_eps));
-    x = x + mlp_scale_ * mlp_.forward(rms_norm(x, c_.norm_eps));
+    // channel_mix(a, x, b, y) = a * x + b * y and channel_mix(x, b, y) = x + b * y, with
+    // per-channel weights: one tape node (one pass each way) instead of two or three.
+    VarT x = channel_mix(select(resid_mix_, 0, 0), x_in, select(resid_mix_, 0, 1), x0);
+    x = channel_mix(x, attn_scale_, attn_.forward(rms_norm(x, c_.norm_eps)));
+    x = channel_mix(x, mlp_scale_, mlp_.forward(rms_norm(x, c_.norm_eps)));
     return x;
   }
   void collect_projections(const std::string& prefix,
@@ -235,7 +238,7 @@ class GPT : public Module<T, B> {
     }
     for (int64_t i = 0; i < n_decoder_; ++i) {
       if (!skips.empty()) {
-        x = x + select(skip_weights_, 0, i) * skips.back();
+        x = channel_mix(x, select(skip_weights_, 0, i), skips.back());
         skips.pop_back();
       }
       x = blocks_[n_encoder_ + i]->forward(x, x0);

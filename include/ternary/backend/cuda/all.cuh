@@ -6,6 +6,7 @@
 #include "ternary/backend/cuda/cuda.hpp"
 
 #include "ternary/backend/cuda/attention.cuh"
+#include "ternary/backend/cuda/channel_mix.cuh"
 #include "ternary/backend/cuda/elementwise.cuh"
 #include "ternary/backend/cuda/embedding.cuh"
 #include "ternary/backend/cuda/loss.cuh"

@@ -298,6 +298,13 @@ std::shared_ptr<const RopeTable<T>> rope_table(cuda, int64_t positions, int64_t 
 template <class T>
 void rope_rotate(cuda, const T* x, T* out, int64_t rows, int64_t seq_len, int64_t position_offset,
                  const RopeTable<T>& table, bool inverse);
+// channel_mix.cuh
+template <class T>
+void channel_mix_forward(cuda, const T* a, const T* x, const T* b, const T* y, T* out, int64_t rows,
+                         int64_t D);
+template <class T>
+void channel_mix_backward(cuda, const T* g, const T* a, const T* x, const T* b, const T* y, T* dx,
+                          T* dy, T* da, T* db, int64_t rows, int64_t D);
 // attention.cuh
 template <class T>
 void causal_attention_forward(cuda, const Tensor<T, cuda>& q, const Tensor<T, cuda>& k,

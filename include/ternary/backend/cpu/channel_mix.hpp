@@ -1,0 +1,96 @@
+// CPU kernels of channel_mix (the op and its math: ops/channel_mix.hpp) over contiguous rows
+// [rows, D] with per-channel weights a, b of D values (a may be null: 1):
+//   forward:   out = a * x + b * y
+//   backward:  dx = a * g (or g), dy = b * g, da = sum over rows of g * x, db = ... g * y
+// Threads own disjoint rows; da and db are summed from per-thread partial rows (deterministic
+// for a given thread count, as rms_norm's dgain).
+#pragma once
+
+#include <omp.h>
+
+#include <cstdint>
+#include <xsimd/xsimd.hpp>
+
+#include "ternary/backend/cpu/cpu.hpp"
+#include "ternary/backend/cpu/elementwise.hpp"
+#include "ternary/core/tensor.hpp"
+
+namespace ternary::backend {
+
+template <class T>
+void channel_mix_forward(cpu, const T* a, const T* x, const T* b, const T* y, T* out, int64_t rows,
+                         int64_t D) {
+  using batch = xsimd::batch<T>;
+  constexpr int64_t W = batch::size;
+#pragma omp parallel for schedule(static) if (rows * D >= cpu_detail::kParallelThreshold)
+  for (int64_t r = 0; r < rows; ++r) {
+    const T *xr = x + r * D, *yr = y + r * D;
+    T* o = out + r * D;
+    int64_t j = 0;
+    if (a)
+      for (; j + W <= D; j += W)
+        xsimd::fma(batch::load_unaligned(a + j), batch::load_unaligned(xr + j),
+                   batch::load_unaligned(b + j) * batch::load_unaligned(yr + j))
+            .store_unaligned(o + j);
+    else
+      for (; j + W <= D; j += W)
+        xsimd::fma(batch::load_unaligned(b + j), batch::load_unaligned(yr + j),
+                   batch::load_unaligned(xr + j))
+            .store_unaligned(o + j);
+    for (; j < D; ++j) o[j] = a ? a[j] * xr[j] + b[j] * yr[j] : xr[j] + b[j] * yr[j];
+  }
+}
+
+// Any of dx, dy, da, db may be null (not wanted). dx with a null: the caller uses g itself.
+template <class T>
+void channel_mix_backward(cpu, const T* g, const T* a, const T* x, const T* b, const T* y, T* dx,
+                          T* dy, T* da, T* db, int64_t rows, int64_t D) {
+  using batch = xsimd::batch<T>;
+  constexpr int64_t W = batch::size;
+  const bool big = rows > 1 && rows * D >= cpu_detail::kParallelThreshold;
+  const int nt = big ? omp_get_max_threads() : 1;
+  // Scratch as tensors: their memory comes from the block cache (no heap per call).
+  const auto pa = Tensor<T, cpu>::zeros({da ? int64_t(nt) * D : 0});
+  const auto pb = Tensor<T, cpu>::zeros({db ? int64_t(nt) * D : 0});
+  // acc[j] += g[j] * v[j] over one row
+  auto accumulate = [&](T* acc, const T* gr, const T* vr) {
+    int64_t j = 0;
+    for (; j + W <= D; j += W)
+      xsimd::fma(batch::load_unaligned(gr + j), batch::load_unaligned(vr + j),
+                 batch::load_unaligned(acc + j))
+          .store_unaligned(acc + j);
+    for (; j < D; ++j) acc[j] += gr[j] * vr[j];
+  };
+  // out[j] = w[j] * g[j] over one row
+  auto scale = [&](T* out, const T* w, const T* gr) {
+    int64_t j = 0;
+    for (; j + W <= D; j += W)
+      (batch::load_unaligned(w + j) * batch::load_unaligned(gr + j)).store_unaligned(out + j);
+    for (; j < D; ++j) out[j] = w[j] * gr[j];
+  };
+#pragma omp parallel num_threads(nt) if (big)
+  {
+    const int tid = big ? omp_get_thread_num() : 0;
+    T* acc_a = da ? pa.data() + int64_t(tid) * D : nullptr;
+    T* acc_b = db ? pb.data() + int64_t(tid) * D : nullptr;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* gr = g + r * D;
+      if (dx && a) scale(dx + r * D, a, gr);
+      if (dy) scale(dy + r * D, b, gr);
+      if (acc_a) accumulate(acc_a, gr, x + r * D);
+      if (acc_b) accumulate(acc_b, gr, y + r * D);
+    }
+  }
+  auto finish = [&](T* out, const Tensor<T, cpu>& partial) {
+    for (int64_t j = 0; j < D; ++j) {
+      T s = T(0);
+      for (int t = 0; t < nt; ++t) s += partial.data()[int64_t(t) * D + j];
+      out[j] = s;
+    }
+  };
+  if (da) finish(da, pa);
+  if (db) finish(db, pb);
+}
+
+}  // namespace ternary::backend

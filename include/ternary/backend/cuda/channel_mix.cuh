@@ -1,0 +1,171 @@
+// CUDA kernels of channel_mix (the op and its math: ops/channel_mix.hpp; the CPU kernels:
+// backend/cpu/channel_mix.hpp), over contiguous rows [rows, D], weights a (may be null: 1)
+// and b of D values:
+//   forward:   one pass, float4 when D % 4 == 0 (and 16-byte aligned), else one float per thread.
+//   backward:  a block takes a slice of rows and its threads W-wide column groups (W = 4 or 1):
+//              each thread writes dx = a g and dy = b g of its columns and sums g x and g y
+//              over the slice's rows in registers into the block's partial row; the partial
+//              rows are then summed column by column in a fixed order (deterministic).
+#pragma once
+
+#ifndef __CUDACC__
+#error "ternary/backend/cuda/*.cuh holds CUDA kernels: compile with nvcc (-DTERNARY_CUDA=ON)"
+#endif
+
+#include <cstdint>
+#include <initializer_list>
+#include <type_traits>
+
+#include "ternary/backend/cuda/cuda.hpp"
+#include "ternary/backend/cuda/elementwise.cuh"
+#include "ternary/backend/cuda/reduce.cuh"
+
+namespace ternary::backend::cuda_detail {
+
+// W consecutive floats (W = 4: one float4).
+template <int W>
+struct Lanes {
+  float v[W];
+  __device__ void load(const float* p) {
+    if constexpr (W == 4) {
+      const float4 t = *reinterpret_cast<const float4*>(p);
+      v[0] = t.x, v[1] = t.y, v[2] = t.z, v[3] = t.w;
+    } else {
+#pragma unroll
+      for (int e = 0; e < W; ++e) v[e] = p[e];
+    }
+  }
+  __device__ void store(float* p) const {
+    if constexpr (W == 4)
+      *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+    else
+#pragma unroll
+      for (int e = 0; e < W; ++e) p[e] = v[e];
+  }
+};
+
+// out = a x + b y over n = rows * D elements, W at a time (D % W == 0).
+template <int W>
+__global__ void channel_mix_forward_kernel(const float* __restrict__ a, const float* __restrict__ x,
+                                           const float* __restrict__ b, const float* __restrict__ y,
+                                           float* __restrict__ out, int64_t n, int64_t D) {
+  for (int64_t i = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * W; i < n;
+       i += int64_t(gridDim.x) * blockDim.x * W) {
+    const int64_t j = i % D;
+    Lanes<W> xv, yv, bv, av;
+    xv.load(x + i);
+    yv.load(y + i);
+    bv.load(b + j);
+    if (a) av.load(a + j);
+#pragma unroll
+    for (int e = 0; e < W; ++e)
+      xv.v[e] = a ? fmaf(av.v[e], xv.v[e], bv.v[e] * yv.v[e]) : fmaf(bv.v[e], yv.v[e], xv.v[e]);
+    xv.store(out + i);
+  }
+}
+
+// Block k takes rows [k rows_per_block, +rows_per_block); pa / pb [blocks, D] get its sums.
+template <int W>
+__global__ void channel_mix_backward_kernel(
+    const float* __restrict__ g, const float* __restrict__ a, const float* __restrict__ x,
+    const float* __restrict__ b, const float* __restrict__ y, float* __restrict__ dx,
+    float* __restrict__ dy, float* __restrict__ pa, float* __restrict__ pb, int64_t rows, int64_t D,
+    int64_t rows_per_block) {
+  const int64_t r0 = int64_t(blockIdx.x) * rows_per_block;
+  const int64_t r1 = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
+  for (int64_t j = int64_t(threadIdx.x) * W; j < D; j += int64_t(blockDim.x) * W) {
+    Lanes<W> av, bv, sa, sb;
+    if (dx) av.load(a + j);
+    if (dy) bv.load(b + j);
+#pragma unroll
+    for (int e = 0; e < W; ++e) sa.v[e] = sb.v[e] = 0.f;
+#pragma unroll 4
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t i = r * D + j;
+      Lanes<W> gv, t;
+      gv.load(g + i);
+      if (dx) {
+#pragma unroll
+        for (int e = 0; e < W; ++e) t.v[e] = av.v[e] * gv.v[e];
+        t.store(dx + i);
+      }
+      if (dy) {
+#pragma unroll
+        for (int e = 0; e < W; ++e) t.v[e] = bv.v[e] * gv.v[e];
+        t.store(dy + i);
+      }
+      if (pa) {
+        t.load(x + i);
+#pragma unroll
+        for (int e = 0; e < W; ++e) sa.v[e] = fmaf(gv.v[e], t.v[e], sa.v[e]);
+      }
+      if (pb) {
+        t.load(y + i);
+#pragma unroll
+        for (int e = 0; e < W; ++e) sb.v[e] = fmaf(gv.v[e], t.v[e], sb.v[e]);
+      }
+    }
+    if (pa) sa.store(pa + int64_t(blockIdx.x) * D + j);
+    if (pb) sb.store(pb + int64_t(blockIdx.x) * D + j);
+  }
+}
+
+// Calls f(std::integral_constant<int, W>): W = 4 when D % 4 == 0 and every pointer is
+// 16-byte aligned, else 1.
+template <class F>
+void with_channel_width(int64_t D, std::initializer_list<const void*> ptrs, F&& f) {
+  bool wide = D % 4 == 0;
+  for (const void* p : ptrs) wide = wide && reinterpret_cast<uintptr_t>(p) % 16 == 0;
+  if (wide)
+    f(std::integral_constant<int, 4>{});
+  else
+    f(std::integral_constant<int, 1>{});
+}
+
+}  // namespace ternary::backend::cuda_detail
+
+namespace ternary::backend {
+
+template <class T>
+void channel_mix_forward(cuda, const T* a, const T* x, const T* b, const T* y, T* out, int64_t rows,
+                         int64_t D) {
+  static_assert(std::is_same_v<T, float>, "channel_mix(cuda): float only");
+  using namespace cuda_detail;
+  const int64_t n = rows * D;
+  if (n == 0) return;
+  with_channel_width(D, {a, x, b, y, out}, [&](auto w) {
+    constexpr int W = decltype(w)::value;
+    const Launch ls = launch_for((n + W - 1) / W);
+    channel_mix_forward_kernel<W>
+        <<<ls.blocks, ls.threads, 0, cuda::stream()>>>(a, x, b, y, out, n, D);
+    TERNARY_CUDA_CHECK_LAUNCH("channel_mix_forward_kernel");
+  });
+}
+
+template <class T>
+void channel_mix_backward(cuda, const T* g, const T* a, const T* x, const T* b, const T* y, T* dx,
+                          T* dy, T* da, T* db, int64_t rows, int64_t D) {
+  static_assert(std::is_same_v<T, float>, "channel_mix(cuda): float only");
+  using namespace cuda_detail;
+  if (rows == 0 || D == 0) return;
+  // About four blocks per multiprocessor, each over a slice of rows.
+  const int64_t target = int64_t(launch_for(int64_t(1) << 40).blocks / 4);
+  const int64_t rows_per_block = std::max<int64_t>(1, (rows + target - 1) / target);
+  const int64_t blocks = (rows + rows_per_block - 1) / rows_per_block;
+  auto pa = Tensor<T, cuda>::empty(Shape{da ? blocks : 0, D});
+  auto pb = Tensor<T, cuda>::empty(Shape{db ? blocks : 0, D});
+  float* pa_p = da ? pa.data() : nullptr;
+  float* pb_p = db ? pb.data() : nullptr;
+  with_channel_width(D, {g, a, x, b, y, dx, dy, pa_p, pb_p}, [&](auto w) {
+    constexpr int W = decltype(w)::value;
+    const int threads = int(std::min<int64_t>(256, std::max<int64_t>(32, (D / W + 31) / 32 * 32)));
+    channel_mix_backward_kernel<W><<<unsigned(blocks), threads, 0, cuda::stream()>>>(
+        g, a, x, b, y, dx, dy, pa_p, pb_p, rows, D, rows_per_block);
+    TERNARY_CUDA_CHECK_LAUNCH("channel_mix_backward_kernel");
+  });
+  // The blocks' partial rows, summed in a fixed order (deterministic) straight into da, db.
+  if (da) sum_columns(pa.data(), da, blocks, D);
+  if (db) sum_columns(pb.data(), db, blocks, D);
+}
+
+}  // namespace ternary::backend
