@@ -5,14 +5,15 @@
 //             dgain = sum over rows of g * x * rstd: blocks of 32 columns x 8 row lanes sum a
 //             chunk of rows each into a partial row, and the partial rows are summed by
 //             reduce_sum (deterministic: no atomics).
-//   Rows of 128, 256, 512 or 1024 floats (the GPT's) take register-resident variants of both:
-//   each row is read from memory once, as float4.
+//   Rows of 64, 128, 256, 512 or 1024 floats (the GPT's) take register-resident variants of
+//   both: each row is read from memory once, as float4.
 #pragma once
 
 #ifndef __CUDACC__
 #error "ternary/backend/cuda/*.cuh holds CUDA kernels: compile with nvcc (-DTERNARY_CUDA=ON)"
 #endif
 
+#include <array>
 #include <cstdint>
 #include <initializer_list>
 #include <type_traits>
@@ -126,21 +127,26 @@ __global__ void rms_norm_backward_kernel(const T* __restrict__ x, const T* __res
   }
 }
 
-// ---- register-resident rows: D = 128 V floats ------------------------------------------------
-// The GPT's rows (D = 512, 1024) take these: each lane loads its 4 V values of the row once as
-// float4 (columns 4 (lane + 32 i) .. + 3, coalesced), keeps them in registers, and every later
-// pass (the int8 scan, the writes, the backward's dot product) reads registers, not memory.
-// Same formulas as the kernels above; the sums run in another order (float rounding).
-template <int V>
+// ---- register-resident rows: D = 4 V L floats ----------------------------------------------
+// The GPT's rows (D = 64 for the q/k head norms, 512, 1024) take these: L lanes share a row
+// (L = 32, or 16 for D = 64: two rows per warp), each lane loads its 4 V values once as float4
+// (columns 4 (li + L i) .. + 3, coalesced), keeps them in registers, and every later pass (the
+// int8 scan, the writes, the backward's dot product) reads registers, not memory. Same
+// formulas as the kernels above; the sums run in another order (float rounding).
+template <int V, int L>
 struct RowVec {
   float4 v[V];
-  __device__ void load(const float* __restrict__ row, int lane) {
+  __device__ void load(const float* __restrict__ row, int li) {
 #pragma unroll
-    for (int i = 0; i < V; ++i) v[i] = reinterpret_cast<const float4*>(row)[lane + 32 * i];
+    for (int i = 0; i < V; ++i) v[i] = reinterpret_cast<const float4*>(row)[li + L * i];
   }
-  __device__ void store(float* __restrict__ row, int lane) const {
+  __device__ void store(float* __restrict__ row, int li) const {
 #pragma unroll
-    for (int i = 0; i < V; ++i) reinterpret_cast<float4*>(row)[lane + 32 * i] = v[i];
+    for (int i = 0; i < V; ++i) reinterpret_cast<float4*>(row)[li + L * i] = v[i];
+  }
+  __device__ void zero() {
+#pragma unroll
+    for (int i = 0; i < V; ++i) v[i] = make_float4(0.f, 0.f, 0.f, 0.f);
   }
   __device__ float& at(int i, int e) {
     return reinterpret_cast<float*>(&v[i])[e];
@@ -149,33 +155,69 @@ struct RowVec {
     return reinterpret_cast<const float*>(&v[i])[e];
   }
 };
+// Sum / max / and over the L lanes of a row (xor partners stay inside the row's lanes).
+template <int L>
+__device__ float row_group_sum(float v) {
+#pragma unroll
+  for (int o = L / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+template <int L>
+__device__ float row_group_max(float v) {
+#pragma unroll
+  for (int o = L / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+template <int L>
+__device__ bool row_group_all(bool ok) {
+  int v = ok;
+#pragma unroll
+  for (int o = L / 2; o > 0; o >>= 1) v &= __shfl_xor_sync(0xffffffffu, v, o);
+  return v != 0;
+}
 
-template <int V, bool Int8>
+// Warps step over groups of 32 / L rows; every lane runs every step (the shuffles need the
+// whole warp), lanes past the last row only skip their loads and stores.
+template <int V, int L, bool Int8>
 __global__ void rms_norm_forward_vec_kernel(const float* __restrict__ x,
                                             const float* __restrict__ gain, float* __restrict__ y,
                                             float* __restrict__ rstd, int64_t rows, double eps) {
-  constexpr int D = 128 * V;
-  const int lane = threadIdx.x % 32;
+  constexpr int D = 4 * V * L, RPW = 32 / L;  // row length, rows per warp
+  const int lane = threadIdx.x % 32, li = lane % L, sub = lane / L;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
-  RowVec<V> gv;
-  if (gain) gv.load(gain, lane);
-  for (int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; r < rows;
-       r += warps) {
-    RowVec<V> xv;
-    xv.load(x + r * D, lane);
+  // The gain stays in registers for rows up to 512 floats; longer rows read it from the cache
+  // when used (32 more registers per thread would halve the warps in flight).
+  constexpr bool kGainInRegisters = V <= 4;
+  RowVec<V, L> gv;
+  if (kGainInRegisters && gain) gv.load(gain, li);
+  auto gain_at = [&](int i, int e) {
+    if constexpr (kGainInRegisters)
+      return gv.at(i, e);
+    else
+      return __ldg(gain + 4 * (li + L * i) + e);
+  };
+  for (int64_t base = (int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32) * RPW;
+       base < rows; base += warps * RPW) {
+    const int64_t r = base + sub;
+    const bool valid = r < rows;
+    RowVec<V, L> xv;
+    if (valid)
+      xv.load(x + r * D, li);
+    else
+      xv.zero();
     float s = 0.f;
 #pragma unroll
     for (int i = 0; i < V; ++i)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s += xv.at(i, e) * xv.at(i, e);
-    s = warp_sum(s);
+    s = row_group_sum<L>(s);
     const float rs = float(1.0 / ::sqrt(double(s) / double(D) + eps));
-    if (lane == 0) rstd[r] = rs;
+    if (valid && li == 0) rstd[r] = rs;
 #pragma unroll
     for (int i = 0; i < V; ++i)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
-        xv.at(i, e) = gain ? xv.at(i, e) * rs * gv.at(i, e) : xv.at(i, e) * rs;
+        xv.at(i, e) = gain ? xv.at(i, e) * rs * gain_at(i, e) : xv.at(i, e) * rs;
     if constexpr (Int8) {
       float m = 0.f;
       bool ok = true;
@@ -187,40 +229,48 @@ __global__ void rms_norm_forward_vec_kernel(const float* __restrict__ x,
           ok = ok && isfinite(a);
           m = fmaxf(m, a);
         }
-      for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-      const bool finite = __all_sync(0xffffffffu, ok);
+      m = row_group_max<L>(m);
+      const bool finite = row_group_all<L>(ok);
       const float sc = m > 0 ? 127.0f / m : 1.0f;
 #pragma unroll
       for (int i = 0; i < V; ++i)
 #pragma unroll
         for (int e = 0; e < 4; ++e) xv.at(i, e) = int8_round_trip<float>(xv.at(i, e), sc, finite);
     }
-    xv.store(y + r * D, lane);
+    if (valid) xv.store(y + r * D, li);
   }
 }
 
 // dx (if not null) and the block's dgain partial row (if partial is not null; each lane sums
-// its own columns in registers, then the warps' rows are added in a fixed order).
-template <int V>
+// its own columns in registers, then the block's rows of these sums, one per warp and row
+// slot, are added in a fixed order; shared memory: blockDim / L rows of D floats).
+template <int V, int L>
 __global__ void rms_norm_backward_vec_kernel(const float* __restrict__ x,
                                              const float* __restrict__ gain,
                                              const float* __restrict__ rstd,
                                              const float* __restrict__ g, float* __restrict__ dx,
                                              float* __restrict__ partial, int64_t rows) {
-  constexpr int D = 128 * V;
+  constexpr int D = 4 * V * L, RPW = 32 / L;
   extern __shared__ unsigned char shared_bytes[];
   float* acc = reinterpret_cast<float*>(shared_bytes);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
-  RowVec<V> gv, dg;
-  if (gain) gv.load(gain, lane);
-#pragma unroll
-  for (int i = 0; i < V; ++i) dg.v[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+  const int li = lane % L, sub = lane / L;
+  RowVec<V, L> gv, dg;
+  if (gain) gv.load(gain, li);
+  dg.zero();
   const int64_t warps = int64_t(gridDim.x) * nw;
-  for (int64_t r = int64_t(blockIdx.x) * nw + warp; r < rows; r += warps) {
-    RowVec<V> xv, gr;
-    xv.load(x + r * D, lane);
-    gr.load(g + r * D, lane);
-    const float s = rstd[r];
+  for (int64_t base = (int64_t(blockIdx.x) * nw + warp) * RPW; base < rows; base += warps * RPW) {
+    const int64_t r = base + sub;
+    const bool valid = r < rows;
+    RowVec<V, L> xv, gr;
+    if (valid) {
+      xv.load(x + r * D, li);
+      gr.load(g + r * D, li);
+    } else {
+      xv.zero();
+      gr.zero();
+    }
+    const float s = valid ? rstd[r] : 0.f;
     if (partial)
 #pragma unroll
       for (int i = 0; i < V; ++i)
@@ -235,43 +285,182 @@ __global__ void rms_norm_backward_vec_kernel(const float* __restrict__ x,
           if (gain) gr.at(i, e) *= gv.at(i, e);
           dot += gr.at(i, e) * xv.at(i, e);
         }
-      dot = warp_sum(dot);
+      dot = row_group_sum<L>(dot);
       const float c = s * s * s * dot / float(D);
 #pragma unroll
       for (int i = 0; i < V; ++i)
 #pragma unroll
         for (int e = 0; e < 4; ++e) xv.at(i, e) = s * gr.at(i, e) - c * xv.at(i, e);
-      xv.store(dx + r * D, lane);
+      if (valid) xv.store(dx + r * D, li);
     }
   }
   if (!partial) return;  // the same for the whole block
-  dg.store(acc + int64_t(warp) * D, lane);
+  dg.store(acc + int64_t(warp * RPW + sub) * D, li);
   __syncthreads();
   for (int j = threadIdx.x; j < D; j += blockDim.x) {
     float t = 0.f;
-    for (int k = 0; k < nw; ++k) t += acc[int64_t(k) * D + j];
+    for (int k = 0; k < nw * RPW; ++k) t += acc[int64_t(k) * D + j];
     partial[int64_t(blockIdx.x) * D + j] = t;
   }
 }
 
-// Calls f(std::integral_constant<int, V>) when rows of D floats fit the kernels above (D = 128 V,
-// V in 1, 2, 4, 8, and every pointer 16-byte aligned); returns false otherwise.
+// ---- K normalised int8 rows of one x (BitLinear's q, k, v reading one input) ---------------
+template <int K>
+struct RowPtrs {
+  const float* p[K];
+};
+template <int K>
+struct RowOutPtrs {
+  float* p[K];
+};
+
+// ys[k] = int8(x * rstd * gain_k) for k < K, x read once; per k the float operations of
+// rms_norm_forward_vec_kernel<V, L, true>, so the same bits.
+template <int V, int L, int K>
+__global__ void rms_norm_int8_shared_forward_kernel(const float* __restrict__ x, RowPtrs<K> gains,
+                                                    RowOutPtrs<K> ys, float* __restrict__ rstd,
+                                                    int64_t rows, double eps) {
+  constexpr int D = 4 * V * L, RPW = 32 / L;
+  const int lane = threadIdx.x % 32, li = lane % L, sub = lane / L;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t base = (int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32) * RPW;
+       base < rows; base += warps * RPW) {
+    const int64_t r = base + sub;
+    const bool valid = r < rows;
+    RowVec<V, L> xv;
+    if (valid)
+      xv.load(x + r * D, li);
+    else
+      xv.zero();
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s += xv.at(i, e) * xv.at(i, e);
+    s = row_group_sum<L>(s);
+    const float rs = float(1.0 / ::sqrt(double(s) / double(D) + eps));
+    if (valid && li == 0) rstd[r] = rs;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      RowVec<V, L> yv;
+      float m = 0.f;
+      bool ok = true;
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          yv.at(i, e) = xv.at(i, e) * rs * __ldg(gains.p[k] + 4 * (li + L * i) + e);
+          const float a = fabsf(yv.at(i, e));
+          ok = ok && isfinite(a);
+          m = fmaxf(m, a);
+        }
+      m = row_group_max<L>(m);
+      const bool finite = row_group_all<L>(ok);
+      const float sc = m > 0 ? 127.0f / m : 1.0f;
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) yv.at(i, e) = int8_round_trip<float>(yv.at(i, e), sc, finite);
+      if (valid) yv.store(ys.p[k] + r * D, li);
+    }
+  }
+}
+
+// The backward of the K rows: with G = sum_k g_k gain_k (g_k null: no gradient reached it),
+//   dx = rstd G - x rstd^3 dot(G, x) / D          (one RMSNorm backward for all K)
+//   partial[k, block, j] = sum over the block's rows of g_k x rstd   (dgain_k's share)
+// x and every g_k are read once. Shared memory: K * blockDim / L rows of D floats.
+template <int V, int L, int K>
+__global__ void rms_norm_shared_backward_kernel(const float* __restrict__ x,
+                                                const float* __restrict__ rstd, RowPtrs<K> gains,
+                                                RowPtrs<K> gs, float* __restrict__ dx,
+                                                float* __restrict__ partial, int64_t rows) {
+  constexpr int D = 4 * V * L, RPW = 32 / L;
+  extern __shared__ unsigned char shared_bytes[];
+  float* acc = reinterpret_cast<float*>(shared_bytes);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+  const int li = lane % L, sub = lane / L;
+  RowVec<V, L> dg[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) dg[k].zero();
+  const int64_t warps = int64_t(gridDim.x) * nw;
+  for (int64_t base = (int64_t(blockIdx.x) * nw + warp) * RPW; base < rows; base += warps * RPW) {
+    const int64_t r = base + sub;
+    const bool valid = r < rows;
+    RowVec<V, L> xv, G;
+    if (valid)
+      xv.load(x + r * D, li);
+    else
+      xv.zero();
+    G.zero();
+    const float s = valid ? rstd[r] : 0.f;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (!gs.p[k]) continue;
+      RowVec<V, L> gv;
+      if (valid)
+        gv.load(gs.p[k] + r * D, li);
+      else
+        gv.zero();
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          dg[k].at(i, e) += gv.at(i, e) * xv.at(i, e) * s;
+          G.at(i, e) += gv.at(i, e) * __ldg(gains.p[k] + 4 * (li + L * i) + e);
+        }
+    }
+    if (dx) {
+      float dot = 0.f;
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dot += G.at(i, e) * xv.at(i, e);
+      dot = row_group_sum<L>(dot);
+      const float c = s * s * s * dot / float(D);
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) xv.at(i, e) = s * G.at(i, e) - c * xv.at(i, e);
+      if (valid) xv.store(dx + r * D, li);
+    }
+  }
+  if (!partial) return;  // the same for the whole block
+  const int slots = nw * RPW;
+#pragma unroll
+  for (int k = 0; k < K; ++k) dg[k].store(acc + (int64_t(k) * slots + warp * RPW + sub) * D, li);
+  __syncthreads();
+  for (int j = threadIdx.x; j < K * D; j += blockDim.x) {
+    const int k = j / D, col = j % D;
+    float t = 0.f;
+    for (int w = 0; w < slots; ++w) t += acc[(int64_t(k) * slots + w) * D + col];
+    partial[(int64_t(k) * gridDim.x + blockIdx.x) * D + col] = t;
+  }
+}
+
+// Calls f(std::integral_constant<int, V>, std::integral_constant<int, L>) when rows of D floats
+// fit the kernels above (D = 64 with L = 16, or 128 V with V in 1, 2, 4, 8; every pointer
+// 16-byte aligned); returns false otherwise.
 template <class F>
 bool with_row_vec(int64_t D, std::initializer_list<const void*> ptrs, F&& f) {
   for (const void* p : ptrs)
     if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  using std::integral_constant;
   switch (D) {
+    case 64:
+      f(integral_constant<int, 1>{}, integral_constant<int, 16>{});
+      return true;
     case 128:
-      f(std::integral_constant<int, 1>{});
+      f(integral_constant<int, 1>{}, integral_constant<int, 32>{});
       return true;
     case 256:
-      f(std::integral_constant<int, 2>{});
+      f(integral_constant<int, 2>{}, integral_constant<int, 32>{});
       return true;
     case 512:
-      f(std::integral_constant<int, 4>{});
+      f(integral_constant<int, 4>{}, integral_constant<int, 32>{});
       return true;
     case 1024:
-      f(std::integral_constant<int, 8>{});
+      f(integral_constant<int, 8>{}, integral_constant<int, 32>{});
       return true;
     default:
       return false;
@@ -325,14 +514,16 @@ void rms_norm_forward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& gai
   if (rows == 0) return;
   const T* g = gain.defined() ? gain.data() : nullptr;
   if constexpr (std::is_same_v<T, float>) {
-    const bool vec = with_row_vec(D, {x.data(), g, y.data()}, [&](auto v) {
-      constexpr int V = decltype(v)::value;
+    const bool vec = with_row_vec(D, {x.data(), g, y.data()}, [&](auto v, auto l) {
+      constexpr int V = decltype(v)::value, L = decltype(l)::value;
+      const int blocks = row_warps_blocks((rows + 32 / L - 1) / (32 / L));
       if (int8_output)
-        rms_norm_forward_vec_kernel<V, true><<<row_warps_blocks(rows), 256, 0, cuda::stream()>>>(
-            x.data(), g, y.data(), rstd.data(), rows, eps);
+        rms_norm_forward_vec_kernel<V, L, true>
+            <<<blocks, 256, 0, cuda::stream()>>>(x.data(), g, y.data(), rstd.data(), rows, eps);
       else
-        rms_norm_forward_vec_kernel<V, false><<<row_warps_blocks(rows), 256, 0, cuda::stream()>>>(
-            x.data(), g, y.data(), rstd.data(), rows, eps);
+        rms_norm_forward_vec_kernel<V, L, false>
+            <<<blocks, 256, 0, cuda::stream()>>>(x.data(), g, y.data(), rstd.data(), rows, eps);
+
       TERNARY_CUDA_CHECK_LAUNCH("rms_norm_forward_vec_kernel");
     });
     if (vec) return;
@@ -349,14 +540,16 @@ void rms_norm_forward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& gai
 namespace cuda_detail {
 // The register-resident backward when D allows it (float rows of 128 V); false otherwise.
 template <class T>
-bool backward_vec(int blocks, size_t shared, const Tensor<T, cuda>& x, const T* gain,
-                  const Tensor<T, cuda>& rstd, const Tensor<T, cuda>& g, T* dx, T* partial,
-                  int64_t rows) {
+bool backward_vec(int blocks, const Tensor<T, cuda>& x, const T* gain, const Tensor<T, cuda>& rstd,
+                  const Tensor<T, cuda>& g, T* dx, T* partial, int64_t rows) {
   if constexpr (!std::is_same_v<T, float>) {
     return false;
   } else {
-    return with_row_vec(x.size(1), {x.data(), gain, g.data(), dx, partial}, [&](auto v) {
-      rms_norm_backward_vec_kernel<decltype(v)::value><<<blocks, 256, shared, cuda::stream()>>>(
+    return with_row_vec(x.size(1), {x.data(), gain, g.data(), dx, partial}, [&](auto v, auto l) {
+      constexpr int V = decltype(v)::value, L = decltype(l)::value;
+      // One partial row per warp and row slot (32 / L of them per warp).
+      const size_t bytes = partial ? size_t(256 / L) * size_t(4 * V * L) * sizeof(float) : 0;
+      rms_norm_backward_vec_kernel<V, L><<<blocks, 256, bytes, cuda::stream()>>>(
           x.data(), gain, rstd.data(), g.data(), dx, partial, rows);
       TERNARY_CUDA_CHECK_LAUNCH("rms_norm_backward_vec_kernel");
     });
@@ -385,17 +578,16 @@ void rms_norm_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& ga
     const int blocks =
         int(std::min<int64_t>((rows + 7) / 8, launch_for(int64_t(1) << 40).blocks / 4));
     auto partial = Tensor<T, cuda>::empty(Shape{blocks, D});
-    if (!backward_vec(blocks, fused_shared, x, gain_p, rstd, g, dx_p, partial.data(), rows)) {
+    if (!backward_vec(blocks, x, gain_p, rstd, g, dx_p, partial.data(), rows)) {
       rms_norm_backward_kernel<<<blocks, 256, fused_shared, cuda::stream()>>>(
           x.data(), gain_p, rstd.data(), g.data(), dx_p, partial.data(), rows, D);
       TERNARY_CUDA_CHECK_LAUNCH("rms_norm_backward_kernel");
     }
-    Tensor<T, cuda> out = dgain.reshape(Shape{D});
-    out.assign(reduce_sum(cuda{}, partial, {0}).reshape(Shape{D}));
+    sum_columns(partial.data(), dgain.data(), partial.size(0), D);  // straight into dgain
     return;
   }
   if (dx.defined() && rows > 0 &&
-      !backward_vec(row_warps_blocks(rows), 0, x, gain_p, rstd, g, dx_p, static_cast<T*>(nullptr),
+      !backward_vec(row_warps_blocks(rows), x, gain_p, rstd, g, dx_p, static_cast<T*>(nullptr),
                     rows)) {
     rms_norm_backward_kernel<<<row_warps_blocks(rows), 256, 0, cuda::stream()>>>(
         x.data(), gain_p, rstd.data(), g.data(), dx_p, static_cast<T*>(nullptr), rows, D);
@@ -414,9 +606,98 @@ void rms_norm_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& ga
                             cuda::stream()>>>(x.data(), rstd.data(), g.data(), partial.data(), rows,
                                               D, chunk);
     TERNARY_CUDA_CHECK_LAUNCH("rms_norm_dgain_kernel");
-    Tensor<T, cuda> out = dgain.reshape(Shape{D});
-    out.assign(reduce_sum(cuda{}, partial, {0}).reshape(Shape{D}));
+    sum_columns(partial.data(), dgain.data(), partial.size(0), D);  // straight into dgain
   }
+}
+
+// quant::rms_norm_quantize_activations over K gains of one x (the q, k, v BitLinears):
+// ys[k] = int8(rms_norm(x, gain_k)) with x [rows, D] contiguous, rstd [rows]; rows of 64-1024
+// floats take one kernel that reads x once, others one fused kernel per k.
+template <class T, size_t K>
+void rms_norm_int8_shared_forward(cuda, const Tensor<T, cuda>& x,
+                                  const std::array<Tensor<T, cuda>, K>& gains,
+                                  const std::array<Tensor<T, cuda>, K>& ys,
+                                  const Tensor<T, cuda>& rstd, double eps) {
+  static_assert(std::is_same_v<T, float>, "rms_norm_int8_shared_forward(cuda): float only");
+  using namespace cuda_detail;
+  const int64_t rows = x.size(0), D = x.size(1);
+  if (rows == 0) return;
+  cuda_detail::RowPtrs<int(K)> gp;
+  cuda_detail::RowOutPtrs<int(K)> yp;
+  bool aligned = reinterpret_cast<uintptr_t>(x.data()) % 16 == 0;
+  for (size_t k = 0; k < K; ++k) {
+    gp.p[k] = gains[k].data();
+    yp.p[k] = ys[k].data();
+    aligned = aligned && reinterpret_cast<uintptr_t>(yp.p[k]) % 16 == 0;
+  }
+  const bool vec =
+      aligned && with_row_vec(D, {x.data()}, [&](auto v, auto l) {
+        constexpr int V = decltype(v)::value, L = decltype(l)::value;
+        const int blocks = row_warps_blocks((rows + 32 / L - 1) / (32 / L));
+        rms_norm_int8_shared_forward_kernel<V, L, int(K)>
+            <<<blocks, 256, 0, cuda::stream()>>>(x.data(), gp, yp, rstd.data(), rows, eps);
+        TERNARY_CUDA_CHECK_LAUNCH("rms_norm_int8_shared_forward_kernel");
+      });
+  if (vec) return;
+  for (size_t k = 0; k < K; ++k) rms_norm_forward(cuda{}, x, gains[k], ys[k], rstd, eps, true);
+}
+
+// Its backward: dx (if defined) = the sum over k of RMSNorm's dx for g_k with gain_k, and
+// dgains[k] (each if defined) = sum over rows of g_k x rstd. gs[k] undefined: no gradient.
+template <class T, size_t K>
+void rms_norm_shared_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& rstd,
+                              const std::array<Tensor<T, cuda>, K>& gains,
+                              const std::array<Tensor<T, cuda>, K>& gs, const Tensor<T, cuda>& dx,
+                              const std::array<Tensor<T, cuda>, K>& dgains) {
+  static_assert(std::is_same_v<T, float>, "rms_norm_shared_backward(cuda): float only");
+  using namespace cuda_detail;
+  const int64_t rows = x.size(0), D = x.size(1);
+  cuda_detail::RowPtrs<int(K)> gp, gsp;
+  bool aligned = reinterpret_cast<uintptr_t>(x.data()) % 16 == 0 &&
+                 (!dx.defined() || reinterpret_cast<uintptr_t>(dx.data()) % 16 == 0);
+  for (size_t k = 0; k < K; ++k) {
+    gp.p[k] = gains[k].data();
+    gsp.p[k] = gs[k].defined() ? gs[k].data() : nullptr;
+    aligned = aligned && reinterpret_cast<uintptr_t>(gsp.p[k]) % 16 == 0;
+  }
+  const int blocks =
+      int(std::min<int64_t>((rows + 7) / 8, launch_for(int64_t(1) << 40).blocks / 4));
+  // The register path's shared memory: K rows of D floats per warp and row slot.
+  const size_t bytes = K * size_t(256 / (D == 64 ? 16 : 32)) * size_t(D) * sizeof(float);
+  if (rows > 0 && D > 0 && aligned && bytes <= 48 * 1024) {
+    auto partial = Tensor<T, cuda>::empty(Shape{int64_t(K) * blocks, D});
+    const bool vec = with_row_vec(D, {}, [&](auto v, auto l) {
+      constexpr int V = decltype(v)::value, L = decltype(l)::value;
+      rms_norm_shared_backward_kernel<V, L, int(K)><<<blocks, 256, bytes, cuda::stream()>>>(
+          x.data(), rstd.data(), gp, gsp, dx.defined() ? dx.data() : nullptr, partial.data(), rows);
+      TERNARY_CUDA_CHECK_LAUNCH("rms_norm_shared_backward_kernel");
+    });
+    if (vec) {
+      for (size_t k = 0; k < K; ++k)
+        if (dgains[k].defined()) {
+          if (gs[k].defined())
+            sum_columns(partial.data() + int64_t(k) * blocks * D, dgains[k].data(), int64_t(blocks),
+                        D);
+          else
+            Tensor<T, cuda>(dgains[k]).fill(T(0));
+        }
+      return;
+    }
+  }
+  // Other sizes: G = sum_k g_k gain_k, one RMSNorm backward for dx, and per k a dgain pass.
+  if (dx.defined()) {
+    auto G = Tensor<T, cuda>::zeros(x.shape());
+    for (size_t k = 0; k < K; ++k)
+      if (gs[k].defined()) G += gs[k] * gains[k].reshape(Shape{1, D});
+    rms_norm_backward(cuda{}, x, Tensor<T, cuda>(), rstd, G, dx, Tensor<T, cuda>());
+  }
+  for (size_t k = 0; k < K; ++k)
+    if (dgains[k].defined()) {
+      if (gs[k].defined())
+        rms_norm_backward(cuda{}, x, Tensor<T, cuda>(), rstd, gs[k], Tensor<T, cuda>(), dgains[k]);
+      else
+        Tensor<T, cuda>(dgains[k]).fill(T(0));
+    }
 }
 
 }  // namespace ternary::backend
