@@ -1,6 +1,7 @@
 // Ternary weights (absmean, STE, QuEST), int8 activations and the lambda schedule.
 #include <catch2/catch.hpp>
 
+#include <array>
 #include <cmath>
 #include <limits>
 #include <set>
@@ -335,6 +336,51 @@ TEST_CASE("rms_norm_quantize_activations is quantize_activations(rms_norm(x)), g
   bad.value()(1, 2) = std::nan("");
   auto ones = Var<double>::parameter(Tensor<double>::ones({4}));
   CHECK_THROWS_WITH(rms_norm_quantize_activations(bad, ones), Contains("row 1"));
+}
+
+TEST_CASE(
+    "rms_norm_quantize_activations over K gains is K calls: values, gradients, unused outputs",
+    "[quant]") {
+  Rng rng(13);
+  for (auto shape : {Shape{5, 32}, Shape{2, 3, 17}}) {
+    INFO("shape " << shape);
+    const int64_t D = shape.back();
+    auto hx = Tensor<double>::randn(shape, rng, 0, 2);
+    std::array<Tensor<double>, 3> hg, up;
+    for (int k = 0; k < 3; ++k) {
+      hg[k] = Tensor<double>::randn({D}, rng, 1, 0.3);
+      up[k] = Tensor<double>::randn(shape, rng);
+    }
+    // use = which outputs reach the loss: all three, or the first and last only
+    for (std::array<bool, 3> use : {std::array<bool, 3>{true, true, true}, {true, false, true}}) {
+      auto x1 = Var<double>::parameter(hx.clone()), x2 = Var<double>::parameter(hx.clone());
+      std::array<Var<double>, 3> g1, g2;
+      for (int k = 0; k < 3; ++k) {
+        g1[k] = Var<double>::parameter(hg[k].clone());
+        g2[k] = Var<double>::parameter(hg[k].clone());
+      }
+      auto loss_of = [&](const std::array<Var<double>, 3>& ys) {
+        Var<double> loss = sum(ys[0] * Var<double>::constant(up[0]));
+        for (int k = 1; k < 3; ++k)
+          if (use[k]) loss = loss + sum(ys[k] * Var<double>::constant(up[k]));
+        return loss;
+      };
+      auto shared = rms_norm_quantize_activations<3>(x1, g1, 1e-6);
+      loss_of(shared).backward();  // one graph on the tape at a time
+      std::array<Var<double>, 3> separate;
+      for (int k = 0; k < 3; ++k) separate[k] = rms_norm_quantize_activations(x2, g2[k], 1e-6);
+      loss_of(separate).backward();
+      for (int k = 0; k < 3; ++k) {
+        CHECK(max_abs_diff(shared[k].value(), separate[k].value()) == 0.0);
+        if (use[k]) {
+          CHECK(max_abs_diff(g1[k].grad(), g2[k].grad()) < 1e-12);
+        } else {
+          CHECK(!g1[k].grad().defined());  // no gradient reached it: none is made up
+        }
+      }
+      CHECK(max_abs_diff(x1.grad(), x2.grad()) < 1e-12);
+    }
+  }
 }
 
 TEST_CASE("QuantizedWeightCache: one quantization per weight inside a scope, none outside",

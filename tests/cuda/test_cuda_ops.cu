@@ -361,6 +361,53 @@ TEST_CASE("cuda quantizers: ternary absmean (STE) and int8 activations against t
     CHECK(rel_err(fx.grad(), cx.grad()) < 1e-4);
     CHECK(rel_err(fg.grad(), cg.grad()) < 1e-4);
   }
+  // Three gains on one x (the q, k, v BitLinears): bit for bit the three single calls on the
+  // device, gradients within float rounding of them and of the CPU; also with an unused output.
+  for (auto [rows, D] : std::vector<std::array<int64_t, 2>>{{7, 33}, {300, 512}, {257, 64}})
+    for (bool use_middle : {true, false}) {
+      INFO("K = 3, " << rows << "x" << D << (use_middle ? "" : ", middle output unused"));
+      auto hx = Tensor<float>::randn({rows, D}, rng, 0, 2);
+      std::array<Tensor<float>, 3> hg, hw;
+      for (int k = 0; k < 3; ++k) {
+        hg[k] = Tensor<float>::randn({D}, rng, 1, 0.3);
+        hw[k] = Tensor<float>::randn({rows, D}, rng);
+      }
+      auto run = [&](auto x, std::array<decltype(x), 3> g, bool shared) {
+        std::array<decltype(x), 3> y;
+        if (shared)
+          y = quant::rms_norm_quantize_activations<3>(x, g);
+        else
+          for (int k = 0; k < 3; ++k) y[k] = quant::rms_norm_quantize_activations(x, g[k]);
+        auto loss = functional(y[0], hw[0]) + functional(y[2], hw[2]);
+        if (use_middle) loss = loss + functional(y[1], hw[1]);
+        loss.backward();
+        return y;
+      };
+      auto dx1 = VarD::parameter(to_device(hx)), dx2 = VarD::parameter(to_device(hx));
+      auto cx = VarH::parameter(hx.clone());
+      std::array<VarD, 3> dg1, dg2;
+      std::array<VarH, 3> cg;
+      for (int k = 0; k < 3; ++k) {
+        dg1[k] = VarD::parameter(to_device(hg[k]));
+        dg2[k] = VarD::parameter(to_device(hg[k]));
+        cg[k] = VarH::parameter(hg[k].clone());
+      }
+      auto y1 = run(dx1, dg1, true);
+      auto y2 = run(dx2, dg2, false);
+      auto yc = run(cx, cg, true);
+      for (int k = 0; k < 3; ++k) {
+        CHECK(rel_err(y1[k].value(), to_host(y2[k].value())) == 0);
+        CHECK(rel_err(y1[k].value(), yc[k].value()) < 1e-3);
+        if (k != 1 || use_middle) {
+          CHECK(rel_err(dg1[k].grad(), to_host(dg2[k].grad())) < 1e-5);
+          CHECK(rel_err(dg1[k].grad(), cg[k].grad()) < 1e-4);
+        } else {
+          CHECK(!dg1[k].grad().defined());
+        }
+      }
+      CHECK(rel_err(dx1.grad(), to_host(dx2.grad())) < 1e-5);
+      CHECK(rel_err(dx1.grad(), cx.grad()) < 1e-4);
+    }
   // a NaN makes its row NaN on the device (the CPU throws)
   auto bad = Tensor<float>::ones({2, 4});
   bad(1, 2) = std::nanf("");

@@ -10,6 +10,8 @@
 // as a closure of the output gradient; see ops/elementwise.hpp for the pattern.
 #pragma once
 
+#include <array>
+
 #include <functional>
 #include <memory>
 #include <string>
@@ -159,6 +161,40 @@ class Var {
                     F&& backward_fn) {
     return record_if(op, std::move(out), inputs.begin(), inputs.end(),
                      std::forward<F>(backward_fn));
+  }
+
+  // Records an op with K outputs and the inputs [inputs_begin, inputs_end): returns one Var
+  // per output. `backward_fn(grads)` gets std::array<Tensor, K> of the outputs' gradients
+  // (undefined where none reached an output) and must add the gradient of each input that
+  // requires grad. It runs once, after every output's gradient is final: a join entry is
+  // recorded before the outputs (the tape runs backward in reverse), and each output's
+  // backward files its gradient with the join and hands it an empty gradient so that it runs.
+  template <size_t K, class F>
+  static std::array<Var, K> record_multi(const char* op, std::array<Tensor<T, B>, K> outs,
+                                         const Var* inputs_begin, const Var* inputs_end,
+                                         F&& backward_fn) {
+    std::array<Var, K> result;
+    if (!any_requires_grad(inputs_begin, inputs_end)) {
+      for (size_t k = 0; k < K; ++k) result[k] = Var(std::move(outs[k]));
+      return result;
+    }
+    auto grads = std::allocate_shared<std::array<Tensor<T, B>, K>>(
+        detail::PoolAllocator<std::array<Tensor<T, B>, K>>{});  // pooled: no heap per step
+    const Var join = record_if(op, Tensor<T, B>::empty(Shape{0}), inputs_begin, inputs_end,
+                               [grads, fn = std::forward<F>(backward_fn)](const Tensor<T, B>&) {
+                                 fn(*grads);
+                                 *grads = {};
+                               });
+    for (size_t k = 0; k < K; ++k) {
+      const Var* first = &join;
+      result[k] = record_if(op, std::move(outs[k]), first, first + 1,
+                            [grads, k, join](const Tensor<T, B>& g) {
+                              (*grads)[k] = g;
+                              if (!join.grad().defined())
+                                join.accumulate_grad(Tensor<T, B>::empty(Shape{0}));
+                            });
+    }
+    return result;
   }
 
  private:

@@ -9,6 +9,7 @@
 // path sees exactly the activations the training forward used.
 #pragma once
 
+#include <array>
 #include <cmath>
 #include <vector>
 
@@ -109,6 +110,71 @@ Var<T, B> rms_norm_quantize_activations(const Var<T, B>& x, const Var<T, B>& gai
       return ternary::detail::rms_norm_rows(x_c, w_c, e, rstd, /*int8_output=*/true);
   };
   return ternary::detail::rms_norm_var(x, &gain, eps, "rms_norm_int8", forward);
+}
+
+// The int8 activations of K BitLinears that read one input x (the attention's q, k and v
+// projections): y_k = rms_norm_quantize_activations(x, gains[k], eps) for every k, as one op.
+// The values are bit for bit those of the K calls. The backward adds the K gradients (each
+// times its gain) before one RMSNorm backward, which equals the sum of the K backwards up to
+// float rounding. On CUDA x is read once forward and once backward (one kernel each way, for
+// rows of 64-1024 floats), instead of K times each way plus K - 1 gradient additions; on the
+// CPU the K norms run one after the other.
+template <size_t K, class T, class B>
+std::array<Var<T, B>, K> rms_norm_quantize_activations(const Var<T, B>& x,
+                                                       const std::array<Var<T, B>, K>& gains,
+                                                       double eps = 1e-6) {
+  static_assert(K >= 1, "rms_norm_quantize_activations: at least one gain");
+  for (const auto& g : gains) ternary::detail::check_rms_norm(x.value(), &g.value(), eps);
+  const Tensor<T, B> x_c = x.value().contiguous();
+  const int64_t D = x_c.size(-1), rows = D ? x_c.numel() / D : 0;
+  std::array<Tensor<T, B>, K> gains_c, ys;
+  for (size_t k = 0; k < K; ++k) gains_c[k] = gains[k].value().contiguous();
+  Tensor<T, B> rstd;
+  if constexpr (B::on_host) {
+    for (size_t k = 0; k < K; ++k)
+      ys[k] = fake_quantize_int8(ternary::detail::rms_norm_rows(x_c, gains_c[k], eps, rstd));
+  } else {
+    rstd = Tensor<T, B>::empty(Shape{rows});
+    std::array<Tensor<T, B>, K> ys2d;
+    for (size_t k = 0; k < K; ++k) {
+      ys[k] = Tensor<T, B>::empty(x_c.shape());
+      ys2d[k] = ys[k].reshape(Shape{rows, D});
+    }
+    rms_norm_int8_shared_forward(B{}, x_c.reshape(Shape{rows, D}), gains_c, ys2d, rstd, eps);
+  }
+  std::array<Var<T, B>, K + 1> inputs;  // x, then the gains
+  inputs[0] = x;
+  for (size_t k = 0; k < K; ++k) inputs[k + 1] = gains[k];
+  return Var<T, B>::record_multi(
+      "rms_norm_int8_shared", std::move(ys), inputs.data(), inputs.data() + K + 1,
+      [x, gains, x_c, gains_c, rstd, rows, D](const std::array<Tensor<T, B>, K>& g) {
+        const bool want_dx = x.requires_grad();
+        if constexpr (B::on_host) {
+          for (size_t k = 0; k < K; ++k) {
+            if (!g[k].defined()) continue;
+            const bool want_dw = gains[k].requires_grad();
+            Tensor<T, B> dx = want_dx ? Tensor<T, B>::empty(x_c.shape()) : Tensor<T, B>();
+            Tensor<T, B> dw = want_dw ? Tensor<T, B>::empty(Shape{D}) : Tensor<T, B>();
+            backend::rms_norm_backward(B{}, x_c.reshape(Shape{rows, D}), gains_c[k], rstd,
+                                       g[k].contiguous().reshape(Shape{rows, D}),
+                                       want_dx ? dx.reshape(Shape{rows, D}) : dx, dw);
+            if (want_dx) x.accumulate_grad(dx);
+            if (want_dw) gains[k].accumulate_grad(dw);
+          }
+        } else {
+          std::array<Tensor<T, B>, K> gs, dws;
+          for (size_t k = 0; k < K; ++k) {
+            if (g[k].defined()) gs[k] = g[k].contiguous().reshape(Shape{rows, D});
+            if (g[k].defined() && gains[k].requires_grad()) dws[k] = Tensor<T, B>::empty(Shape{D});
+          }
+          Tensor<T, B> dx = want_dx ? Tensor<T, B>::empty(x_c.shape()) : Tensor<T, B>();
+          rms_norm_shared_backward(B{}, x_c.reshape(Shape{rows, D}), rstd, gains_c, gs,
+                                   want_dx ? dx.reshape(Shape{rows, D}) : dx, dws);
+          if (want_dx) x.accumulate_grad(dx);
+          for (size_t k = 0; k < K; ++k)
+            if (dws[k].defined()) gains[k].accumulate_grad(dws[k]);
+        }
+      });
 }
 
 }  // namespace ternary::quant
