@@ -1,7 +1,8 @@
-// bench_cuda_attention: the fused causal GQA attention kernels alone (forward; backward = the
-// di row dot + dq + dk/dv kernels), exact fp32 SIMT (attention.cuh) against bf16 tensor cores
-// (attention_mma.cuh), at the golf shape by default (one micro-batch of 16 x 1024 tokens,
-// 8 query heads, 4 kv heads, head size 64).
+// bench_cuda_attention: the fused causal GQA attention kernels alone, exact fp32 SIMT
+// (attention.cuh; backward = the di row dot + dq + dk/dv kernels) against bf16 tensor cores
+// (attention_mma.cuh; forward and backward each include packing their fp32 operands to bf16),
+// at the golf shape by default (one micro-batch of 16 x 1024 tokens, 8 query heads, 4 kv
+// heads, head size 64). The peer is bench/peers/attention_torch.py (PyTorch SDPA, flash).
 //
 //   ./build-cuda/bench/bench_cuda_attention [--batch 16 --heads 8 --kv-heads 4 --seq 1024
 //       --head-dim 64 --reps 20]
