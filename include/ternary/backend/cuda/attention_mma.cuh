@@ -170,6 +170,20 @@ __device__ __forceinline__ void flash_load_tile(bf16* s, const bf16* head, int r
   }
 }
 
+// Starts copying key/value tile j + 1 (if there is one) into the buffers tile j - 1 used, as one
+// cp.async group (an empty group after the last tile keeps the waits uniform).
+template <int DM>
+__device__ __forceinline__ void flash_prefetch_kv(int j, int tiles, bf16* Ks, bf16* Vs,
+                                                  const bf16* kh, const bf16* vh, int T) {
+  using C = FlashCfg<DM>;
+  if (j + 1 < tiles) {
+    const int nb = (j + 1) % 2;
+    flash_load_tile<DM, C::INNER>(Ks + nb * C::TILE, kh, (j + 1) * C::INNER, T);
+    flash_load_tile<DM, C::INNER>(Vs + nb * C::TILE, vh, (j + 1) * C::INNER, T);
+  }
+  cp_async_commit();
+}
+
 // The A fragments of the warp's 16 rows [w, w + 16) of a shared tile.
 template <int DM>
 __device__ __forceinline__ void flash_a_fragments(uint32_t (&f)[FlashCfg<DM>::KS][4], const bf16* s,
@@ -294,12 +308,7 @@ __global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
     cp_async_wait_all();
     __syncthreads();  // tile j is in; every warp is done with tile j - 1's buffer
     if (j == 0) flash_a_fragments<DM>(qf, Qs, warp * 16);
-    if (j + 1 < tiles) {
-      const int nb = (j + 1) % 2;
-      flash_load_tile<DM, C::INNER>(Ks + nb * C::TILE, kh, (j + 1) * C::INNER, T);
-      flash_load_tile<DM, C::INNER>(Vs + nb * C::TILE, vh, (j + 1) * C::INNER, T);
-    }
-    cp_async_commit();
+    flash_prefetch_kv<DM>(j, tiles, Ks, Vs, kh, vh, T);
     const int j0 = j * C::INNER;
     if (j0 > w0 + 15) continue;  // every key of the tile is after the warp's rows
     const bf16* Kt = Ks + (j % 2) * C::TILE;
@@ -406,12 +415,7 @@ __global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
       flash_a_fragments<DM>(qf, Qs, warp * 16);
       flash_a_fragments<DM>(df, Ds, warp * 16);
     }
-    if (j + 1 < tiles) {
-      const int nb = (j + 1) % 2;
-      flash_load_tile<DM, C::INNER>(Ks + nb * C::TILE, kh, (j + 1) * C::INNER, T);
-      flash_load_tile<DM, C::INNER>(Vs + nb * C::TILE, vh, (j + 1) * C::INNER, T);
-    }
-    cp_async_commit();
+    flash_prefetch_kv<DM>(j, tiles, Ks, Vs, kh, vh, T);
     const int j0 = j * C::INNER;
     if (j0 > w0 + 15) continue;
     const bf16* Kt = Ks + (j % 2) * C::TILE;

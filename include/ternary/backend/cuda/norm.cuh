@@ -178,133 +178,7 @@ __device__ bool row_group_all(bool ok) {
 
 // Warps step over groups of 32 / L rows; every lane runs every step (the shuffles need the
 // whole warp), lanes past the last row only skip their loads and stores.
-template <int V, int L, bool Int8>
-__global__ void rms_norm_forward_vec_kernel(const float* __restrict__ x,
-                                            const float* __restrict__ gain, float* __restrict__ y,
-                                            float* __restrict__ rstd, int64_t rows, double eps) {
-  constexpr int D = 4 * V * L, RPW = 32 / L;  // row length, rows per warp
-  const int lane = threadIdx.x % 32, li = lane % L, sub = lane / L;
-  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
-  // The gain stays in registers for rows up to 512 floats; longer rows read it from the cache
-  // when used (32 more registers per thread would halve the warps in flight).
-  constexpr bool kGainInRegisters = V <= 4;
-  RowVec<V, L> gv;
-  if (kGainInRegisters && gain) gv.load(gain, li);
-  auto gain_at = [&](int i, int e) {
-    if constexpr (kGainInRegisters)
-      return gv.at(i, e);
-    else
-      return __ldg(gain + 4 * (li + L * i) + e);
-  };
-  for (int64_t base = (int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32) * RPW;
-       base < rows; base += warps * RPW) {
-    const int64_t r = base + sub;
-    const bool valid = r < rows;
-    RowVec<V, L> xv;
-    if (valid)
-      xv.load(x + r * D, li);
-    else
-      xv.zero();
-    float s = 0.f;
-#pragma unroll
-    for (int i = 0; i < V; ++i)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s += xv.at(i, e) * xv.at(i, e);
-    s = row_group_sum<L>(s);
-    const float rs = float(1.0 / ::sqrt(double(s) / double(D) + eps));
-    if (valid && li == 0) rstd[r] = rs;
-#pragma unroll
-    for (int i = 0; i < V; ++i)
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        xv.at(i, e) = gain ? xv.at(i, e) * rs * gain_at(i, e) : xv.at(i, e) * rs;
-    if constexpr (Int8) {
-      float m = 0.f;
-      bool ok = true;
-#pragma unroll
-      for (int i = 0; i < V; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float a = fabsf(xv.at(i, e));
-          ok = ok && isfinite(a);
-          m = fmaxf(m, a);
-        }
-      m = row_group_max<L>(m);
-      const bool finite = row_group_all<L>(ok);
-      const float sc = m > 0 ? 127.0f / m : 1.0f;
-#pragma unroll
-      for (int i = 0; i < V; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) xv.at(i, e) = int8_round_trip<float>(xv.at(i, e), sc, finite);
-    }
-    if (valid) xv.store(y + r * D, li);
-  }
-}
-
-// dx (if not null) and the block's dgain partial row (if partial is not null; each lane sums
-// its own columns in registers, then the block's rows of these sums, one per warp and row
-// slot, are added in a fixed order; shared memory: blockDim / L rows of D floats).
-template <int V, int L>
-__global__ void rms_norm_backward_vec_kernel(const float* __restrict__ x,
-                                             const float* __restrict__ gain,
-                                             const float* __restrict__ rstd,
-                                             const float* __restrict__ g, float* __restrict__ dx,
-                                             float* __restrict__ partial, int64_t rows) {
-  constexpr int D = 4 * V * L, RPW = 32 / L;
-  extern __shared__ unsigned char shared_bytes[];
-  float* acc = reinterpret_cast<float*>(shared_bytes);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
-  const int li = lane % L, sub = lane / L;
-  RowVec<V, L> gv, dg;
-  if (gain) gv.load(gain, li);
-  dg.zero();
-  const int64_t warps = int64_t(gridDim.x) * nw;
-  for (int64_t base = (int64_t(blockIdx.x) * nw + warp) * RPW; base < rows; base += warps * RPW) {
-    const int64_t r = base + sub;
-    const bool valid = r < rows;
-    RowVec<V, L> xv, gr;
-    if (valid) {
-      xv.load(x + r * D, li);
-      gr.load(g + r * D, li);
-    } else {
-      xv.zero();
-      gr.zero();
-    }
-    const float s = valid ? rstd[r] : 0.f;
-    if (partial)
-#pragma unroll
-      for (int i = 0; i < V; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) dg.at(i, e) += gr.at(i, e) * xv.at(i, e) * s;
-    if (dx) {
-      float dot = 0.f;
-#pragma unroll
-      for (int i = 0; i < V; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          if (gain) gr.at(i, e) *= gv.at(i, e);
-          dot += gr.at(i, e) * xv.at(i, e);
-        }
-      dot = row_group_sum<L>(dot);
-      const float c = s * s * s * dot / float(D);
-#pragma unroll
-      for (int i = 0; i < V; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) xv.at(i, e) = s * gr.at(i, e) - c * xv.at(i, e);
-      if (valid) xv.store(dx + r * D, li);
-    }
-  }
-  if (!partial) return;  // the same for the whole block
-  dg.store(acc + int64_t(warp * RPW + sub) * D, li);
-  __syncthreads();
-  for (int j = threadIdx.x; j < D; j += blockDim.x) {
-    float t = 0.f;
-    for (int k = 0; k < nw * RPW; ++k) t += acc[int64_t(k) * D + j];
-    partial[int64_t(blockIdx.x) * D + j] = t;
-  }
-}
-
-// ---- K normalised int8 rows of one x (BitLinear's q, k, v reading one input) ---------------
+// K row pointers (K outputs or K gains of one input: BitLinear's q, k, v read one x).
 template <int K>
 struct RowPtrs {
   const float* p[K];
@@ -314,24 +188,78 @@ struct RowOutPtrs {
   float* p[K];
 };
 
-// ys[k] = int8(x * rstd * gain_k) for k < K, x read once; per k the float operations of
-// rms_norm_forward_vec_kernel<V, L, true>, so the same bits.
+// A lane's share of K gain rows (null: no gain). Kept in registers when they are few (K V <= 4
+// float4 per lane); otherwise read from the cache where used, since more registers per thread
+// would cut the warps in flight.
 template <int V, int L, int K>
-__global__ void rms_norm_int8_shared_forward_kernel(const float* __restrict__ x, RowPtrs<K> gains,
-                                                    RowOutPtrs<K> ys, float* __restrict__ rstd,
-                                                    int64_t rows, double eps) {
-  constexpr int D = 4 * V * L, RPW = 32 / L;
+struct RowGains {
+  static constexpr bool kInRegisters = K * V <= 4;
+  RowVec<V, L> v[kInRegisters ? K : 1];
+  RowPtrs<K> p;
+  int li;
+  __device__ RowGains(RowPtrs<K> gains, int lane_in_row) : p(gains), li(lane_in_row) {
+    if constexpr (kInRegisters)
+#pragma unroll
+      for (int k = 0; k < K; ++k)
+        if (p.p[k]) v[k].load(p.p[k], li);
+  }
+  __device__ float at(int k, int i, int e) const {
+    if constexpr (kInRegisters)
+      return v[k].at(i, e);
+    else
+      return __ldg(p.p[k] + 4 * (li + L * i) + e);
+  }
+};
+
+// A register row that is a lane's share of the row at r, or zeros past the last row.
+template <int V, int L>
+__device__ RowVec<V, L> load_row_or_zero(const float* __restrict__ base, int64_t r, bool valid,
+                                         int li) {
+  RowVec<V, L> v;
+  if (valid)
+    v.load(base + r * (4 * V * L), li);
+  else
+    v.zero();
+  return v;
+}
+// In place: the per-token int8 fake quantization of a register row (int8_row_scale's rule).
+template <int V, int L>
+__device__ void int8_round_trip_row(RowVec<V, L>& v) {
+  float m = 0.f;
+  bool ok = true;
+#pragma unroll
+  for (int i = 0; i < V; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float a = fabsf(v.at(i, e));
+      ok = ok && isfinite(a);
+      m = fmaxf(m, a);
+    }
+  m = row_group_max<L>(m);
+  const bool finite = row_group_all<L>(ok);
+  const float sc = m > 0 ? 127.0f / m : 1.0f;
+#pragma unroll
+  for (int i = 0; i < V; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) v.at(i, e) = int8_round_trip<float>(v.at(i, e), sc, finite);
+}
+
+// ys[k] = x * rstd * gain_k (gain_k null: no gain), int8 fake-quantized per row with Int8, for
+// k < K; x is read once. K = 1 is plain rms_norm (or its fused int8 form); the K outputs are
+// bit for bit K single calls.
+template <int V, int L, int K, bool Int8>
+__global__ void rms_norm_rows_forward_kernel(const float* __restrict__ x, RowPtrs<K> gains,
+                                             RowOutPtrs<K> ys, float* __restrict__ rstd,
+                                             int64_t rows, double eps) {
+  constexpr int D = 4 * V * L, RPW = 32 / L;  // row length, rows per warp
   const int lane = threadIdx.x % 32, li = lane % L, sub = lane / L;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  const RowGains<V, L, K> gain(gains, li);
   for (int64_t base = (int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32) * RPW;
        base < rows; base += warps * RPW) {
     const int64_t r = base + sub;
     const bool valid = r < rows;
-    RowVec<V, L> xv;
-    if (valid)
-      xv.load(x + r * D, li);
-    else
-      xv.zero();
+    const RowVec<V, L> xv = load_row_or_zero<V, L>(x, r, valid, li);
     float s = 0.f;
 #pragma unroll
     for (int i = 0; i < V; ++i)
@@ -343,43 +271,34 @@ __global__ void rms_norm_int8_shared_forward_kernel(const float* __restrict__ x,
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       RowVec<V, L> yv;
-      float m = 0.f;
-      bool ok = true;
 #pragma unroll
       for (int i = 0; i < V; ++i)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          yv.at(i, e) = xv.at(i, e) * rs * __ldg(gains.p[k] + 4 * (li + L * i) + e);
-          const float a = fabsf(yv.at(i, e));
-          ok = ok && isfinite(a);
-          m = fmaxf(m, a);
-        }
-      m = row_group_max<L>(m);
-      const bool finite = row_group_all<L>(ok);
-      const float sc = m > 0 ? 127.0f / m : 1.0f;
-#pragma unroll
-      for (int i = 0; i < V; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) yv.at(i, e) = int8_round_trip<float>(yv.at(i, e), sc, finite);
+        for (int e = 0; e < 4; ++e)
+          yv.at(i, e) = gains.p[k] ? xv.at(i, e) * rs * gain.at(k, i, e) : xv.at(i, e) * rs;
+      if constexpr (Int8) int8_round_trip_row<V, L>(yv);
       if (valid) yv.store(ys.p[k] + r * D, li);
     }
   }
 }
 
-// The backward of the K rows: with G = sum_k g_k gain_k (g_k null: no gradient reached it),
-//   dx = rstd G - x rstd^3 dot(G, x) / D          (one RMSNorm backward for all K)
-//   partial[k, block, j] = sum over the block's rows of g_k x rstd   (dgain_k's share)
-// x and every g_k are read once. Shared memory: K * blockDim / L rows of D floats.
+// The backward of K such outputs (K = 1: rms_norm's), with G = sum_k g_k gain_k (g_k null: no
+// gradient reached output k; gain_k null: 1):
+//   dx = rstd G - x rstd^3 dot(G, x) / D          (one RMSNorm backward for all K; if dx)
+//   partial[k, block, j] = sum over the block's rows of g_k x rstd   (dgain_k; if partial)
+// x and every g_k are read once; per-lane sums in registers, then the block's rows of them
+// (one per warp and row slot: shared memory of K blockDim / L rows of D floats) in a fixed order.
 template <int V, int L, int K>
-__global__ void rms_norm_shared_backward_kernel(const float* __restrict__ x,
-                                                const float* __restrict__ rstd, RowPtrs<K> gains,
-                                                RowPtrs<K> gs, float* __restrict__ dx,
-                                                float* __restrict__ partial, int64_t rows) {
+__global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
+                                              const float* __restrict__ rstd, RowPtrs<K> gains,
+                                              RowPtrs<K> gs, float* __restrict__ dx,
+                                              float* __restrict__ partial, int64_t rows) {
   constexpr int D = 4 * V * L, RPW = 32 / L;
   extern __shared__ unsigned char shared_bytes[];
   float* acc = reinterpret_cast<float*>(shared_bytes);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
   const int li = lane % L, sub = lane / L;
+  const RowGains<V, L, K> gain(gains, li);
   RowVec<V, L> dg[K];
 #pragma unroll
   for (int k = 0; k < K; ++k) dg[k].zero();
@@ -387,43 +306,34 @@ __global__ void rms_norm_shared_backward_kernel(const float* __restrict__ x,
   for (int64_t base = (int64_t(blockIdx.x) * nw + warp) * RPW; base < rows; base += warps * RPW) {
     const int64_t r = base + sub;
     const bool valid = r < rows;
-    RowVec<V, L> xv, G;
-    if (valid)
-      xv.load(x + r * D, li);
-    else
-      xv.zero();
+    RowVec<V, L> xv = load_row_or_zero<V, L>(x, r, valid, li), G;
     G.zero();
     const float s = valid ? rstd[r] : 0.f;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       if (!gs.p[k]) continue;
-      RowVec<V, L> gv;
-      if (valid)
-        gv.load(gs.p[k] + r * D, li);
-      else
-        gv.zero();
+      const RowVec<V, L> gv = load_row_or_zero<V, L>(gs.p[k], r, valid, li);
 #pragma unroll
       for (int i = 0; i < V; ++i)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          dg[k].at(i, e) += gv.at(i, e) * xv.at(i, e) * s;
-          G.at(i, e) += gv.at(i, e) * __ldg(gains.p[k] + 4 * (li + L * i) + e);
+          if (partial) dg[k].at(i, e) += gv.at(i, e) * xv.at(i, e) * s;
+          G.at(i, e) += gains.p[k] ? gv.at(i, e) * gain.at(k, i, e) : gv.at(i, e);
         }
     }
-    if (dx) {
-      float dot = 0.f;
+    if (!dx) continue;
+    float dot = 0.f;
 #pragma unroll
-      for (int i = 0; i < V; ++i)
+    for (int i = 0; i < V; ++i)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) dot += G.at(i, e) * xv.at(i, e);
-      dot = row_group_sum<L>(dot);
-      const float c = s * s * s * dot / float(D);
+      for (int e = 0; e < 4; ++e) dot += G.at(i, e) * xv.at(i, e);
+    dot = row_group_sum<L>(dot);
+    const float c = s * s * s * dot / float(D);
 #pragma unroll
-      for (int i = 0; i < V; ++i)
+    for (int i = 0; i < V; ++i)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) xv.at(i, e) = s * G.at(i, e) - c * xv.at(i, e);
-      if (valid) xv.store(dx + r * D, li);
-    }
+      for (int e = 0; e < 4; ++e) xv.at(i, e) = s * G.at(i, e) - c * xv.at(i, e);
+    if (valid) xv.store(dx + r * D, li);
   }
   if (!partial) return;  // the same for the whole block
   const int slots = nw * RPW;
@@ -436,6 +346,11 @@ __global__ void rms_norm_shared_backward_kernel(const float* __restrict__ x,
     for (int w = 0; w < slots; ++w) t += acc[(int64_t(k) * slots + w) * D + col];
     partial[(int64_t(k) * gridDim.x + blockIdx.x) * D + col] = t;
   }
+}
+// Its shared memory in bytes.
+template <int V, int L, int K>
+constexpr size_t rows_backward_shared_bytes() {
+  return size_t(K) * (256 / L) * (4 * V * L) * sizeof(float);
 }
 
 // Calls f(std::integral_constant<int, V>, std::integral_constant<int, L>) when rows of D floats
@@ -492,6 +407,51 @@ inline int row_warps_blocks(int64_t rows) {
   return int(std::min<int64_t>((rows + 7) / 8, launch_for(int64_t(1) << 40).blocks * 4));
 }
 
+// Launches the register-row kernels when D allows them (64-1024 floats, every pointer 16-byte
+// aligned; a null pointer stands for a missing gain, gradient or output); false otherwise.
+template <int K>
+bool rows_forward(const float* x, RowPtrs<K> gains, RowOutPtrs<K> ys, float* rstd, int64_t rows,
+                  int64_t D, double eps, bool int8) {
+  bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  for (int k = 0; k < K; ++k)
+    aligned = aligned && reinterpret_cast<uintptr_t>(gains.p[k]) % 16 == 0 &&
+              reinterpret_cast<uintptr_t>(ys.p[k]) % 16 == 0;
+  return aligned && with_row_vec(D, {}, [&](auto v, auto l) {
+           constexpr int V = decltype(v)::value, L = decltype(l)::value;
+           const int blocks = row_warps_blocks((rows + 32 / L - 1) / (32 / L));
+           if (int8)
+             rms_norm_rows_forward_kernel<V, L, K, true>
+                 <<<blocks, 256, 0, cuda::stream()>>>(x, gains, ys, rstd, rows, eps);
+           else
+             rms_norm_rows_forward_kernel<V, L, K, false>
+                 <<<blocks, 256, 0, cuda::stream()>>>(x, gains, ys, rstd, rows, eps);
+           TERNARY_CUDA_CHECK_LAUNCH("rms_norm_rows_forward_kernel");
+         });
+}
+// partial (if not null): K * blocks rows of D floats, dgain_k's share per block.
+template <int K>
+bool rows_backward(int blocks, const float* x, const float* rstd, RowPtrs<K> gains, RowPtrs<K> gs,
+                   float* dx, float* partial, int64_t rows, int64_t D) {
+  bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+                 reinterpret_cast<uintptr_t>(dx) % 16 == 0 &&
+                 reinterpret_cast<uintptr_t>(partial) % 16 == 0;
+  for (int k = 0; k < K; ++k)
+    aligned = aligned && reinterpret_cast<uintptr_t>(gains.p[k]) % 16 == 0 &&
+              reinterpret_cast<uintptr_t>(gs.p[k]) % 16 == 0;
+  bool launched = false;
+  const bool vec = aligned && with_row_vec(D, {}, [&](auto v, auto l) {
+                     constexpr int V = decltype(v)::value, L = decltype(l)::value;
+                     constexpr size_t bytes = rows_backward_shared_bytes<V, L, K>();
+                     if constexpr (bytes <= 48 * 1024) {
+                       rms_norm_rows_backward_kernel<V, L, K>
+                           <<<blocks, 256, partial ? bytes : 0, cuda::stream()>>>(
+                               x, rstd, gains, gs, dx, partial, rows);
+                       TERNARY_CUDA_CHECK_LAUNCH("rms_norm_rows_backward_kernel");
+                       launched = true;
+                     }
+                   });
+  return vec && launched;
+}
 }  // namespace ternary::backend::cuda_detail
 
 namespace ternary::backend {
@@ -514,19 +474,8 @@ void rms_norm_forward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& gai
   if (rows == 0) return;
   const T* g = gain.defined() ? gain.data() : nullptr;
   if constexpr (std::is_same_v<T, float>) {
-    const bool vec = with_row_vec(D, {x.data(), g, y.data()}, [&](auto v, auto l) {
-      constexpr int V = decltype(v)::value, L = decltype(l)::value;
-      const int blocks = row_warps_blocks((rows + 32 / L - 1) / (32 / L));
-      if (int8_output)
-        rms_norm_forward_vec_kernel<V, L, true>
-            <<<blocks, 256, 0, cuda::stream()>>>(x.data(), g, y.data(), rstd.data(), rows, eps);
-      else
-        rms_norm_forward_vec_kernel<V, L, false>
-            <<<blocks, 256, 0, cuda::stream()>>>(x.data(), g, y.data(), rstd.data(), rows, eps);
-
-      TERNARY_CUDA_CHECK_LAUNCH("rms_norm_forward_vec_kernel");
-    });
-    if (vec) return;
+    if (rows_forward<1>(x.data(), {{g}}, {{y.data()}}, rstd.data(), rows, D, eps, int8_output))
+      return;
   }
   if (int8_output)
     rms_norm_forward_kernel<T, true><<<row_warps_blocks(rows), 256, 0, cuda::stream()>>>(
@@ -538,21 +487,15 @@ void rms_norm_forward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& gai
 }
 
 namespace cuda_detail {
-// The register-resident backward when D allows it (float rows of 128 V); false otherwise.
+// The register-resident backward when D allows it (float rows of 64-1024); false otherwise.
 template <class T>
 bool backward_vec(int blocks, const Tensor<T, cuda>& x, const T* gain, const Tensor<T, cuda>& rstd,
                   const Tensor<T, cuda>& g, T* dx, T* partial, int64_t rows) {
   if constexpr (!std::is_same_v<T, float>) {
     return false;
   } else {
-    return with_row_vec(x.size(1), {x.data(), gain, g.data(), dx, partial}, [&](auto v, auto l) {
-      constexpr int V = decltype(v)::value, L = decltype(l)::value;
-      // One partial row per warp and row slot (32 / L of them per warp).
-      const size_t bytes = partial ? size_t(256 / L) * size_t(4 * V * L) * sizeof(float) : 0;
-      rms_norm_backward_vec_kernel<V, L><<<blocks, 256, bytes, cuda::stream()>>>(
-          x.data(), gain, rstd.data(), g.data(), dx, partial, rows);
-      TERNARY_CUDA_CHECK_LAUNCH("rms_norm_backward_vec_kernel");
-    });
+    return rows_backward<1>(blocks, x.data(), rstd.data(), {{gain}}, {{g.data()}}, dx, partial,
+                            rows, x.size(1));
   }
 }
 }  // namespace cuda_detail
@@ -622,23 +565,13 @@ void rms_norm_int8_shared_forward(cuda, const Tensor<T, cuda>& x,
   using namespace cuda_detail;
   const int64_t rows = x.size(0), D = x.size(1);
   if (rows == 0) return;
-  cuda_detail::RowPtrs<int(K)> gp;
-  cuda_detail::RowOutPtrs<int(K)> yp;
-  bool aligned = reinterpret_cast<uintptr_t>(x.data()) % 16 == 0;
+  RowPtrs<int(K)> gp;
+  RowOutPtrs<int(K)> yp;
   for (size_t k = 0; k < K; ++k) {
     gp.p[k] = gains[k].data();
     yp.p[k] = ys[k].data();
-    aligned = aligned && reinterpret_cast<uintptr_t>(yp.p[k]) % 16 == 0;
   }
-  const bool vec =
-      aligned && with_row_vec(D, {x.data()}, [&](auto v, auto l) {
-        constexpr int V = decltype(v)::value, L = decltype(l)::value;
-        const int blocks = row_warps_blocks((rows + 32 / L - 1) / (32 / L));
-        rms_norm_int8_shared_forward_kernel<V, L, int(K)>
-            <<<blocks, 256, 0, cuda::stream()>>>(x.data(), gp, yp, rstd.data(), rows, eps);
-        TERNARY_CUDA_CHECK_LAUNCH("rms_norm_int8_shared_forward_kernel");
-      });
-  if (vec) return;
+  if (rows_forward<int(K)>(x.data(), gp, yp, rstd.data(), rows, D, eps, true)) return;
   for (size_t k = 0; k < K; ++k) rms_norm_forward(cuda{}, x, gains[k], ys[k], rstd, eps, true);
 }
 
@@ -652,27 +585,17 @@ void rms_norm_shared_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cu
   static_assert(std::is_same_v<T, float>, "rms_norm_shared_backward(cuda): float only");
   using namespace cuda_detail;
   const int64_t rows = x.size(0), D = x.size(1);
-  cuda_detail::RowPtrs<int(K)> gp, gsp;
-  bool aligned = reinterpret_cast<uintptr_t>(x.data()) % 16 == 0 &&
-                 (!dx.defined() || reinterpret_cast<uintptr_t>(dx.data()) % 16 == 0);
+  RowPtrs<int(K)> gp, gsp;
   for (size_t k = 0; k < K; ++k) {
     gp.p[k] = gains[k].data();
     gsp.p[k] = gs[k].defined() ? gs[k].data() : nullptr;
-    aligned = aligned && reinterpret_cast<uintptr_t>(gsp.p[k]) % 16 == 0;
   }
   const int blocks =
       int(std::min<int64_t>((rows + 7) / 8, launch_for(int64_t(1) << 40).blocks / 4));
-  // The register path's shared memory: K rows of D floats per warp and row slot.
-  const size_t bytes = K * size_t(256 / (D == 64 ? 16 : 32)) * size_t(D) * sizeof(float);
-  if (rows > 0 && D > 0 && aligned && bytes <= 48 * 1024) {
+  if (rows > 0 && D > 0) {
     auto partial = Tensor<T, cuda>::empty(Shape{int64_t(K) * blocks, D});
-    const bool vec = with_row_vec(D, {}, [&](auto v, auto l) {
-      constexpr int V = decltype(v)::value, L = decltype(l)::value;
-      rms_norm_shared_backward_kernel<V, L, int(K)><<<blocks, 256, bytes, cuda::stream()>>>(
-          x.data(), rstd.data(), gp, gsp, dx.defined() ? dx.data() : nullptr, partial.data(), rows);
-      TERNARY_CUDA_CHECK_LAUNCH("rms_norm_shared_backward_kernel");
-    });
-    if (vec) {
+    if (rows_backward<int(K)>(blocks, x.data(), rstd.data(), gp, gsp,
+                              dx.defined() ? dx.data() : nullptr, partial.data(), rows, D)) {
       for (size_t k = 0; k < K; ++k)
         if (dgains[k].defined()) {
           if (gs[k].defined())
