@@ -9,6 +9,7 @@
 #include "ternary/backend/cuda/channel_mix.cuh"
 #include "ternary/backend/cuda/elementwise.cuh"
 #include "ternary/backend/cuda/embedding.cuh"
+#include "ternary/backend/cuda/head_norm_rope.cuh"
 #include "ternary/backend/cuda/loss.cuh"
 #include "ternary/backend/cuda/matmul.cuh"
 #include "ternary/backend/cuda/norm.cuh"

@@ -35,6 +35,19 @@ DeviceRopeTable<T> upload_rope_table(const std::shared_ptr<const RopeTable<T>>& 
   return {t, Tensor<T, cuda>::from(s, t->cos), Tensor<T, cuda>::from(s, t->sin)};
 }
 
+// The device copy of a host table: from this thread's cache, or uploaded for this call if the
+// cache no longer holds it (cleared).
+template <class T>
+DeviceRopeTable<T> device_rope_table(const RopeTable<T>& table) {
+  auto& cache = rope_device_cache<T>();
+  if (auto it = cache.find(&table); it != cache.end()) return it->second;
+  const Shape s{table.positions, table.half};
+  DeviceRopeTable<T> dev;
+  dev.cos = Tensor<T, cuda>::from(s, table.cos);
+  dev.sin = Tensor<T, cuda>::from(s, table.sin);
+  return dev;
+}
+
 template <class T>
 __global__ void rope_rotate_kernel(const T* x, T* out, int64_t rows, int64_t half, int64_t seq_len,
                                    int64_t position_offset, const T* __restrict__ cos_t,
@@ -74,16 +87,7 @@ void rope_rotate(cuda, const T* x, T* out, int64_t rows, int64_t seq_len, int64_
   if (position_offset + seq_len > table.positions)
     throw IndexError(detail::cat("rope_rotate(cuda): positions up to ", position_offset + seq_len,
                                  " for a table of ", table.positions));
-  auto& cache = rope_device_cache<T>();
-  auto it = cache.find(&table);
-  DeviceRopeTable<T> dev;
-  if (it != cache.end()) {
-    dev = it->second;
-  } else {  // a table this thread's cache no longer holds (cleared): upload it for this call
-    const Shape s{table.positions, table.half};
-    dev.cos = Tensor<T, cuda>::from(s, table.cos);
-    dev.sin = Tensor<T, cuda>::from(s, table.sin);
-  }
+  const DeviceRopeTable<T> dev = device_rope_table(table);
   const int64_t n = rows * table.half;
   if (n == 0) return;
   const Launch l = launch_for(n);
