@@ -76,3 +76,45 @@ TEST_CASE("gradcheck reports a wrong backward rule", "[autograd][gradcheck]") {
   CHECK_FALSE(r.ok);
   CHECK_THAT(r.report, Contains("input 0"));
 }
+
+// Backward rules that add into a gradient while they write it (Var::accumulate_grad_with: the
+// linear's GEMMs with beta = 1, rms_norm's and channel_mix's kernels): each input below gets
+// several contributions, in every order the tape produces (fresh buffer, in place into an
+// owned one, out of place over a shared one), and must still equal finite differences.
+TEST_CASE("gradients added by the producing kernels equal finite differences", "[autograd]") {
+  Rng rng(11);
+  SECTION("one input into three linears and a residual (the attention's q, k, v)") {
+    auto r = gradcheck(
+        [](std::vector<Var<double>>& in) {
+          const auto& x = in[0];
+          return linear(x, in[1]) * linear(x, in[2]) + linear(x, in[3]) + x;
+        },
+        {Tensor<double>::randn({2, 3, 4}, rng), Tensor<double>::randn({4, 4}, rng),
+         Tensor<double>::randn({4, 4}, rng), Tensor<double>::randn({4, 4}, rng)});
+    INFO(r.report);
+    CHECK(r.ok);
+  }
+  SECTION("rms_norm and channel_mix over a shared residual stream (the GPT block)") {
+    auto r = gradcheck(
+        [](std::vector<Var<double>>& in) {
+          auto x = channel_mix(in[1], in[0], in[2], in[0]);  // x used twice by one op
+          x = channel_mix(x, in[2], rms_norm(x) * 2.0);
+          return channel_mix(x, in[1], rms_norm(x, in[3])) * rms_norm(in[0]);
+        },
+        {Tensor<double>::randn({2, 5, 6}, rng), Tensor<double>::randn({6}, rng),
+         Tensor<double>::randn({6}, rng), Tensor<double>::randn({6}, rng)});
+    INFO(r.report);
+    CHECK(r.ok);
+  }
+  SECTION("a leaf weight over two backward passes (gradient accumulation)") {
+    auto w = Var<double>::parameter(Tensor<double>::randn({3, 4}, rng));
+    auto x1 = Var<double>::constant(Tensor<double>::randn({5, 4}, rng));
+    auto x2 = Var<double>::constant(Tensor<double>::randn({5, 4}, rng));
+    auto s1 = Tensor<double>::randn({5, 3}, rng), s2 = Tensor<double>::randn({5, 3}, rng);
+    linear(x1, w).backward(s1);
+    linear(x2, w).backward(s2);
+    // dw = s1^T x1 + s2^T x2
+    auto expected = matmul(s1.t(), x1.value()) + matmul(s2.t(), x2.value());
+    CHECK(max_abs_diff(w.grad(), Tensor<double>(expected)) < 1e-12);
+  }
+}

@@ -33,9 +33,15 @@ class Var {
     Tensor<T, B> grad;
     bool requires_grad = false;
     bool is_leaf = true;
+    // The gradient buffer belongs to this node alone (allocated for it), so later gradients
+    // may be added into it in place; false while it is shared with another node's gradient.
+    bool grad_owned = false;
     bool has_grad() const override { return grad.defined(); }
     void release_graph() override {
-      if (!is_leaf) grad = Tensor<T, B>();
+      if (!is_leaf) {
+        grad = Tensor<T, B>();
+        grad_owned = false;
+      }
     }
   };
 
@@ -55,13 +61,18 @@ class Var {
   static Var constant(Tensor<T, B> value) { return Var(std::move(value), false); }
 
   bool defined() const { return node_ != nullptr; }
+  // Whether both are handles of one node (the same variable).
+  bool same_node(const Var& other) const { return node_ == other.node_; }
   const Tensor<T, B>& value() const { return node().value; }
   Tensor<T, B>& value() { return node().value; }
   // The accumulated gradient; undefined until backward reached this Var.
   const Tensor<T, B>& grad() const { return node().grad; }
   bool requires_grad() const { return node().requires_grad; }
   bool is_leaf() const { return node().is_leaf; }
-  void zero_grad() { node().grad = Tensor<T, B>(); }
+  void zero_grad() {
+    node().grad = Tensor<T, B>();
+    node().grad_owned = false;
+  }
   // Leaves only: `fn` runs during each backward as soon as this Var's gradient is final
   // (no later op adds to it); an empty function removes the hook. Used by dist/buckets.hpp.
   void set_grad_ready_hook(std::function<void()> fn) const {
@@ -84,19 +95,20 @@ class Var {
       throw AutogradError(detail::cat("accumulate_grad: gradient of shape ", g.shape(),
                                       " for a value of shape ", n.value.shape()));
     // A leaf's gradient is changed in place later (optimizers, clipping, all-reduce), so it
-    // gets its own copy. An inner node's gradient is only read, by the node's own backward
-    // rule, so it may share g's buffer (saving a copy pass per node); because g may be
+    // gets its own contiguous copy. An inner node's gradient is only read, by the node's own
+    // backward rule, so it may share g's buffer, whatever its layout (saving a copy pass per
+    // node: e.g. attention's dq, written in the token-major layout of the projection the
+    // heads were split from, flows back through the head split as it is); because g may be
     // shared with other nodes, a second gradient is then added out of place, never into the
-    // shared buffer.
+    // shared buffer. Backward rules read g through its strides (or make it contiguous).
     if (!n.grad.defined()) {
-      if (n.is_leaf || !g.is_contiguous())
-        n.grad = g.clone();
-      else
-        n.grad = g;
-    } else if (n.is_leaf) {
+      n.grad_owned = n.is_leaf;
+      n.grad = n.is_leaf ? g.clone() : g;
+    } else if (n.grad_owned) {
       n.grad += g;
     } else {
       n.grad = Tensor<T, B>(n.grad + g);
+      n.grad_owned = true;
     }
   }
   // Adds an expression into the gradient without a temporary tensor.
@@ -107,11 +119,31 @@ class Var {
     if (!n.grad.defined()) {  // one pass: evaluate e into a fresh buffer
       n.grad = Tensor<T, B>::empty(n.value.shape());
       n.grad.assign(e);
-    } else if (n.is_leaf) {
+    } else if (n.grad_owned) {
       n.grad += e;
     } else {  // the buffer may be shared (above): out of place
       n.grad = Tensor<T, B>(n.grad + e);
     }
+    n.grad_owned = true;
+  }
+  // For a backward rule whose kernel can add the gradient so far while it writes its own
+  // (a GEMM with beta = 1, a norm's backward): `write(dst, prior)` must store
+  // prior + (this rule's gradient) into dst, a contiguous tensor of the value's shape. prior
+  // is undefined (nothing so far), dst itself (add in place: each element of prior is read
+  // before the same element of dst is written), or another tensor (a buffer shared with
+  // another node, never written). Saves the separate addition pass of accumulate_grad.
+  template <class Write>
+  void accumulate_grad_with(Write&& write) const {
+    Node& n = node();
+    if (!n.requires_grad) return;
+    if (n.grad.defined() && n.grad_owned && n.grad.is_contiguous()) {
+      write(n.grad, n.grad);
+      return;
+    }
+    auto dst = Tensor<T, B>::empty(n.value.shape());
+    write(dst, n.grad);
+    n.grad = dst;
+    n.grad_owned = true;
   }
 
   // Reverse-mode sweep from this scalar: d this / d every leaf that requires grad.

@@ -47,7 +47,20 @@ Tensor<T, B> channel_mix_forward(const Tensor<T, B>* a, const Tensor<T, B>& x,
   return out;
 }
 
-// The backward of either form (a null: x enters with weight 1).
+// Calls f(dst, prior) with where v's gradient is to be written and the gradient so far to add
+// (Var::accumulate_grad_with; raw pointers, prior null if none), or f(nullptr, nullptr) if
+// the gradient is not wanted.
+template <class T, class B, class F>
+void with_grad_target(const Var<T, B>& v, bool want, F&& f) {
+  if (!want) return f(static_cast<T*>(nullptr), static_cast<const T*>(nullptr));
+  v.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
+    const auto prior_c = prior.defined() ? prior.contiguous() : Tensor<T, B>();
+    f(dst.data(), prior_c.defined() ? prior_c.data() : static_cast<const T*>(nullptr));
+  });
+}
+
+// The backward of either form (a null: x enters with weight 1). The kernel adds dx and dy
+// into the gradients x and y have so far (one pass, no separate additions).
 template <class T, class B>
 void channel_mix_backward(const Var<T, B>* a, const Var<T, B>& x, const Var<T, B>& b,
                           const Var<T, B>& y, const Tensor<T, B>& g_in) {
@@ -63,20 +76,27 @@ void channel_mix_backward(const Var<T, B>* a, const Var<T, B>& x, const Var<T, B
   const auto yc = want_db ? y.value().contiguous() : Tensor<T, B>();
   const auto ac = scale_dx ? a->value().contiguous() : Tensor<T, B>();
   const auto bc = want_dy ? b.value().contiguous() : Tensor<T, B>();
-  auto dx = scale_dx ? Tensor<T, B>::empty(g.shape()) : Tensor<T, B>();
-  auto dy = want_dy ? Tensor<T, B>::empty(g.shape()) : Tensor<T, B>();
   auto da = want_da ? Tensor<T, B>::empty(Shape{D}) : Tensor<T, B>();
   auto db = want_db ? Tensor<T, B>::empty(Shape{D}) : Tensor<T, B>();
   auto ptr = [](const Tensor<T, B>& t) { return t.defined() ? t.data() : nullptr; };
-  if (rows > 0) {
-    backend::channel_mix_backward(B{}, g.data(), ptr(ac), ptr(xc), ptr(bc), ptr(yc), ptr(dx),
-                                  ptr(dy), ptr(da), ptr(db), rows, D);
-  } else {  // no rows: the sums are empty
+  auto run = [&](T* dx, const T* dx_prior, T* dy, const T* dy_prior) {
+    if (rows > 0)
+      backend::channel_mix_backward(B{}, g.data(), ptr(ac), ptr(xc), ptr(bc), ptr(yc), dx, dy,
+                                    ptr(da), ptr(db), rows, D, dx_prior, dy_prior);
+  };
+  if (scale_dx && want_dy && x.same_node(y)) {  // channel_mix(a, x, b, x): one target
+    with_grad_target(x, true, [&](T* dx, const T* prior) { run(dx, prior, nullptr, nullptr); });
+    y.accumulate_grad(Tensor<T, B>(b.value() * g));  // after x's target is committed
+  } else {
+    with_grad_target(x, scale_dx, [&](T* dx, const T* dx_prior) {
+      with_grad_target(y, want_dy,
+                       [&](T* dy, const T* dy_prior) { run(dx, dx_prior, dy, dy_prior); });
+    });
+  }
+  if (rows == 0) {  // no rows: the sums are empty
     if (want_da) da.fill(T(0));
     if (want_db) db.fill(T(0));
   }
-  if (scale_dx) x.accumulate_grad(dx);
-  if (want_dy) y.accumulate_grad(dy);
   if (want_da) a->accumulate_grad(da);
   if (want_db) b.accumulate_grad(db);
 }

@@ -56,12 +56,19 @@ Var<T, B> rms_norm_var(const Var<T, B>& x, const Var<T, B>* gain, double eps, co
   auto backward = [x, w, x_c, w_c, rstd](const Tensor<T, B>& g) {
     const int64_t D = x_c.size(-1), rows = rstd.numel();
     const bool want_dx = x.requires_grad(), want_dw = w.defined() && w.requires_grad();
-    Tensor<T, B> dx = want_dx ? Tensor<T, B>::empty(x_c.shape()) : Tensor<T, B>();
     Tensor<T, B> dw = want_dw ? Tensor<T, B>::empty(Shape{D}) : Tensor<T, B>();
-    backend::rms_norm_backward(B{}, x_c.reshape(Shape{rows, D}), w_c, rstd,
-                               g.contiguous().reshape(Shape{rows, D}),
-                               want_dx ? dx.reshape(Shape{rows, D}) : dx, dw);
-    if (want_dx) x.accumulate_grad(dx);
+    const auto g_rows = g.contiguous().reshape(Shape{rows, D});
+    const auto x_rows = x_c.reshape(Shape{rows, D});
+    if (want_dx) {  // dx is added by the kernel into x's gradient so far (one pass)
+      x.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
+        const auto prior_rows =
+            prior.defined() ? prior.contiguous().reshape(Shape{rows, D}) : Tensor<T, B>();
+        backend::rms_norm_backward(B{}, x_rows, w_c, rstd, g_rows, dst.reshape(Shape{rows, D}), dw,
+                                   prior_rows);
+      });
+    } else if (want_dw) {
+      backend::rms_norm_backward(B{}, x_rows, w_c, rstd, g_rows, Tensor<T, B>(), dw);
+    }
     if (want_dw) w.accumulate_grad(dw);
   };
   if (has_gain) return Var<T, B>::record(name, y, {x, *gain}, backward);

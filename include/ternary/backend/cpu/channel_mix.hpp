@@ -42,9 +42,12 @@ void channel_mix_forward(cpu, const T* a, const T* x, const T* b, const T* y, T*
 }
 
 // Any of dx, dy, da, db may be null (not wanted). dx with a null: the caller uses g itself.
+// dx_prior / dy_prior (if not null) are added into dx / dy: the gradients so far, which may
+// be dx / dy themselves.
 template <class T>
 void channel_mix_backward(cpu, const T* g, const T* a, const T* x, const T* b, const T* y, T* dx,
-                          T* dy, T* da, T* db, int64_t rows, int64_t D) {
+                          T* dy, T* da, T* db, int64_t rows, int64_t D, const T* dx_prior = nullptr,
+                          const T* dy_prior = nullptr) {
   using batch = xsimd::batch<T>;
   constexpr int64_t W = batch::size;
   const bool big = rows > 1 && rows * D >= cpu_detail::kParallelThreshold;
@@ -61,12 +64,20 @@ void channel_mix_backward(cpu, const T* g, const T* a, const T* x, const T* b, c
           .store_unaligned(acc + j);
     for (; j < D; ++j) acc[j] += gr[j] * vr[j];
   };
-  // out[j] = w[j] * g[j] over one row
-  auto scale = [&](T* out, const T* w, const T* gr) {
+  // out[j] = w[j] * g[j] (+ prior[j]) over one row
+  auto scale = [&](T* out, const T* w, const T* gr, const T* prior) {
     int64_t j = 0;
-    for (; j + W <= D; j += W)
-      (batch::load_unaligned(w + j) * batch::load_unaligned(gr + j)).store_unaligned(out + j);
-    for (; j < D; ++j) out[j] = w[j] * gr[j];
+    if (prior) {
+      for (; j + W <= D; j += W)
+        xsimd::fma(batch::load_unaligned(w + j), batch::load_unaligned(gr + j),
+                   batch::load_unaligned(prior + j))
+            .store_unaligned(out + j);
+      for (; j < D; ++j) out[j] = w[j] * gr[j] + prior[j];
+    } else {
+      for (; j + W <= D; j += W)
+        (batch::load_unaligned(w + j) * batch::load_unaligned(gr + j)).store_unaligned(out + j);
+      for (; j < D; ++j) out[j] = w[j] * gr[j];
+    }
   };
 #pragma omp parallel num_threads(nt) if (big)
   {
@@ -76,8 +87,8 @@ void channel_mix_backward(cpu, const T* g, const T* a, const T* x, const T* b, c
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const T* gr = g + r * D;
-      if (dx && a) scale(dx + r * D, a, gr);
-      if (dy) scale(dy + r * D, b, gr);
+      if (dx && a) scale(dx + r * D, a, gr, dx_prior ? dx_prior + r * D : nullptr);
+      if (dy) scale(dy + r * D, b, gr, dy_prior ? dy_prior + r * D : nullptr);
       if (acc_a) accumulate(acc_a, gr, x + r * D);
       if (acc_b) accumulate(acc_b, gr, y + r * D);
     }

@@ -56,14 +56,16 @@ void rms_norm_forward(cpu, const Tensor<T, cpu>& x, const Tensor<T, cpu>& gain,
 }
 
 // From the output gradient g (contiguous [rows, D]), with x_hat = x * rstd and gg = g * gain:
-//   dx    = rstd * (gg - x_hat * mean(gg * x_hat))      (written, if dx is defined)
+//   dx    = rstd * (gg - x_hat * mean(gg * x_hat))      (written, if dx is defined; plus
+//           dx_addend if that is defined: a gradient so far, which may be dx itself)
 //   dgain = sum over rows of g * x_hat                   (written, if dgain is defined)
 // Threads own disjoint rows; dgain is summed from per-thread partial rows (deterministic
 // for a given thread count).
 template <class T>
 void rms_norm_backward(cpu, const Tensor<T, cpu>& x, const Tensor<T, cpu>& gain,
                        const Tensor<T, cpu>& rstd, const Tensor<T, cpu>& g,
-                       const Tensor<T, cpu>& dx, const Tensor<T, cpu>& dgain) {
+                       const Tensor<T, cpu>& dx, const Tensor<T, cpu>& dgain,
+                       const Tensor<T, cpu>& dx_addend = Tensor<T, cpu>()) {
   using namespace cpu_detail;
   using batch = xsimd::batch<T>;
   constexpr int64_t W = batch::size;
@@ -71,12 +73,14 @@ void rms_norm_backward(cpu, const Tensor<T, cpu>& x, const Tensor<T, cpu>& gain,
   check_rows("rms_norm_backward", x, rows, D);
   check_rows("rms_norm_backward", g, rows, D);
   if (dx.defined()) check_rows("rms_norm_backward", dx, rows, D);
+  if (dx_addend.defined()) check_rows("rms_norm_backward", dx_addend, rows, D);
   if (dgain.defined() && (dgain.numel() != D || !dgain.is_contiguous()))
     throw ShapeError(
         detail::cat("rms_norm_backward: dgain of shape ", dgain.shape(), " for D = ", D));
   const T* w = gain.defined() ? gain.data() : nullptr;
   const T *xs = x.data(), *gs = g.data(), *rs = rstd.data();
   T* dxs = dx.defined() ? dx.data() : nullptr;
+  const T* adds = dx_addend.defined() ? dx_addend.data() : nullptr;  // may be dxs itself
   const bool big = rows > 1 && rows * D >= kParallelThreshold;
   const int nt = big ? omp_get_max_threads() : 1;
   // Scratch as tensors: their memory comes from the block cache (no heap per call).
@@ -114,10 +118,19 @@ void rms_norm_backward(cpu, const Tensor<T, cpu>& x, const Tensor<T, cpu>& gain,
       const batch cb(c);
       T* dr = dxs + r * D;
       int64_t j = 0;
-      for (; j + W <= D; j += W)
-        xsimd::fms(sb, batch::load_unaligned(gg + j), cb * batch::load_unaligned(xr + j))
-            .store_unaligned(dr + j);
-      for (; j < D; ++j) dr[j] = s * gg[j] - c * xr[j];
+      if (adds) {
+        const T* ar = adds + r * D;
+        for (; j + W <= D; j += W)
+          (batch::load_unaligned(ar + j) +
+           xsimd::fms(sb, batch::load_unaligned(gg + j), cb * batch::load_unaligned(xr + j)))
+              .store_unaligned(dr + j);
+        for (; j < D; ++j) dr[j] = ar[j] + (s * gg[j] - c * xr[j]);
+      } else {
+        for (; j + W <= D; j += W)
+          xsimd::fms(sb, batch::load_unaligned(gg + j), cb * batch::load_unaligned(xr + j))
+              .store_unaligned(dr + j);
+        for (; j < D; ++j) dr[j] = s * gg[j] - c * xr[j];
+      }
     }
   }
   if (dgain.defined()) {

@@ -64,13 +64,23 @@ __global__ void channel_mix_forward_kernel(const float* __restrict__ a, const fl
   }
 }
 
-// Block k takes rows [k rows_per_block, +rows_per_block); pa / pb [blocks, D] get its sums.
+// t += p[0 .. W) (a gradient so far; p may be where t is stored next, read first)
+template <int W>
+__device__ void add_lanes(Lanes<W>& t, const float* p) {
+  Lanes<W> prior;
+  prior.load(p);
+#pragma unroll
+  for (int e = 0; e < W; ++e) t.v[e] += prior.v[e];
+}
+
+// Block k takes rows [k rows_per_block, +rows_per_block); pa / pb [blocks, D] get its sums;
+// dx, dy get a g, b g plus dx_prior, dy_prior where those are not null.
 template <int W>
 __global__ void channel_mix_backward_kernel(
     const float* __restrict__ g, const float* __restrict__ a, const float* __restrict__ x,
-    const float* __restrict__ b, const float* __restrict__ y, float* __restrict__ dx,
-    float* __restrict__ dy, float* __restrict__ pa, float* __restrict__ pb, int64_t rows, int64_t D,
-    int64_t rows_per_block) {
+    const float* __restrict__ b, const float* __restrict__ y, float* dx, float* dy,
+    const float* dx_prior, const float* dy_prior, float* __restrict__ pa, float* __restrict__ pb,
+    int64_t rows, int64_t D, int64_t rows_per_block) {
   const int64_t r0 = int64_t(blockIdx.x) * rows_per_block;
   const int64_t r1 = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
   for (int64_t j = int64_t(threadIdx.x) * W; j < D; j += int64_t(blockDim.x) * W) {
@@ -87,11 +97,13 @@ __global__ void channel_mix_backward_kernel(
       if (dx) {
 #pragma unroll
         for (int e = 0; e < W; ++e) t.v[e] = av.v[e] * gv.v[e];
+        if (dx_prior) add_lanes(t, dx_prior + i);
         t.store(dx + i);
       }
       if (dy) {
 #pragma unroll
         for (int e = 0; e < W; ++e) t.v[e] = bv.v[e] * gv.v[e];
+        if (dy_prior) add_lanes(t, dy_prior + i);
         t.store(dy + i);
       }
       if (pa) {
@@ -144,7 +156,8 @@ void channel_mix_forward(cuda, const T* a, const T* x, const T* b, const T* y, T
 
 template <class T>
 void channel_mix_backward(cuda, const T* g, const T* a, const T* x, const T* b, const T* y, T* dx,
-                          T* dy, T* da, T* db, int64_t rows, int64_t D) {
+                          T* dy, T* da, T* db, int64_t rows, int64_t D, const T* dx_prior,
+                          const T* dy_prior) {  // defaults: in cuda.hpp
   static_assert(std::is_same_v<T, float>, "channel_mix(cuda): float only");
   using namespace cuda_detail;
   if (rows == 0 || D == 0) return;
@@ -156,11 +169,11 @@ void channel_mix_backward(cuda, const T* g, const T* a, const T* x, const T* b, 
   auto pb = Tensor<T, cuda>::empty(Shape{db ? blocks : 0, D});
   float* pa_p = da ? pa.data() : nullptr;
   float* pb_p = db ? pb.data() : nullptr;
-  with_channel_width(D, {g, a, x, b, y, dx, dy, pa_p, pb_p}, [&](auto w) {
+  with_channel_width(D, {g, a, x, b, y, dx, dy, dx_prior, dy_prior, pa_p, pb_p}, [&](auto w) {
     constexpr int W = decltype(w)::value;
     const int threads = int(std::min<int64_t>(256, std::max<int64_t>(32, (D / W + 31) / 32 * 32)));
     channel_mix_backward_kernel<W><<<unsigned(blocks), threads, 0, cuda::stream()>>>(
-        g, a, x, b, y, dx, dy, pa_p, pb_p, rows, D, rows_per_block);
+        g, a, x, b, y, dx, dy, dx_prior, dy_prior, pa_p, pb_p, rows, D, rows_per_block);
     TERNARY_CUDA_CHECK_LAUNCH("channel_mix_backward_kernel");
   });
   // The blocks' partial rows, summed in a fixed order (deterministic) straight into da, db.
