@@ -256,3 +256,40 @@ TEST_CASE("gemm (the packed kernel) and gemm_eigen agree", "[gemm]") {
   for (size_t i = 0; i < c1.size(); ++i) worst = std::max(worst, std::abs(c1[i] - c2[i]));
   CHECK(worst < 1e-4f);
 }
+
+// linear() with bf16 operands (detail::linear_bf16: the CUDA backend's path under
+// cuda::set_bf16; on the CPU it runs only when called directly, as here): the products of the
+// bf16-rounded operands, with fp32 sums, for the value and both gradients, also when the
+// gradients are added into earlier ones (x used twice, w over two backward passes).
+TEST_CASE("linear with bf16 operands multiplies the rounded operands", "[ops][matmul]") {
+  Rng rng(21);
+  auto round = [](const Tensor<float>& t) {
+    auto r = backend::to_bf16(cpu{}, t);
+    auto out = Tensor<float>::empty(t.shape());
+    for (int64_t i = 0; i < t.numel(); ++i) out.data()[i] = float(r.data()[i]);
+    return out;
+  };
+  auto hx = Tensor<float>::randn({2, 5, 12}, rng), hw = Tensor<float>::randn({7, 12}, rng);
+  auto hg = Tensor<float>::randn({2, 5, 7}, rng);
+  // rounding really happens: the reference differs from the fp32 product
+  CHECK(max_abs_diff(round(hx), hx) > 1e-4);
+  auto x = Var<float>::parameter(hx), w = Var<float>::parameter(hw);
+  auto y = detail::linear_bf16(x, w);
+  const auto xr = round(hx), wr = round(hw), gr = round(hg);
+  CHECK(max_abs_diff(y.value(), matmul(xr, wr.t())) < 1e-5);
+  y.backward(hg);
+  const auto g2 = gr.reshape({10, 7});
+  CHECK(max_abs_diff(x.grad(), matmul(g2, wr).reshape({2, 5, 12})) < 1e-5);
+  CHECK(max_abs_diff(w.grad(), matmul(g2.t(), xr.reshape({10, 12}))) < 1e-5);
+  // x used twice (the GEMM adds into the residual's gradient), w over two backward passes
+  auto hr = Tensor<float>::randn({2, 5, 12}, rng);
+  auto x2 = Var<float>::parameter(hx), w2 = Var<float>::parameter(hw);
+  for (int pass = 0; pass < 2; ++pass) {
+    auto loss = sum(detail::linear_bf16(x2, w2) * Var<float>::constant(hg)) +
+                sum(x2 * Var<float>::constant(hr));
+    loss.backward();
+  }
+  CHECK(max_abs_diff(x2.grad(), Tensor<float>(2.0f * (matmul(g2, wr).reshape({2, 5, 12}) + hr))) <
+        1e-4);
+  CHECK(max_abs_diff(w2.grad(), Tensor<float>(2.0f * matmul(g2.t(), xr.reshape({10, 12})))) < 1e-4);
+}

@@ -1,9 +1,9 @@
 // The GPT's ops on the CUDA backend against the same ops on the CPU, on random shapes
 // including odd sizes: forward values and the gradients of a random linear functional
 // L = sum(out * W) (so every output element's gradient path is checked).
-// Tolerances (relative L2 error to the CPU): rms_norm, rope, embedding 1e-5; fused attention
-// forward 1e-5 and gradients 1e-4 (online softmax and fp32 sums in another order); the int8
-// activation quantizer is bit-identical (0); ternary weights 1e-6 (the same trits; the scale
+// Tolerances (relative L2 error to the CPU): rms_norm, rope, head_norm_rope, embedding 1e-5; fused
+// attention forward 1e-5 and gradients 1e-4 (online softmax and fp32 sums in another order); the
+// int8 activation quantizer is bit-identical (0); ternary weights 1e-6 (the same trits; the scale
 // is a double sum in another order); squared norms 1e-6 (the CPU sums float blocks); Muon /
 // clipping 1e-5 after 3 steps; tensor-core (bf16) attention 1.5e-2 / 3e-2 (see its test).
 #include <catch2/catch.hpp>
@@ -16,6 +16,7 @@
 #include "ternary/ops/channel_mix.hpp"
 #include "ternary/ops/elementwise.hpp"
 #include "ternary/ops/embedding.hpp"
+#include "ternary/ops/head_norm_rope.hpp"
 #include "ternary/ops/matmul.hpp"
 #include "ternary/ops/norm.hpp"
 #include "ternary/ops/reduce.hpp"
@@ -130,6 +131,65 @@ TEST_CASE("cuda rope: forward and gradient against the CPU (offsets, odd lengths
   // a permuted (strided) input, as the GPT's heads are
   auto hx = Tensor<float>::randn({2, 9, 3, 8}, rng);
   CHECK(rel_err(rope(to_device(hx).permute({0, 2, 1, 3})), rope(hx.permute({0, 2, 1, 3}))) < 1e-6);
+}
+
+TEST_CASE("cuda head_norm_rope: values, gradients and layouts against the CPU") {
+  Rng rng(31);
+  // Dh 64 and 128 take the register kernels, 10 and 34 the loop; token-major views as the GPT's
+  for (auto [B, H, T, Dh] : std::vector<std::array<int64_t, 4>>{
+           {2, 4, 65, 64}, {1, 2, 33, 128}, {2, 3, 7, 10}, {1, 2, 300, 34}}) {
+    for (bool with_gain : {false, true})
+      for (bool token_major : {false, true}) {
+        INFO("shape " << B << "x" << H << "x" << T << "x" << Dh << (with_gain ? " gain" : "")
+                      << (token_major ? " token-major" : ""));
+        auto raw = token_major ? Tensor<float>::randn({B, T, H, Dh}, rng)
+                               : Tensor<float>::randn({B, H, T, Dh}, rng);
+        auto view = [&](const auto& v) { return token_major ? permute(v, {0, 2, 1, 3}) : v; };
+        auto hg = Tensor<float>::rand({H}, rng, 0.5, 2.0);
+        auto hw = Tensor<float>::randn({B, H, T, Dh}, rng);
+        auto cx = VarH::parameter(raw.clone()), cg = VarH::parameter(hg.clone());
+        auto dx = VarD::parameter(to_device(raw)), dg = VarD::parameter(to_device(hg));
+        auto cy = with_gain ? head_norm_rope(view(cx), cg) : head_norm_rope(view(cx));
+        functional(cy, hw).backward();
+        auto dy = with_gain ? head_norm_rope(view(dx), dg) : head_norm_rope(view(dx));
+        CHECK(dy.value().is_contiguous() == !token_major);  // the input's layout
+        CHECK(rel_err(dy.value(), cy.value()) < 1e-5);
+        functional(dy, hw).backward();
+        CHECK(rel_err(dx.grad(), cx.grad()) < 1e-5);
+        if (with_gain) CHECK(rel_err(dg.grad(), cg.grad()) < 1e-5);
+      }
+  }
+}
+
+// The kernels that add into a gradient so far (Var::accumulate_grad_with): a residual stream
+// read by rms_norm, channel_mix (also with x twice) and three linears, as in the GPT block.
+TEST_CASE("cuda gradients added by the producing kernels against the CPU") {
+  Rng rng(32);
+  const int64_t D = 64;
+  auto hx = Tensor<float>::randn({2, 9, D}, rng);
+  std::vector<Tensor<float>> hp;
+  for (int i = 0; i < 3; ++i) hp.push_back(Tensor<float>::rand({D}, rng, 0.5, 1.5));
+  for (int i = 0; i < 3; ++i) hp.push_back(Tensor<float>::randn({D, D}, rng, 0, 0.2));
+  auto hw = Tensor<float>::randn({2, 9, D}, rng);
+  auto model = [](const auto& x, const auto& p) {
+    auto y = channel_mix(p[0], x, p[1], x);
+    y = channel_mix(y, p[2], rms_norm(y));
+    auto h = rms_norm(y, p[0]);
+    return channel_mix(y, p[1], linear(h, p[3]) * linear(h, p[4]) + linear(h, p[5]));
+  };
+  std::vector<VarH> cp;
+  std::vector<VarD> dp;
+  for (auto& t : hp) cp.push_back(VarH::parameter(t.clone()));
+  for (auto& t : hp) dp.push_back(VarD::parameter(to_device(t)));
+  auto cx = VarH::parameter(hx.clone());
+  auto dx = VarD::parameter(to_device(hx));
+  functional(model(cx, cp), hw).backward();
+  functional(model(dx, dp), hw).backward();
+  CHECK(rel_err(dx.grad(), cx.grad()) < 1e-5);
+  for (size_t i = 0; i < cp.size(); ++i) {
+    INFO("parameter " << i);
+    CHECK(rel_err(dp[i].grad(), cp[i].grad()) < 1e-5);
+  }
 }
 
 TEST_CASE("cuda causal attention (fused, GQA): forward and gradients against the CPU") {
@@ -362,52 +422,60 @@ TEST_CASE("cuda quantizers: ternary absmean (STE) and int8 activations against t
     CHECK(rel_err(fg.grad(), cg.grad()) < 1e-4);
   }
   // Three gains on one x (the q, k, v BitLinears): bit for bit the three single calls on the
-  // device, gradients within float rounding of them and of the CPU; also with an unused output.
+  // device, gradients within float rounding of them and of the CPU; also with an unused output,
+  // and behind the GPT block's plain pre-norm (prenormed: both norms in one kernel each way,
+  // bit for bit the two ops forward). x is also read by another op (its gradient is added to).
   for (auto [rows, D] : std::vector<std::array<int64_t, 2>>{{7, 33}, {300, 512}, {257, 64}})
-    for (bool use_middle : {true, false}) {
-      INFO("K = 3, " << rows << "x" << D << (use_middle ? "" : ", middle output unused"));
-      auto hx = Tensor<float>::randn({rows, D}, rng, 0, 2);
-      std::array<Tensor<float>, 3> hg, hw;
-      for (int k = 0; k < 3; ++k) {
-        hg[k] = Tensor<float>::randn({D}, rng, 1, 0.3);
-        hw[k] = Tensor<float>::randn({rows, D}, rng);
-      }
-      auto run = [&](auto x, std::array<decltype(x), 3> g, bool shared) {
-        std::array<decltype(x), 3> y;
-        if (shared)
-          y = quant::rms_norm_quantize_activations<3>(x, g);
-        else
-          for (int k = 0; k < 3; ++k) y[k] = quant::rms_norm_quantize_activations(x, g[k]);
-        auto loss = functional(y[0], hw[0]) + functional(y[2], hw[2]);
-        if (use_middle) loss = loss + functional(y[1], hw[1]);
-        loss.backward();
-        return y;
-      };
-      auto dx1 = VarD::parameter(to_device(hx)), dx2 = VarD::parameter(to_device(hx));
-      auto cx = VarH::parameter(hx.clone());
-      std::array<VarD, 3> dg1, dg2;
-      std::array<VarH, 3> cg;
-      for (int k = 0; k < 3; ++k) {
-        dg1[k] = VarD::parameter(to_device(hg[k]));
-        dg2[k] = VarD::parameter(to_device(hg[k]));
-        cg[k] = VarH::parameter(hg[k].clone());
-      }
-      auto y1 = run(dx1, dg1, true);
-      auto y2 = run(dx2, dg2, false);
-      auto yc = run(cx, cg, true);
-      for (int k = 0; k < 3; ++k) {
-        CHECK(rel_err(y1[k].value(), to_host(y2[k].value())) == 0);
-        CHECK(rel_err(y1[k].value(), yc[k].value()) < 1e-3);
-        if (k != 1 || use_middle) {
-          CHECK(rel_err(dg1[k].grad(), to_host(dg2[k].grad())) < 1e-5);
-          CHECK(rel_err(dg1[k].grad(), cg[k].grad()) < 1e-4);
-        } else {
-          CHECK(!dg1[k].grad().defined());
+    for (bool use_middle : {true, false})
+      for (bool prenormed : {false, true}) {
+        INFO("K = 3, " << rows << "x" << D << (use_middle ? "" : ", middle output unused")
+                       << (prenormed ? ", prenormed" : ""));
+        auto hx = Tensor<float>::randn({rows, D}, rng, 0, 2);
+        auto hr = Tensor<float>::randn({rows, D}, rng);
+        std::array<Tensor<float>, 3> hg, hw;
+        for (int k = 0; k < 3; ++k) {
+          hg[k] = Tensor<float>::randn({D}, rng, 1, 0.3);
+          hw[k] = Tensor<float>::randn({rows, D}, rng);
         }
+        auto run = [&](auto x, std::array<decltype(x), 3> g, bool shared) {
+          std::array<decltype(x), 3> y;
+          if (shared && prenormed)
+            y = quant::rms_norm_quantize_activations_prenormed<3>(x, g, 1e-6, 1e-6);
+          else if (shared)
+            y = quant::rms_norm_quantize_activations<3>(x, g);
+          else
+            for (int k = 0; k < 3; ++k)
+              y[k] = quant::rms_norm_quantize_activations(prenormed ? rms_norm(x, 1e-6) : x, g[k]);
+          auto loss = functional(y[0], hw[0]) + functional(y[2], hw[2]) + functional(x, hr);
+          if (use_middle) loss = loss + functional(y[1], hw[1]);
+          loss.backward();
+          return y;
+        };
+        auto dx1 = VarD::parameter(to_device(hx)), dx2 = VarD::parameter(to_device(hx));
+        auto cx = VarH::parameter(hx.clone());
+        std::array<VarD, 3> dg1, dg2;
+        std::array<VarH, 3> cg;
+        for (int k = 0; k < 3; ++k) {
+          dg1[k] = VarD::parameter(to_device(hg[k]));
+          dg2[k] = VarD::parameter(to_device(hg[k]));
+          cg[k] = VarH::parameter(hg[k].clone());
+        }
+        auto y1 = run(dx1, dg1, true);
+        auto y2 = run(dx2, dg2, false);
+        auto yc = run(cx, cg, true);
+        for (int k = 0; k < 3; ++k) {
+          CHECK(rel_err(y1[k].value(), to_host(y2[k].value())) == 0);
+          CHECK(rel_err(y1[k].value(), yc[k].value()) < 1e-3);
+          if (k != 1 || use_middle) {
+            CHECK(rel_err(dg1[k].grad(), to_host(dg2[k].grad())) < 1e-5);
+            CHECK(rel_err(dg1[k].grad(), cg[k].grad()) < 1e-4);
+          } else {
+            CHECK(!dg1[k].grad().defined());
+          }
+        }
+        CHECK(rel_err(dx1.grad(), to_host(dx2.grad())) < 1e-5);
+        CHECK(rel_err(dx1.grad(), cx.grad()) < 1e-4);
       }
-      CHECK(rel_err(dx1.grad(), to_host(dx2.grad())) < 1e-5);
-      CHECK(rel_err(dx1.grad(), cx.grad()) < 1e-4);
-    }
   // a NaN makes its row NaN on the device (the CPU throws)
   auto bad = Tensor<float>::ones({2, 4});
   bad(1, 2) = std::nanf("");
@@ -452,6 +520,35 @@ TEST_CASE("cuda norms, clipping and Muon against the CPU") {
       dm.zero_grad();
     }
     CHECK(rel_err(dp.value(), cp.value()) < 1e-5);
+  }
+}
+
+// linear() under cuda::set_bf16 (detail::linear_bf16, bf16 copies of x, w and g on the tensor
+// cores) against the same function on the CPU (the rounded operands multiplied in fp32): the
+// roundings are identical, only the order of the fp32 sums differs.
+TEST_CASE("cuda linear with bf16 operands against the CPU's bf16 reference") {
+  struct Bf16On {
+    Bf16On() { cuda::set_bf16(true); }
+    ~Bf16On() { cuda::set_bf16(false); }
+  } on;
+  Rng rng(33);
+  for (auto [rows, in, out] : std::vector<std::array<int64_t, 3>>{{64, 512, 256}, {33, 20, 7}}) {
+    INFO(rows << " x " << in << " -> " << out);
+    auto hx = Tensor<float>::randn({rows, in}, rng), hw = Tensor<float>::randn({out, in}, rng);
+    auto hr = Tensor<float>::randn({rows, in}, rng), hg = Tensor<float>::randn({rows, out}, rng);
+    auto cx = VarH::parameter(hx.clone()), cw = VarH::parameter(hw.clone());
+    auto dx = VarD::parameter(to_device(hx)), dw = VarD::parameter(to_device(hw));
+    auto cy = detail::linear_bf16(cx, cw);
+    functional(cy, hg).backward();
+    (sum(detail::linear_bf16(cx, cw) * VarH::constant(hg)) + sum(cx * VarH::constant(hr)))
+        .backward();           // a second pass: both gradients are added into
+    auto dy = linear(dx, dw);  // the bf16 path, chosen by the flag
+    CHECK(rel_err(dy.value(), cy.value()) < 1e-5);
+    functional(dy, hg).backward();
+    (sum(linear(dx, dw) * VarD::constant(to_device(hg))) + sum(dx * VarD::constant(to_device(hr))))
+        .backward();
+    CHECK(rel_err(dx.grad(), cx.grad()) < 1e-5);
+    CHECK(rel_err(dw.grad(), cw.grad()) < 1e-5);
   }
 }
 

@@ -31,6 +31,7 @@
 #include "ternary/ops/channel_mix.hpp"
 #include "ternary/ops/elementwise.hpp"
 #include "ternary/ops/embedding.hpp"
+#include "ternary/ops/head_norm_rope.hpp"
 #include "ternary/ops/loss.hpp"
 #include "ternary/ops/matmul.hpp"
 #include "ternary/ops/norm.hpp"
@@ -115,18 +116,30 @@ class CausalSelfAttention : public Module<T, B> {
         this->register_parameter("q_gain", Tensor<T, B>::full({c.n_heads}, T(c.qk_gain_init)));
   }
   // x [B, T, D] -> [B, T, D]
-  VarT forward(const VarT& x) const {
-    const int64_t Bn = x.size(0), Tn = x.size(1), Dh = c_.head_dim();
+  VarT forward(const VarT& x) const { return attend(project_qkv(x)); }
+  // forward(rms_norm(x, eps)), the block's pre-norm included: for BitLinear q, k, v that
+  // normalise and quantize their input, on CUDA both norms run in one kernel each way.
+  VarT forward_prenormed(const VarT& x, double eps) const {
+    if constexpr (!B::on_host)
+      if (const auto b = fused_qkv(); b[0])
+        return attend(project_fused(quant::rms_norm_quantize_activations_prenormed<3>(
+            x, {b[0]->norm()->gain(), b[1]->norm()->gain(), b[2]->norm()->gain()}, eps,
+            b[0]->norm()->eps())));
+    return forward(rms_norm(x, eps));
+  }
+  // The attention of projections q, k, v [B, T, *], then the output projection.
+  VarT attend(const std::array<VarT, 3>& qkv) const {
+    const auto& [q_proj, k_proj, v_proj] = qkv;
+    const int64_t Bn = q_proj.size(0), Tn = q_proj.size(1), Dh = c_.head_dim();
     auto heads = [&](const VarT& y, int64_t h) {  // [B, T, h*Dh] -> [B, h, T, Dh]
       return permute(reshape(y, {Bn, Tn, h, Dh}), {0, 2, 1, 3});
     };
-    const auto [q_proj, k_proj, v_proj] = project_qkv(x);
     VarT q = heads(q_proj, c_.n_heads);
     VarT k = heads(k_proj, c_.n_kv_heads);
     VarT v = heads(v_proj, c_.n_kv_heads);
-    q = rope(rms_norm(q, c_.norm_eps), c_.rope_base);
-    k = rope(rms_norm(k, c_.norm_eps), c_.rope_base);
-    q = q * reshape(q_gain_, {c_.n_heads, 1, 1});
+    // q = rope(rms_norm(q)) * q_gain (per head), k = rope(rms_norm(k)): one op each.
+    q = head_norm_rope(q, q_gain_, c_.norm_eps, c_.rope_base);
+    k = head_norm_rope(k, c_.norm_eps, c_.rope_base);
     VarT y = causal_attention(q, k, v);  // [B, H, T, Dh]
     y = reshape(permute(y, {0, 2, 1, 3}), {Bn, Tn, c_.dim});
     return proj_->forward(y);
@@ -136,18 +149,28 @@ class CausalSelfAttention : public Module<T, B> {
   // (one kernel each way on CUDA instead of three, and no gradient additions); the values are
   // the same, bit for bit.
   std::array<VarT, 3> project_qkv(const VarT& x) const {
-    using Bit = BitLinear<T, B>;
-    const auto* bq = dynamic_cast<const Bit*>(wq_.get());
-    const auto* bk = dynamic_cast<const Bit*>(wk_.get());
-    const auto* bv = dynamic_cast<const Bit*>(wv_.get());
-    if (bq && bk && bv && bq->fuses_norm_and_int8() && bk->fuses_norm_and_int8() &&
-        bv->fuses_norm_and_int8() && bq->norm()->eps() == bk->norm()->eps() &&
-        bq->norm()->eps() == bv->norm()->eps()) {
-      const auto h = quant::rms_norm_quantize_activations<3>(
-          x, {bq->norm()->gain(), bk->norm()->gain(), bv->norm()->gain()}, bq->norm()->eps());
-      return {bq->project(h[0]), bk->project(h[1]), bv->project(h[2])};
-    }
+    if (const auto b = fused_qkv(); b[0])
+      return project_fused(quant::rms_norm_quantize_activations<3>(
+          x, {b[0]->norm()->gain(), b[1]->norm()->gain(), b[2]->norm()->gain()},
+          b[0]->norm()->eps()));
     return {wq_->forward(x), wk_->forward(x), wv_->forward(x)};
+  }
+  // The q, k, v BitLinears when all three normalise and quantize their input with one eps
+  // (so one shared norm serves them), else nulls.
+  std::array<const BitLinear<T, B>*, 3> fused_qkv() const {
+    using Bit = BitLinear<T, B>;
+    const std::array<const Bit*, 3> b{dynamic_cast<const Bit*>(wq_.get()),
+                                      dynamic_cast<const Bit*>(wk_.get()),
+                                      dynamic_cast<const Bit*>(wv_.get())};
+    for (const Bit* p : b)
+      if (!p || !p->fuses_norm_and_int8() || p->norm()->eps() != b[0]->norm()->eps())
+        return {nullptr, nullptr, nullptr};
+    return b;
+  }
+  // The three projections of their already normalised, quantized inputs.
+  std::array<VarT, 3> project_fused(const std::array<VarT, 3>& h) const {
+    const auto b = fused_qkv();
+    return {b[0]->project(h[0]), b[1]->project(h[1]), b[2]->project(h[2])};
   }
   void collect_projections(const std::string& prefix,
                            std::vector<std::pair<std::string, Projection<T, B>*>>& out) const {
@@ -173,6 +196,19 @@ class MLP : public Module<T, B> {
     this->register_module("proj", *proj_);
   }
   Var<T, B> forward(const Var<T, B>& x) const { return proj_->forward(relu2(fc_->forward(x))); }
+  // forward(rms_norm(x, eps)): for a BitLinear fc that normalises and quantizes its input, on
+  // CUDA both norms run in one kernel each way.
+  Var<T, B> forward_prenormed(const Var<T, B>& x, double eps) const {
+    if constexpr (!B::on_host) {
+      const auto* fc = dynamic_cast<const BitLinear<T, B>*>(fc_.get());
+      if (fc && fc->fuses_norm_and_int8()) {
+        const auto h = quant::rms_norm_quantize_activations_prenormed<1>(x, {fc->norm()->gain()},
+                                                                         eps, fc->norm()->eps());
+        return proj_->forward(relu2(fc->project(h[0])));
+      }
+    }
+    return forward(rms_norm(x, eps));
+  }
   void collect_projections(const std::string& prefix,
                            std::vector<std::pair<std::string, Projection<T, B>*>>& out) const {
     out.emplace_back(prefix + "fc", fc_.get());
@@ -200,8 +236,8 @@ class Block : public Module<T, B> {
     // channel_mix(a, x, b, y) = a * x + b * y and channel_mix(x, b, y) = x + b * y, with
     // per-channel weights: one tape node (one pass each way) instead of two or three.
     VarT x = channel_mix(select(resid_mix_, 0, 0), x_in, select(resid_mix_, 0, 1), x0);
-    x = channel_mix(x, attn_scale_, attn_.forward(rms_norm(x, c_.norm_eps)));
-    x = channel_mix(x, mlp_scale_, mlp_.forward(rms_norm(x, c_.norm_eps)));
+    x = channel_mix(x, attn_scale_, attn_.forward_prenormed(x, c_.norm_eps));  // attn(norm(x))
+    x = channel_mix(x, mlp_scale_, mlp_.forward_prenormed(x, c_.norm_eps));    // mlp(norm(x))
     return x;
   }
   void collect_projections(const std::string& prefix,

@@ -22,6 +22,49 @@ MatView<const T> const_view(const Tensor<T, B>& t) {
   auto v = backend::mat_view(t);
   return {v.data, v.rows, v.cols, v.row_stride, v.col_stride};
 }
+// dst = a b + prior for accumulate_grad_with (dst contiguous 2-d; prior undefined, dst's own
+// buffer, or another tensor of dst's size, copied in first). Operands of T, or bf16 copies
+// (the tensor-core path: fp32 accumulation into dst).
+template <class S, class T, class B>
+void gemm_accumulate(const Tensor<S, B>& a, const Tensor<S, B>& b, const Tensor<T, B>& dst,
+                     const Tensor<T, B>& prior) {
+  const bool in_place = prior.defined() && prior.data() == dst.data();
+  if (prior.defined() && !in_place) dst.reshape(prior.shape()).assign(prior);
+  const T beta = prior.defined() ? T(1) : T(0);
+  if constexpr (std::is_same_v<S, T>)
+    backend::gemm(B{}, const_view(a), const_view(b), backend::mat_view(dst), T(1), beta);
+  else
+    backend::gemm_bf16(B{}, const_view(a), const_view(b), backend::mat_view(dst), T(1), beta);
+}
+
+// linear() with bf16 operands on the tensor cores (when backend::bf16_products(B{}): the CUDA
+// backend with cuda::set_bf16(true)); fp32 accumulation and outputs, the fp32 weights
+// untouched. x and w are rounded once in the forward pass and x's copy is kept for dw; g is
+// rounded once in the backward pass, for both dx and dw (3 GEMMs, 3 roundings of activations
+// between them instead of 6).
+template <class T, class B>
+Var<T, B> linear_bf16(const Var<T, B>& x, const Var<T, B>& w) {
+  const int64_t in = w.size(1), out = w.size(0);
+  const auto x16 = backend::to_bf16(B{}, x.value()).reshape(Shape{-1, in});
+  const auto w16 = backend::to_bf16(B{}, w.value());
+  Shape out_shape = x.shape();
+  out_shape[out_shape.size() - 1] = out;
+  auto y = Tensor<T, B>::empty(out_shape);
+  backend::gemm_bf16(B{}, const_view(x16), const_view(w16.t()),
+                     backend::mat_view(y.reshape(Shape{-1, out})), T(1), T(0));
+  return Var<T, B>::record("linear", y, {x, w}, [x, w, x16, w16](const Tensor<T, B>& g_in) {
+    const int64_t in = w.size(1), out = w.size(0);
+    const auto g16 = backend::to_bf16(B{}, g_in).reshape(Shape{-1, out});
+    if (x.requires_grad())
+      x.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
+        gemm_accumulate(g16, w16, dst.reshape(Shape{-1, in}), prior);
+      });
+    if (w.requires_grad())
+      w.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
+        gemm_accumulate(g16.t(), x16, dst, prior);
+      });
+  });
+}
 }  // namespace detail
 
 // ---- tensor level ---------------------------------------------------------------------------
@@ -104,7 +147,8 @@ Var<T, B> matmul(const Var<T, B>& a, const Var<T, B>& b) {
       });
 }
 
-// y = x w^T for a weight stored [out_features, in_features].
+// y = x w^T for a weight stored [out_features, in_features]. On the CUDA backend with
+// cuda::set_bf16(true) the three products run with bf16 operands (detail::linear_bf16).
 template <class T, class B>
 Var<T, B> linear(const Var<T, B>& x, const Var<T, B>& w) {
   if (w.dim() != 2)
@@ -112,14 +156,22 @@ Var<T, B> linear(const Var<T, B>& x, const Var<T, B>& w) {
   if (x.size(-1) != w.size(1))
     throw ShapeError(
         detail::cat("linear: input ", x.shape(), " does not match weight [out, in] = ", w.shape()));
-  return Var<
-      T,
-      B>::record("linear", matmul(x.value(), w.value().t()), {x, w}, [x, w](const Tensor<T, B>& g) {
-    const int64_t in = w.size(1), out = w.size(0);
-    if (x.requires_grad()) x.accumulate_grad(matmul(g, w.value()));
-    if (w.requires_grad())
-      w.accumulate_grad(matmul(g.reshape(Shape{-1, out}).t(), x.value().reshape(Shape{-1, in})));
-  });
+  if constexpr (std::is_same_v<T, float>)
+    if (backend::bf16_products(B{})) return detail::linear_bf16(x, w);
+  return Var<T, B>::record(
+      "linear", matmul(x.value(), w.value().t()), {x, w}, [x, w](const Tensor<T, B>& g_in) {
+        const int64_t in = w.size(1), out = w.size(0);
+        const auto g = g_in.contiguous().reshape(Shape{-1, out});
+        // dx = g w and dw = g^T x, each added by the GEMM (beta = 1) into the gradient so far
+        if (x.requires_grad())
+          x.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
+            detail::gemm_accumulate(g, w.value(), dst.reshape(Shape{-1, in}), prior);
+          });
+        if (w.requires_grad())
+          w.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
+            detail::gemm_accumulate(g.t(), x.value().reshape(Shape{-1, in}), dst, prior);
+          });
+      });
 }
 
 }  // namespace ternary

@@ -11,6 +11,7 @@
 
 #include <array>
 #include <cmath>
+#include <optional>
 #include <vector>
 
 #include "ternary/autograd/var.hpp"
@@ -119,35 +120,41 @@ Var<T, B> rms_norm_quantize_activations(const Var<T, B>& x, const Var<T, B>& gai
 // float rounding. On CUDA x is read once forward and once backward (one kernel each way, for
 // rows of 64-1024 floats), instead of K times each way plus K - 1 gradient additions; on the
 // CPU the K norms run one after the other.
+namespace detail {
+// The op above, and with pre_eps (the GPT block's norm in front: y_k from rms_norm(x, pre_eps)
+// instead of x) on CUDA, where the kernels normalise twice in registers.
 template <size_t K, class T, class B>
-std::array<Var<T, B>, K> rms_norm_quantize_activations(const Var<T, B>& x,
-                                                       const std::array<Var<T, B>, K>& gains,
-                                                       double eps = 1e-6) {
+std::array<Var<T, B>, K> rms_norm_quantize_shared(const Var<T, B>& x,
+                                                  const std::array<Var<T, B>, K>& gains, double eps,
+                                                  std::optional<double> pre_eps) {
   static_assert(K >= 1, "rms_norm_quantize_activations: at least one gain");
   for (const auto& g : gains) ternary::detail::check_rms_norm(x.value(), &g.value(), eps);
   const Tensor<T, B> x_c = x.value().contiguous();
   const int64_t D = x_c.size(-1), rows = D ? x_c.numel() / D : 0;
   std::array<Tensor<T, B>, K> gains_c, ys;
   for (size_t k = 0; k < K; ++k) gains_c[k] = gains[k].value().contiguous();
-  Tensor<T, B> rstd;
+  Tensor<T, B> rstd, rstd_pre;
   if constexpr (B::on_host) {
     for (size_t k = 0; k < K; ++k)
       ys[k] = fake_quantize_int8(ternary::detail::rms_norm_rows(x_c, gains_c[k], eps, rstd));
   } else {
     rstd = Tensor<T, B>::empty(Shape{rows});
+    if (pre_eps) rstd_pre = Tensor<T, B>::empty(Shape{rows});
     std::array<Tensor<T, B>, K> ys2d;
     for (size_t k = 0; k < K; ++k) {
       ys[k] = Tensor<T, B>::empty(x_c.shape());
       ys2d[k] = ys[k].reshape(Shape{rows, D});
     }
-    rms_norm_int8_shared_forward(B{}, x_c.reshape(Shape{rows, D}), gains_c, ys2d, rstd, eps);
+    rms_norm_int8_shared_forward(B{}, x_c.reshape(Shape{rows, D}), gains_c, ys2d, rstd, eps,
+                                 rstd_pre, pre_eps.value_or(0.0));
   }
   std::array<Var<T, B>, K + 1> inputs;  // x, then the gains
   inputs[0] = x;
   for (size_t k = 0; k < K; ++k) inputs[k + 1] = gains[k];
   return Var<T, B>::record_multi(
-      "rms_norm_int8_shared", std::move(ys), inputs.data(), inputs.data() + K + 1,
-      [x, gains, x_c, gains_c, rstd, rows, D](const std::array<Tensor<T, B>, K>& g) {
+      pre_eps ? "rms_norm2_int8_shared" : "rms_norm_int8_shared", std::move(ys), inputs.data(),
+      inputs.data() + K + 1,
+      [x, gains, x_c, gains_c, rstd, rstd_pre, rows, D](const std::array<Tensor<T, B>, K>& g) {
         const bool want_dx = x.requires_grad();
         if constexpr (B::on_host) {
           for (size_t k = 0; k < K; ++k) {
@@ -167,14 +174,42 @@ std::array<Var<T, B>, K> rms_norm_quantize_activations(const Var<T, B>& x,
             if (g[k].defined()) gs[k] = g[k].contiguous().reshape(Shape{rows, D});
             if (g[k].defined() && gains[k].requires_grad()) dws[k] = Tensor<T, B>::empty(Shape{D});
           }
-          Tensor<T, B> dx = want_dx ? Tensor<T, B>::empty(x_c.shape()) : Tensor<T, B>();
-          rms_norm_shared_backward(B{}, x_c.reshape(Shape{rows, D}), rstd, gains_c, gs,
-                                   want_dx ? dx.reshape(Shape{rows, D}) : dx, dws);
-          if (want_dx) x.accumulate_grad(dx);
+          auto run = [&](const Tensor<T, B>& dx, const Tensor<T, B>& prior) {
+            rms_norm_shared_backward(
+                B{}, x_c.reshape(Shape{rows, D}), rstd, gains_c, gs,
+                dx.defined() ? dx.reshape(Shape{rows, D}) : dx, dws, rstd_pre,
+                prior.defined() ? prior.contiguous().reshape(Shape{rows, D}) : prior);
+          };
+          if (want_dx)  // added by the kernel into x's gradient so far
+            x.accumulate_grad_with(run);
+          else
+            run(Tensor<T, B>(), Tensor<T, B>());
           for (size_t k = 0; k < K; ++k)
             if (dws[k].defined()) gains[k].accumulate_grad(dws[k]);
         }
       });
+}
+}  // namespace detail
+
+template <size_t K, class T, class B>
+std::array<Var<T, B>, K> rms_norm_quantize_activations(const Var<T, B>& x,
+                                                       const std::array<Var<T, B>, K>& gains,
+                                                       double eps = 1e-6) {
+  return detail::rms_norm_quantize_shared<K>(x, gains, eps, std::nullopt);
+}
+
+// The same for BitLinears behind a plain pre-norm (the GPT block's: rms_norm without a gain,
+// eps pre_eps): y_k = rms_norm_quantize_activations(rms_norm(x, pre_eps), gains[k], eps). On
+// CUDA the two norms run in one kernel each way (the normalised x never reaches memory, nor
+// does its gradient); values and gradients are those of the two ops up to float rounding. On
+// the CPU it is the two ops.
+template <size_t K, class T, class B>
+std::array<Var<T, B>, K> rms_norm_quantize_activations_prenormed(
+    const Var<T, B>& x, const std::array<Var<T, B>, K>& gains, double pre_eps, double eps) {
+  if constexpr (B::on_host)
+    return rms_norm_quantize_activations<K>(ternary::rms_norm(x, pre_eps), gains, eps);
+  else
+    return detail::rms_norm_quantize_shared<K>(x, gains, eps, pre_eps);
 }
 
 }  // namespace ternary::quant

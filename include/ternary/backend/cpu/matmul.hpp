@@ -157,4 +157,36 @@ void gemm(cpu, const MatView<const T>& a, const MatView<const T>& b, const MatVi
   gemm_eigen(cpu{}, a, b, c, alpha, beta);
 }
 
+// ---- bf16 operands (the tensor-core path of the CUDA backend, backend/cuda/matmul.cuh) ------
+// linear() multiplies bf16 copies of its operands when bf16_products(B{}) says so: on the CPU
+// never (there is no bf16 arithmetic to gain from); these are the reference the op's tests run:
+// round to bf16 (nearest even), then multiply the values widened back to T exactly.
+inline bool bf16_products(cpu) {
+  return false;
+}
+
+template <class T>
+Tensor<bf16, cpu> to_bf16(cpu, const Tensor<T, cpu>& x) {
+  const auto xc = x.contiguous();
+  auto out = Tensor<bf16, cpu>::empty(x.shape());
+  for (int64_t i = 0; i < x.numel(); ++i) out.data()[i] = bf16(float(xc.data()[i]));
+  return out;
+}
+
+// C = alpha A B + beta C with A, B bf16 (any strides), fp32 (T) accumulation and output.
+template <class T>
+void gemm_bf16(cpu, const MatView<const bf16>& a, const MatView<const bf16>& b, const MatView<T>& c,
+               T alpha, T beta) {
+  auto widen = [](const MatView<const bf16>& v) {
+    auto t = Tensor<T, cpu>::empty(Shape{v.rows, v.cols});
+    for (int64_t i = 0; i < v.rows; ++i)
+      for (int64_t j = 0; j < v.cols; ++j)
+        t.data()[i * v.cols + j] = T(float(v.data[i * v.row_stride + j * v.col_stride]));
+    return t;
+  };
+  const auto wa = widen(a), wb = widen(b);
+  gemm(cpu{}, MatView<const T>{wa.data(), a.rows, a.cols, a.cols, 1},
+       MatView<const T>{wb.data(), b.rows, b.cols, b.cols, 1}, c, alpha, beta);
+}
+
 }  // namespace ternary::backend

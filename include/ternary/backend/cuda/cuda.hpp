@@ -41,6 +41,8 @@
 
 namespace ternary {
 
+struct bf16;  // core/dtype.hpp
+
 // A failed CUDA runtime or cuBLAS call (the message names the call and CUDA's error string).
 struct CudaError : Error {
   using Error::Error;
@@ -263,6 +265,15 @@ struct MatView;
 template <class T>
 void gemm(cuda, const MatView<const T>& a, const MatView<const T>& b, const MatView<T>& c, T alpha,
           T beta);
+// bf16 operands (linear()'s tensor-core products, behind cuda::set_bf16)
+inline bool bf16_products(cuda) {
+  return cuda::bf16();
+}
+template <class T>
+Tensor<bf16, cuda> to_bf16(cuda, const Tensor<T, cuda>& x);
+template <class T>
+void gemm_bf16(cuda, const MatView<const bf16>& a, const MatView<const bf16>& b,
+               const MatView<T>& c, T alpha, T beta);
 struct CrossEntropySums;
 template <class T>
 CrossEntropySums cross_entropy_forward(cuda, const Tensor<T, cuda>& logits,
@@ -282,7 +293,8 @@ void rms_norm_forward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& gai
 template <class T>
 void rms_norm_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& gain,
                        const Tensor<T, cuda>& rstd, const Tensor<T, cuda>& g,
-                       const Tensor<T, cuda>& dx, const Tensor<T, cuda>& dgain);
+                       const Tensor<T, cuda>& dx, const Tensor<T, cuda>& dgain,
+                       const Tensor<T, cuda>& dx_addend = Tensor<T, cuda>());
 // embedding.cuh
 template <class T>
 void embedding_forward(cuda, const Tensor<T, cuda>& table, const Tensor<int32_t, cuda>& ids,
@@ -298,13 +310,23 @@ std::shared_ptr<const RopeTable<T>> rope_table(cuda, int64_t positions, int64_t 
 template <class T>
 void rope_rotate(cuda, const T* x, T* out, int64_t rows, int64_t seq_len, int64_t position_offset,
                  const RopeTable<T>& table, bool inverse);
+// head_norm_rope.cuh
+struct HeadRows;
+template <class T>
+void head_norm_rope_forward(cuda, const T* x, const HeadRows& xl, const T* gain, T* y,
+                            const HeadRows& yl, const RopeTable<T>& table, double eps);
+template <class T>
+void head_norm_rope_backward(cuda, const T* x, const HeadRows& xl, const T* gain, const T* g,
+                             const HeadRows& gl, T* dx, const HeadRows& dxl, T* row_dot,
+                             const RopeTable<T>& table, double eps);
 // channel_mix.cuh
 template <class T>
 void channel_mix_forward(cuda, const T* a, const T* x, const T* b, const T* y, T* out, int64_t rows,
                          int64_t D);
 template <class T>
 void channel_mix_backward(cuda, const T* g, const T* a, const T* x, const T* b, const T* y, T* dx,
-                          T* dy, T* da, T* db, int64_t rows, int64_t D);
+                          T* dy, T* da, T* db, int64_t rows, int64_t D, const T* dx_prior = nullptr,
+                          const T* dy_prior = nullptr);
 // attention.cuh
 template <class T>
 void causal_attention_forward(cuda, const Tensor<T, cuda>& q, const Tensor<T, cuda>& k,

@@ -164,3 +164,102 @@ void gemm(cuda, const MatView<const T>& a, const MatView<const T>& b, const MatV
 }
 
 }  // namespace ternary::backend
+
+// ---- bf16 operands: linear()'s tensor-core products (cuda::set_bf16) --------------------------
+namespace ternary::backend::cuda_detail {
+
+// dst[i] = bf16(src[i]) over n contiguous floats, four at a time (16-byte loads, 8-byte stores)
+template <int = 0>
+__global__ void round_bf16_x4_kernel(const float4* __restrict__ src,
+                                     __nv_bfloat162* __restrict__ dst, int64_t n4) {
+  for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < n4;
+       k += int64_t(gridDim.x) * blockDim.x) {
+    const float4 v = src[k];
+    dst[2 * k] = __floats2bfloat162_rn(v.x, v.y);
+    dst[2 * k + 1] = __floats2bfloat162_rn(v.z, v.w);
+  }
+}
+template <int = 0>
+__global__ void round_bf16_kernel(const float* __restrict__ src, __nv_bfloat16* __restrict__ dst,
+                                  int64_t n) {
+  for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
+       k += int64_t(gridDim.x) * blockDim.x)
+    dst[k] = __float2bfloat16(src[k]);
+}
+
+// A bf16 operand as cuBLAS reads it (row- or column-major in place; nothing else is accepted:
+// linear() passes contiguous copies and their transposes).
+struct Bf16Operand {
+  const __nv_bfloat16* data;
+  int64_t ld;
+  bool row_major;
+};
+inline Bf16Operand bf16_operand(const MatView<const ternary::bf16>& v, const char* name) {
+  const auto* p = reinterpret_cast<const __nv_bfloat16*>(v.data);
+  if (int64_t ld = cpu_detail::row_major_ld(v); ld >= 0) return {p, ld, true};
+  if (int64_t ld = cpu_detail::col_major_ld(v); ld >= 0) return {p, ld, false};
+  throw ShapeError(detail::cat("gemm_bf16(cuda): operand ", name, " [", v.rows, ", ", v.cols,
+                               "] with strides (", v.row_stride, ", ", v.col_stride,
+                               ") is neither row- nor column-major"));
+}
+
+}  // namespace ternary::backend::cuda_detail
+
+namespace ternary::backend {
+
+// x rounded to bf16 (nearest even, as core/dtype.hpp's bf16), as a new contiguous tensor.
+template <class T>
+Tensor<ternary::bf16, cuda> to_bf16(cuda, const Tensor<T, cuda>& x) {
+  static_assert(std::is_same_v<T, float>, "to_bf16(cuda): float input only");
+  using namespace cuda_detail;
+  const auto xc = x.contiguous();
+  auto out = Tensor<ternary::bf16, cuda>::empty(x.shape());
+  const int64_t n = x.numel();
+  if (n == 0) return out;
+  auto* dst = reinterpret_cast<__nv_bfloat16*>(out.data());
+  if (n % 4 == 0 && reinterpret_cast<uintptr_t>(xc.data()) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(dst) % 8 == 0) {
+    const Launch g = launch_for(n / 4);
+    round_bf16_x4_kernel<><<<g.blocks, g.threads, 0, cuda::stream()>>>(
+        reinterpret_cast<const float4*>(xc.data()), reinterpret_cast<__nv_bfloat162*>(dst), n / 4);
+    TERNARY_CUDA_CHECK_LAUNCH("round_bf16_x4_kernel");
+  } else {
+    const Launch g = launch_for(n);
+    round_bf16_kernel<><<<g.blocks, g.threads, 0, cuda::stream()>>>(xc.data(), dst, n);
+    TERNARY_CUDA_CHECK_LAUNCH("round_bf16_kernel");
+  }
+  return out;
+}
+
+// C = alpha A B + beta C: bf16 A, B on the tensor cores, fp32 accumulation, C fp32 row-major.
+template <class T>
+void gemm_bf16(cuda, const MatView<const ternary::bf16>& a, const MatView<const ternary::bf16>& b,
+               const MatView<T>& c, T alpha, T beta) {
+  static_assert(std::is_same_v<T, float>, "gemm_bf16(cuda): fp32 output only");
+  using namespace cuda_detail;
+  if (a.cols != b.rows || c.rows != a.rows || c.cols != b.cols)
+    throw ShapeError(detail::cat("gemm_bf16: [", a.rows, ", ", a.cols, "] x [", b.rows, ", ",
+                                 b.cols, "] -> [", c.rows, ", ", c.cols, "]"));
+  const int64_t ldc = cpu_detail::row_major_ld(c);
+  if (ldc < 0)
+    throw ShapeError(detail::cat("gemm_bf16(cuda): C [", c.rows, ", ", c.cols, "] with strides (",
+                                 c.row_stride, ", ", c.col_stride, ") must be row-major"));
+  const int64_t M = c.rows, N = c.cols, K = a.cols;
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // nothing to multiply: C = beta C (in place, as cuBLAS's geam allows)
+    const float zero = 0.f;
+    TERNARY_CUDA_CHECK(cublasSgeam(cuda::blas(), CUBLAS_OP_N, CUBLAS_OP_N, int(N), int(M), &beta,
+                                   c.data, int(ldc), &zero, c.data, int(ldc), c.data, int(ldc)));
+    return;
+  }
+  const auto A = bf16_operand(a, "A"), Bo = bf16_operand(b, "B");
+  // Column-major view of the row-major product, as in gemm(cuda) above: C^T = B^T A^T.
+  const cublasOperation_t opB = Bo.row_major ? CUBLAS_OP_N : CUBLAS_OP_T;
+  const cublasOperation_t opA = A.row_major ? CUBLAS_OP_N : CUBLAS_OP_T;
+  TERNARY_CUDA_CHECK(cublasGemmEx(cuda::blas(), opB, opA, int(N), int(M), int(K), &alpha, Bo.data,
+                                  CUDA_R_16BF, int(Bo.ld), A.data, CUDA_R_16BF, int(A.ld), &beta,
+                                  c.data, CUDA_R_32F, int(ldc), CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT));
+}
+
+}  // namespace ternary::backend

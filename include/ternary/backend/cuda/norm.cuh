@@ -84,15 +84,16 @@ __global__ void rms_norm_forward_kernel(const T* __restrict__ x, const T* __rest
   }
 }
 
-// One warp per row. dx (if not null) = rstd * (gg - x_hat * mean(gg * x_hat)), gg = g * gain;
+// One warp per row. dx (if not null) = rstd * (gg - x_hat * mean(gg * x_hat)), gg = g * gain
+// (plus dx_addend, if not null: the gradient so far, which may be dx itself);
 // and, if partial is not null, in the same pass over x and g, the block's share of dgain:
 // partial[block, j] = sum over the block's rows r of g[r, j] * x[r, j] * rstd[r]. For that
 // each warp accumulates its rows in its own shared-memory row (blockDim.x / 32 rows of D
 // values), then the block sums them in a fixed order.
 template <class T>
 __global__ void rms_norm_backward_kernel(const T* __restrict__ x, const T* __restrict__ gain,
-                                         const T* __restrict__ rstd, const T* __restrict__ g,
-                                         T* __restrict__ dx, T* __restrict__ partial, int64_t rows,
+                                         const T* __restrict__ rstd, const T* __restrict__ g, T* dx,
+                                         const T* dx_addend, T* __restrict__ partial, int64_t rows,
                                          int64_t D) {
   extern __shared__ unsigned char shared_bytes[];
   T* acc = reinterpret_cast<T*>(shared_bytes);
@@ -110,8 +111,9 @@ __global__ void rms_norm_backward_kernel(const T* __restrict__ x, const T* __res
       dot = warp_sum(dot);
       const T c = D ? s * s * s * dot / T(D) : T(0);
       T* dr = dx + r * D;
+      const T* ar = dx_addend ? dx_addend + r * D : nullptr;  // may be dr itself
       for (int64_t j = lane; j < D; j += 32) {
-        dr[j] = s * (gain ? gr[j] * gain[j] : gr[j]) - c * xr[j];
+        dr[j] = (ar ? ar[j] : T(0)) + (s * (gain ? gr[j] * gain[j] : gr[j]) - c * xr[j]);
         if (mine) mine[j] += gr[j] * xr[j] * s;
       }
     } else if (mine) {
@@ -246,11 +248,14 @@ __device__ void int8_round_trip_row(RowVec<V, L>& v) {
 
 // ys[k] = x * rstd * gain_k (gain_k null: no gain), int8 fake-quantized per row with Int8, for
 // k < K; x is read once. K = 1 is plain rms_norm (or its fused int8 form); the K outputs are
-// bit for bit K single calls.
+// bit for bit K single calls. With rstd_pre (not null) x is first normalised without a gain
+// (x <- x * rstd_pre, rstd_pre saved): the GPT block's pre-norm in front of BitLinear's own,
+// in registers, bit for bit the two kernels one after the other.
 template <int V, int L, int K, bool Int8>
 __global__ void rms_norm_rows_forward_kernel(const float* __restrict__ x, RowPtrs<K> gains,
                                              RowOutPtrs<K> ys, float* __restrict__ rstd,
-                                             int64_t rows, double eps) {
+                                             float* __restrict__ rstd_pre, int64_t rows,
+                                             double eps) {
   constexpr int D = 4 * V * L, RPW = 32 / L;  // row length, rows per warp
   const int lane = threadIdx.x % 32, li = lane % L, sub = lane / L;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
@@ -259,7 +264,21 @@ __global__ void rms_norm_rows_forward_kernel(const float* __restrict__ x, RowPtr
        base < rows; base += warps * RPW) {
     const int64_t r = base + sub;
     const bool valid = r < rows;
-    const RowVec<V, L> xv = load_row_or_zero<V, L>(x, r, valid, li);
+    RowVec<V, L> xv = load_row_or_zero<V, L>(x, r, valid, li);
+    if (rstd_pre) {  // the same steps as the plain kernel's, so the same bits
+      float s1 = 0.f;
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s1 += xv.at(i, e) * xv.at(i, e);
+      s1 = row_group_sum<L>(s1);
+      const float r1 = float(1.0 / ::sqrt(double(s1) / double(D) + eps));
+      if (valid && li == 0) rstd_pre[r] = r1;
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) xv.at(i, e) = xv.at(i, e) * r1;
+    }
     float s = 0.f;
 #pragma unroll
     for (int i = 0; i < V; ++i)
@@ -284,14 +303,19 @@ __global__ void rms_norm_rows_forward_kernel(const float* __restrict__ x, RowPtr
 
 // The backward of K such outputs (K = 1: rms_norm's), with G = sum_k g_k gain_k (g_k null: no
 // gradient reached output k; gain_k null: 1):
-//   dx = rstd G - x rstd^3 dot(G, x) / D          (one RMSNorm backward for all K; if dx)
+//   dx = rstd G - x rstd^3 dot(G, x) / D          (one RMSNorm backward for all K; if dx;
+//                                                   plus dx_addend if that is not null)
 //   partial[k, block, j] = sum over the block's rows of g_k x rstd   (dgain_k; if partial)
 // x and every g_k are read once; per-lane sums in registers, then the block's rows of them
 // (one per warp and row slot: shared memory of K blockDim / L rows of D floats) in a fixed order.
+// With rstd_pre (not null): the forward normalised h = x * rstd_pre first, so the above is
+// the gradient for h, and dx = rstd_pre dh - x rstd_pre^3 dot(dh, x) / D follows in registers;
+// the dgain sums use h.
 template <int V, int L, int K>
 __global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
-                                              const float* __restrict__ rstd, RowPtrs<K> gains,
-                                              RowPtrs<K> gs, float* __restrict__ dx,
+                                              const float* __restrict__ rstd,
+                                              const float* __restrict__ rstd_pre, RowPtrs<K> gains,
+                                              RowPtrs<K> gs, float* dx, const float* dx_addend,
                                               float* __restrict__ partial, int64_t rows) {
   constexpr int D = 4 * V * L, RPW = 32 / L;
   extern __shared__ unsigned char shared_bytes[];
@@ -306,9 +330,16 @@ __global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
   for (int64_t base = (int64_t(blockIdx.x) * nw + warp) * RPW; base < rows; base += warps * RPW) {
     const int64_t r = base + sub;
     const bool valid = r < rows;
-    RowVec<V, L> xv = load_row_or_zero<V, L>(x, r, valid, li), G;
+    const RowVec<V, L> x_in = load_row_or_zero<V, L>(x, r, valid, li);
+    RowVec<V, L> xv = x_in, G;  // xv: the normalised input (h with rstd_pre, else x)
     G.zero();
     const float s = valid ? rstd[r] : 0.f;
+    const float s1 = rstd_pre && valid ? rstd_pre[r] : 0.f;
+    if (rstd_pre)
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) xv.at(i, e) = x_in.at(i, e) * s1;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       if (!gs.p[k]) continue;
@@ -333,6 +364,26 @@ __global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
     for (int i = 0; i < V; ++i)
 #pragma unroll
       for (int e = 0; e < 4; ++e) xv.at(i, e) = s * G.at(i, e) - c * xv.at(i, e);
+    if (rstd_pre) {  // xv holds dh: through the pre-norm to dx
+      float dot1 = 0.f;
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dot1 += xv.at(i, e) * x_in.at(i, e);
+      dot1 = row_group_sum<L>(dot1);
+      const float c1 = s1 * s1 * s1 * dot1 / float(D);
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) xv.at(i, e) = s1 * xv.at(i, e) - c1 * x_in.at(i, e);
+    }
+    if (dx_addend) {  // the gradient so far (may be dx itself: each lane reads, then writes)
+      const RowVec<V, L> av = load_row_or_zero<V, L>(dx_addend, r, valid, li);
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) xv.at(i, e) += av.at(i, e);
+    }
     if (valid) xv.store(dx + r * D, li);
   }
   if (!partial) return;  // the same for the whole block
@@ -411,7 +462,7 @@ inline int row_warps_blocks(int64_t rows) {
 // aligned; a null pointer stands for a missing gain, gradient or output); false otherwise.
 template <int K>
 bool rows_forward(const float* x, RowPtrs<K> gains, RowOutPtrs<K> ys, float* rstd, int64_t rows,
-                  int64_t D, double eps, bool int8) {
+                  int64_t D, double eps, bool int8, float* rstd_pre = nullptr) {
   bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0;
   for (int k = 0; k < K; ++k)
     aligned = aligned && reinterpret_cast<uintptr_t>(gains.p[k]) % 16 == 0 &&
@@ -421,19 +472,21 @@ bool rows_forward(const float* x, RowPtrs<K> gains, RowOutPtrs<K> ys, float* rst
            const int blocks = row_warps_blocks((rows + 32 / L - 1) / (32 / L));
            if (int8)
              rms_norm_rows_forward_kernel<V, L, K, true>
-                 <<<blocks, 256, 0, cuda::stream()>>>(x, gains, ys, rstd, rows, eps);
+                 <<<blocks, 256, 0, cuda::stream()>>>(x, gains, ys, rstd, rstd_pre, rows, eps);
            else
              rms_norm_rows_forward_kernel<V, L, K, false>
-                 <<<blocks, 256, 0, cuda::stream()>>>(x, gains, ys, rstd, rows, eps);
+                 <<<blocks, 256, 0, cuda::stream()>>>(x, gains, ys, rstd, rstd_pre, rows, eps);
            TERNARY_CUDA_CHECK_LAUNCH("rms_norm_rows_forward_kernel");
          });
 }
 // partial (if not null): K * blocks rows of D floats, dgain_k's share per block.
 template <int K>
 bool rows_backward(int blocks, const float* x, const float* rstd, RowPtrs<K> gains, RowPtrs<K> gs,
-                   float* dx, float* partial, int64_t rows, int64_t D) {
+                   float* dx, float* partial, int64_t rows, int64_t D,
+                   const float* dx_addend = nullptr, const float* rstd_pre = nullptr) {
   bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
                  reinterpret_cast<uintptr_t>(dx) % 16 == 0 &&
+                 reinterpret_cast<uintptr_t>(dx_addend) % 16 == 0 &&
                  reinterpret_cast<uintptr_t>(partial) % 16 == 0;
   for (int k = 0; k < K; ++k)
     aligned = aligned && reinterpret_cast<uintptr_t>(gains.p[k]) % 16 == 0 &&
@@ -445,7 +498,7 @@ bool rows_backward(int blocks, const float* x, const float* rstd, RowPtrs<K> gai
                      if constexpr (bytes <= 48 * 1024) {
                        rms_norm_rows_backward_kernel<V, L, K>
                            <<<blocks, 256, partial ? bytes : 0, cuda::stream()>>>(
-                               x, rstd, gains, gs, dx, partial, rows);
+                               x, rstd, rstd_pre, gains, gs, dx, dx_addend, partial, rows);
                        TERNARY_CUDA_CHECK_LAUNCH("rms_norm_rows_backward_kernel");
                        launched = true;
                      }
@@ -490,12 +543,12 @@ namespace cuda_detail {
 // The register-resident backward when D allows it (float rows of 64-1024); false otherwise.
 template <class T>
 bool backward_vec(int blocks, const Tensor<T, cuda>& x, const T* gain, const Tensor<T, cuda>& rstd,
-                  const Tensor<T, cuda>& g, T* dx, T* partial, int64_t rows) {
+                  const Tensor<T, cuda>& g, T* dx, T* partial, int64_t rows, const T* dx_addend) {
   if constexpr (!std::is_same_v<T, float>) {
     return false;
   } else {
     return rows_backward<1>(blocks, x.data(), rstd.data(), {{gain}}, {{g.data()}}, dx, partial,
-                            rows, x.size(1));
+                            rows, x.size(1), dx_addend);
   }
 }
 }  // namespace cuda_detail
@@ -503,17 +556,21 @@ bool backward_vec(int blocks, const Tensor<T, cuda>& x, const T* gain, const Ten
 template <class T>
 void rms_norm_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& gain,
                        const Tensor<T, cuda>& rstd, const Tensor<T, cuda>& g,
-                       const Tensor<T, cuda>& dx, const Tensor<T, cuda>& dgain) {
+                       const Tensor<T, cuda>& dx, const Tensor<T, cuda>& dgain,
+                       const Tensor<T, cuda>& dx_addend) {  // default: in cuda.hpp
   using namespace cuda_detail;
   const int64_t rows = x.size(0), D = x.size(1);
   if (!x.is_contiguous() || !g.is_contiguous() || !(g.shape() == x.shape()) ||
       (dx.defined() && (!dx.is_contiguous() || !(dx.shape() == x.shape()))) ||
+      (dx_addend.defined() &&
+       (!dx.defined() || !dx_addend.is_contiguous() || dx_addend.numel() != x.numel())) ||
       (dgain.defined() && (dgain.numel() != D || !dgain.is_contiguous())))
     throw ShapeError(detail::cat("rms_norm_backward(cuda): x ", x.shape(), ", g ", g.shape(),
                                  ", dx ", dx.defined() ? dx.shape() : Shape{}, ", dgain ",
                                  dgain.defined() ? dgain.shape() : Shape{}));
   const T* gain_p = gain.defined() ? gain.data() : nullptr;
   T* dx_p = dx.defined() ? dx.data() : nullptr;
+  const T* add_p = dx_addend.defined() ? dx_addend.data() : nullptr;
   // With a gain to differentiate and rows short enough for 8 of them in shared memory: dx and
   // dgain in one pass (x and g read once), then a small sum over the blocks' partial rows.
   const size_t fused_shared = size_t(8 * D) * sizeof(T);
@@ -521,9 +578,9 @@ void rms_norm_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& ga
     const int blocks =
         int(std::min<int64_t>((rows + 7) / 8, launch_for(int64_t(1) << 40).blocks / 4));
     auto partial = Tensor<T, cuda>::empty(Shape{blocks, D});
-    if (!backward_vec(blocks, x, gain_p, rstd, g, dx_p, partial.data(), rows)) {
+    if (!backward_vec(blocks, x, gain_p, rstd, g, dx_p, partial.data(), rows, add_p)) {
       rms_norm_backward_kernel<<<blocks, 256, fused_shared, cuda::stream()>>>(
-          x.data(), gain_p, rstd.data(), g.data(), dx_p, partial.data(), rows, D);
+          x.data(), gain_p, rstd.data(), g.data(), dx_p, add_p, partial.data(), rows, D);
       TERNARY_CUDA_CHECK_LAUNCH("rms_norm_backward_kernel");
     }
     sum_columns(partial.data(), dgain.data(), partial.size(0), D);  // straight into dgain
@@ -531,9 +588,9 @@ void rms_norm_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& ga
   }
   if (dx.defined() && rows > 0 &&
       !backward_vec(row_warps_blocks(rows), x, gain_p, rstd, g, dx_p, static_cast<T*>(nullptr),
-                    rows)) {
+                    rows, add_p)) {
     rms_norm_backward_kernel<<<row_warps_blocks(rows), 256, 0, cuda::stream()>>>(
-        x.data(), gain_p, rstd.data(), g.data(), dx_p, static_cast<T*>(nullptr), rows, D);
+        x.data(), gain_p, rstd.data(), g.data(), dx_p, add_p, static_cast<T*>(nullptr), rows, D);
     TERNARY_CUDA_CHECK_LAUNCH("rms_norm_backward_kernel");
   }
   if (dgain.defined()) {
@@ -555,12 +612,16 @@ void rms_norm_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& ga
 
 // quant::rms_norm_quantize_activations over K gains of one x (the q, k, v BitLinears):
 // ys[k] = int8(rms_norm(x, gain_k)) with x [rows, D] contiguous, rstd [rows]; rows of 64-1024
-// floats take one kernel that reads x once, others one fused kernel per k.
+// floats take one kernel that reads x once, others one fused kernel per k. With rstd_pre
+// defined ([rows]), x is first normalised without a gain (h = rms_norm(x, pre_eps)) and
+// ys[k] = int8(rms_norm(h, gain_k)); h never reaches memory.
 template <class T, size_t K>
 void rms_norm_int8_shared_forward(cuda, const Tensor<T, cuda>& x,
                                   const std::array<Tensor<T, cuda>, K>& gains,
                                   const std::array<Tensor<T, cuda>, K>& ys,
-                                  const Tensor<T, cuda>& rstd, double eps) {
+                                  const Tensor<T, cuda>& rstd, double eps,
+                                  const Tensor<T, cuda>& rstd_pre = Tensor<T, cuda>(),
+                                  double pre_eps = 0) {
   static_assert(std::is_same_v<T, float>, "rms_norm_int8_shared_forward(cuda): float only");
   using namespace cuda_detail;
   const int64_t rows = x.size(0), D = x.size(1);
@@ -571,17 +632,32 @@ void rms_norm_int8_shared_forward(cuda, const Tensor<T, cuda>& x,
     gp.p[k] = gains[k].data();
     yp.p[k] = ys[k].data();
   }
+  if (rstd_pre.defined()) {
+    // The register kernel normalises twice with one eps: the two must agree to take it.
+    if (pre_eps == eps &&
+        rows_forward<int(K)>(x.data(), gp, yp, rstd.data(), rows, D, eps, true, rstd_pre.data()))
+      return;
+    auto h = Tensor<T, cuda>::empty(x.shape());
+    rms_norm_forward(cuda{}, x, Tensor<T, cuda>(), h, rstd_pre, pre_eps);
+    for (size_t k = 0; k < K; ++k) rms_norm_forward(cuda{}, h, gains[k], ys[k], rstd, eps, true);
+    return;
+  }
   if (rows_forward<int(K)>(x.data(), gp, yp, rstd.data(), rows, D, eps, true)) return;
   for (size_t k = 0; k < K; ++k) rms_norm_forward(cuda{}, x, gains[k], ys[k], rstd, eps, true);
 }
 
 // Its backward: dx (if defined) = the sum over k of RMSNorm's dx for g_k with gain_k, and
 // dgains[k] (each if defined) = sum over rows of g_k x rstd. gs[k] undefined: no gradient.
+// With rstd_pre (the forward's pre-norm) that is the gradient for h = x rstd_pre, carried on
+// through the pre-norm to dx (and x rstd_pre stands for x in dgain). dx_addend (if defined) is
+// added into dx (a gradient so far; it may be dx itself).
 template <class T, size_t K>
 void rms_norm_shared_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& rstd,
                               const std::array<Tensor<T, cuda>, K>& gains,
                               const std::array<Tensor<T, cuda>, K>& gs, const Tensor<T, cuda>& dx,
-                              const std::array<Tensor<T, cuda>, K>& dgains) {
+                              const std::array<Tensor<T, cuda>, K>& dgains,
+                              const Tensor<T, cuda>& rstd_pre = Tensor<T, cuda>(),
+                              const Tensor<T, cuda>& dx_addend = Tensor<T, cuda>()) {
   static_assert(std::is_same_v<T, float>, "rms_norm_shared_backward(cuda): float only");
   using namespace cuda_detail;
   const int64_t rows = x.size(0), D = x.size(1);
@@ -595,7 +671,9 @@ void rms_norm_shared_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cu
   if (rows > 0 && D > 0) {
     auto partial = Tensor<T, cuda>::empty(Shape{int64_t(K) * blocks, D});
     if (rows_backward<int(K)>(blocks, x.data(), rstd.data(), gp, gsp,
-                              dx.defined() ? dx.data() : nullptr, partial.data(), rows, D)) {
+                              dx.defined() ? dx.data() : nullptr, partial.data(), rows, D,
+                              dx_addend.defined() ? dx_addend.data() : nullptr,
+                              rstd_pre.defined() ? rstd_pre.data() : nullptr)) {
       for (size_t k = 0; k < K; ++k)
         if (dgains[k].defined()) {
           if (gs[k].defined())
@@ -607,17 +685,28 @@ void rms_norm_shared_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cu
       return;
     }
   }
-  // Other sizes: G = sum_k g_k gain_k, one RMSNorm backward for dx, and per k a dgain pass.
+  // Other sizes: G = sum_k g_k gain_k, one RMSNorm backward for dx, and per k a dgain pass;
+  // with a pre-norm the same on h = x rstd_pre, then the pre-norm's backward.
+  const Tensor<T, cuda> h =
+      rstd_pre.defined() ? Tensor<T, cuda>(x * rstd_pre.reshape(Shape{rows, 1})) : x;
   if (dx.defined()) {
     auto G = Tensor<T, cuda>::zeros(x.shape());
     for (size_t k = 0; k < K; ++k)
-      if (gs[k].defined()) G += gs[k] * gains[k].reshape(Shape{1, D});
-    rms_norm_backward(cuda{}, x, Tensor<T, cuda>(), rstd, G, dx, Tensor<T, cuda>());
+      if (gs[k].defined())
+        G += gains[k].defined() ? Tensor<T, cuda>(gs[k] * gains[k].reshape(Shape{1, D})) : gs[k];
+    if (rstd_pre.defined()) {
+      auto dh = Tensor<T, cuda>::empty(x.shape());
+      rms_norm_backward(cuda{}, h, Tensor<T, cuda>(), rstd, G, dh, Tensor<T, cuda>());
+      rms_norm_backward(cuda{}, x, Tensor<T, cuda>(), rstd_pre, dh, dx, Tensor<T, cuda>(),
+                        dx_addend);
+    } else {
+      rms_norm_backward(cuda{}, x, Tensor<T, cuda>(), rstd, G, dx, Tensor<T, cuda>(), dx_addend);
+    }
   }
   for (size_t k = 0; k < K; ++k)
     if (dgains[k].defined()) {
       if (gs[k].defined())
-        rms_norm_backward(cuda{}, x, Tensor<T, cuda>(), rstd, gs[k], Tensor<T, cuda>(), dgains[k]);
+        rms_norm_backward(cuda{}, h, Tensor<T, cuda>(), rstd, gs[k], Tensor<T, cuda>(), dgains[k]);
       else
         Tensor<T, cuda>(dgains[k]).fill(T(0));
     }
