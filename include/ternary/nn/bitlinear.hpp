@@ -21,6 +21,7 @@
 #include "ternary/nn/rmsnorm.hpp"
 #include "ternary/ops/matmul.hpp"
 #include "ternary/quant/activation.hpp"
+#include "ternary/quant/norm_linear.hpp"
 #include "ternary/quant/packing.hpp"
 #include "ternary/quant/quest.hpp"
 #include "ternary/quant/ternary.hpp"
@@ -54,8 +55,9 @@ class BitLinear : public Projection<T, B> {
       throw ShapeError(detail::cat("BitLinear: input ", x.shape(),
                                    " does not match weight [out, in] = ", weight_.shape()));
     Var<T, B> h;
-    if (norm_ && c_.act_quant && lambda_ >= 1)  // one pass (and one kernel on CUDA)
-      h = quant::rms_norm_quantize_activations(x, norm_->gain(), norm_->eps());
+    if (fuses_norm_and_int8())  // one pass (one kernel on CUDA; with bf16 products, one node)
+      return quant::rms_norm_linear<1>(x, {norm_->gain()}, {quantized_weight()}, norm_->eps(),
+                                       std::nullopt, true)[0];
     else {
       h = norm_ ? norm_->forward(x) : x;
       if (c_.act_quant) h = quant::quantize_activations(h, lambda_);

@@ -37,6 +37,7 @@
 #include "ternary/ops/norm.hpp"
 #include "ternary/ops/rope.hpp"
 #include "ternary/ops/view.hpp"
+#include "ternary/quant/norm_linear.hpp"
 
 namespace ternary::nn {
 
@@ -119,12 +120,15 @@ class CausalSelfAttention : public Module<T, B> {
   VarT forward(const VarT& x) const { return attend(project_qkv(x)); }
   // forward(rms_norm(x, eps)), the block's pre-norm included: for BitLinear q, k, v that
   // normalise and quantize their input, on CUDA both norms run in one kernel each way.
+  // (quant::rms_norm_linear: on CUDA with bf16 products the norms write the GEMMs' operands.)
   VarT forward_prenormed(const VarT& x, double eps) const {
-    if constexpr (!B::on_host)
-      if (const auto b = fused_qkv(); b[0])
-        return attend(project_fused(quant::rms_norm_quantize_activations_prenormed<3>(
-            x, {b[0]->norm()->gain(), b[1]->norm()->gain(), b[2]->norm()->gain()}, eps,
-            b[0]->norm()->eps())));
+    if (const auto b = fused_qkv(); b[0])
+      return attend(quant::rms_norm_linear<3>(
+          x, {b[0]->norm()->gain(), b[1]->norm()->gain(), b[2]->norm()->gain()},
+          {b[0]->quantized_weight(), b[1]->quantized_weight(), b[2]->quantized_weight()},
+          b[0]->norm()->eps(), eps, true));
+    if (const auto w = plain_qkv(); w[0].defined())
+      return attend(quant::rms_norm_linear<3>(x, {}, w, eps, std::nullopt, false));
     return forward(rms_norm(x, eps));
   }
   // The attention of projections q, k, v [B, T, *], then the output projection.
@@ -150,9 +154,10 @@ class CausalSelfAttention : public Module<T, B> {
   // the same, bit for bit.
   std::array<VarT, 3> project_qkv(const VarT& x) const {
     if (const auto b = fused_qkv(); b[0])
-      return project_fused(quant::rms_norm_quantize_activations<3>(
+      return quant::rms_norm_linear<3>(
           x, {b[0]->norm()->gain(), b[1]->norm()->gain(), b[2]->norm()->gain()},
-          b[0]->norm()->eps()));
+          {b[0]->quantized_weight(), b[1]->quantized_weight(), b[2]->quantized_weight()},
+          b[0]->norm()->eps(), std::nullopt, true);
     return {wq_->forward(x), wk_->forward(x), wv_->forward(x)};
   }
   // The q, k, v BitLinears when all three normalise and quantize their input with one eps
@@ -167,10 +172,16 @@ class CausalSelfAttention : public Module<T, B> {
         return {nullptr, nullptr, nullptr};
     return b;
   }
-  // The three projections of their already normalised, quantized inputs.
-  std::array<VarT, 3> project_fused(const std::array<VarT, 3>& h) const {
-    const auto b = fused_qkv();
-    return {b[0]->project(h[0]), b[1]->project(h[1]), b[2]->project(h[2])};
+  // The q, k, v weights when all three are bias-free full-precision Linears, else undefined.
+  std::array<VarT, 3> plain_qkv() const {
+    std::array<VarT, 3> w;
+    const std::array<const Projection<T, B>*, 3> p{wq_.get(), wk_.get(), wv_.get()};
+    for (size_t i = 0; i < 3; ++i) {
+      const auto* l = dynamic_cast<const Linear<T, B>*>(p[i]);
+      if (!l || l->bias().defined()) return {};
+      w[i] = l->weight();
+    }
+    return w;
   }
   void collect_projections(const std::string& prefix,
                            std::vector<std::pair<std::string, Projection<T, B>*>>& out) const {
@@ -198,16 +209,19 @@ class MLP : public Module<T, B> {
   Var<T, B> forward(const Var<T, B>& x) const { return proj_->forward(relu2(fc_->forward(x))); }
   // forward(rms_norm(x, eps)): for a BitLinear fc that normalises and quantizes its input, on
   // CUDA both norms run in one kernel each way.
+  // (quant::rms_norm_linear: on CUDA with bf16 products the norms write the GEMM's operand.)
   Var<T, B> forward_prenormed(const Var<T, B>& x, double eps) const {
-    if constexpr (!B::on_host) {
-      const auto* fc = dynamic_cast<const BitLinear<T, B>*>(fc_.get());
-      if (fc && fc->fuses_norm_and_int8()) {
-        const auto h = quant::rms_norm_quantize_activations_prenormed<1>(x, {fc->norm()->gain()},
-                                                                         eps, fc->norm()->eps());
-        return proj_->forward(relu2(fc->project(h[0])));
-      }
-    }
-    return forward(rms_norm(x, eps));
+    Var<T, B> h;
+    if (const auto* fc = dynamic_cast<const BitLinear<T, B>*>(fc_.get());
+        fc && fc->fuses_norm_and_int8())
+      h = quant::rms_norm_linear<1>(x, {fc->norm()->gain()}, {fc->quantized_weight()},
+                                    fc->norm()->eps(), eps, true)[0];
+    else if (const auto* l = dynamic_cast<const Linear<T, B>*>(fc_.get());
+             l && !l->bias().defined())
+      h = quant::rms_norm_linear<1>(x, {Var<T, B>()}, {l->weight()}, eps, std::nullopt, false)[0];
+    else
+      return forward(rms_norm(x, eps));
+    return proj_->forward(relu2(h));
   }
   void collect_projections(const std::string& prefix,
                            std::vector<std::pair<std::string, Projection<T, B>*>>& out) const {

@@ -225,9 +225,10 @@ struct cuda {
   // 1e-3 relative error instead of ~1e-6, several times faster. Off by default.
   static void set_tf32(bool on) { cuda_detail::MathMode::instance().tf32 = on; }
   static bool tf32() { return cuda_detail::MathMode::instance().tf32; }
-  // fp32 GEMMs with bf16 operands (rounded copies made per product; the tensors, and so the
-  // master weights, stay fp32) and fp32 accumulation and output: ~3e-3 relative error, the
-  // fastest tensor-core path. Takes precedence over tf32. Off by default.
+  // linear()'s products with bf16 operands (x, w and the output gradient rounded once per
+  // pass; the tensors, and so the master weights, stay fp32) and fp32 accumulation and
+  // output: ~3e-3 relative error, the fastest tensor-core path. Other float GEMMs (matmul:
+  // Muon's Newton-Schulz) run in TF32 meanwhile. Off by default.
   static void set_bf16(bool on) { cuda_detail::MathMode::instance().bf16 = on; }
   static bool bf16() { return cuda_detail::MathMode::instance().bf16; }
 

@@ -5,11 +5,12 @@
 // transpose flags; anything else is copied once into a contiguous block. A C that is not
 // row-major is computed into a temporary and scattered back.
 //
-// float: exact fp32 by default (CUBLAS_COMPUTE_32F); with cuda::set_tf32(true) the product
-// runs on tensor cores in TF32 (CUBLAS_COMPUTE_32F_FAST_TF32, ~1e-3 relative error); with
-// cuda::set_bf16(true) both operands are first rounded to contiguous bf16 copies (one
-// conversion kernel each) and multiplied on the tensor cores with fp32 accumulation into the
-// fp32 C (cublasGemmEx, CUDA_R_16BF inputs, CUBLAS_COMPUTE_32F).
+// float: exact fp32 by default (CUBLAS_COMPUTE_32F); with cuda::set_tf32(true) or
+// cuda::set_bf16(true) the product runs on tensor cores in TF32 (CUBLAS_COMPUTE_32F_FAST_TF32,
+// ~1e-3 relative error). Under set_bf16 the model's products are linear()'s, which round their
+// operands to bf16 once per pass and call gemm_bf16 below (CUDA_R_16BF inputs, fp32
+// accumulation and output); what still comes here (Muon's Newton-Schulz iterations on small
+// matrices) would only pay a rounding pass per product for no gain.
 // double: CUBLAS_COMPUTE_64F.
 //
 // matmul (ops/matmul.hpp) calls this once per batch element; a strided-batched entry point
@@ -67,44 +68,6 @@ BlasOperand<T> blas_operand(const MatView<const T>& v) {
   return {s.data(), std::max<int64_t>(v.cols, 1), true, s};
 }
 
-// dst[i * cols + j] = bf16(src[i * rs + j * cs])
-template <int = 0>
-__global__ void to_bf16_kernel(const float* src, int64_t rs, int64_t cs, __nv_bfloat16* dst,
-                               int64_t rows, int64_t cols) {
-  const int64_t n = rows * cols;
-  for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
-       k += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t i = k / cols, j = k % cols;
-    dst[k] = __float2bfloat16(src[i * rs + j * cs]);
-  }
-}
-
-// C (row-major, ldc) = alpha A B + beta C with A, B rounded to bf16.
-inline void gemm_bf16(const MatView<const float>& a, const MatView<const float>& b, float* c,
-                      int64_t ldc, float alpha, float beta) {
-  const int64_t M = a.rows, K = a.cols, N = b.cols;
-  Scratch sa(size_t(std::max<int64_t>(M * K, 1)) * sizeof(__nv_bfloat16));
-  Scratch sb(size_t(std::max<int64_t>(K * N, 1)) * sizeof(__nv_bfloat16));
-  auto* a16 = static_cast<__nv_bfloat16*>(sa.p);
-  auto* b16 = static_cast<__nv_bfloat16*>(sb.p);
-  if (M * K > 0) {
-    const Launch g = launch_for(M * K);
-    to_bf16_kernel<>
-        <<<g.blocks, g.threads, 0, cuda::stream()>>>(a.data, a.row_stride, a.col_stride, a16, M, K);
-    TERNARY_CUDA_CHECK_LAUNCH("to_bf16_kernel");
-  }
-  if (K * N > 0) {
-    const Launch g = launch_for(K * N);
-    to_bf16_kernel<>
-        <<<g.blocks, g.threads, 0, cuda::stream()>>>(b.data, b.row_stride, b.col_stride, b16, K, N);
-    TERNARY_CUDA_CHECK_LAUNCH("to_bf16_kernel");
-  }
-  TERNARY_CUDA_CHECK(cublasGemmEx(cuda::blas(), CUBLAS_OP_N, CUBLAS_OP_N, int(N), int(M), int(K),
-                                  &alpha, b16, CUDA_R_16BF, int(std::max<int64_t>(N, 1)), a16,
-                                  CUDA_R_16BF, int(std::max<int64_t>(K, 1)), &beta, c, CUDA_R_32F,
-                                  int(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-}
-
 }  // namespace ternary::backend::cuda_detail
 
 namespace ternary::backend {
@@ -128,13 +91,6 @@ void gemm(cuda, const MatView<const T>& a, const MatView<const T>& b, const MatV
     if (beta != T(0)) copy_2d<T>(c.data, c.row_stride, c.col_stride, sc.data(), N, 1, M, N);
     cv = {sc.data(), M, N, N, 1};
   }
-  if constexpr (std::is_same_v<T, float>) {
-    if (cuda::bf16() && K > 0) {
-      gemm_bf16(a, b, cv.data, cpu_detail::row_major_ld(cv), alpha, beta);
-      if (!c_direct) copy_2d<T>(sc.data(), N, 1, c.data, c.row_stride, c.col_stride, M, N);
-      return;
-    }
-  }
   {
     auto A = blas_operand(a);
     auto Bo = blas_operand(b);
@@ -151,7 +107,7 @@ void gemm(cuda, const MatView<const T>& a, const MatView<const T>& b, const MatV
     cublasComputeType_t ct;
     if constexpr (std::is_same_v<T, float>) {
       dt = CUDA_R_32F;
-      ct = cuda::tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+      ct = cuda::tf32() || cuda::bf16() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     } else {
       dt = CUDA_R_64F;
       ct = CUBLAS_COMPUTE_64F;

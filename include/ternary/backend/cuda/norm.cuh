@@ -13,6 +13,8 @@
 #error "ternary/backend/cuda/*.cuh holds CUDA kernels: compile with nvcc (-DTERNARY_CUDA=ON)"
 #endif
 
+#include <cuda_bf16.h>
+
 #include <array>
 #include <cstdint>
 #include <initializer_list>
@@ -146,6 +148,18 @@ struct RowVec {
 #pragma unroll
     for (int i = 0; i < V; ++i) reinterpret_cast<float4*>(row)[li + L * i] = v[i];
   }
+  // The same columns rounded to bf16 (nearest even) in a bf16 row: 8 bytes per float4.
+  __device__ void store_bf16(__nv_bfloat16* __restrict__ row, int li) const {
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const __nv_bfloat162 lo = __floats2bfloat162_rn(v[i].x, v[i].y);
+      const __nv_bfloat162 hi = __floats2bfloat162_rn(v[i].z, v[i].w);
+      uint2 packed;
+      packed.x = *reinterpret_cast<const uint32_t*>(&lo);
+      packed.y = *reinterpret_cast<const uint32_t*>(&hi);
+      reinterpret_cast<uint2*>(row)[li + L * i] = packed;
+    }
+  }
   __device__ void zero() {
 #pragma unroll
     for (int i = 0; i < V; ++i) v[i] = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -250,8 +264,9 @@ __device__ void int8_round_trip_row(RowVec<V, L>& v) {
 // k < K; x is read once. K = 1 is plain rms_norm (or its fused int8 form); the K outputs are
 // bit for bit K single calls. With rstd_pre (not null) x is first normalised without a gain
 // (x <- x * rstd_pre, rstd_pre saved): the GPT block's pre-norm in front of BitLinear's own,
-// in registers, bit for bit the two kernels one after the other.
-template <int V, int L, int K, bool Int8>
+// in registers, bit for bit the two kernels one after the other. With Bf16Out the ys are
+// bf16 rows (linear()'s tensor-core operands, rms_norm_linear): the values rounded once.
+template <int V, int L, int K, bool Int8, bool Bf16Out = false>
 __global__ void rms_norm_rows_forward_kernel(const float* __restrict__ x, RowPtrs<K> gains,
                                              RowOutPtrs<K> ys, float* __restrict__ rstd,
                                              float* __restrict__ rstd_pre, int64_t rows,
@@ -296,7 +311,11 @@ __global__ void rms_norm_rows_forward_kernel(const float* __restrict__ x, RowPtr
         for (int e = 0; e < 4; ++e)
           yv.at(i, e) = gains.p[k] ? xv.at(i, e) * rs * gain.at(k, i, e) : xv.at(i, e) * rs;
       if constexpr (Int8) int8_round_trip_row<V, L>(yv);
-      if (valid) yv.store(ys.p[k] + r * D, li);
+      if constexpr (Bf16Out) {
+        if (valid) yv.store_bf16(reinterpret_cast<__nv_bfloat16*>(ys.p[k]) + r * D, li);
+      } else {
+        if (valid) yv.store(ys.p[k] + r * D, li);
+      }
     }
   }
 }
@@ -460,9 +479,11 @@ inline int row_warps_blocks(int64_t rows) {
 
 // Launches the register-row kernels when D allows them (64-1024 floats, every pointer 16-byte
 // aligned; a null pointer stands for a missing gain, gradient or output); false otherwise.
+// bf16_out: ys hold __nv_bfloat16 rows (passed as float pointers).
 template <int K>
 bool rows_forward(const float* x, RowPtrs<K> gains, RowOutPtrs<K> ys, float* rstd, int64_t rows,
-                  int64_t D, double eps, bool int8, float* rstd_pre = nullptr) {
+                  int64_t D, double eps, bool int8, float* rstd_pre = nullptr,
+                  bool bf16_out = false) {
   bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0;
   for (int k = 0; k < K; ++k)
     aligned = aligned && reinterpret_cast<uintptr_t>(gains.p[k]) % 16 == 0 &&
@@ -470,7 +491,13 @@ bool rows_forward(const float* x, RowPtrs<K> gains, RowOutPtrs<K> ys, float* rst
   return aligned && with_row_vec(D, {}, [&](auto v, auto l) {
            constexpr int V = decltype(v)::value, L = decltype(l)::value;
            const int blocks = row_warps_blocks((rows + 32 / L - 1) / (32 / L));
-           if (int8)
+           if (int8 && bf16_out)
+             rms_norm_rows_forward_kernel<V, L, K, true, true>
+                 <<<blocks, 256, 0, cuda::stream()>>>(x, gains, ys, rstd, rstd_pre, rows, eps);
+           else if (bf16_out)
+             rms_norm_rows_forward_kernel<V, L, K, false, true>
+                 <<<blocks, 256, 0, cuda::stream()>>>(x, gains, ys, rstd, rstd_pre, rows, eps);
+           else if (int8)
              rms_norm_rows_forward_kernel<V, L, K, true>
                  <<<blocks, 256, 0, cuda::stream()>>>(x, gains, ys, rstd, rstd_pre, rows, eps);
            else
@@ -646,6 +673,31 @@ void rms_norm_int8_shared_forward(cuda, const Tensor<T, cuda>& x,
   for (size_t k = 0; k < K; ++k) rms_norm_forward(cuda{}, x, gains[k], ys[k], rstd, eps, true);
 }
 
+// quant::rms_norm_linear's forward: ys[k] = bf16(q(rms_norm(p(x), gain_k))) with p the plain
+// pre-norm when rstd_pre is defined (pre_eps must equal eps) and q the int8 fake quantization
+// when int8; gain_k undefined: no gain. Rows of 64-1024 floats only: false (nothing written)
+// otherwise, and the caller composes the separate ops instead.
+template <class T, size_t K>
+bool rms_norm_bf16_forward(cuda, const Tensor<T, cuda>& x,
+                           const std::array<Tensor<T, cuda>, K>& gains,
+                           const std::array<Tensor<ternary::bf16, cuda>, K>& ys,
+                           const Tensor<T, cuda>& rstd, double eps, bool int8,
+                           const Tensor<T, cuda>& rstd_pre, double pre_eps) {
+  static_assert(std::is_same_v<T, float>, "rms_norm_bf16_forward(cuda): float only");
+  using namespace cuda_detail;
+  const int64_t rows = x.size(0), D = x.size(1);
+  if (rstd_pre.defined() && pre_eps != eps) return false;
+  if (rows == 0) return true;
+  RowPtrs<int(K)> gp;
+  RowOutPtrs<int(K)> yp;
+  for (size_t k = 0; k < K; ++k) {
+    gp.p[k] = gains[k].defined() ? gains[k].data() : nullptr;
+    yp.p[k] = reinterpret_cast<float*>(ys[k].data());
+  }
+  return rows_forward<int(K)>(x.data(), gp, yp, rstd.data(), rows, D, eps, int8,
+                              rstd_pre.defined() ? rstd_pre.data() : nullptr, /*bf16_out=*/true);
+}
+
 // Its backward: dx (if defined) = the sum over k of RMSNorm's dx for g_k with gain_k, and
 // dgains[k] (each if defined) = sum over rows of g_k x rstd. gs[k] undefined: no gradient.
 // With rstd_pre (the forward's pre-norm) that is the gradient for h = x rstd_pre, carried on
@@ -668,10 +720,13 @@ void rms_norm_shared_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cu
   }
   const int blocks =
       int(std::min<int64_t>((rows + 7) / 8, launch_for(int64_t(1) << 40).blocks / 4));
+  bool any_dgain = false;
+  for (const auto& d : dgains) any_dgain = any_dgain || d.defined();
   if (rows > 0 && D > 0) {
-    auto partial = Tensor<T, cuda>::empty(Shape{int64_t(K) * blocks, D});
+    auto partial = Tensor<T, cuda>::empty(Shape{any_dgain ? int64_t(K) * blocks : 0, D});
     if (rows_backward<int(K)>(blocks, x.data(), rstd.data(), gp, gsp,
-                              dx.defined() ? dx.data() : nullptr, partial.data(), rows, D,
+                              dx.defined() ? dx.data() : nullptr,
+                              any_dgain ? partial.data() : nullptr, rows, D,
                               dx_addend.defined() ? dx_addend.data() : nullptr,
                               rstd_pre.defined() ? rstd_pre.data() : nullptr)) {
       for (size_t k = 0; k < K; ++k)

@@ -1,0 +1,169 @@
+// K projections of one normalised input, as one op on the tensor-core path:
+//
+//   y_k = linear(a_k, w_k),   a_k = q(rms_norm(p(x), gain_k, eps))        k < K
+//
+// p = rms_norm(., pre_eps) when pre_eps is given (the GPT block's plain pre-norm in front of
+// BitLinear's own), else the identity; gain_k may be an undefined Var (no gain); q is the
+// per-token int8 fake quantization when int8 (BitLinear's activations), else the identity.
+// The GPT's callers: the q, k, v projections (K = 3) and the MLP's fc (K = 1) behind the block
+// norm, full precision (no gain, no int8) or BitLinear (gains, int8); every BitLinear with its
+// extra norm and int8 activations (K = 1).
+//
+// Everywhere but the tensor-core path this is the composition of the separate ops
+// (rms_norm, quant::rms_norm_quantize_activations, linear), values and tape alike. On CUDA
+// with cuda::set_bf16 (backend::bf16_products), for rows of 64-1024 floats, it is one node:
+// one norm kernel writes the K activations straight as the bf16 operands of the K GEMMs (the
+// fp32 activations never reach memory, nor pass through a rounding kernel; with no gains and
+// no int8 the K share one), and the backward runs, per output, the rounding of its gradient
+// and two GEMMs, then one norm kernel for all K (pre-norm included) that adds dx into x's
+// gradient so far. The values are those of linear()'s bf16 path over the composition's
+// activations (bit for bit the same roundings); tests/cuda/test_cuda_ops.cu.
+#pragma once
+
+#include <array>
+#include <optional>
+#include <vector>
+
+#include "ternary/ops/matmul.hpp"
+#include "ternary/ops/norm.hpp"
+#include "ternary/quant/activation.hpp"
+
+namespace ternary::quant {
+
+namespace detail {
+
+template <size_t K, class T, class B>
+std::array<Var<T, B>, K> rms_norm_linear_composed(const Var<T, B>& x,
+                                                  const std::array<Var<T, B>, K>& gains,
+                                                  const std::array<Var<T, B>, K>& weights,
+                                                  double eps, std::optional<double> pre_eps,
+                                                  bool int8) {
+  std::array<Var<T, B>, K> a;
+  if (int8) {
+    a = pre_eps ? rms_norm_quantize_activations_prenormed<K>(x, gains, *pre_eps, eps)
+                : rms_norm_quantize_activations<K>(x, gains, eps);
+  } else {
+    const Var<T, B> h = pre_eps ? ternary::rms_norm(x, *pre_eps) : x;
+    Var<T, B> plain;  // rms_norm(h) without a gain, made once for all k that have none
+    for (size_t k = 0; k < K; ++k) {
+      if (gains[k].defined()) {
+        a[k] = ternary::rms_norm(h, gains[k], eps);
+      } else {
+        if (!plain.defined()) plain = ternary::rms_norm(h, eps);
+        a[k] = plain;
+      }
+    }
+  }
+  std::array<Var<T, B>, K> y;
+  for (size_t k = 0; k < K; ++k) y[k] = linear(a[k], weights[k]);
+  return y;
+}
+
+// The fused tensor-core path; nullopt where its kernels do not apply.
+template <size_t K, class T, class B>
+std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
+    const Var<T, B>& x, const std::array<Var<T, B>, K>& gains,
+    const std::array<Var<T, B>, K>& weights, double eps, std::optional<double> pre_eps, bool int8) {
+  const Tensor<T, B> x_c = x.value().contiguous();
+  const int64_t D = x_c.size(-1), rows = D ? x_c.numel() / D : 0;
+  bool any_gain = false;
+  for (const auto& g : gains) any_gain = any_gain || g.defined();
+  const bool shared = !any_gain && !int8;  // one activation serves every k
+  std::array<Tensor<T, B>, K> gains_c;
+  std::array<Tensor<bf16, B>, K> h16;
+  for (size_t k = 0; k < K; ++k) {
+    if (gains[k].defined()) gains_c[k] = gains[k].value().contiguous();
+    if (!shared || k == 0) h16[k] = Tensor<bf16, B>::empty(Shape{rows, D});
+  }
+  if (shared)
+    for (size_t k = 1; k < K; ++k) h16[k] = h16[0];
+  const Tensor<T, B> rstd = Tensor<T, B>::empty(Shape{rows});
+  const Tensor<T, B> rstd_pre = pre_eps ? Tensor<T, B>::empty(Shape{rows}) : Tensor<T, B>();
+  const auto x2d = x_c.reshape(Shape{rows, D});
+  const bool ran =  // by argument-dependent lookup on the tag (backend/cuda/norm.cuh)
+      shared ? rms_norm_bf16_forward(B{}, x2d, std::array<Tensor<T, B>, 1>{},
+                                     std::array<Tensor<bf16, B>, 1>{h16[0]}, rstd, eps, false,
+                                     rstd_pre, pre_eps.value_or(0.0))
+             : rms_norm_bf16_forward(B{}, x2d, gains_c, h16, rstd, eps, int8, rstd_pre,
+                                     pre_eps.value_or(0.0));
+  if (!ran) return std::nullopt;
+  std::array<Tensor<bf16, B>, K> w16;
+  std::array<Tensor<T, B>, K> ys;
+  for (size_t k = 0; k < K; ++k) {
+    const int64_t out = weights[k].size(0);
+    if (weights[k].dim() != 2 || weights[k].size(1) != D)
+      throw ShapeError(ternary::detail::cat("rms_norm_linear: weight ", k, " of shape ",
+                                            weights[k].shape(), " for inputs ", x.shape()));
+    w16[k] = backend::to_bf16(B{}, weights[k].value());
+    Shape out_shape = x.shape();
+    out_shape[out_shape.size() - 1] = out;
+    ys[k] = Tensor<T, B>::empty(out_shape);
+    backend::gemm_bf16(B{}, ternary::detail::const_view(h16[k]),
+                       ternary::detail::const_view(w16[k].t()),
+                       backend::mat_view(ys[k].reshape(Shape{rows, out})), T(1), T(0));
+  }
+  std::vector<Var<T, B>> inputs{x};
+  for (const auto& g : gains)
+    if (g.defined()) inputs.push_back(g);
+  for (const auto& w : weights) inputs.push_back(w);
+  return Var<T, B>::record_multi(
+      "rms_norm_linear", std::move(ys), inputs.data(), inputs.data() + inputs.size(),
+      [x, gains, weights, x2d, gains_c, h16, w16, rstd, rstd_pre, rows,
+       D](const std::array<Tensor<T, B>, K>& g) {
+        std::array<Tensor<T, B>, K> dh, dgains;
+        bool any = false;
+        for (size_t k = 0; k < K; ++k) {
+          if (!g[k].defined()) continue;
+          const int64_t out = weights[k].size(0);
+          const auto g16 = backend::to_bf16(B{}, g[k]).reshape(Shape{rows, out});
+          if (weights[k].requires_grad())
+            weights[k].accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& p) {
+              ternary::detail::gemm_accumulate(g16.t(), h16[k], dst, p);
+            });
+          const bool want_dgain = gains[k].defined() && gains[k].requires_grad();
+          if (x.requires_grad() || want_dgain) {
+            dh[k] = Tensor<T, B>::empty(Shape{rows, D});
+            backend::gemm_bf16(B{}, ternary::detail::const_view(g16),
+                               ternary::detail::const_view(w16[k]), backend::mat_view(dh[k]), T(1),
+                               T(0));
+            any = true;
+          }
+          if (want_dgain) dgains[k] = Tensor<T, B>::empty(Shape{D});
+        }
+        if (!any) return;
+        auto run = [&](const Tensor<T, B>& dx, const Tensor<T, B>& prior) {
+          rms_norm_shared_backward(
+              B{}, x2d, rstd, gains_c, dh, dx.defined() ? dx.reshape(Shape{rows, D}) : dx, dgains,
+              rstd_pre, prior.defined() ? prior.contiguous().reshape(Shape{rows, D}) : prior);
+        };
+        if (x.requires_grad())  // dx added by the kernel into x's gradient so far
+          x.accumulate_grad_with(run);
+        else
+          run(Tensor<T, B>(), Tensor<T, B>());
+        for (size_t k = 0; k < K; ++k)
+          if (dgains[k].defined()) gains[k].accumulate_grad(dgains[k]);
+      });
+}
+
+}  // namespace detail
+
+template <size_t K, class T, class B>
+std::array<Var<T, B>, K> rms_norm_linear(const Var<T, B>& x, const std::array<Var<T, B>, K>& gains,
+                                         const std::array<Var<T, B>, K>& weights, double eps,
+                                         std::optional<double> pre_eps, bool int8) {
+  static_assert(K >= 1, "rms_norm_linear: at least one projection");
+  if (int8)
+    for (size_t k = 0; k < K; ++k)
+      if (!gains[k].defined())
+        throw Error(ternary::detail::cat(
+            "rms_norm_linear: int8 activations are BitLinear's, which has a gain (projection ", k,
+            " has none)"));
+  if constexpr (!B::on_host && std::is_same_v<T, float>) {
+    if (backend::bf16_products(B{}))
+      if (auto y = detail::rms_norm_linear_bf16<K>(x, gains, weights, eps, pre_eps, int8))
+        return *y;
+  }
+  return detail::rms_norm_linear_composed<K>(x, gains, weights, eps, pre_eps, int8);
+}
+
+}  // namespace ternary::quant
