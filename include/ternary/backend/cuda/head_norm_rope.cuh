@@ -166,19 +166,35 @@ __device__ inline float dot4(float4 a, float4 b) {
   return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
 }
 
+// The row a lane of the vector kernels works on (position t of head h in batch b) and its
+// first column: 4 li of each half.
+template <int L>
+struct HeadLane {
+  int t, b, h, col;
+  bool valid;
+  __device__ explicit HeadLane(const HeadGrid& hg) {
+    const int lane = threadIdx.x % 32;
+    t = (int(blockIdx.x) * kHeadRowsPerBlock + int(threadIdx.x) / 32) * (32 / L) + lane / L;
+    b = int(blockIdx.y) / hg.heads;
+    h = int(blockIdx.y) % hg.heads;
+    valid = t < hg.seq;
+    col = 4 * (lane % L);
+  }
+  __device__ int64_t offset(const HeadRows& l) const {
+    return b * l.sb + h * l.sh + int64_t(t) * l.st;
+  }
+};
+
 template <int L>
 __global__ void head_norm_rope_forward_vec_kernel(const float* __restrict__ x, HeadRows xl,
                                                   const float* __restrict__ gain,
                                                   float* __restrict__ y, HeadRows yl, HeadGrid hg,
                                                   const float* __restrict__ cos_t,
                                                   const float* __restrict__ sin_t, float eps) {
-  constexpr int R = 32 / L;
-  const int lane = threadIdx.x % 32, li = lane % L;
-  const int t = (int(blockIdx.x) * kHeadRowsPerBlock + int(threadIdx.x) / 32) * R + lane / L;
-  const int b = int(blockIdx.y) / hg.heads, h = int(blockIdx.y) % hg.heads;
-  const bool valid = t < hg.seq;
-  const int half = hg.half, col = 4 * li;
-  const float* xr = x + b * xl.sb + h * xl.sh + int64_t(t) * xl.st;
+  const HeadLane<L> at(hg);
+  const int t = at.t, h = at.h, half = hg.half, col = at.col;
+  const bool valid = at.valid;
+  const float* xr = x + at.offset(xl);
   const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
   const float4 a = valid ? ld4(xr + col) : zero, c = valid ? ld4(xr + half + col) : zero;
   const float ss = head_group_sum<L>(dot4(a, a) + dot4(c, c));  // every lane takes part
@@ -186,7 +202,7 @@ __global__ void head_norm_rope_forward_vec_kernel(const float* __restrict__ x, H
   const float rstd = 1.f / ::sqrtf(ss / float(2 * half) + eps);
   const float k = gain ? gain[h] * rstd : rstd;
   const float4 cs = ld4(cos_t + int64_t(t) * half + col), sn = ld4(sin_t + int64_t(t) * half + col);
-  float* yr = y + b * yl.sb + h * yl.sh + int64_t(t) * yl.st;
+  float* yr = y + at.offset(yl);
   // y1 = u cos + v sin, y2 = v cos - u sin with (u, v) = k (x1, x2)
   st4(yr + col, make_float4(k * (a.x * cs.x + c.x * sn.x), k * (a.y * cs.y + c.y * sn.y),
                             k * (a.z * cs.z + c.z * sn.z), k * (a.w * cs.w + c.w * sn.w)));
@@ -202,15 +218,12 @@ __global__ void head_norm_rope_backward_vec_kernel(const float* __restrict__ x, 
                                                    float* __restrict__ row_dot, HeadGrid hg,
                                                    const float* __restrict__ cos_t,
                                                    const float* __restrict__ sin_t, float eps) {
-  constexpr int R = 32 / L;
-  const int lane = threadIdx.x % 32, li = lane % L;
-  const int t = (int(blockIdx.x) * kHeadRowsPerBlock + int(threadIdx.x) / 32) * R + lane / L;
-  const int b = int(blockIdx.y) / hg.heads, h = int(blockIdx.y) % hg.heads;
-  const bool valid = t < hg.seq;
-  const int half = hg.half, col = 4 * li;
+  const HeadLane<L> at(hg);
+  const int t = at.t, h = at.h, half = hg.half, col = at.col;
+  const bool valid = at.valid;
   const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
-  const float* xr = x + b * xl.sb + h * xl.sh + int64_t(t) * xl.st;
-  const float* gr = g + b * gl.sb + h * gl.sh + int64_t(t) * gl.st;
+  const float* xr = x + at.offset(xl);
+  const float* gr = g + at.offset(gl);
   const float4 a = valid ? ld4(xr + col) : zero, c = valid ? ld4(xr + half + col) : zero;
   const float4 ga = valid ? ld4(gr + col) : zero, gb = valid ? ld4(gr + half + col) : zero;
   const float4 cs = valid ? ld4(cos_t + int64_t(t) * half + col) : zero;
@@ -226,10 +239,10 @@ __global__ void head_norm_rope_backward_vec_kernel(const float* __restrict__ x, 
   const float rstd = 1.f / ::sqrtf(ss / float(2 * half) + eps);
   dot *= rstd;                                           // sum(u * n)
   const int64_t r = (int64_t(blockIdx.y) * hg.seq) + t;  // (b, h, t) order
-  if (row_dot && li == 0) row_dot[r] = dot;
+  if (row_dot && col == 0) row_dot[r] = dot;
   if (!dx) return;
   const float k = gain ? gain[h] * rstd : rstd, m = dot / float(2 * half) * rstd;
-  float* dr = dx + b * dxl.sb + h * dxl.sh + int64_t(t) * dxl.st;
+  float* dr = dx + at.offset(dxl);
   st4(dr + col, make_float4(k * (u1.x - a.x * m), k * (u1.y - a.y * m), k * (u1.z - a.z * m),
                             k * (u1.w - a.w * m)));
   st4(dr + half + col, make_float4(k * (u2.x - c.x * m), k * (u2.y - c.y * m), k * (u2.z - c.z * m),

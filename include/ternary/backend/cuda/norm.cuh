@@ -170,6 +170,30 @@ struct RowVec {
   __device__ float at(int i, int e) const {
     return reinterpret_cast<const float*>(&v[i])[e];
   }
+  // The lane's share of a row's dot product with o (add over the row's lanes after).
+  __device__ float dot(const RowVec& o) const {
+    float d = 0.f;
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) d += at(i, e) * o.at(i, e);
+    return d;
+  }
+  // a p - c q, element by element
+  __device__ static RowVec combine(float a, const RowVec& p, float c, const RowVec& q) {
+    RowVec r;
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) r.at(i, e) = a * p.at(i, e) - c * q.at(i, e);
+    return r;
+  }
+  __device__ void scale(float a) {
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) at(i, e) = at(i, e) * a;
+  }
 };
 // Sum / max / and over the L lanes of a row (xor partners stay inside the row's lanes).
 template <int L>
@@ -281,25 +305,12 @@ __global__ void rms_norm_rows_forward_kernel(const float* __restrict__ x, RowPtr
     const bool valid = r < rows;
     RowVec<V, L> xv = load_row_or_zero<V, L>(x, r, valid, li);
     if (rstd_pre) {  // the same steps as the plain kernel's, so the same bits
-      float s1 = 0.f;
-#pragma unroll
-      for (int i = 0; i < V; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s1 += xv.at(i, e) * xv.at(i, e);
-      s1 = row_group_sum<L>(s1);
+      const float s1 = row_group_sum<L>(xv.dot(xv));
       const float r1 = float(1.0 / ::sqrt(double(s1) / double(D) + eps));
       if (valid && li == 0) rstd_pre[r] = r1;
-#pragma unroll
-      for (int i = 0; i < V; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) xv.at(i, e) = xv.at(i, e) * r1;
+      xv.scale(r1);
     }
-    float s = 0.f;
-#pragma unroll
-    for (int i = 0; i < V; ++i)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s += xv.at(i, e) * xv.at(i, e);
-    s = row_group_sum<L>(s);
+    const float s = row_group_sum<L>(xv.dot(xv));
     const float rs = float(1.0 / ::sqrt(double(s) / double(D) + eps));
     if (valid && li == 0) rstd[r] = rs;
 #pragma unroll
@@ -354,11 +365,7 @@ __global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
     G.zero();
     const float s = valid ? rstd[r] : 0.f;
     const float s1 = rstd_pre && valid ? rstd_pre[r] : 0.f;
-    if (rstd_pre)
-#pragma unroll
-      for (int i = 0; i < V; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) xv.at(i, e) = x_in.at(i, e) * s1;
+    if (rstd_pre) xv.scale(s1);
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       if (!gs.p[k]) continue;
@@ -372,29 +379,13 @@ __global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
         }
     }
     if (!dx) continue;
-    float dot = 0.f;
-#pragma unroll
-    for (int i = 0; i < V; ++i)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dot += G.at(i, e) * xv.at(i, e);
-    dot = row_group_sum<L>(dot);
+    const float dot = row_group_sum<L>(G.dot(xv));
     const float c = s * s * s * dot / float(D);
-#pragma unroll
-    for (int i = 0; i < V; ++i)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) xv.at(i, e) = s * G.at(i, e) - c * xv.at(i, e);
+    xv = RowVec<V, L>::combine(s, G, c, xv);
     if (rstd_pre) {  // xv holds dh: through the pre-norm to dx
-      float dot1 = 0.f;
-#pragma unroll
-      for (int i = 0; i < V; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) dot1 += xv.at(i, e) * x_in.at(i, e);
-      dot1 = row_group_sum<L>(dot1);
+      const float dot1 = row_group_sum<L>(xv.dot(x_in));
       const float c1 = s1 * s1 * s1 * dot1 / float(D);
-#pragma unroll
-      for (int i = 0; i < V; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) xv.at(i, e) = s1 * xv.at(i, e) - c1 * x_in.at(i, e);
+      xv = RowVec<V, L>::combine(s1, xv, c1, x_in);
     }
     if (dx_addend) {  // the gradient so far (may be dx itself: each lane reads, then writes)
       const RowVec<V, L> av = load_row_or_zero<V, L>(dx_addend, r, valid, li);
