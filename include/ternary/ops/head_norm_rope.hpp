@@ -105,7 +105,8 @@ Var<T, B> head_norm_rope_var(const Var<T, B>& x, const Var<T, B>* gain, double e
         want_dx ? head_rows_of(dx) : backend::HeadRows{}, want_dw ? row_dot.data() : nullptr,
         *table, eps);
     if (want_dx) x.accumulate_grad(dx);
-    if (want_dw) w.accumulate_grad(sum(row_dot, {0, 2}));
+    // sum_to, not sum(row_dot, {0, 2}): no heap allocation per step (tests/test_alloc.cpp)
+    if (want_dw) w.accumulate_grad(sum_to(row_dot, Shape{w.size(0), 1}).reshape(w.shape()));
   };
   if (gain) return Var<T, B>::record("head_norm_rope", y, {x, *gain}, backward);
   return Var<T, B>::record("head_norm_rope", y, {x}, backward);
