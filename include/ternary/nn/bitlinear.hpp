@@ -65,8 +65,9 @@ class BitLinear : public Projection<T, B> {
     return linear(h, quantized_weight());
   }
   // True when forward(x) = project(quant::rms_norm_quantize_activations(x, gain)): the extra
-  // norm and int8 activations at lambda = 1. Several such layers reading one x may then
-  // normalise it together (the K-gain rms_norm_quantize_activations) and call project().
+  // norm and int8 activations at lambda = 1. Several such layers reading one x may then be
+  // computed together: quant::rms_norm_linear<K> with their gains and quantized weights (the
+  // GPT's q, k, v), or the K-gain rms_norm_quantize_activations followed by project().
   bool fuses_norm_and_int8() const { return norm_ && c_.act_quant && lambda_ >= 1; }
   // The product of activations already normalised and quantized as forward() does it.
   Var<T, B> project(const Var<T, B>& h) const { return linear(h, quantized_weight()); }
