@@ -130,13 +130,18 @@ class Var {
   // (a GEMM with beta = 1, a norm's backward): `write(dst, prior)` must store
   // prior + (this rule's gradient) into dst, a contiguous tensor of the value's shape. prior
   // is undefined (nothing so far), dst itself (add in place: each element of prior is read
-  // before the same element of dst is written), or another tensor (a buffer shared with
-  // another node, never written). Saves the separate addition pass of accumulate_grad.
+  // before the same element of dst is written), or another contiguous tensor (a buffer
+  // shared with another node, never written). Saves the separate addition pass of
+  // accumulate_grad.
   template <class Write>
   void accumulate_grad_with(Write&& write) const {
     Node& n = node();
     if (!n.requires_grad) return;
-    if (n.grad.defined() && n.grad_owned && n.grad.is_contiguous()) {
+    if (n.grad.defined() && !n.grad.is_contiguous()) {  // a strided gradient: copy, then in place
+      n.grad = n.grad.clone();
+      n.grad_owned = true;
+    }
+    if (n.grad.defined() && n.grad_owned) {
       write(n.grad, n.grad);
       return;
     }

@@ -54,8 +54,7 @@ template <class T, class B, class F>
 void with_grad_target(const Var<T, B>& v, bool want, F&& f) {
   if (!want) return f(static_cast<T*>(nullptr), static_cast<const T*>(nullptr));
   v.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
-    const auto prior_c = prior.defined() ? prior.contiguous() : Tensor<T, B>();
-    f(dst.data(), prior_c.defined() ? prior_c.data() : static_cast<const T*>(nullptr));
+    f(dst.data(), prior.defined() ? prior.data() : static_cast<const T*>(nullptr));
   });
 }
 

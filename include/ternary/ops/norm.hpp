@@ -61,8 +61,7 @@ Var<T, B> rms_norm_var(const Var<T, B>& x, const Var<T, B>* gain, double eps, co
     const auto x_rows = x_c.reshape(Shape{rows, D});
     if (want_dx) {  // dx is added by the kernel into x's gradient so far (one pass)
       x.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
-        const auto prior_rows =
-            prior.defined() ? prior.contiguous().reshape(Shape{rows, D}) : Tensor<T, B>();
+        const auto prior_rows = prior.defined() ? prior.reshape(Shape{rows, D}) : prior;
         backend::rms_norm_backward(B{}, x_rows, w_c, rstd, g_rows, dst.reshape(Shape{rows, D}), dw,
                                    prior_rows);
       });

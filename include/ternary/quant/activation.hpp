@@ -175,10 +175,9 @@ std::array<Var<T, B>, K> rms_norm_quantize_shared(const Var<T, B>& x,
             if (g[k].defined() && gains[k].requires_grad()) dws[k] = Tensor<T, B>::empty(Shape{D});
           }
           auto run = [&](const Tensor<T, B>& dx, const Tensor<T, B>& prior) {
-            rms_norm_shared_backward(
-                B{}, x_c.reshape(Shape{rows, D}), rstd, gains_c, gs,
-                dx.defined() ? dx.reshape(Shape{rows, D}) : dx, dws, rstd_pre,
-                prior.defined() ? prior.contiguous().reshape(Shape{rows, D}) : prior);
+            rms_norm_shared_backward(B{}, x_c.reshape(Shape{rows, D}), rstd, gains_c, gs,
+                                     dx.defined() ? dx.reshape(Shape{rows, D}) : dx, dws, rstd_pre,
+                                     prior.defined() ? prior.reshape(Shape{rows, D}) : prior);
           };
           if (want_dx)  // added by the kernel into x's gradient so far
             x.accumulate_grad_with(run);

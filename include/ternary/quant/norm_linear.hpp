@@ -66,6 +66,10 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
     const std::array<Var<T, B>, K>& weights, double eps, std::optional<double> pre_eps, bool int8) {
   const Tensor<T, B> x_c = x.value().contiguous();
   const int64_t D = x_c.size(-1), rows = D ? x_c.numel() / D : 0;
+  for (size_t k = 0; k < K; ++k)  // before any work
+    if (weights[k].dim() != 2 || weights[k].size(1) != D)
+      throw ShapeError(ternary::detail::cat("rms_norm_linear: weight ", k, " of shape ",
+                                            weights[k].shape(), " for inputs ", x.shape()));
   bool any_gain = false;
   for (const auto& g : gains) any_gain = any_gain || g.defined();
   const bool shared = !any_gain && !int8;  // one activation serves every k
@@ -91,9 +95,6 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
   std::array<Tensor<T, B>, K> ys;
   for (size_t k = 0; k < K; ++k) {
     const int64_t out = weights[k].size(0);
-    if (weights[k].dim() != 2 || weights[k].size(1) != D)
-      throw ShapeError(ternary::detail::cat("rms_norm_linear: weight ", k, " of shape ",
-                                            weights[k].shape(), " for inputs ", x.shape()));
     w16[k] = backend::to_bf16(B{}, weights[k].value());
     Shape out_shape = x.shape();
     out_shape[out_shape.size() - 1] = out;
@@ -132,9 +133,9 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
         }
         if (!any) return;
         auto run = [&](const Tensor<T, B>& dx, const Tensor<T, B>& prior) {
-          rms_norm_shared_backward(
-              B{}, x2d, rstd, gains_c, dh, dx.defined() ? dx.reshape(Shape{rows, D}) : dx, dgains,
-              rstd_pre, prior.defined() ? prior.contiguous().reshape(Shape{rows, D}) : prior);
+          rms_norm_shared_backward(B{}, x2d, rstd, gains_c, dh,
+                                   dx.defined() ? dx.reshape(Shape{rows, D}) : dx, dgains, rstd_pre,
+                                   prior.defined() ? prior.reshape(Shape{rows, D}) : prior);
         };
         if (x.requires_grad())  // dx added by the kernel into x's gradient so far
           x.accumulate_grad_with(run);
