@@ -21,6 +21,7 @@
 #include <cstddef>
 #include <memory>
 #include <memory_resource>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -122,13 +123,7 @@ class CausalSelfAttention : public Module<T, B> {
   // normalise and quantize their input, on CUDA both norms run in one kernel each way.
   // (quant::rms_norm_linear: on CUDA with bf16 products the norms write the GEMMs' operands.)
   VarT forward_prenormed(const VarT& x, double eps) const {
-    if (const auto b = fused_qkv(); b[0])
-      return attend(quant::rms_norm_linear<3>(
-          x, {b[0]->norm()->gain(), b[1]->norm()->gain(), b[2]->norm()->gain()},
-          {b[0]->quantized_weight(), b[1]->quantized_weight(), b[2]->quantized_weight()},
-          b[0]->norm()->eps(), eps, true));
-    if (const auto w = plain_qkv(); w[0].defined())
-      return attend(quant::rms_norm_linear<3>(x, {}, w, eps, std::nullopt, false));
+    if (const auto qkv = fused_projections(x, eps)) return attend(*qkv);
     return forward(rms_norm(x, eps));
   }
   // The attention of projections q, k, v [B, T, *], then the output projection.
@@ -153,12 +148,23 @@ class CausalSelfAttention : public Module<T, B> {
   // (one kernel each way on CUDA instead of three, and no gradient additions); the values are
   // the same, bit for bit.
   std::array<VarT, 3> project_qkv(const VarT& x) const {
+    if (const auto qkv = fused_projections(x, std::nullopt)) return *qkv;
+    return {wq_->forward(x), wk_->forward(x), wv_->forward(x)};
+  }
+  // The q, k, v projections of x (of rms_norm(x, *pre_eps) when pre_eps is given) as one
+  // quant::rms_norm_linear, where one serves: BitLinears that normalise and quantize their
+  // input, or behind the pre-norm bias-free Linears; else nullopt.
+  std::optional<std::array<VarT, 3>> fused_projections(const VarT& x,
+                                                       std::optional<double> pre_eps) const {
     if (const auto b = fused_qkv(); b[0])
       return quant::rms_norm_linear<3>(
           x, {b[0]->norm()->gain(), b[1]->norm()->gain(), b[2]->norm()->gain()},
           {b[0]->quantized_weight(), b[1]->quantized_weight(), b[2]->quantized_weight()},
-          b[0]->norm()->eps(), std::nullopt, true);
-    return {wq_->forward(x), wk_->forward(x), wv_->forward(x)};
+          b[0]->norm()->eps(), pre_eps, true);
+    if (pre_eps)
+      if (const auto w = plain_qkv(); w[0].defined())
+        return quant::rms_norm_linear<3>(x, {}, w, *pre_eps, std::nullopt, false);
+    return std::nullopt;
   }
   // The q, k, v BitLinears when all three normalise and quantize their input with one eps
   // (so one shared norm serves them), else nulls.
