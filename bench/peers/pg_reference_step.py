@@ -18,6 +18,35 @@ import sys
 import time
 
 
+def profile_one_step(torch, step, accum: int) -> None:
+    """One step under torch.profiler: GPU time per kernel (top 30) and by kind, to stderr so the
+    last stdout line stays the JSON summary."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    kernels = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            t, n = kernels.get(e.name, (0.0, 0))
+            kernels[e.name] = (t + e.device_time_total, n + 1)
+    total = sum(t for t, _ in kernels.values())
+    kinds = {"attention (flash)": ("flash",), "GEMM": ("gemm", "nvjet", "cutlass", "xmma", "splitK"),
+             "triton (fused elementwise)": ("triton",)}
+    by_kind = {k: 0.0 for k in kinds}
+    by_kind["other"] = 0.0
+    for name, (t, _) in kernels.items():
+        kind = next((k for k, keys in kinds.items() if any(s in name for s in keys)), "other")
+        by_kind[kind] += t
+    out = sys.stderr
+    print(f"profile of one step: {total / 1000:.2f} ms of kernels, {sum(n for _, n in kernels.values())} "
+          f"launches ({total / 1000 / accum:.2f} ms per micro-batch)", file=out)
+    for k, t in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+        print(f"  {k:28s} {t / 1000:8.2f} ms {100 * t / total:5.1f}%", file=out)
+    for name, (t, n) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:30]:
+        print(f"  {t / 1000:8.3f} ms {n:5d}x  {name[:140]}", file=out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reference", required=True, help="folder holding the reference train_gpt.py")
@@ -27,6 +56,8 @@ def main() -> None:
     ap.add_argument("--tokens-per-step", type=int, default=524_288)
     ap.add_argument("--accum", type=int, default=8, help="micro-batches per step (train_gpt.py: 8 on one GPU)")
     ap.add_argument("--seq", type=int, default=1024)
+    ap.add_argument("--profile", action="store_true",
+                    help="after the timed steps, profile one step and print GPU time by kernel")
     a = ap.parse_args()
 
     sys.path.insert(0, a.reference)
@@ -102,6 +133,8 @@ def main() -> None:
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
         print(f"step {i}: {1000 * times[-1]:.1f} ms, loss {loss.item() / a.accum:.4f}", flush=True)
+    if a.profile:
+        profile_one_step(torch, step, a.accum)
     times.sort()
     med = times[len(times) // 2]
     tokens = micro * a.seq * a.accum
