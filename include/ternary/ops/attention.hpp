@@ -9,7 +9,9 @@
 //   dv = P^T dout       dP = dout v^T       dS = P * (dP - rowsum(dout * out))
 //   dq = scale dS k     dk = scale dS^T q   (dk, dv summed over the query heads of a group)
 //
-// Memory beyond inputs and output: the logsumexp, O(B Hq T). Kernel: backend/cpu/attention.hpp.
+// Memory beyond inputs and output: the logsumexp, O(B Hq T); on the GPU with tensor cores also
+// q, k, v in bf16 (packed by the forward, reused by the backward: 2 bytes per element).
+// Kernel: backend/cpu/attention.hpp.
 // Layouts: on the GPU the output is token-major memory [B, T, Hq, Dh] seen as [B, Hq, T, Dh],
 // so merging the heads back (permute to [B, T, Hq, Dh], reshape to [B, T, Hq Dh]) is free;
 // the gradients of q, k, v are written in those inputs' own layout when it is such a view.
@@ -91,20 +93,21 @@ Var<T, B> causal_attention(const Var<T, B>& q, const Var<T, B>& k, const Var<T, 
   const bool needs =
       grad_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
   Tensor<T, B> lse;
+  Tensor<bf16, B> saved;  // the backend's operands for the backward, if it keeps any
   if (needs) lse = Tensor<T, B>::empty(Shape{q.size(0), q.size(1), q.size(2)});
   backend::causal_attention_forward(B{}, q.value(), k.value(), v.value(), s, out,
-                                    needs ? &lse : nullptr);
-  return Var<T, B>::record("causal_attention", out, {q, k, v},
-                           [q, k, v, out, lse, s](const Tensor<T, B>& g) {
-                             auto dq = detail::attention_grad_like(q.value());
-                             auto dk = detail::attention_grad_like(k.value());
-                             auto dv = detail::attention_grad_like(v.value());
-                             backend::causal_attention_backward(
-                                 B{}, q.value(), k.value(), v.value(), out, lse, g, s, dq, dk, dv);
-                             if (q.requires_grad()) q.accumulate_grad(dq);
-                             if (k.requires_grad()) k.accumulate_grad(dk);
-                             if (v.requires_grad()) v.accumulate_grad(dv);
-                           });
+                                    needs ? &lse : nullptr, needs ? &saved : nullptr);
+  return Var<T, B>::record(
+      "causal_attention", out, {q, k, v}, [q, k, v, out, lse, saved, s](const Tensor<T, B>& g) {
+        auto dq = detail::attention_grad_like(q.value());
+        auto dk = detail::attention_grad_like(k.value());
+        auto dv = detail::attention_grad_like(v.value());
+        backend::causal_attention_backward(B{}, q.value(), k.value(), v.value(), out, lse, g, s, dq,
+                                           dk, dv, &saved);
+        if (q.requires_grad()) q.accumulate_grad(dq);
+        if (k.requires_grad()) k.accumulate_grad(dk);
+        if (v.requires_grad()) v.accumulate_grad(dv);
+      });
 }
 
 // ---- reference (tests): the same function from plain differentiable ops ----------------------

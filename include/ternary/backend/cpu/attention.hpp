@@ -243,9 +243,11 @@ inline bool attention_on_gemm(int64_t T_len) {
 }  // namespace cpu_detail
 
 template <class T>
+// saved_bf16 (for the backward) is the CUDA kernels' packed operands; the CPU keeps none.
 void causal_attention_forward(cpu, const Tensor<T, cpu>& q_in, const Tensor<T, cpu>& k_in,
                               const Tensor<T, cpu>& v_in, T scale, Tensor<T, cpu>& out,
-                              Tensor<T, cpu>* lse) {
+                              Tensor<T, cpu>* lse, Tensor<bf16, cpu>* saved_bf16 = nullptr) {
+  (void)saved_bf16;
   using namespace cpu_detail;
   const int64_t B = q_in.size(0), Hq = q_in.size(1), T_len = q_in.size(2), D = q_in.size(3);
   if (!attention_on_gemm(T_len) || D == 0) {
@@ -282,7 +284,9 @@ void causal_attention_backward(cpu, const Tensor<T, cpu>& q_in, const Tensor<T, 
                                const Tensor<T, cpu>& v_in, const Tensor<T, cpu>& out,
                                const Tensor<T, cpu>& lse, const Tensor<T, cpu>& dout_in, T scale,
                                Tensor<T, cpu>& dq_out, Tensor<T, cpu>& dk_out,
-                               Tensor<T, cpu>& dv_out) {
+                               Tensor<T, cpu>& dv_out,
+                               const Tensor<bf16, cpu>* saved_bf16 = nullptr) {
+  (void)saved_bf16;
   using namespace cpu_detail;
   const int64_t B = q_in.size(0), Hq = q_in.size(1), T_len = q_in.size(2), D = q_in.size(3);
   if (!attention_on_gemm(T_len) || D == 0) {

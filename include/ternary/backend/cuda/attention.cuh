@@ -402,7 +402,7 @@ namespace ternary::backend {
 template <class T>
 void causal_attention_forward(cuda, const Tensor<T, cuda>& q_in, const Tensor<T, cuda>& k_in,
                               const Tensor<T, cuda>& v_in, T scale, Tensor<T, cuda>& out,
-                              Tensor<T, cuda>* lse) {
+                              Tensor<T, cuda>* lse, Tensor<bf16, cuda>* saved_bf16) {
   static_assert(std::is_same_v<T, float>, "causal_attention(cuda): float only");
   using namespace cuda_detail;
   check_attention_sizes("causal_attention_forward", q_in, k_in);
@@ -417,7 +417,7 @@ void causal_attention_forward(cuda, const Tensor<T, cuda>& q_in, const Tensor<T,
   with_head_dim(D, "causal_attention_forward", [&](auto dm) {
     constexpr int DM = decltype(dm)::value;
     if (attention_on_tensor_cores()) {
-      flash_attention_forward<DM>(q, k, v, scale, out, lse);
+      flash_attention_forward<DM>(q, k, v, scale, out, lse, saved_bf16);
       return;
     }
     // The fp32 kernels write a contiguous output.
@@ -436,7 +436,8 @@ template <class T>
 void causal_attention_backward(cuda, const Tensor<T, cuda>& q_in, const Tensor<T, cuda>& k_in,
                                const Tensor<T, cuda>& v_in, const Tensor<T, cuda>& out_in,
                                const Tensor<T, cuda>& lse, const Tensor<T, cuda>& dout_in, T scale,
-                               Tensor<T, cuda>& dq, Tensor<T, cuda>& dk, Tensor<T, cuda>& dv) {
+                               Tensor<T, cuda>& dq, Tensor<T, cuda>& dk, Tensor<T, cuda>& dv,
+                               const Tensor<bf16, cuda>* saved_bf16) {
   static_assert(std::is_same_v<T, float>, "causal_attention(cuda): float only");
   using namespace cuda_detail;
   check_attention_sizes("causal_attention_backward", q_in, k_in);
@@ -458,7 +459,8 @@ void causal_attention_backward(cuda, const Tensor<T, cuda>& q_in, const Tensor<T
   const auto dout = unit_inner(dout_in), out = unit_inner(out_in);
   if (attention_on_tensor_cores()) {
     with_head_dim(D, "causal_attention_backward", [&](auto dm) {
-      flash_attention_backward<decltype(dm)::value>(q, k, v, out, lse, dout, scale, dq, dk, dv);
+      flash_attention_backward<decltype(dm)::value>(q, k, v, out, lse, dout, scale, dq, dk, dv,
+                                                    saved_bf16);
     });
     return;
   }

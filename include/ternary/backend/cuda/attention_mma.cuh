@@ -14,12 +14,12 @@
 // product: p.v, ds.k, p^T.do, ds^T.q). Outputs are written in fp32 through their own strides,
 // so out, dq, dk and dv may also be views of [B, T, H, Dh] memory.
 //
-// Layout: a block owns 64 rows (query rows: forward, dq; key rows: dk/dv), 4 warps of 16
-// rows. Each warp keeps its 16 rows of the fixed operands (q; q and do; k and v) as mma A
-// fragments in registers and streams INNER-row tiles of the others. Shared rows are padded by
-// 16 bytes, so the 8 row addresses of an ldmatrix hit distinct banks. Scores live in mma
-// accumulators; two adjacent 16x8 accumulator tiles are one 16x16 A fragment, so p (or ds)
-// feeds the next product without leaving registers.
+// Layout: a block of 4 warps owns 128 query rows (forward, heads up to 64: 32 rows, two m16
+// tiles, per warp) or 64 rows (dq: query rows; dk/dv: key rows; 16 per warp). Each warp keeps its
+// rows of the fixed operands (q; q and do; k and v) as mma A fragments in registers and streams
+// INNER-row tiles of the others. Shared rows are padded by 16 bytes, so the 8 row addresses of an
+// ldmatrix hit distinct banks. Scores live in mma accumulators; two adjacent 16x8 accumulator tiles
+// are one 16x16 A fragment, so p (or ds) feeds the next product without leaving registers.
 //
 // mma.m16n8k16 fragments (PTX ISA; g = lane / 4, t = lane % 4; pairs are bf16x2, low half first):
 //   A 16x16: a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
@@ -49,21 +49,36 @@ namespace ternary::backend::cuda_detail {
 
 using bf16 = __nv_bfloat16;
 
-template <int DM>
+// A kernel's tiling: 4 warps of MT 16-row mma tiles each own ROWS rows; INNER rows are
+// streamed per tile. Two m-tiles per warp (32 rows) read every streamed fragment out of shared
+// memory once for two mma's, which halves the ldmatrix traffic per product (the forward kernel
+// with heads up to 64); the backward kernels keep one (registers: they hold two score sets).
+template <int DM_, int MT_ = 1, int INNER_ = (DM_ >= 128 ? 32 : 64)>
 struct FlashCfg {
-  static constexpr int ROWS = 64;  // rows owned by a block
-  static constexpr int WARPS = 4;  // 16 rows each
+  static constexpr int DM = DM_;         // head size padded to 16, 32, 64 or 128
+  static constexpr int MT = MT_;         // 16-row mma tiles per warp
+  static constexpr int WROWS = 16 * MT;  // rows owned by a warp
+  static constexpr int WARPS = 4;
+  static constexpr int ROWS = WARPS * WROWS;  // rows owned by a block
   static constexpr int THREADS = WARPS * 32;
-  static constexpr int INNER = DM >= 128 ? 32 : 64;  // rows per streamed tile (registers)
-  static constexpr int SS = DM + 8;                  // shared row stride in bf16 (16-byte pad)
-  static constexpr int KS = DM / 16;                 // 16-wide k steps over the head
-  static constexpr int NT = INNER / 8;               // 8-wide score tiles per streamed tile
-  static constexpr int DT = DM / 8;                  // 8-wide output tiles over the head
-  static constexpr int CHUNKS = DM / 8;              // 16-byte chunks per bf16 row
-  static constexpr int FIXED = ROWS * SS;            // a block's own rows in shared memory
-  static constexpr int TILE = INNER * SS;            // one streamed tile
+  static constexpr int INNER = INNER_;     // rows per streamed tile (registers)
+  static constexpr int SS = DM + 8;        // shared row stride in bf16 (16-byte pad)
+  static constexpr int KS = DM / 16;       // 16-wide k steps over the head
+  static constexpr int NT = INNER / 8;     // 8-wide score tiles per streamed tile
+  static constexpr int DT = DM / 8;        // 8-wide output tiles over the head
+  static constexpr int CHUNKS = DM / 8;    // 16-byte chunks per bf16 row
+  static constexpr int FIXED = ROWS * SS;  // a block's own rows in shared memory
+  static constexpr int TILE = INNER * SS;  // one streamed tile
   static_assert(NT % 2 == 0 && DT % 2 == 0, "ldmatrix.x4 covers two 8-wide tiles");
 };
+// The forward kernel's tiling: two m-tiles per warp up to head size 64 (H200, B 64 x 8 heads x
+// T 1024, D 64: 0.468 against 0.517 ms with one, bench_cuda_attention). The dq kernel holds two
+// score sets per tile, and two m-tiles with 32-row tiles measured slower (1.495 against 1.466
+// ms for the backward), so it and dk/dv keep one.
+template <int DM>
+using FlashFwdCfg = FlashCfg<DM, DM <= 64 ? 2 : 1, DM >= 128 ? 32 : 64>;
+template <int DM>
+using FlashDqCfg = FlashCfg<DM>;
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
@@ -159,9 +174,9 @@ __global__ void attn_pack_bf16_kernel(const float* __restrict__ src, HeadStrides
 // ---- tiles and fragments --------------------------------------------------------------------
 // Rows [r0, r0 + N) of one packed head (row-major [T, DM]) into shared memory (row stride SS),
 // asynchronously; rows >= T are zero.
-template <int DM, int N>
+template <class C, int N>
 __device__ __forceinline__ void flash_load_tile(bf16* s, const bf16* head, int r0, int T) {
-  using C = FlashCfg<DM>;
+  constexpr int DM = C::DM;
 #pragma unroll
   for (int i = threadIdx.x; i < N * C::CHUNKS; i += C::THREADS) {
     const int r = i / C::CHUNKS, c = i % C::CHUNKS;
@@ -172,39 +187,41 @@ __device__ __forceinline__ void flash_load_tile(bf16* s, const bf16* head, int r
 
 // Starts copying key/value tile j + 1 (if there is one) into the buffers tile j - 1 used, as one
 // cp.async group (an empty group after the last tile keeps the waits uniform).
-template <int DM>
+template <class C>
 __device__ __forceinline__ void flash_prefetch_kv(int j, int tiles, bf16* Ks, bf16* Vs,
                                                   const bf16* kh, const bf16* vh, int T) {
-  using C = FlashCfg<DM>;
   if (j + 1 < tiles) {
     const int nb = (j + 1) % 2;
-    flash_load_tile<DM, C::INNER>(Ks + nb * C::TILE, kh, (j + 1) * C::INNER, T);
-    flash_load_tile<DM, C::INNER>(Vs + nb * C::TILE, vh, (j + 1) * C::INNER, T);
+    flash_load_tile<C, C::INNER>(Ks + nb * C::TILE, kh, (j + 1) * C::INNER, T);
+    flash_load_tile<C, C::INNER>(Vs + nb * C::TILE, vh, (j + 1) * C::INNER, T);
   }
   cp_async_commit();
 }
 
-// The A fragments of the warp's 16 rows [w, w + 16) of a shared tile.
-template <int DM>
-__device__ __forceinline__ void flash_a_fragments(uint32_t (&f)[FlashCfg<DM>::KS][4], const bf16* s,
+// The A fragments of the warp's MT x 16 rows [w, w + 16 MT) of a shared tile.
+template <class C>
+__device__ __forceinline__ void flash_a_fragments(uint32_t (&f)[C::MT][C::KS][4], const bf16* s,
                                                   int w) {
-  using C = FlashCfg<DM>;
   const int lane = threadIdx.x % 32;
   const bf16* p = s + (w + lane % 16) * C::SS + (lane / 16) * 8;
 #pragma unroll
-  for (int kk = 0; kk < C::KS; ++kk) ldmatrix_x4(f[kk], p + kk * 16);
+  for (int m = 0; m < C::MT; ++m)
+#pragma unroll
+    for (int kk = 0; kk < C::KS; ++kk) ldmatrix_x4(f[m][kk], p + m * 16 * C::SS + kk * 16);
 }
 
-// acc[nt] (16 x 8 per nt) = A (16 x DM) . S^T, S a shared tile of INNER rows x DM whose rows
-// are the n index (q.k, do.v, k.q, v.do).
-template <int DM>
-__device__ __forceinline__ void flash_rows_dot_tile(float (&acc)[FlashCfg<DM>::NT][4],
-                                                    const uint32_t (&a)[FlashCfg<DM>::KS][4],
+// acc[m][nt] (16 x 8 per m, nt) = A (16 MT x DM) . S^T, S a shared tile of INNER rows x DM
+// whose rows are the n index (q.k, do.v, k.q, v.do). Each B fragment serves all MT m-tiles.
+template <class C>
+__device__ __forceinline__ void flash_rows_dot_tile(float (&acc)[C::MT][C::NT][4],
+                                                    const uint32_t (&a)[C::MT][C::KS][4],
                                                     const bf16* s) {
-  using C = FlashCfg<DM>;
   const int lane = threadIdx.x % 32;
 #pragma unroll
-  for (int nt = 0; nt < C::NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+  for (int m = 0; m < C::MT; ++m)
+#pragma unroll
+    for (int nt = 0; nt < C::NT; ++nt)
+      acc[m][nt][0] = acc[m][nt][1] = acc[m][nt][2] = acc[m][nt][3] = 0.f;
   // Matrices: (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15).
   const bf16* p = s + ((lane / 16) * 8 + lane % 8) * C::SS + ((lane / 8) % 2) * 8;
 #pragma unroll
@@ -213,48 +230,56 @@ __device__ __forceinline__ void flash_rows_dot_tile(float (&acc)[FlashCfg<DM>::N
     for (int kk = 0; kk < C::KS; ++kk) {
       uint32_t b[4];
       ldmatrix_x4(b, p + np * 16 * C::SS + kk * 16);
-      mma_bf16_16816(acc[2 * np], a[kk], b[0], b[1]);
-      mma_bf16_16816(acc[2 * np + 1], a[kk], b[2], b[3]);
+#pragma unroll
+      for (int m = 0; m < C::MT; ++m) {
+        mma_bf16_16816(acc[m][2 * np], a[m][kk], b[0], b[1]);
+        mma_bf16_16816(acc[m][2 * np + 1], a[m][kk], b[2], b[3]);
+      }
     }
 }
 
-// out[dt] (16 x 8 per dt) += P (16 x INNER, accumulator layout, rounded to bf16) . S, S a
-// shared tile of INNER rows x DM whose rows are the k index (p.v, ds.k, p^T.do, ds^T.q).
-template <int DM>
-__device__ __forceinline__ void flash_acc_times_tile(float (&out)[FlashCfg<DM>::DT][4],
-                                                     const float (&p)[FlashCfg<DM>::NT][4],
+// out[m][dt] (16 x 8 per m, dt) += P (16 MT x INNER, accumulator layout, rounded to bf16) . S,
+// S a shared tile of INNER rows x DM whose rows are the k index (p.v, ds.k, p^T.do, ds^T.q).
+template <class C>
+__device__ __forceinline__ void flash_acc_times_tile(float (&out)[C::MT][C::DT][4],
+                                                     const float (&p)[C::MT][C::NT][4],
                                                      const bf16* s) {
-  using C = FlashCfg<DM>;
   const int lane = threadIdx.x % 32;
   // Matrices (transposed): (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), (k 8-15, n 8-15).
   const bf16* base = s + (((lane / 8) % 2) * 8 + lane % 8) * C::SS + (lane / 16) * 8;
 #pragma unroll
   for (int kk = 0; kk < C::INNER / 16; ++kk) {
-    const uint32_t a[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]),
-                           pack_bf16(p[2 * kk][2], p[2 * kk][3]),
-                           pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]),
-                           pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+    uint32_t a[C::MT][4];
+#pragma unroll
+    for (int m = 0; m < C::MT; ++m) {
+      a[m][0] = pack_bf16(p[m][2 * kk][0], p[m][2 * kk][1]);
+      a[m][1] = pack_bf16(p[m][2 * kk][2], p[m][2 * kk][3]);
+      a[m][2] = pack_bf16(p[m][2 * kk + 1][0], p[m][2 * kk + 1][1]);
+      a[m][3] = pack_bf16(p[m][2 * kk + 1][2], p[m][2 * kk + 1][3]);
+    }
 #pragma unroll
     for (int dp = 0; dp < C::DT / 2; ++dp) {
       uint32_t b[4];
       ldmatrix_x4_trans(b, base + kk * 16 * C::SS + dp * 16);
-      mma_bf16_16816(out[2 * dp], a, b[0], b[1]);
-      mma_bf16_16816(out[2 * dp + 1], a, b[2], b[3]);
+#pragma unroll
+      for (int m = 0; m < C::MT; ++m) {
+        mma_bf16_16816(out[m][2 * dp], a[m], b[0], b[1]);
+        mma_bf16_16816(out[m][2 * dp + 1], a[m], b[2], b[3]);
+      }
     }
   }
 }
 
-// Writes this lane's part of a warp's 16 x DM accumulator tiles as rows r0 and r0 + 8 of one
+// Writes this lane's part of one 16 x DM accumulator tile as rows r0 and r0 + 8 of one
 // head (head: its row 0; rows rs apart, unit inner stride), times mul0 / mul1 per row; rows
 // >= T and columns >= D are left alone.
-template <int DM>
+template <class C>
 __device__ __forceinline__ void flash_store_rows(float* __restrict__ head, int64_t rs, int r0,
-                                                 int T, int D,
-                                                 const float (&acc)[FlashCfg<DM>::DT][4],
+                                                 int T, int D, const float (&acc)[C::DT][4],
                                                  float mul0, float mul1) {
   const int t = threadIdx.x % 4, r1 = r0 + 8;
 #pragma unroll
-  for (int dt = 0; dt < FlashCfg<DM>::DT; ++dt) {
+  for (int dt = 0; dt < C::DT; ++dt) {
     const int d = dt * 8 + 2 * t;
     if (r0 < T) {
       if (d < D) head[r0 * rs + d] = acc[dt][0] * mul0;
@@ -270,13 +295,14 @@ __device__ __forceinline__ void flash_store_rows(float* __restrict__ head, int64
 // ---- kernels --------------------------------------------------------------------------------
 // grid: query tiles * Hq * B. q packed [B, Hq, T, DM], k and v packed [B, Hkv, T, DM]; out
 // through its strides; lse [B, Hq, T] contiguous (natural log) or null.
-// Shared memory: Q (64 rows), then K and V tiles, two buffers each.
+// Shared memory: Q (ROWS rows), then K and V tiles, two buffers each.
 template <int DM>
-__global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
+__global__ void __launch_bounds__(FlashFwdCfg<DM>::THREADS)
     flash_forward_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                          const bf16* __restrict__ v, float* __restrict__ out, HeadStrides os,
                          float* __restrict__ lse, int T, int D, int Hq, int group, float scale) {
-  using C = FlashCfg<DM>;
+  using C = FlashFwdCfg<DM>;
+  constexpr int MT = C::MT;
   extern __shared__ __align__(16) unsigned char flash_smem[];
   bf16* Qs = reinterpret_cast<bf16*>(flash_smem);
   bf16* Ks = Qs + C::FIXED;                               // [2][TILE]
@@ -284,100 +310,113 @@ __global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
   const TileIndex ti = tile_index<C::ROWS>(T, Hq, true);  // the longest rows first
   const int b = ti.b, h = ti.head, hk = h / group, Hkv = Hq / group;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int row0 = ti.tile * C::ROWS, w0 = row0 + warp * 16;  // block's / warp's first row
-  const int r0 = w0 + g, r1 = r0 + 8;                         // this lane's rows
+  const int row0 = ti.tile * C::ROWS, w0 = row0 + warp * C::WROWS;  // block's / warp's first row
   const bf16* qh = q + (int64_t(b) * Hq + h) * T * DM;
   const bf16* kh = k + (int64_t(b) * Hkv + hk) * T * DM;
   const bf16* vh = v + (int64_t(b) * Hkv + hk) * T * DM;
   const int block_last = min(T, row0 + C::ROWS) - 1;
   const int tiles = block_last / C::INNER + 1;
 
-  flash_load_tile<DM, C::ROWS>(Qs, qh, row0, T);
-  flash_load_tile<DM, C::INNER>(Ks, kh, 0, T);
-  flash_load_tile<DM, C::INNER>(Vs, vh, 0, T);
+  flash_load_tile<C, C::ROWS>(Qs, qh, row0, T);
+  flash_load_tile<C, C::INNER>(Ks, kh, 0, T);
+  flash_load_tile<C, C::INNER>(Vs, vh, 0, T);
   cp_async_commit();
 
-  uint32_t qf[C::KS][4];
-  float o[C::DT][4];
+  uint32_t qf[MT][C::KS][4];
+  float o[MT][C::DT][4];
 #pragma unroll
-  for (int dt = 0; dt < C::DT; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
-  // Running max (log2 domain: scores times scale * log2 e) and this lane's part of the sum.
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int dt = 0; dt < C::DT; ++dt) o[m][dt][0] = o[m][dt][1] = o[m][dt][2] = o[m][dt][3] = 0.f;
+  // Per m-tile, this lane's rows r = w0 + 16 m + g (+ 8): running max (log2 domain: scores
+  // times scale * log2 e) and this lane's part of the sum; index 2 m for r, 2 m + 1 for r + 8.
+  float mx[2 * MT], l[2 * MT];
+#pragma unroll
+  for (int i = 0; i < 2 * MT; ++i) mx[i] = -INFINITY, l[i] = 0.f;
   const float sl2 = scale * kLog2e;
   for (int j = 0; j < tiles; ++j) {
     cp_async_wait_all();
     __syncthreads();  // tile j is in; every warp is done with tile j - 1's buffer
-    if (j == 0) flash_a_fragments<DM>(qf, Qs, warp * 16);
-    flash_prefetch_kv<DM>(j, tiles, Ks, Vs, kh, vh, T);
+    if (j == 0) flash_a_fragments<C>(qf, Qs, warp * C::WROWS);
+    flash_prefetch_kv<C>(j, tiles, Ks, Vs, kh, vh, T);
     const int j0 = j * C::INNER;
-    if (j0 > w0 + 15) continue;  // every key of the tile is after the warp's rows
+    if (j0 > w0 + C::WROWS - 1) continue;  // every key of the tile is after the warp's rows
     const bf16* Kt = Ks + (j % 2) * C::TILE;
     const bf16* Vt = Vs + (j % 2) * C::TILE;
-    float s[C::NT][4];
-    flash_rows_dot_tile<DM>(s, qf, Kt);
+    float s[MT][C::NT][4];
+    flash_rows_dot_tile<C>(s, qf, Kt);
     const bool diagonal = j0 + C::INNER - 1 > w0;
-    float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-    for (int nt = 0; nt < C::NT; ++nt)
+    for (int m = 0; m < MT; ++m) {
+      const int r0 = w0 + 16 * m + g, r1 = r0 + 8;
+      float tm0 = -INFINITY, tm1 = -INFINITY;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = j0 + nt * 8 + 2 * t + (e & 1), row = e < 2 ? r0 : r1;
-        float x = s[nt][e] * sl2;
-        if (diagonal && key > row) x = -INFINITY;  // keys >= T are all past rows < T
-        s[nt][e] = x;
-        if (e < 2)
-          mx0 = fmaxf(mx0, x);
-        else
-          mx1 = fmaxf(mx1, x);
+      for (int nt = 0; nt < C::NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = j0 + nt * 8 + 2 * t + (e & 1), row = e < 2 ? r0 : r1;
+          float x = s[m][nt][e] * sl2;
+          if (diagonal && key > row) x = -INFINITY;  // keys >= T are all past rows < T
+          s[m][nt][e] = x;
+          if (e < 2)
+            tm0 = fmaxf(tm0, x);
+          else
+            tm1 = fmaxf(tm1, x);
+        }
+      // Key 0 is in the first tile and unmasked for every row, so the max is finite from then
+      // on (a row's whole m-tile may be masked in a diagonal tile only after tile 0).
+      const float mn0 = fmaxf(mx[2 * m], quad_max(tm0)), mn1 = fmaxf(mx[2 * m + 1], quad_max(tm1));
+      const float a0 = exp2f(mx[2 * m] - mn0), a1 = exp2f(mx[2 * m + 1] - mn1);
+      mx[2 * m] = mn0;
+      mx[2 * m + 1] = mn1;
+      float ps0 = 0.f, ps1 = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < C::NT; ++nt) {
+        s[m][nt][0] = exp2f(s[m][nt][0] - mn0);
+        s[m][nt][1] = exp2f(s[m][nt][1] - mn0);
+        s[m][nt][2] = exp2f(s[m][nt][2] - mn1);
+        s[m][nt][3] = exp2f(s[m][nt][3] - mn1);
+        ps0 += s[m][nt][0] + s[m][nt][1];
+        ps1 += s[m][nt][2] + s[m][nt][3];
       }
-    // Key 0 is in the first tile and unmasked for every row, so the max is finite from then on.
-    const float mn0 = fmaxf(m0, quad_max(mx0)), mn1 = fmaxf(m1, quad_max(mx1));
-    const float a0 = exp2f(m0 - mn0), a1 = exp2f(m1 - mn1);
-    m0 = mn0;
-    m1 = mn1;
-    float ps0 = 0.f, ps1 = 0.f;
+      l[2 * m] = l[2 * m] * a0 + ps0;
+      l[2 * m + 1] = l[2 * m + 1] * a1 + ps1;
 #pragma unroll
-    for (int nt = 0; nt < C::NT; ++nt) {
-      s[nt][0] = exp2f(s[nt][0] - mn0);
-      s[nt][1] = exp2f(s[nt][1] - mn0);
-      s[nt][2] = exp2f(s[nt][2] - mn1);
-      s[nt][3] = exp2f(s[nt][3] - mn1);
-      ps0 += s[nt][0] + s[nt][1];
-      ps1 += s[nt][2] + s[nt][3];
+      for (int dt = 0; dt < C::DT; ++dt) {
+        o[m][dt][0] *= a0;
+        o[m][dt][1] *= a0;
+        o[m][dt][2] *= a1;
+        o[m][dt][3] *= a1;
+      }
     }
-    l0 = l0 * a0 + ps0;
-    l1 = l1 * a1 + ps1;
-#pragma unroll
-    for (int dt = 0; dt < C::DT; ++dt) {
-      o[dt][0] *= a0;
-      o[dt][1] *= a0;
-      o[dt][2] *= a1;
-      o[dt][3] *= a1;
-    }
-    flash_acc_times_tile<DM>(o, s, Vt);
+    flash_acc_times_tile<C>(o, s, Vt);
   }
-  l0 = quad_sum(l0);
-  l1 = quad_sum(l1);
-  flash_store_rows<DM>(out + b * os.b + h * os.h, os.t, r0, T, D, o, 1.f / l0, 1.f / l1);
-  if (lse && t == 0) {
-    const int64_t base = (int64_t(b) * Hq + h) * T;
-    if (r0 < T) lse[base + r0] = (m0 + log2f(l0)) * kLn2;
-    if (r1 < T) lse[base + r1] = (m1 + log2f(l1)) * kLn2;
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    const int r0 = w0 + 16 * m + g, r1 = r0 + 8;
+    const float l0 = quad_sum(l[2 * m]), l1 = quad_sum(l[2 * m + 1]);
+    flash_store_rows<C>(out + b * os.b + h * os.h, os.t, r0, T, D, o[m], 1.f / l0, 1.f / l1);
+    if (lse && t == 0) {
+      const int64_t base = (int64_t(b) * Hq + h) * T;
+      if (r0 < T) lse[base + r0] = (mx[2 * m] + log2f(l0)) * kLn2;
+      if (r1 < T) lse[base + r1] = (mx[2 * m + 1] + log2f(l1)) * kLn2;
+    }
   }
 }
 
 // grid: query tiles * Hq * B; dq through its strides. di = rowsum(dout * out) [B, Hq, T].
 //   p = exp(scale q.k - lse), dp = do.v, ds = p (dp - di), dq = scale sum_j ds k_j
-// Shared memory: Q and dO (64 rows each, read once into fragments), then K and V tiles, two
+// Shared memory: Q and dO (ROWS rows each, read once into fragments), then K and V tiles, two
 // buffers each.
 template <int DM>
-__global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
+__global__ void __launch_bounds__(FlashDqCfg<DM>::THREADS)
     flash_backward_dq_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                              const bf16* __restrict__ v, const bf16* __restrict__ dout,
                              const float* __restrict__ lse, const float* __restrict__ di,
                              float* __restrict__ dq, HeadStrides dqs, int T, int D, int Hq,
                              int group, float scale) {
-  using C = FlashCfg<DM>;
+  using C = FlashDqCfg<DM>;
+  constexpr int MT = C::MT;
   extern __shared__ __align__(16) unsigned char flash_smem[];
   bf16* Qs = reinterpret_cast<bf16*>(flash_smem);
   bf16* Ds = Qs + C::FIXED;
@@ -386,55 +425,68 @@ __global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
   const TileIndex ti = tile_index<C::ROWS>(T, Hq, true);
   const int b = ti.b, h = ti.head, hk = h / group, Hkv = Hq / group;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int row0 = ti.tile * C::ROWS, w0 = row0 + warp * 16;
-  const int r0 = w0 + g, r1 = r0 + 8;
+  const int row0 = ti.tile * C::ROWS, w0 = row0 + warp * C::WROWS;
   const int64_t qbase = (int64_t(b) * Hq + h) * T;
   const bf16* kh = k + (int64_t(b) * Hkv + hk) * T * DM;
   const bf16* vh = v + (int64_t(b) * Hkv + hk) * T * DM;
   const int block_last = min(T, row0 + C::ROWS) - 1;
   const int tiles = block_last / C::INNER + 1;
 
-  flash_load_tile<DM, C::ROWS>(Qs, q + qbase * DM, row0, T);
-  flash_load_tile<DM, C::ROWS>(Ds, dout + qbase * DM, row0, T);
-  flash_load_tile<DM, C::INNER>(Ks, kh, 0, T);
-  flash_load_tile<DM, C::INNER>(Vs, vh, 0, T);
+  flash_load_tile<C, C::ROWS>(Qs, q + qbase * DM, row0, T);
+  flash_load_tile<C, C::ROWS>(Ds, dout + qbase * DM, row0, T);
+  flash_load_tile<C, C::INNER>(Ks, kh, 0, T);
+  flash_load_tile<C, C::INNER>(Vs, vh, 0, T);
   cp_async_commit();
 
   const float sl2 = scale * kLog2e;
-  const float lse0 = r0 < T ? lse[qbase + r0] * kLog2e : 0.f;
-  const float lse1 = r1 < T ? lse[qbase + r1] * kLog2e : 0.f;
-  const float di0 = r0 < T ? di[qbase + r0] : 0.f, di1 = r1 < T ? di[qbase + r1] : 0.f;
-  uint32_t qf[C::KS][4], df[C::KS][4];
-  float acc[C::DT][4];
+  // Per m-tile: lse (log2 domain) and di of this lane's rows, index 2 m for r, 2 m + 1 for r + 8.
+  float lse_r[2 * MT], di_r[2 * MT];
 #pragma unroll
-  for (int dt = 0; dt < C::DT; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.f;
+  for (int i = 0; i < 2 * MT; ++i) {
+    const int r = w0 + 16 * (i / 2) + g + 8 * (i % 2);
+    lse_r[i] = r < T ? lse[qbase + r] * kLog2e : 0.f;
+    di_r[i] = r < T ? di[qbase + r] : 0.f;
+  }
+  uint32_t qf[MT][C::KS][4], df[MT][C::KS][4];
+  float acc[MT][C::DT][4];
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int dt = 0; dt < C::DT; ++dt)
+      acc[m][dt][0] = acc[m][dt][1] = acc[m][dt][2] = acc[m][dt][3] = 0.f;
   for (int j = 0; j < tiles; ++j) {
     cp_async_wait_all();
     __syncthreads();
     if (j == 0) {
-      flash_a_fragments<DM>(qf, Qs, warp * 16);
-      flash_a_fragments<DM>(df, Ds, warp * 16);
+      flash_a_fragments<C>(qf, Qs, warp * C::WROWS);
+      flash_a_fragments<C>(df, Ds, warp * C::WROWS);
     }
-    flash_prefetch_kv<DM>(j, tiles, Ks, Vs, kh, vh, T);
+    flash_prefetch_kv<C>(j, tiles, Ks, Vs, kh, vh, T);
     const int j0 = j * C::INNER;
-    if (j0 > w0 + 15) continue;
+    if (j0 > w0 + C::WROWS - 1) continue;
     const bf16* Kt = Ks + (j % 2) * C::TILE;
     const bf16* Vt = Vs + (j % 2) * C::TILE;
-    float s[C::NT][4], dp[C::NT][4];
-    flash_rows_dot_tile<DM>(s, qf, Kt);
-    flash_rows_dot_tile<DM>(dp, df, Vt);
+    float s[MT][C::NT][4], dp[MT][C::NT][4];
+    flash_rows_dot_tile<C>(s, qf, Kt);
+    flash_rows_dot_tile<C>(dp, df, Vt);
     const bool diagonal = j0 + C::INNER - 1 > w0;
 #pragma unroll
-    for (int nt = 0; nt < C::NT; ++nt)
+    for (int m = 0; m < MT; ++m)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = j0 + nt * 8 + 2 * t + (e & 1), row = e < 2 ? r0 : r1;
-        const float p = diagonal && key > row ? 0.f : exp2f(s[nt][e] * sl2 - (e < 2 ? lse0 : lse1));
-        s[nt][e] = p * (dp[nt][e] - (e < 2 ? di0 : di1));  // ds
-      }
-    flash_acc_times_tile<DM>(acc, s, Kt);
+      for (int nt = 0; nt < C::NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int i = 2 * m + (e >= 2);
+          const int key = j0 + nt * 8 + 2 * t + (e & 1), row = w0 + 16 * m + g + 8 * (e >= 2);
+          const float p = diagonal && key > row ? 0.f : exp2f(s[m][nt][e] * sl2 - lse_r[i]);
+          s[m][nt][e] = p * (dp[m][nt][e] - di_r[i]);  // ds
+        }
+    flash_acc_times_tile<C>(acc, s, Kt);
   }
-  flash_store_rows<DM>(dq + b * dqs.b + h * dqs.h, dqs.t, r0, T, D, acc, scale, scale);
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+    flash_store_rows<C>(dq + b * dqs.b + h * dqs.h, dqs.t, w0 + 16 * m + g, T, D, acc[m], scale,
+                        scale);
 }
 
 // grid: key tiles * Hkv * B; dk and dv through their strides. A block's 64 keys of one kv
@@ -472,32 +524,33 @@ __global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
   auto load_step = [&](int it, int buf) {
     const int h = hk * group + it / per_head, i0 = key0 + (it % per_head) * C::INNER;
     const int64_t qbase = (int64_t(b) * Hq + h) * T;
-    flash_load_tile<DM, C::INNER>(Qs + buf * C::TILE, q + qbase * DM, i0, T);
-    flash_load_tile<DM, C::INNER>(Ds + buf * C::TILE, dout + qbase * DM, i0, T);
+    flash_load_tile<C, C::INNER>(Qs + buf * C::TILE, q + qbase * DM, i0, T);
+    flash_load_tile<C, C::INNER>(Ds + buf * C::TILE, dout + qbase * DM, i0, T);
     for (int r = threadIdx.x; r < C::INNER; r += C::THREADS) {
       Ls[buf * C::INNER + r] = i0 + r < T ? lse[qbase + i0 + r] * kLog2e : 0.f;
       Dis[buf * C::INNER + r] = i0 + r < T ? di[qbase + i0 + r] : 0.f;
     }
   };
 
-  flash_load_tile<DM, C::ROWS>(Kf, k + kbase * DM, key0, T);
-  flash_load_tile<DM, C::ROWS>(Vf, v + kbase * DM, key0, T);
+  flash_load_tile<C, C::ROWS>(Kf, k + kbase * DM, key0, T);
+  flash_load_tile<C, C::ROWS>(Vf, v + kbase * DM, key0, T);
   load_step(0, 0);
   cp_async_commit();
 
-  uint32_t kf[C::KS][4], vf[C::KS][4];
-  float dka[C::DT][4], dva[C::DT][4];
+  // One m-tile per warp (C::MT == 1): the [1] index is the helpers' m-tile.
+  uint32_t kf[1][C::KS][4], vf[1][C::KS][4];
+  float dka[1][C::DT][4], dva[1][C::DT][4];
 #pragma unroll
   for (int dt = 0; dt < C::DT; ++dt)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) dka[dt][e] = dva[dt][e] = 0.f;
+    for (int e = 0; e < 4; ++e) dka[0][dt][e] = dva[0][dt][e] = 0.f;
   const float sl2 = scale * kLog2e;
   for (int it = 0; it < steps; ++it) {
     cp_async_wait_all();
     __syncthreads();
     if (it == 0) {
-      flash_a_fragments<DM>(kf, Kf, warp * 16);
-      flash_a_fragments<DM>(vf, Vf, warp * 16);
+      flash_a_fragments<C>(kf, Kf, warp * 16);
+      flash_a_fragments<C>(vf, Vf, warp * 16);
     }
     if (it + 1 < steps) load_step(it + 1, (it + 1) % 2);
     cp_async_commit();
@@ -508,32 +561,34 @@ __global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
     const bf16* Dt = Ds + buf * C::TILE;
     const float* Lt = Ls + buf * C::INNER;
     const float* Dit = Dis + buf * C::INNER;
-    float s[C::NT][4], dp[C::NT][4];
-    flash_rows_dot_tile<DM>(s, kf, Qt);  // s^T: rows are keys, columns queries
-    flash_rows_dot_tile<DM>(dp, vf, Dt);
+    float s[1][C::NT][4], dp[1][C::NT][4];
+    flash_rows_dot_tile<C>(s, kf, Qt);  // s^T: rows are keys, columns queries
+    flash_rows_dot_tile<C>(dp, vf, Dt);
 #pragma unroll
     for (int nt = 0; nt < C::NT; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int qi = nt * 8 + 2 * t + (e & 1), key = e < 2 ? c0 : c1;
         const bool live = i0 + qi >= key && i0 + qi < T;
-        const float p = live ? exp2f(s[nt][e] * sl2 - Lt[qi]) : 0.f;
-        s[nt][e] = p;
-        dp[nt][e] = p * (dp[nt][e] - Dit[qi]);  // ds^T
+        const float p = live ? exp2f(s[0][nt][e] * sl2 - Lt[qi]) : 0.f;
+        s[0][nt][e] = p;
+        dp[0][nt][e] = p * (dp[0][nt][e] - Dit[qi]);  // ds^T
       }
-    flash_acc_times_tile<DM>(dva, s, Dt);
-    flash_acc_times_tile<DM>(dka, dp, Qt);
+    flash_acc_times_tile<C>(dva, s, Dt);
+    flash_acc_times_tile<C>(dka, dp, Qt);
   }
-  flash_store_rows<DM>(dk + b * dks.b + hk * dks.h, dks.t, c0, T, D, dka, scale, scale);
-  flash_store_rows<DM>(dv + b * dvs.b + hk * dvs.h, dvs.t, c0, T, D, dva, 1.f, 1.f);
+  flash_store_rows<C>(dk + b * dks.b + hk * dks.h, dks.t, c0, T, D, dka[0], scale, scale);
+  flash_store_rows<C>(dv + b * dvs.b + hk * dvs.h, dvs.t, c0, T, D, dva[0], 1.f, 1.f);
 }
 
 // ---- host side ------------------------------------------------------------------------------
 template <int DM>
 struct FlashSmem {
+  using F = FlashFwdCfg<DM>;
+  using Q = FlashDqCfg<DM>;
   using C = FlashCfg<DM>;
-  static constexpr size_t forward = (C::FIXED + 4 * C::TILE) * sizeof(bf16);
-  static constexpr size_t dq = (2 * C::FIXED + 4 * C::TILE) * sizeof(bf16);
+  static constexpr size_t forward = (F::FIXED + 4 * F::TILE) * sizeof(bf16);
+  static constexpr size_t dq = (2 * Q::FIXED + 4 * Q::TILE) * sizeof(bf16);
   static constexpr size_t dkdv =
       (2 * C::FIXED + 4 * C::TILE) * sizeof(bf16) + 4 * C::INNER * sizeof(float);
 };
@@ -568,67 +623,86 @@ inline HeadStrides flash_strides(const Tensor<float, cuda>& x) {
   return {x.strides()[0], x.strides()[1], x.strides()[2]};
 }
 
+// The packed q, k, v of one call, one buffer: q [B, Hq, T, DM], then k and v [B, Hkv, T, DM].
+struct FlashPacked {
+  int64_t q_elems, kv_elems;
+  FlashPacked(int64_t B, int64_t Hq, int64_t Hkv, int64_t T, int64_t DM)
+      : q_elems(B * Hq * T * DM), kv_elems(B * Hkv * T * DM) {}
+  int64_t total() const { return q_elems + 2 * kv_elems; }
+};
+
 // out (and lse) from q, k, v; all [B, H, T, D] with a unit-stride head axis (any other layout).
+// With `saved`, the packed operands are kept there for the backward (memory: 2 bytes per
+// element of q, k and v, padded to DM).
 template <int DM>
 void flash_attention_forward(const Tensor<float, cuda>& q, const Tensor<float, cuda>& k,
                              const Tensor<float, cuda>& v, float scale, Tensor<float, cuda>& out,
-                             Tensor<float, cuda>* lse) {
-  using C = FlashCfg<DM>;
+                             Tensor<float, cuda>* lse, Tensor<ternary::bf16, cuda>* saved) {
+  using C = FlashFwdCfg<DM>;
   const int B = int(q.size(0)), Hq = int(q.size(1)), T = int(q.size(2)), D = int(q.size(3)),
             Hkv = int(k.size(1));
-  Scratch qp(size_t(q.size(0) * Hq * T) * DM * sizeof(bf16));
-  Scratch kp(size_t(k.size(0) * Hkv * T) * DM * sizeof(bf16));
-  Scratch vp(size_t(k.size(0) * Hkv * T) * DM * sizeof(bf16));
-  flash_pack<DM>(q, static_cast<bf16*>(qp.p));
-  flash_pack<DM>(k, static_cast<bf16*>(kp.p));
-  flash_pack<DM>(v, static_cast<bf16*>(vp.p));
+  const FlashPacked layout(B, Hq, Hkv, T, DM);
+  Tensor<ternary::bf16, cuda> packed = Tensor<ternary::bf16, cuda>::empty({layout.total()});
+  bf16* qp = reinterpret_cast<bf16*>(packed.data());
+  bf16* kp = qp + layout.q_elems;
+  bf16* vp = kp + layout.kv_elems;
+  flash_pack<DM>(q, qp);
+  flash_pack<DM>(k, kp);
+  flash_pack<DM>(v, vp);
+  if (saved) *saved = packed;
   static const bool smem_ok =
       (allow_dynamic_smem(flash_forward_kernel<DM>, FlashSmem<DM>::forward), true);
   (void)smem_ok;
   const int64_t tiles = (T + C::ROWS - 1) / C::ROWS;
   flash_forward_kernel<DM>
       <<<unsigned(tiles * Hq * B), C::THREADS, FlashSmem<DM>::forward, cuda::stream()>>>(
-          static_cast<const bf16*>(qp.p), static_cast<const bf16*>(kp.p),
-          static_cast<const bf16*>(vp.p), out.data(), flash_strides(out),
-          lse ? lse->data() : nullptr, T, D, Hq, Hq / Hkv, scale);
+          qp, kp, vp, out.data(), flash_strides(out), lse ? lse->data() : nullptr, T, D, Hq,
+          Hq / Hkv, scale);
   TERNARY_CUDA_CHECK_LAUNCH("flash_forward_kernel");
 }
 
-// dq, dk, dv from q, k, v, out, lse and dout (unit-stride head axes, any other layout).
+// dq, dk, dv from q, k, v, out, lse and dout (unit-stride head axes, any other layout). With
+// the forward's packed operands in `saved` (defined and sized for these shapes) q, k and v are
+// not packed again.
 template <int DM>
 void flash_attention_backward(const Tensor<float, cuda>& q, const Tensor<float, cuda>& k,
                               const Tensor<float, cuda>& v, const Tensor<float, cuda>& out,
                               const Tensor<float, cuda>& lse, const Tensor<float, cuda>& dout,
                               float scale, Tensor<float, cuda>& dq, Tensor<float, cuda>& dk,
-                              Tensor<float, cuda>& dv) {
+                              Tensor<float, cuda>& dv, const Tensor<ternary::bf16, cuda>* saved) {
   using C = FlashCfg<DM>;
   const int B = int(q.size(0)), Hq = int(q.size(1)), T = int(q.size(2)), D = int(q.size(3)),
             Hkv = int(k.size(1));
-  const size_t q_bytes = size_t(B) * Hq * T * DM * sizeof(bf16);
-  const size_t kv_bytes = size_t(B) * Hkv * T * DM * sizeof(bf16);
-  Scratch qp(q_bytes), kp(kv_bytes), vp(kv_bytes), dop(q_bytes);
+  const FlashPacked layout(B, Hq, Hkv, T, DM);
+  const bool reuse = saved && saved->defined() && saved->numel() == layout.total();
+  Tensor<ternary::bf16, cuda> packed =
+      reuse ? *saved : Tensor<ternary::bf16, cuda>::empty({layout.total()});
+  bf16* qb = reinterpret_cast<bf16*>(packed.data());  // written only when not reused
+  bf16* kb = qb + layout.q_elems;
+  bf16* vb = kb + layout.kv_elems;
+  if (!reuse) {
+    flash_pack<DM>(q, qb);
+    flash_pack<DM>(k, kb);
+    flash_pack<DM>(v, vb);
+  }
+  Scratch dop(size_t(layout.q_elems) * sizeof(bf16));
   Scratch di(size_t(B) * Hq * T * sizeof(float));
-  flash_pack<DM>(q, static_cast<bf16*>(qp.p));
-  flash_pack<DM>(k, static_cast<bf16*>(kp.p));
-  flash_pack<DM>(v, static_cast<bf16*>(vp.p));
   flash_pack<DM>(dout, static_cast<bf16*>(dop.p), &out, static_cast<float*>(di.p));
   static const bool smem_ok =
       (allow_dynamic_smem(flash_backward_dq_kernel<DM>, FlashSmem<DM>::dq),
        allow_dynamic_smem(flash_backward_dkdv_kernel<DM>, FlashSmem<DM>::dkdv), true);
   (void)smem_ok;
-  const int64_t tiles = (T + C::ROWS - 1) / C::ROWS;
-  const auto* qb = static_cast<const bf16*>(qp.p);
-  const auto* kb = static_cast<const bf16*>(kp.p);
-  const auto* vb = static_cast<const bf16*>(vp.p);
+  const int64_t q_tiles = (T + FlashDqCfg<DM>::ROWS - 1) / FlashDqCfg<DM>::ROWS;
+  const int64_t kv_tiles = (T + C::ROWS - 1) / C::ROWS;
   const auto* dob = static_cast<const bf16*>(dop.p);
   const auto* dib = static_cast<const float*>(di.p);
   flash_backward_dq_kernel<DM>
-      <<<unsigned(tiles * Hq * B), C::THREADS, FlashSmem<DM>::dq, cuda::stream()>>>(
+      <<<unsigned(q_tiles * Hq * B), C::THREADS, FlashSmem<DM>::dq, cuda::stream()>>>(
           qb, kb, vb, dob, lse.data(), dib, dq.data(), flash_strides(dq), T, D, Hq, Hq / Hkv,
           scale);
   TERNARY_CUDA_CHECK_LAUNCH("flash_backward_dq_kernel");
   flash_backward_dkdv_kernel<DM>
-      <<<unsigned(tiles * Hkv * B), C::THREADS, FlashSmem<DM>::dkdv, cuda::stream()>>>(
+      <<<unsigned(kv_tiles * Hkv * B), C::THREADS, FlashSmem<DM>::dkdv, cuda::stream()>>>(
           qb, kb, vb, dob, lse.data(), dib, dk.data(), flash_strides(dk), dv.data(),
           flash_strides(dv), T, D, Hq, Hkv, Hq / Hkv, scale);
   TERNARY_CUDA_CHECK_LAUNCH("flash_backward_dkdv_kernel");

@@ -328,16 +328,18 @@ template <class T>
 void channel_mix_backward(cuda, const T* g, const T* a, const T* x, const T* b, const T* y, T* dx,
                           T* dy, T* da, T* db, int64_t rows, int64_t D, const T* dx_prior = nullptr,
                           const T* dy_prior = nullptr);
-// attention.cuh
+// attention.cuh. With saved_bf16, the tensor-core forward keeps its packed bf16 q, k, v there
+// and the backward reads them instead of packing again (undefined: the backward packs).
 template <class T>
 void causal_attention_forward(cuda, const Tensor<T, cuda>& q, const Tensor<T, cuda>& k,
                               const Tensor<T, cuda>& v, T scale, Tensor<T, cuda>& out,
-                              Tensor<T, cuda>* lse);
+                              Tensor<T, cuda>* lse, Tensor<bf16, cuda>* saved_bf16 = nullptr);
 template <class T>
 void causal_attention_backward(cuda, const Tensor<T, cuda>& q, const Tensor<T, cuda>& k,
                                const Tensor<T, cuda>& v, const Tensor<T, cuda>& out,
                                const Tensor<T, cuda>& lse, const Tensor<T, cuda>& dout, T scale,
-                               Tensor<T, cuda>& dq, Tensor<T, cuda>& dk, Tensor<T, cuda>& dv);
+                               Tensor<T, cuda>& dq, Tensor<T, cuda>& dk, Tensor<T, cuda>& dv,
+                               const Tensor<bf16, cuda>* saved_bf16 = nullptr);
 // quant.cuh (reached from quant/ and optim/ by argument-dependent lookup on the tag)
 template <class T>
 Tensor<T, cuda> absmean_fake_quantize(cuda, const Tensor<T, cuda>& w, int64_t group, double eps);
