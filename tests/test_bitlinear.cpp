@@ -69,6 +69,32 @@ TEST_CASE("lambda = 0 equals Linear exactly, lambda = 1 equals plain BitLinear",
                     Contains("[5, 8]"));
 }
 
+TEST_CASE("BitLinear::forward_fused(h, relu2) is forward(relu2(h)), values and gradients",
+          "[nn][bitlinear]") {
+  Rng rng(17);
+  nn::BitLinear<float> bl(16, 6, rng);
+  bl.norm()->gain().value().assign(Tensor<float>::randn({16}, rng, 1, 0.3));
+  const auto hv = Tensor<float>::randn({2, 5, 16}, rng);
+  auto h1 = Var<float>::parameter(hv.clone()), h2 = Var<float>::parameter(hv.clone());
+  auto y1 = bl.forward_fused(h1, true);
+  CHECK(max_abs_diff(y1.value(), bl.forward(relu2(h2)).value()) == 0.0);
+  // gradients of the input, the gain and the latent weight, one graph at a time
+  const auto r = Tensor<float>::randn({2, 5, 6}, rng);
+  sum(y1 * Var<float>::constant(r)).backward();
+  const auto g_gain = bl.norm()->gain().grad().clone(), g_w = bl.weight().grad().clone();
+  bl.zero_grad();
+  sum(bl.forward(relu2(h2)) * Var<float>::constant(r)).backward();
+  CHECK(max_abs_diff(h1.grad(), h2.grad()) < 1e-6);
+  CHECK(max_abs_diff(bl.norm()->gain().grad(), g_gain) < 1e-6);
+  CHECK(max_abs_diff(bl.weight().grad(), g_w) < 1e-6);
+  CHECK(max_abs_diff(h1.grad(), Tensor<float>::zeros(hv.shape())) > 0);  // not vacuous
+  CHECK_THROWS_WITH(bl.forward_fused(Var<float>::constant(Tensor<float>::zeros({2, 7})), true),
+                    Contains("[6, 16]"));
+  CHECK_THROWS_WITH(quant::rms_norm_linear<1>(h1, {bl.norm()->gain()}, {bl.weight()}, 1e-6, 1e-6,
+                                              true, /*relu2_input=*/true),
+                    Contains("exclude each other"));
+}
+
 TEST_CASE("BitLinear trains its latent weights and its extra-norm gain", "[nn][bitlinear]") {
   Rng rng(8);
   nn::BitLinear<float> layer(16, 4, rng);

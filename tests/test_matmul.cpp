@@ -293,3 +293,101 @@ TEST_CASE("linear with bf16 operands multiplies the rounded operands", "[ops][ma
         1e-4);
   CHECK(max_abs_diff(w2.grad(), Tensor<float>(2.0f * matmul(g2.t(), xr.reshape({10, 12})))) < 1e-4);
 }
+
+TEST_CASE("relu2_linear is linear(relu2(h), w); its bf16 path rounds relu(h)^2 once",
+          "[ops][matmul]") {
+  Rng rng(22);
+  auto hh = Tensor<float>::randn({2, 5, 12}, rng), hw = Tensor<float>::randn({7, 12}, rng);
+  auto hg = Tensor<float>::randn({2, 5, 7}, rng);
+  // CPU: exactly the composition, values and gradients
+  auto h1 = Var<float>::parameter(hh.clone()), w1 = Var<float>::parameter(hw.clone());
+  auto h2 = Var<float>::parameter(hh.clone()), w2 = Var<float>::parameter(hw.clone());
+  auto y1 = relu2_linear(h1, w1);
+  CHECK(max_abs_diff(y1.value(), linear(relu2(h2), w2).value()) == 0.0);
+  y1.backward(hg);
+  linear(relu2(h2), w2).backward(hg);
+  CHECK(max_abs_diff(h1.grad(), h2.grad()) == 0.0);
+  CHECK(max_abs_diff(w1.grad(), w2.grad()) == 0.0);
+  // gradcheck in double
+  auto r = gradcheck([&](std::vector<Var<double>>& in) { return relu2_linear(in[0], in[1]); },
+                     {Tensor<double>::randn({3, 4}, rng), Tensor<double>::randn({2, 4}, rng)});
+  INFO(r.report);
+  CHECK(r.ok);
+  // The tensor-core path's rule on the CPU reference: bf16(relu(h)^2), bf16(w), bf16(g)
+  auto round = [](const Tensor<ternary::bf16>& b) {
+    auto out = Tensor<float>::empty(b.shape());
+    for (int64_t i = 0; i < b.numel(); ++i) out.data()[i] = float(b.data()[i]);
+    return out;
+  };
+  const auto ar = round(backend::relu2_to_bf16(cpu{}, hh)).reshape({10, 12});
+  const auto wr = round(backend::to_bf16(cpu{}, hw)), gr = round(backend::to_bf16(cpu{}, hg));
+  CHECK(max_abs_diff(ar, Tensor<float>(relu2(hh)).reshape({10, 12})) >
+        1e-4);  // rounding really happens
+  auto h3 = Var<float>::parameter(hh.clone()), w3 = Var<float>::parameter(hw.clone());
+  auto y3 = detail::relu2_linear_bf16(h3, w3);
+  CHECK(max_abs_diff(y3.value().reshape({10, 7}), matmul(ar, wr.t())) < 1e-5);
+  y3.backward(hg);
+  const auto g2 = gr.reshape({10, 7});
+  const auto dh = Tensor<float>(matmul(g2, wr).reshape({2, 5, 12}) * 2.0f * relu(hh));
+  CHECK(max_abs_diff(h3.grad(), dh) < 1e-5);
+  CHECK(max_abs_diff(w3.grad(), matmul(g2.t(), ar)) < 1e-5);
+  CHECK_THROWS_WITH(relu2_linear(h1, Var<float>::parameter(Tensor<float>::zeros({7, 11}))),
+                    Catch::Contains("[7, 11]"));
+}
+
+TEST_CASE("residual_linear is channel_mix(x, b, linear(a, w)); its bf16 rule", "[ops][matmul]") {
+  Rng rng(23);
+  auto ha = Tensor<float>::randn({2, 5, 12}, rng), hw = Tensor<float>::randn({7, 12}, rng);
+  auto hx = Tensor<float>::randn({2, 5, 7}, rng), hb = Tensor<float>::randn({7}, rng, 1, 0.5);
+  auto hg = Tensor<float>::randn({2, 5, 7}, rng);
+  // CPU: exactly the composition, for both forms
+  for (bool square : {false, true}) {
+    INFO((square ? "relu2" : "plain"));
+    auto a1 = Var<float>::parameter(ha.clone()), w1 = Var<float>::parameter(hw.clone());
+    auto x1 = Var<float>::parameter(hx.clone()), b1 = Var<float>::parameter(hb.clone());
+    auto a2 = Var<float>::parameter(ha.clone()), w2 = Var<float>::parameter(hw.clone());
+    auto x2 = Var<float>::parameter(hx.clone()), b2 = Var<float>::parameter(hb.clone());
+    const Residual<float, cpu> r1{x1, b1};
+    auto y1 = square ? residual_relu2_linear(r1, a1, w1) : residual_linear(r1, a1, w1);
+    y1.backward(hg);  // one graph at a time: backward frees the tape
+    auto y2 = channel_mix(x2, b2, square ? linear(relu2(a2), w2) : linear(a2, w2));
+    CHECK(max_abs_diff(y1.value(), y2.value()) == 0.0);
+    y2.backward(hg);
+    CHECK(max_abs_diff(a1.grad(), a2.grad()) == 0.0);
+    CHECK(max_abs_diff(w1.grad(), w2.grad()) == 0.0);
+    CHECK(max_abs_diff(x1.grad(), x2.grad()) == 0.0);
+    CHECK(max_abs_diff(b1.grad(), b2.grad()) == 0.0);
+  }
+  auto r = gradcheck(
+      [&](std::vector<Var<double>>& in) {
+        return residual_linear(Residual<double, cpu>{in[0], in[1]}, in[2], in[3]);
+      },
+      {Tensor<double>::randn({3, 2}, rng), Tensor<double>::randn({2}, rng),
+       Tensor<double>::randn({3, 4}, rng), Tensor<double>::randn({2, 4}, rng)});
+  INFO(r.report);
+  CHECK(r.ok);
+  // The tensor-core path's rule on the CPU reference backend (see ops/residual_linear.hpp)
+  auto widen = [](const Tensor<ternary::bf16>& t) {
+    auto out = Tensor<float>::empty(t.shape());
+    for (int64_t i = 0; i < t.numel(); ++i) out.data()[i] = float(t.data()[i]);
+    return out;
+  };
+  auto round = [&](const Tensor<float>& t) { return widen(backend::to_bf16(cpu{}, t)); };
+  auto a = Var<float>::parameter(ha.clone()), w = Var<float>::parameter(hw.clone());
+  auto x = Var<float>::parameter(hx.clone()), b = Var<float>::parameter(hb.clone());
+  auto y = detail::residual_linear_bf16(Residual<float, cpu>{x, b}, a, w);
+  const auto ar = round(ha).reshape({10, 12}), wr = round(hw), gr = round(hg).reshape({10, 7});
+  const auto b_col = hb.reshape({7, 1});
+  CHECK(max_abs_diff(y.value().reshape({10, 7}),
+                     Tensor<float>(hx.reshape({10, 7}) + hb * matmul(ar, wr.t()))) < 1e-5);
+  y.backward(hg);
+  const auto G = matmul(gr.t(), ar);
+  CHECK(max_abs_diff(x.grad(), hg) == 0.0);
+  CHECK(max_abs_diff(w.grad(), Tensor<float>(G * b_col)) < 1e-5);
+  CHECK(max_abs_diff(b.grad(), sum(Tensor<float>(G * hw), {1})) < 1e-4);
+  CHECK(max_abs_diff(a.grad().reshape({10, 12}), matmul(gr, round(Tensor<float>(hw * b_col)))) <
+        1e-5);
+  CHECK_THROWS_WITH(residual_linear(Residual<float, cpu>{x, b}, a,
+                                    Var<float>::parameter(Tensor<float>::zeros({6, 12}))),
+                    Contains("residual"));
+}

@@ -15,6 +15,7 @@
 #include "ternary/ops/matmul.hpp"
 #include "ternary/ops/norm.hpp"
 #include "ternary/ops/reduce.hpp"
+#include "ternary/ops/residual_linear.hpp"
 #include "ternary/ops/rope.hpp"
 #include "ternary/ops/softmax.hpp"
 #include "ternary/ops/view.hpp"

@@ -555,6 +555,84 @@ TEST_CASE("cuda linear with bf16 operands against the CPU's bf16 reference") {
   }
 }
 
+// relu2_linear() under cuda::set_bf16 (detail::relu2_linear_bf16: relu(h)^2 rounded by the
+// pass that computes it) against the same rule on the CPU; h's gradient is also added to.
+TEST_CASE("cuda relu2_linear with bf16 operands against the CPU's bf16 reference") {
+  struct Bf16On {
+    Bf16On() { cuda::set_bf16(true); }
+    ~Bf16On() { cuda::set_bf16(false); }
+  } on;
+  Rng rng(36);
+  for (auto [rows, in, out] : std::vector<std::array<int64_t, 3>>{{70, 1024, 512}, {33, 21, 7}}) {
+    INFO(rows << " x " << in << " -> " << out);
+    auto hh = Tensor<float>::randn({rows, in}, rng), hw = Tensor<float>::randn({out, in}, rng);
+    auto hr = Tensor<float>::randn({rows, in}, rng), hs = Tensor<float>::randn({rows, out}, rng);
+    auto ch = VarH::parameter(hh.clone()), cw = VarH::parameter(hw.clone());
+    auto cy = detail::relu2_linear_bf16(ch, cw);
+    (functional(ch, hr) + functional(cy, hs)).backward();
+    auto dh = VarD::parameter(to_device(hh)), dw = VarD::parameter(to_device(hw));
+    auto dy = relu2_linear(dh, dw);  // the bf16 path, chosen by the flag
+    CHECK(std::string(Tape::current().entries().back().op) == "relu2_linear");
+    CHECK(rel_err(dy.value(), cy.value()) < 1e-5);
+    (functional(dh, hr) + functional(dy, hs)).backward();
+    CHECK(rel_err(dh.grad(), ch.grad()) < 1e-5);
+    CHECK(rel_err(dw.grad(), cw.grad()) < 1e-5);
+  }
+}
+
+// The residual forms under cuda::set_bf16 (ops/residual_linear.hpp: x + b * product, whose
+// backward never forms b * dout): residual_linear, residual_relu2_linear, and rms_norm_linear
+// with a residual (the BitLinear projections, relu2 input on and off), against the same rule
+// on the CPU (detail::residual_linear_bf16 of the same activations). The residual x is also
+// read elsewhere. Tolerances: 1e-5; 2e-3 where int8 rounding may flip on one backend.
+TEST_CASE("cuda residual projections (bf16) against the CPU's rule") {
+  struct Bf16On {
+    Bf16On() { cuda::set_bf16(true); }
+    ~Bf16On() { cuda::set_bf16(false); }
+  } on;
+  Rng rng(37);
+  enum Form { plain, square, norm_int8, norm_int8_square };
+  for (Form form : {plain, square, norm_int8, norm_int8_square}) {
+    const int64_t rows = 45, in = form == plain ? 512 : 1024, out = 512;
+    INFO("form " << int(form));
+    auto ha = Tensor<float>::randn({rows, in}, rng),
+         hw = Tensor<float>::randn({out, in}, rng, 0, 0.05);
+    auto hx = Tensor<float>::randn({rows, out}, rng), hb = Tensor<float>::randn({out}, rng, 1, 0.5);
+    auto hgain = Tensor<float>::randn({in}, rng, 1, 0.3);
+    auto hr = Tensor<float>::randn({rows, out}, rng), hs = Tensor<float>::randn({rows, out}, rng);
+    const bool norm = form == norm_int8 || form == norm_int8_square;
+    const bool sq = form == square || form == norm_int8_square;
+    const double tol = norm ? 2e-3 : 1e-5;
+    // CPU: the activations as the GPU forms them, then the residual rule
+    auto ca = VarH::parameter(ha.clone()), cw = VarH::parameter(hw.clone());
+    auto cx = VarH::parameter(hx.clone()), cb = VarH::parameter(hb.clone());
+    auto cgain = VarH::parameter(hgain.clone());
+    VarH act = sq ? relu2(ca) : ca;
+    if (norm) act = quant::rms_norm_quantize_activations(act, cgain, 1e-6);
+    auto cy = detail::residual_linear_bf16(Residual<float, cpu>{cx, cb}, act, cw);
+    (functional(cx, hr) + functional(cy, hs)).backward();
+    // GPU: the fused op for the form
+    auto da = VarD::parameter(to_device(ha)), dw = VarD::parameter(to_device(hw));
+    auto dx = VarD::parameter(to_device(hx)), db = VarD::parameter(to_device(hb));
+    auto dgain = VarD::parameter(to_device(hgain));
+    const Residual<float, cuda> r{dx, db};
+    VarD y = form == plain    ? residual_linear(r, da, dw)
+             : form == square ? residual_relu2_linear(r, da, dw)
+                              : quant::rms_norm_linear<1>(da, {dgain}, {dw}, 1e-6, std::nullopt,
+                                                          true, sq, &r)[0];
+    const std::string last = Tape::current().entries().back().op;
+    CHECK((last == "residual_linear" || last == "residual_relu2_linear" ||
+           last == "rms_norm_linear"));
+    CHECK(rel_err(y.value(), cy.value()) < tol);
+    (functional(dx, hr) + functional(y, hs)).backward();
+    CHECK(rel_err(da.grad(), ca.grad()) < tol);
+    CHECK(rel_err(dw.grad(), cw.grad()) < tol);
+    CHECK(rel_err(dx.grad(), cx.grad()) < tol);
+    CHECK(rel_err(db.grad(), cb.grad()) < tol);
+    if (norm) CHECK(rel_err(dgain.grad(), cgain.grad()) < tol);
+  }
+}
+
 // quant::rms_norm_linear under cuda::set_bf16: one node whose norm kernel writes the GEMMs'
 // bf16 operands, against the CPU composing the same activations and linear()'s bf16 path
 // (detail::linear_bf16: the same roundings). The GPT's three uses: full-precision q, k, v
@@ -628,6 +706,47 @@ TEST_CASE("cuda rms_norm_linear (bf16 operands from the norm kernel) against the
       CHECK(rel_err(ww[k].grad(), cw[k].grad()) < tol);
       if (c.gains) CHECK(rel_err(gg[k].grad(), cg[k].grad()) < tol);
     }
+  }
+}
+
+// rms_norm_linear with relu2_input (the BitLinear MLP projection, BitLinear::forward_relu2):
+// the norm kernels square the rectified rows in registers and apply relu2's slope to dx, against
+// the CPU composing relu2, the int8 norm and linear()'s bf16 path. D = 1024 and 64 take the
+// register kernels (one node, no relu2 node); D = 100 composes on the GPU too. h's gradient is
+// also added to from elsewhere. Tolerance 2e-3: int8 rounding may flip on one backend.
+TEST_CASE("cuda rms_norm_linear with a relu2 input against the CPU") {
+  struct Bf16On {
+    Bf16On() { cuda::set_bf16(true); }
+    ~Bf16On() { cuda::set_bf16(false); }
+  } on;
+  Rng rng(35);
+  for (int64_t D : {1024, 64, 100}) {
+    INFO("D " << D);
+    const int64_t rows = 37, out = 48;
+    auto hx = Tensor<float>::randn({rows, D}, rng, 0, 2);
+    auto hr = Tensor<float>::randn({rows, D}, rng);
+    auto hg = Tensor<float>::randn({D}, rng, 1, 0.3);
+    auto hw = Tensor<float>::randn({out, D}, rng, 0, 0.05);
+    auto hs = Tensor<float>::randn({rows, out}, rng);
+    auto cx = VarH::parameter(hx.clone()), cg = VarH::parameter(hg.clone());
+    auto cw = VarH::parameter(hw.clone());
+    auto cy = detail::linear_bf16(quant::rms_norm_quantize_activations(relu2(cx), cg, 1e-6), cw);
+    (functional(cx, hr) + functional(cy, hs)).backward();
+    auto dx = VarD::parameter(to_device(hx)), dg = VarD::parameter(to_device(hg));
+    auto dw = VarD::parameter(to_device(hw));
+    auto y = quant::rms_norm_linear<1>(dx, {dg}, {dw}, 1e-6, std::nullopt, true, true)[0];
+    bool fused = false, separate_relu2 = false;
+    for (const auto& e : Tape::current().entries()) {
+      fused = fused || std::string(e.op) == "rms_norm_linear";
+      separate_relu2 = separate_relu2 || std::string(e.op) == "relu2";
+    }
+    CHECK(fused == (D != 100));
+    CHECK(separate_relu2 == (D == 100));
+    CHECK(rel_err(y.value(), cy.value()) < 2e-3);
+    (functional(dx, hr) + functional(y, hs)).backward();
+    CHECK(rel_err(dx.grad(), cx.grad()) < 2e-3);
+    CHECK(rel_err(dg.grad(), cg.grad()) < 2e-3);
+    CHECK(rel_err(dw.grad(), cw.grad()) < 2e-3);
   }
 }
 

@@ -64,6 +64,19 @@ class BitLinear : public Projection<T, B> {
     }
     return linear(h, quantized_weight());
   }
+  // forward(relu2(h)) with relu2_input, else forward(h); with a residual r, r.x + r.scale *
+  // that (ops/residual_linear.hpp). With the extra norm and int8 activations one
+  // quant::rms_norm_linear: on the tensor-core path the square runs inside the norm kernels
+  // (relu(h)^2 and its gradient never reach memory) and the residual sum's backward needs no
+  // pass of its own. The GPT's attention and MLP projections.
+  Var<T, B> forward_fused(const Var<T, B>& h, bool relu2_input,
+                          const Residual<T, B>* residual = nullptr) const {
+    if (fuses_norm_and_int8() && h.size(-1) == weight_.size(1))
+      return quant::rms_norm_linear<1>(h, {norm_->gain()}, {quantized_weight()}, norm_->eps(),
+                                       std::nullopt, true, relu2_input, residual)[0];
+    const Var<T, B> y = forward(relu2_input ? relu2(h) : h);
+    return residual ? channel_mix(residual->x, residual->scale, y) : y;
+  }
   // True when forward(x) = project(quant::rms_norm_quantize_activations(x, gain)): the extra
   // norm and int8 activations at lambda = 1. Several such layers reading one x may then be
   // computed together: quant::rms_norm_linear<K> with their gains and quantized weights (the

@@ -36,6 +36,7 @@
 #include "ternary/ops/loss.hpp"
 #include "ternary/ops/matmul.hpp"
 #include "ternary/ops/norm.hpp"
+#include "ternary/ops/residual_linear.hpp"
 #include "ternary/ops/rope.hpp"
 #include "ternary/ops/view.hpp"
 #include "ternary/quant/norm_linear.hpp"
@@ -101,6 +102,25 @@ std::unique_ptr<Projection<T, B>> make_projection(int64_t in, int64_t out, const
   return p;
 }
 
+// proj(relu2(h)) with relu2_input, else proj(h); with a residual r, r.x + r.scale * that. One
+// op where one serves: a BitLinear that normalises and quantizes (BitLinear::forward_fused), a
+// bias-free Linear (linear, relu2_linear, residual_linear, residual_relu2_linear: on CUDA with
+// bf16 products the square is written as the GEMM's operand, and the residual sum's backward
+// needs no pass of its own); else the separate ops.
+template <class T, class B>
+Var<T, B> project(const Projection<T, B>& proj, const Var<T, B>& h, bool relu2_input,
+                  const Residual<T, B>* r) {
+  if (const auto* b = dynamic_cast<const BitLinear<T, B>*>(&proj))
+    return b->forward_fused(h, relu2_input, r);
+  if (const auto* l = dynamic_cast<const Linear<T, B>*>(&proj); l && !l->bias().defined()) {
+    const Var<T, B> w = l->weight();
+    if (r) return relu2_input ? residual_relu2_linear(*r, h, w) : residual_linear(*r, h, w);
+    return relu2_input ? relu2_linear(h, w) : linear(h, w);
+  }
+  const Var<T, B> y = proj.forward(relu2_input ? relu2(h) : h);
+  return r ? channel_mix(r->x, r->scale, y) : y;
+}
+
 template <class T = float, class B = cpu>
 class CausalSelfAttention : public Module<T, B> {
  public:
@@ -122,12 +142,14 @@ class CausalSelfAttention : public Module<T, B> {
   // forward(rms_norm(x, eps)), the block's pre-norm included: for BitLinear q, k, v that
   // normalise and quantize their input, on CUDA both norms run in one kernel each way.
   // (quant::rms_norm_linear: on CUDA with bf16 products the norms write the GEMMs' operands.)
-  VarT forward_prenormed(const VarT& x, double eps) const {
-    if (const auto qkv = fused_projections(x, eps)) return attend(*qkv);
-    return forward(rms_norm(x, eps));
+  // With a residual r: r.x + r.scale * that, the sum taken by the output projection (project).
+  VarT forward_prenormed(const VarT& x, double eps, const Residual<T, B>* r = nullptr) const {
+    if (const auto qkv = fused_projections(x, eps)) return attend(*qkv, r);
+    return attend(project_qkv(rms_norm(x, eps)), r);
   }
-  // The attention of projections q, k, v [B, T, *], then the output projection.
-  VarT attend(const std::array<VarT, 3>& qkv) const {
+  // The attention of projections q, k, v [B, T, *], then the output projection (added into the
+  // residual r, if given).
+  VarT attend(const std::array<VarT, 3>& qkv, const Residual<T, B>* r = nullptr) const {
     const auto& [q_proj, k_proj, v_proj] = qkv;
     const int64_t Bn = q_proj.size(0), Tn = q_proj.size(1), Dh = c_.head_dim();
     auto heads = [&](const VarT& y, int64_t h) {  // [B, T, h*Dh] -> [B, h, T, Dh]
@@ -141,7 +163,7 @@ class CausalSelfAttention : public Module<T, B> {
     k = head_norm_rope(k, c_.norm_eps, c_.rope_base);
     VarT y = causal_attention(q, k, v);  // [B, H, T, Dh]
     y = reshape(permute(y, {0, 2, 1, 3}), {Bn, Tn, c_.dim});
-    return proj_->forward(y);
+    return project(*proj_, y, false, r);
   }
   // The q, k, v projections of x. When all three are BitLinears that normalise and quantize
   // their input (extra norm, int8 activations, lambda = 1), x is normalised once for the three
@@ -212,11 +234,15 @@ class MLP : public Module<T, B> {
     this->register_module("fc", *fc_);
     this->register_module("proj", *proj_);
   }
-  Var<T, B> forward(const Var<T, B>& x) const { return proj_->forward(relu2(fc_->forward(x))); }
+  Var<T, B> forward(const Var<T, B>& x) const {
+    return project(*proj_, fc_->forward(x), true, static_cast<const Residual<T, B>*>(nullptr));
+  }
   // forward(rms_norm(x, eps)): for a BitLinear fc that normalises and quantizes its input, on
   // CUDA both norms run in one kernel each way.
   // (quant::rms_norm_linear: on CUDA with bf16 products the norms write the GEMM's operand.)
-  Var<T, B> forward_prenormed(const Var<T, B>& x, double eps) const {
+  // With a residual r: r.x + r.scale * that, the sum taken by the projection (project).
+  Var<T, B> forward_prenormed(const Var<T, B>& x, double eps,
+                              const Residual<T, B>* r = nullptr) const {
     Var<T, B> h;
     if (const auto* fc = dynamic_cast<const BitLinear<T, B>*>(fc_.get());
         fc && fc->fuses_norm_and_int8())
@@ -226,8 +252,8 @@ class MLP : public Module<T, B> {
              l && !l->bias().defined())
       h = quant::rms_norm_linear<1>(x, {Var<T, B>()}, {l->weight()}, eps, std::nullopt, false)[0];
     else
-      return forward(rms_norm(x, eps));
-    return proj_->forward(relu2(h));
+      h = fc_->forward(rms_norm(x, eps));
+    return project(*proj_, h, true, r);
   }
   void collect_projections(const std::string& prefix,
                            std::vector<std::pair<std::string, Projection<T, B>*>>& out) const {
@@ -255,9 +281,12 @@ class Block : public Module<T, B> {
   VarT forward(const VarT& x_in, const VarT& x0) const {
     // channel_mix(a, x, b, y) = a * x + b * y and channel_mix(x, b, y) = x + b * y, with
     // per-channel weights: one tape node (one pass each way) instead of two or three.
+    // The branches' sums x + scale * branch are taken by their output projections (project).
     VarT x = channel_mix(select(resid_mix_, 0, 0), x_in, select(resid_mix_, 0, 1), x0);
-    x = channel_mix(x, attn_scale_, attn_.forward_prenormed(x, c_.norm_eps));  // attn(norm(x))
-    x = channel_mix(x, mlp_scale_, mlp_.forward_prenormed(x, c_.norm_eps));    // mlp(norm(x))
+    const Residual<T, B> after_attn{x, attn_scale_};
+    x = attn_.forward_prenormed(x, c_.norm_eps, &after_attn);  // x + attn_scale * attn(norm(x))
+    const Residual<T, B> after_mlp{x, mlp_scale_};
+    x = mlp_.forward_prenormed(x, c_.norm_eps, &after_mlp);  // x + mlp_scale * mlp(norm(x))
     return x;
   }
   void collect_projections(const std::string& prefix,

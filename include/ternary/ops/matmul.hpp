@@ -1,6 +1,7 @@
 // Matrix products. matmul(a, b): a [..., M, K] times b [..., K, N] -> [..., M, N], batch
 // axes broadcast (numpy). Transposed or sliced operands are read in place where the GEMM
-// can (backend/cpu/matmul.hpp). linear(x, w) = x w^T with w stored [out, in], as in PyTorch.
+// can (backend/cpu/matmul.hpp). linear(x, w) = x w^T with w stored [out, in], as in PyTorch;
+// relu2_linear(h, w) = linear(relu2(h), w), the GPT MLP's second half as one op.
 // Tests: tests/test_matmul.cpp.
 //
 //   C = A B        dA = dC B^T        dB = A^T dC     (each summed over broadcast batch axes)
@@ -10,6 +11,7 @@
 
 #include "ternary/autograd/var.hpp"
 #include "ternary/backend/cpu/matmul.hpp"
+#include "ternary/ops/elementwise.hpp"
 #include "ternary/ops/reduce.hpp"
 
 namespace ternary {
@@ -62,6 +64,35 @@ Var<T, B> linear_bf16(const Var<T, B>& x, const Var<T, B>& w) {
     if (w.requires_grad())
       w.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
         gemm_accumulate(g16.t(), x16, dst, prior);
+      });
+  });
+}
+
+// relu2_linear() on the tensor cores: relu(h)^2 is rounded to bf16 by the pass that computes
+// it (the fp32 activation never reaches memory; its bf16 copy is kept for dw), then the same
+// three products as linear_bf16; dh = (g w) 2 relu(h) in one pass that adds into h's gradient.
+template <class T, class B>
+Var<T, B> relu2_linear_bf16(const Var<T, B>& h, const Var<T, B>& w) {
+  const int64_t in = w.size(1), out = w.size(0);
+  const auto a16 = backend::relu2_to_bf16(B{}, h.value()).reshape(Shape{-1, in});
+  const auto w16 = backend::to_bf16(B{}, w.value());
+  Shape out_shape = h.shape();
+  out_shape[out_shape.size() - 1] = out;
+  auto y = Tensor<T, B>::empty(out_shape);
+  backend::gemm_bf16(B{}, const_view(a16), const_view(w16.t()),
+                     backend::mat_view(y.reshape(Shape{-1, out})), T(1), T(0));
+  return Var<T, B>::record("relu2_linear", y, {h, w}, [h, w, a16, w16](const Tensor<T, B>& g_in) {
+    const int64_t out = w.size(0);
+    const auto g16 = backend::to_bf16(B{}, g_in).reshape(Shape{-1, out});
+    if (h.requires_grad()) {
+      auto da = Tensor<T, B>::empty(h.shape());  // the gradient of relu(h)^2
+      backend::gemm_bf16(B{}, const_view(g16), const_view(w16),
+                         backend::mat_view(da.reshape(Shape{-1, w.size(1)})), T(1), T(0));
+      h.accumulate_grad(da * T(2) * relu(h.value()));  // relu2's backward, as its op writes it
+    }
+    if (w.requires_grad())
+      w.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
+        gemm_accumulate(g16.t(), a16, dst, prior);
       });
   });
 }
@@ -172,6 +203,19 @@ Var<T, B> linear(const Var<T, B>& x, const Var<T, B>& w) {
             detail::gemm_accumulate(g.t(), x.value().reshape(Shape{-1, in}), dst, prior);
           });
       });
+}
+
+// linear(relu2(h), w): the MLP's activation and projection. With bf16 products (CUDA,
+// cuda::set_bf16) one node whose first pass writes relu(h)^2 as the GEMM's bf16 operand
+// (detail::relu2_linear_bf16); elsewhere exactly the composition.
+template <class T, class B>
+Var<T, B> relu2_linear(const Var<T, B>& h, const Var<T, B>& w) {
+  if (w.dim() != 2 || h.size(-1) != w.size(1))
+    throw ShapeError(detail::cat("relu2_linear: input ", h.shape(),
+                                 " does not match weight [out, in] = ", w.shape()));
+  if constexpr (std::is_same_v<T, float>)
+    if (backend::bf16_products(B{})) return detail::relu2_linear_bf16(h, w);
+  return linear(relu2(h), w);
 }
 
 }  // namespace ternary

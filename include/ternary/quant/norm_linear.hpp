@@ -3,11 +3,12 @@
 //   y_k = linear(a_k, w_k),   a_k = q(rms_norm(p(x), gain_k, eps))        k < K
 //
 // p = rms_norm(., pre_eps) when pre_eps is given (the GPT block's plain pre-norm in front of
-// BitLinear's own), else the identity; gain_k may be an undefined Var (no gain); q is the
-// per-token int8 fake quantization when int8 (BitLinear's activations), else the identity.
+// BitLinear's own), relu(.)^2 when relu2_input (the MLP's activation in front of its BitLinear
+// projection), else the identity; gain_k may be an undefined Var (no gain); q is the per-token
+// int8 fake quantization when int8 (BitLinear's activations), else the identity.
 // The GPT's callers: the q, k, v projections (K = 3) and the MLP's fc (K = 1) behind the block
 // norm, full precision (no gain, no int8) or BitLinear (gains, int8); every BitLinear with its
-// extra norm and int8 activations (K = 1).
+// extra norm and int8 activations (K = 1), the MLP's projection with relu2_input.
 //
 // Everywhere but the tensor-core path this is the composition of the separate ops
 // (rms_norm, quant::rms_norm_quantize_activations, linear), values and tape alike. On CUDA
@@ -16,16 +17,23 @@
 // fp32 activations never reach memory, nor pass through a rounding kernel; with no gains and
 // no int8 the K share one), and the backward runs, per output, the rounding of its gradient
 // and two GEMMs, then one norm kernel for all K (pre-norm included) that adds dx into x's
-// gradient so far. The values are those of linear()'s bf16 path over the composition's
-// activations (bit for bit the same roundings); tests/cuda/test_cuda_ops.cu.
+// gradient so far. With relu2_input the kernels square the rectified rows in registers (forward)
+// and apply relu2's slope to dx (backward): relu(x)^2 never reaches memory, nor its gradient.
+// The values are those of linear()'s bf16 path over the composition's activations (bit for
+// bit the same roundings); tests/cuda/test_cuda_ops.cu. With a residual (K = 1) the output is
+// residual.x + residual.scale * y_0 (ops/residual_linear.hpp: the same node, that file's
+// backward).
 #pragma once
 
 #include <array>
 #include <optional>
+#include <tuple>
 #include <vector>
 
+#include "ternary/ops/elementwise.hpp"
 #include "ternary/ops/matmul.hpp"
 #include "ternary/ops/norm.hpp"
+#include "ternary/ops/residual_linear.hpp"
 #include "ternary/quant/activation.hpp"
 
 namespace ternary::quant {
@@ -37,13 +45,14 @@ std::array<Var<T, B>, K> rms_norm_linear_composed(const Var<T, B>& x,
                                                   const std::array<Var<T, B>, K>& gains,
                                                   const std::array<Var<T, B>, K>& weights,
                                                   double eps, std::optional<double> pre_eps,
-                                                  bool int8) {
+                                                  bool int8, bool relu2_input,
+                                                  const Residual<T, B>* residual) {
   std::array<Var<T, B>, K> a;
   if (int8) {
     a = pre_eps ? rms_norm_quantize_activations_prenormed<K>(x, gains, *pre_eps, eps)
-                : rms_norm_quantize_activations<K>(x, gains, eps);
+                : rms_norm_quantize_activations<K>(relu2_input ? relu2(x) : x, gains, eps);
   } else {
-    const Var<T, B> h = pre_eps ? ternary::rms_norm(x, *pre_eps) : x;
+    const Var<T, B> h = pre_eps ? ternary::rms_norm(x, *pre_eps) : relu2_input ? relu2(x) : x;
     Var<T, B> plain;  // rms_norm(h) without a gain, made once for all k that have none
     for (size_t k = 0; k < K; ++k) {
       if (gains[k].defined()) {
@@ -56,6 +65,7 @@ std::array<Var<T, B>, K> rms_norm_linear_composed(const Var<T, B>& x,
   }
   std::array<Var<T, B>, K> y;
   for (size_t k = 0; k < K; ++k) y[k] = linear(a[k], weights[k]);
+  if (residual) y[0] = channel_mix(residual->x, residual->scale, y[0]);
   return y;
 }
 
@@ -63,7 +73,8 @@ std::array<Var<T, B>, K> rms_norm_linear_composed(const Var<T, B>& x,
 template <size_t K, class T, class B>
 std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
     const Var<T, B>& x, const std::array<Var<T, B>, K>& gains,
-    const std::array<Var<T, B>, K>& weights, double eps, std::optional<double> pre_eps, bool int8) {
+    const std::array<Var<T, B>, K>& weights, double eps, std::optional<double> pre_eps, bool int8,
+    bool relu2_input, const Residual<T, B>* residual) {
   const Tensor<T, B> x_c = x.value().contiguous();
   const int64_t D = x_c.size(-1), rows = D ? x_c.numel() / D : 0;
   for (size_t k = 0; k < K; ++k)  // before any work
@@ -87,15 +98,19 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
   const bool ran =  // by argument-dependent lookup on the tag (backend/cuda/norm.cuh)
       shared ? rms_norm_bf16_forward(B{}, x2d, std::array<Tensor<T, B>, 1>{},
                                      std::array<Tensor<bf16, B>, 1>{h16[0]}, rstd, eps, false,
-                                     rstd_pre, pre_eps.value_or(0.0))
+                                     rstd_pre, pre_eps.value_or(0.0), relu2_input)
              : rms_norm_bf16_forward(B{}, x2d, gains_c, h16, rstd, eps, int8, rstd_pre,
-                                     pre_eps.value_or(0.0));
+                                     pre_eps.value_or(0.0), relu2_input);
   if (!ran) return std::nullopt;
   std::array<Tensor<bf16, B>, K> w16;
   std::array<Tensor<T, B>, K> ys;
   for (size_t k = 0; k < K; ++k) {
     const int64_t out = weights[k].size(0);
     w16[k] = backend::to_bf16(B{}, weights[k].value());
+    if (residual) {  // K == 1
+      ys[k] = ternary::detail::residual_product_bf16(*residual, h16[k], w16[k]);
+      continue;
+    }
     Shape out_shape = x.shape();
     out_shape[out_shape.size() - 1] = out;
     ys[k] = Tensor<T, B>::empty(out_shape);
@@ -104,28 +119,42 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
                        backend::mat_view(ys[k].reshape(Shape{rows, out})), T(1), T(0));
   }
   std::vector<Var<T, B>> inputs{x};
+  if (residual) {
+    inputs.push_back(residual->x);
+    inputs.push_back(residual->scale);
+  }
+  const std::optional<Residual<T, B>> res =
+      residual ? std::optional<Residual<T, B>>(*residual) : std::nullopt;
   for (const auto& g : gains)
     if (g.defined()) inputs.push_back(g);
   for (const auto& w : weights) inputs.push_back(w);
   return Var<T, B>::record_multi(
       "rms_norm_linear", std::move(ys), inputs.data(), inputs.data() + inputs.size(),
-      [x, gains, weights, x2d, gains_c, h16, w16, rstd, rstd_pre, rows,
-       D](const std::array<Tensor<T, B>, K>& g) {
+      [x, gains, weights, x2d, gains_c, h16, w16, rstd, rstd_pre, rows, D, relu2_input,
+       res](const std::array<Tensor<T, B>, K>& g) {
         std::array<Tensor<T, B>, K> dh, dgains;
         bool any = false;
         for (size_t k = 0; k < K; ++k) {
           if (!g[k].defined()) continue;
           const int64_t out = weights[k].size(0);
-          const auto g16 = backend::to_bf16(B{}, g[k]).reshape(Shape{rows, out});
-          if (weights[k].requires_grad())
-            weights[k].accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& p) {
-              ternary::detail::gemm_accumulate(g16.t(), h16[k], dst, p);
-            });
+          // dh = g16 wd16: bf16(dout) and bf16(scale * w) with a residual, whose backward
+          // also adds the weights' and the residual's gradients
+          Tensor<bf16, B> g16, wd16 = w16[k];
+          if (res) {
+            std::tie(g16, wd16) =
+                ternary::detail::residual_product_backward_bf16(*res, h16[k], weights[k], g[k]);
+          } else {
+            g16 = backend::to_bf16(B{}, g[k]).reshape(Shape{rows, out});
+            if (weights[k].requires_grad())
+              weights[k].accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& p) {
+                ternary::detail::gemm_accumulate(g16.t(), h16[k], dst, p);
+              });
+          }
           const bool want_dgain = gains[k].defined() && gains[k].requires_grad();
           if (x.requires_grad() || want_dgain) {
             dh[k] = Tensor<T, B>::empty(Shape{rows, D});
             backend::gemm_bf16(B{}, ternary::detail::const_view(g16),
-                               ternary::detail::const_view(w16[k]), backend::mat_view(dh[k]), T(1),
+                               ternary::detail::const_view(wd16), backend::mat_view(dh[k]), T(1),
                                T(0));
             any = true;
           }
@@ -133,9 +162,9 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
         }
         if (!any) return;
         auto run = [&](const Tensor<T, B>& dx, const Tensor<T, B>& prior) {
-          rms_norm_shared_backward(B{}, x2d, rstd, gains_c, dh,
-                                   dx.defined() ? dx.reshape(Shape{rows, D}) : dx, dgains, rstd_pre,
-                                   prior.defined() ? prior.reshape(Shape{rows, D}) : prior);
+          rms_norm_shared_backward(
+              B{}, x2d, rstd, gains_c, dh, dx.defined() ? dx.reshape(Shape{rows, D}) : dx, dgains,
+              rstd_pre, prior.defined() ? prior.reshape(Shape{rows, D}) : prior, relu2_input);
         };
         if (x.requires_grad())  // dx added by the kernel into x's gradient so far
           x.accumulate_grad_with(run);
@@ -151,8 +180,20 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
 template <size_t K, class T, class B>
 std::array<Var<T, B>, K> rms_norm_linear(const Var<T, B>& x, const std::array<Var<T, B>, K>& gains,
                                          const std::array<Var<T, B>, K>& weights, double eps,
-                                         std::optional<double> pre_eps, bool int8) {
+                                         std::optional<double> pre_eps, bool int8,
+                                         bool relu2_input = false,
+                                         const Residual<T, B>* residual = nullptr) {
   static_assert(K >= 1, "rms_norm_linear: at least one projection");
+  if (pre_eps && relu2_input)
+    throw Error("rms_norm_linear: a pre-norm and a relu2 input exclude each other");
+  if (residual) {
+    if (K != 1) throw Error("rms_norm_linear: a residual needs one projection (K = 1)");
+    if (weights[0].dim() != 2)
+      throw ShapeError(
+          ternary::detail::cat("rms_norm_linear: weight of shape ", weights[0].shape()));
+    ternary::detail::check_residual_shapes("rms_norm_linear", residual->x.shape(),
+                                           residual->scale.shape(), x.shape(), weights[0].size(0));
+  }
   if (int8)
     for (size_t k = 0; k < K; ++k)
       if (!gains[k].defined())
@@ -161,10 +202,12 @@ std::array<Var<T, B>, K> rms_norm_linear(const Var<T, B>& x, const std::array<Va
             " has none)"));
   if constexpr (!B::on_host && std::is_same_v<T, float>) {
     if (backend::bf16_products(B{}))
-      if (auto y = detail::rms_norm_linear_bf16<K>(x, gains, weights, eps, pre_eps, int8))
+      if (auto y = detail::rms_norm_linear_bf16<K>(x, gains, weights, eps, pre_eps, int8,
+                                                   relu2_input, residual))
         return *y;
   }
-  return detail::rms_norm_linear_composed<K>(x, gains, weights, eps, pre_eps, int8);
+  return detail::rms_norm_linear_composed<K>(x, gains, weights, eps, pre_eps, int8, relu2_input,
+                                             residual);
 }
 
 }  // namespace ternary::quant

@@ -172,6 +172,17 @@ Tensor<bf16, cpu> to_bf16(cpu, const Tensor<T, cpu>& x) {
   for (int64_t i = 0; i < x.numel(); ++i) out.data()[i] = bf16(float(xc.data()[i]));
   return out;
 }
+// bf16(relu(x)^2) (relu2_linear's operand)
+template <class T>
+Tensor<bf16, cpu> relu2_to_bf16(cpu, const Tensor<T, cpu>& x) {
+  const auto xc = x.contiguous();
+  auto out = Tensor<bf16, cpu>::empty(x.shape());
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const float v = float(xc.data()[i]);
+    out.data()[i] = bf16(v > 0.f ? v * v : 0.f);
+  }
+  return out;
+}
 
 // C = alpha A B + beta C with A, B bf16 (any strides), fp32 (T) accumulation and output.
 template <class T>

@@ -273,6 +273,8 @@ inline bool bf16_products(cuda) {
 template <class T>
 Tensor<bf16, cuda> to_bf16(cuda, const Tensor<T, cuda>& x);
 template <class T>
+Tensor<bf16, cuda> relu2_to_bf16(cuda, const Tensor<T, cuda>& x);
+template <class T>
 void gemm_bf16(cuda, const MatView<const bf16>& a, const MatView<const bf16>& b,
                const MatView<T>& c, T alpha, T beta);
 struct CrossEntropySums;

@@ -124,23 +124,33 @@ void gemm(cuda, const MatView<const T>& a, const MatView<const T>& b, const MatV
 // ---- bf16 operands: linear()'s tensor-core products (cuda::set_bf16) --------------------------
 namespace ternary::backend::cuda_detail {
 
-// dst[i] = bf16(src[i]) over n contiguous floats, four at a time (16-byte loads, 8-byte stores)
-template <int = 0>
+// What the rounding kernels apply before rounding: nothing, or relu(x)^2 (relu2_to_bf16).
+enum class Bf16Map { identity, relu2 };
+template <Bf16Map M>
+__device__ __forceinline__ float bf16_map(float x) {
+  if constexpr (M == Bf16Map::relu2)
+    return x > 0.f ? x * x : 0.f;
+  else
+    return x;
+}
+// dst[i] = bf16(map(src[i])) over n contiguous floats, four at a time (16-byte loads, 8-byte
+// stores)
+template <Bf16Map M = Bf16Map::identity>
 __global__ void round_bf16_x4_kernel(const float4* __restrict__ src,
                                      __nv_bfloat162* __restrict__ dst, int64_t n4) {
   for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < n4;
        k += int64_t(gridDim.x) * blockDim.x) {
     const float4 v = src[k];
-    dst[2 * k] = __floats2bfloat162_rn(v.x, v.y);
-    dst[2 * k + 1] = __floats2bfloat162_rn(v.z, v.w);
+    dst[2 * k] = __floats2bfloat162_rn(bf16_map<M>(v.x), bf16_map<M>(v.y));
+    dst[2 * k + 1] = __floats2bfloat162_rn(bf16_map<M>(v.z), bf16_map<M>(v.w));
   }
 }
-template <int = 0>
+template <Bf16Map M = Bf16Map::identity>
 __global__ void round_bf16_kernel(const float* __restrict__ src, __nv_bfloat16* __restrict__ dst,
                                   int64_t n) {
   for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
        k += int64_t(gridDim.x) * blockDim.x)
-    dst[k] = __float2bfloat16(src[k]);
+    dst[k] = __float2bfloat16(bf16_map<M>(src[k]));
 }
 
 // A bf16 operand as cuBLAS reads it (row- or column-major in place; nothing else is accepted:
@@ -163,9 +173,10 @@ inline Bf16Operand bf16_operand(const MatView<const ternary::bf16>& v, const cha
 
 namespace ternary::backend {
 
-// x rounded to bf16 (nearest even, as core/dtype.hpp's bf16), as a new contiguous tensor.
-template <class T>
-Tensor<ternary::bf16, cuda> to_bf16(cuda, const Tensor<T, cuda>& x) {
+namespace cuda_detail {
+// bf16(map(x)) as a new contiguous tensor: one pass.
+template <Bf16Map M, class T>
+Tensor<ternary::bf16, cuda> round_to_bf16(const Tensor<T, cuda>& x) {
   static_assert(std::is_same_v<T, float>, "to_bf16(cuda): float input only");
   using namespace cuda_detail;
   const auto xc = x.contiguous();
@@ -176,15 +187,28 @@ Tensor<ternary::bf16, cuda> to_bf16(cuda, const Tensor<T, cuda>& x) {
   if (n % 4 == 0 && reinterpret_cast<uintptr_t>(xc.data()) % 16 == 0 &&
       reinterpret_cast<uintptr_t>(dst) % 8 == 0) {
     const Launch g = launch_for(n / 4);
-    round_bf16_x4_kernel<><<<g.blocks, g.threads, 0, cuda::stream()>>>(
+    round_bf16_x4_kernel<M><<<g.blocks, g.threads, 0, cuda::stream()>>>(
         reinterpret_cast<const float4*>(xc.data()), reinterpret_cast<__nv_bfloat162*>(dst), n / 4);
     TERNARY_CUDA_CHECK_LAUNCH("round_bf16_x4_kernel");
   } else {
     const Launch g = launch_for(n);
-    round_bf16_kernel<><<<g.blocks, g.threads, 0, cuda::stream()>>>(xc.data(), dst, n);
+    round_bf16_kernel<M><<<g.blocks, g.threads, 0, cuda::stream()>>>(xc.data(), dst, n);
     TERNARY_CUDA_CHECK_LAUNCH("round_bf16_kernel");
   }
   return out;
+}
+}  // namespace cuda_detail
+
+// x rounded to bf16 (nearest even, as core/dtype.hpp's bf16), as a new contiguous tensor.
+template <class T>
+Tensor<ternary::bf16, cuda> to_bf16(cuda, const Tensor<T, cuda>& x) {
+  return cuda_detail::round_to_bf16<cuda_detail::Bf16Map::identity>(x);
+}
+// bf16(relu(x)^2) in the same one pass: the MLP's activation as its projection's operand
+// (relu2_linear).
+template <class T>
+Tensor<ternary::bf16, cuda> relu2_to_bf16(cuda, const Tensor<T, cuda>& x) {
+  return cuda_detail::round_to_bf16<cuda_detail::Bf16Map::relu2>(x);
 }
 
 // C = alpha A B + beta C: bf16 A, B on the tensor cores, fp32 accumulation, C fp32 row-major.

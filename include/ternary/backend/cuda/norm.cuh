@@ -194,6 +194,20 @@ struct RowVec {
 #pragma unroll
       for (int e = 0; e < 4; ++e) at(i, e) = at(i, e) * a;
   }
+  // relu(v)^2, element by element (the MLP's activation, fn::Relu2's formula)
+  __device__ void relu2() {
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) at(i, e) = at(i, e) > 0.f ? at(i, e) * at(i, e) : 0.f;
+  }
+  // Times d relu(h)^2 / dh = 2 relu(h), element by element (the chain rule through relu2()).
+  __device__ void times_relu2_slope(const RowVec& h) {
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) at(i, e) = h.at(i, e) > 0.f ? at(i, e) * 2.f * h.at(i, e) : 0.f;
+  }
 };
 // Sum / max / and over the L lanes of a row (xor partners stay inside the row's lanes).
 template <int L>
@@ -289,8 +303,10 @@ __device__ void int8_round_trip_row(RowVec<V, L>& v) {
 // bit for bit K single calls. With rstd_pre (not null) x is first normalised without a gain
 // (x <- x * rstd_pre, rstd_pre saved): the GPT block's pre-norm in front of BitLinear's own,
 // in registers, bit for bit the two kernels one after the other. With Bf16Out the ys are
-// bf16 rows (linear()'s tensor-core operands, rms_norm_linear): the values rounded once.
-template <int V, int L, int K, bool Int8, bool Bf16Out = false>
+// bf16 rows (linear()'s tensor-core operands, rms_norm_linear): the values rounded once. With
+// Relu2In the rows normalised are relu(x)^2 (the MLP's activation, in registers: the GPT's
+// BitLinear MLP projection reads the fc output itself).
+template <int V, int L, int K, bool Int8, bool Bf16Out = false, bool Relu2In = false>
 __global__ void rms_norm_rows_forward_kernel(const float* __restrict__ x, RowPtrs<K> gains,
                                              RowOutPtrs<K> ys, float* __restrict__ rstd,
                                              float* __restrict__ rstd_pre, int64_t rows,
@@ -304,6 +320,7 @@ __global__ void rms_norm_rows_forward_kernel(const float* __restrict__ x, RowPtr
     const int64_t r = base + sub;
     const bool valid = r < rows;
     RowVec<V, L> xv = load_row_or_zero<V, L>(x, r, valid, li);
+    if constexpr (Relu2In) xv.relu2();
     if (rstd_pre) {  // the same steps as the plain kernel's, so the same bits
       const float s1 = row_group_sum<L>(xv.dot(xv));
       const float r1 = float(1.0 / ::sqrt(double(s1) / double(D) + eps));
@@ -340,8 +357,9 @@ __global__ void rms_norm_rows_forward_kernel(const float* __restrict__ x, RowPtr
 // (one per warp and row slot: shared memory of K blockDim / L rows of D floats) in a fixed order.
 // With rstd_pre (not null): the forward normalised h = x * rstd_pre first, so the above is
 // the gradient for h, and dx = rstd_pre dh - x rstd_pre^3 dot(dh, x) / D follows in registers;
-// the dgain sums use h.
-template <int V, int L, int K>
+// the dgain sums use h. With Relu2In (the forward's) the same for a = relu(x)^2, and dx = da 2
+// relu(x) follows in registers.
+template <int V, int L, int K, bool Relu2In = false>
 __global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
                                               const float* __restrict__ rstd,
                                               const float* __restrict__ rstd_pre, RowPtrs<K> gains,
@@ -361,7 +379,8 @@ __global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
     const int64_t r = base + sub;
     const bool valid = r < rows;
     const RowVec<V, L> x_in = load_row_or_zero<V, L>(x, r, valid, li);
-    RowVec<V, L> xv = x_in, G;  // xv: the normalised input (h with rstd_pre, else x)
+    RowVec<V, L> xv = x_in, G;  // xv: the normalised input (h with rstd_pre, a, else x)
+    if constexpr (Relu2In) xv.relu2();
     G.zero();
     const float s = valid ? rstd[r] : 0.f;
     const float s1 = rstd_pre && valid ? rstd_pre[r] : 0.f;
@@ -387,6 +406,7 @@ __global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
       const float c1 = s1 * s1 * s1 * dot1 / float(D);
       xv = RowVec<V, L>::combine(s1, xv, c1, x_in);
     }
+    if constexpr (Relu2In) xv.times_relu2_slope(x_in);  // xv held da
     if (dx_addend) {  // the gradient so far (may be dx itself: each lane reads, then writes)
       const RowVec<V, L> av = load_row_or_zero<V, L>(dx_addend, r, valid, li);
 #pragma unroll
@@ -471,10 +491,12 @@ inline int row_warps_blocks(int64_t rows) {
 // Launches the register-row kernels when D allows them (64-1024 floats, every pointer 16-byte
 // aligned; a null pointer stands for a missing gain, gradient or output); false otherwise.
 // bf16_out: ys hold __nv_bfloat16 rows (passed as float pointers).
+// relu2_in: the rows normalised are relu(x)^2 (int8 bf16 outputs without rstd_pre only).
 template <int K>
 bool rows_forward(const float* x, RowPtrs<K> gains, RowOutPtrs<K> ys, float* rstd, int64_t rows,
                   int64_t D, double eps, bool int8, float* rstd_pre = nullptr,
-                  bool bf16_out = false) {
+                  bool bf16_out = false, bool relu2_in = false) {
+  if (relu2_in && (!int8 || !bf16_out || rstd_pre)) return false;
   bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0;
   for (int k = 0; k < K; ++k)
     aligned = aligned && reinterpret_cast<uintptr_t>(gains.p[k]) % 16 == 0 &&
@@ -482,7 +504,10 @@ bool rows_forward(const float* x, RowPtrs<K> gains, RowOutPtrs<K> ys, float* rst
   return aligned && with_row_vec(D, {}, [&](auto v, auto l) {
            constexpr int V = decltype(v)::value, L = decltype(l)::value;
            const int blocks = row_warps_blocks((rows + 32 / L - 1) / (32 / L));
-           if (int8 && bf16_out)
+           if (relu2_in)
+             rms_norm_rows_forward_kernel<V, L, K, true, true, true>
+                 <<<blocks, 256, 0, cuda::stream()>>>(x, gains, ys, rstd, rstd_pre, rows, eps);
+           else if (int8 && bf16_out)
              rms_norm_rows_forward_kernel<V, L, K, true, true>
                  <<<blocks, 256, 0, cuda::stream()>>>(x, gains, ys, rstd, rstd_pre, rows, eps);
            else if (bf16_out)
@@ -501,7 +526,9 @@ bool rows_forward(const float* x, RowPtrs<K> gains, RowOutPtrs<K> ys, float* rst
 template <int K>
 bool rows_backward(int blocks, const float* x, const float* rstd, RowPtrs<K> gains, RowPtrs<K> gs,
                    float* dx, float* partial, int64_t rows, int64_t D,
-                   const float* dx_addend = nullptr, const float* rstd_pre = nullptr) {
+                   const float* dx_addend = nullptr, const float* rstd_pre = nullptr,
+                   bool relu2_in = false) {
+  if (relu2_in && rstd_pre) return false;
   bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
                  reinterpret_cast<uintptr_t>(dx) % 16 == 0 &&
                  reinterpret_cast<uintptr_t>(dx_addend) % 16 == 0 &&
@@ -514,9 +541,14 @@ bool rows_backward(int blocks, const float* x, const float* rstd, RowPtrs<K> gai
                      constexpr int V = decltype(v)::value, L = decltype(l)::value;
                      constexpr size_t bytes = rows_backward_shared_bytes<V, L, K>();
                      if constexpr (bytes <= 48 * 1024) {
-                       rms_norm_rows_backward_kernel<V, L, K>
-                           <<<blocks, 256, partial ? bytes : 0, cuda::stream()>>>(
-                               x, rstd, rstd_pre, gains, gs, dx, dx_addend, partial, rows);
+                       if (relu2_in)
+                         rms_norm_rows_backward_kernel<V, L, K, true>
+                             <<<blocks, 256, partial ? bytes : 0, cuda::stream()>>>(
+                                 x, rstd, rstd_pre, gains, gs, dx, dx_addend, partial, rows);
+                       else
+                         rms_norm_rows_backward_kernel<V, L, K>
+                             <<<blocks, 256, partial ? bytes : 0, cuda::stream()>>>(
+                                 x, rstd, rstd_pre, gains, gs, dx, dx_addend, partial, rows);
                        TERNARY_CUDA_CHECK_LAUNCH("rms_norm_rows_backward_kernel");
                        launched = true;
                      }
@@ -665,15 +697,17 @@ void rms_norm_int8_shared_forward(cuda, const Tensor<T, cuda>& x,
 }
 
 // quant::rms_norm_linear's forward: ys[k] = bf16(q(rms_norm(p(x), gain_k))) with p the plain
-// pre-norm when rstd_pre is defined (pre_eps must equal eps) and q the int8 fake quantization
-// when int8; gain_k undefined: no gain. Rows of 64-1024 floats only: false (nothing written)
-// otherwise, and the caller composes the separate ops instead.
+// pre-norm when rstd_pre is defined (pre_eps must equal eps), relu(x)^2 with relu2_input (int8
+// only), else the identity, and q the int8 fake quantization when int8; gain_k undefined: no
+// gain. Rows of 64-1024 floats only: false (nothing written) otherwise, and the caller composes
+// the separate ops instead.
 template <class T, size_t K>
 bool rms_norm_bf16_forward(cuda, const Tensor<T, cuda>& x,
                            const std::array<Tensor<T, cuda>, K>& gains,
                            const std::array<Tensor<ternary::bf16, cuda>, K>& ys,
                            const Tensor<T, cuda>& rstd, double eps, bool int8,
-                           const Tensor<T, cuda>& rstd_pre, double pre_eps) {
+                           const Tensor<T, cuda>& rstd_pre, double pre_eps,
+                           bool relu2_input = false) {
   static_assert(std::is_same_v<T, float>, "rms_norm_bf16_forward(cuda): float only");
   using namespace cuda_detail;
   const int64_t rows = x.size(0), D = x.size(1);
@@ -686,21 +720,24 @@ bool rms_norm_bf16_forward(cuda, const Tensor<T, cuda>& x,
     yp.p[k] = reinterpret_cast<float*>(ys[k].data());
   }
   return rows_forward<int(K)>(x.data(), gp, yp, rstd.data(), rows, D, eps, int8,
-                              rstd_pre.defined() ? rstd_pre.data() : nullptr, /*bf16_out=*/true);
+                              rstd_pre.defined() ? rstd_pre.data() : nullptr, /*bf16_out=*/true,
+                              relu2_input);
 }
 
 // Its backward: dx (if defined) = the sum over k of RMSNorm's dx for g_k with gain_k, and
 // dgains[k] (each if defined) = sum over rows of g_k x rstd. gs[k] undefined: no gradient.
 // With rstd_pre (the forward's pre-norm) that is the gradient for h = x rstd_pre, carried on
 // through the pre-norm to dx (and x rstd_pre stands for x in dgain). dx_addend (if defined) is
-// added into dx (a gradient so far; it may be dx itself).
+// added into dx (a gradient so far; it may be dx itself). relu2_input: the forward normalised
+// relu(x)^2 (rms_norm_bf16_forward's flag; the register kernels only, which that forward ran).
 template <class T, size_t K>
 void rms_norm_shared_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& rstd,
                               const std::array<Tensor<T, cuda>, K>& gains,
                               const std::array<Tensor<T, cuda>, K>& gs, const Tensor<T, cuda>& dx,
                               const std::array<Tensor<T, cuda>, K>& dgains,
                               const Tensor<T, cuda>& rstd_pre = Tensor<T, cuda>(),
-                              const Tensor<T, cuda>& dx_addend = Tensor<T, cuda>()) {
+                              const Tensor<T, cuda>& dx_addend = Tensor<T, cuda>(),
+                              bool relu2_input = false) {
   static_assert(std::is_same_v<T, float>, "rms_norm_shared_backward(cuda): float only");
   using namespace cuda_detail;
   const int64_t rows = x.size(0), D = x.size(1);
@@ -719,7 +756,7 @@ void rms_norm_shared_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cu
                               dx.defined() ? dx.data() : nullptr,
                               any_dgain ? partial.data() : nullptr, rows, D,
                               dx_addend.defined() ? dx_addend.data() : nullptr,
-                              rstd_pre.defined() ? rstd_pre.data() : nullptr)) {
+                              rstd_pre.defined() ? rstd_pre.data() : nullptr, relu2_input)) {
       for (size_t k = 0; k < K; ++k)
         if (dgains[k].defined()) {
           if (gs[k].defined())
@@ -731,6 +768,11 @@ void rms_norm_shared_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cu
       return;
     }
   }
+  if (relu2_input && rows > 0 && D > 0)  // its forward ran the register kernel
+    throw Error(
+        detail::cat("rms_norm_shared_backward(cuda): a relu2 input needs the register "
+                    "kernels (rows of 64-1024 floats, 16-byte aligned), x ",
+                    x.shape()));
   // Other sizes: G = sum_k g_k gain_k, one RMSNorm backward for dx, and per k a dgain pass;
   // with a pre-norm the same on h = x rstd_pre, then the pre-norm's backward.
   const Tensor<T, cuda> h =

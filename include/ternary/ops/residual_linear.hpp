@@ -1,0 +1,139 @@
+// A projection added into a residual stream with a per-channel scale, as one op:
+//
+//   residual_linear(r, a, w)        = r.x + r.scale * linear(a, w)
+//   residual_relu2_linear(r, h, w)  = r.x + r.scale * relu2_linear(h, w)
+//
+// (r.x [..., out], r.scale [out]: channel_mix(r.x, r.scale, y) of the product y.) The GPT's
+// attention and MLP branches end this way. Elsewhere than the tensor-core path these are
+// exactly that composition. With bf16 products (CUDA, cuda::set_bf16) one node whose backward
+// never forms the branch's gradient scale * dout: with dout rounded once to bf16 and
+// G = bf16(dout)^T a (the weight gradient's GEMM, unscaled),
+//   d r.x = dout (the gradient itself, no copy)      dw = scale * G (row j times scale_j)
+//   d scale_j = sum_k w_jk G_jk                      da = bf16(dout) bf16(scale * w)
+// so channel_mix's backward pass (reading dout and y, writing scale * dout) and the rounding of
+// scale * dout are gone; the scaled weight and the two small [out, in] passes cost little.
+// y is not kept for the backward. quant::rms_norm_linear takes the same residual (BitLinear
+// projections). Tests: tests/test_matmul.cpp, tests/cuda/test_cuda_ops.cu.
+#pragma once
+
+#include "ternary/ops/channel_mix.hpp"
+#include "ternary/ops/matmul.hpp"
+
+namespace ternary {
+
+// out = x + scale * (a branch's output), scale one weight per channel.
+template <class T, class B>
+struct Residual {
+  Var<T, B> x, scale;
+};
+
+namespace detail {
+
+// The residual must be shaped like the product (the input's shape with `out` last), its
+// scale [out].
+inline void check_residual_shapes(const char* op, const Shape& x, const Shape& scale,
+                                  const Shape& input, int64_t out) {
+  Shape want = input;
+  if (!want.empty()) want[want.size() - 1] = out;
+  if (!(x == want) || scale.size() != 1 || scale[0] != out)
+    throw ShapeError(cat(op, ": the residual ", x, " and its scale ", scale, " must be ", want,
+                         " and [", out, "] for an input ", input));
+}
+
+// The forward of the bf16 path: r.x + r.scale * (a16 w16^T), a16 [rows, in], w16 [out, in].
+template <class T, class B>
+Tensor<T, B> residual_product_bf16(const Residual<T, B>& r, const Tensor<bf16, B>& a16,
+                                   const Tensor<bf16, B>& w16) {
+  const int64_t out = w16.size(0);
+  auto y = Tensor<T, B>::empty(r.x.shape());
+  backend::gemm_bf16(B{}, const_view(a16), const_view(w16.t()),
+                     backend::mat_view(y.reshape(Shape{-1, out})), T(1), T(0));
+  return channel_mix(r.x.value(), r.scale.value(), y);
+}
+
+// Its backward for the residual and the weights (see the top of this file), given dout = g.
+// Returns bf16(g) [rows, out] and bf16(scale * w) [out, in]: the operands of the branch
+// input's gradient, da = bf16(g) bf16(scale * w).
+template <class T, class B>
+std::pair<Tensor<bf16, B>, Tensor<bf16, B>> residual_product_backward_bf16(
+    const Residual<T, B>& r, const Tensor<bf16, B>& a16, const Var<T, B>& w,
+    const Tensor<T, B>& g) {
+  const int64_t out = w.size(0), in = w.size(1);
+  if (r.x.requires_grad()) r.x.accumulate_grad(g);
+  const auto g16 = backend::to_bf16(B{}, g).reshape(Shape{-1, out});
+  const auto b_col = r.scale.value().reshape(Shape{out, 1});
+  if (w.requires_grad() || r.scale.requires_grad()) {
+    auto G = Tensor<T, B>::empty(Shape{out, in});
+    backend::gemm_bf16(B{}, const_view(g16.t()), const_view(a16), backend::mat_view(G), T(1), T(0));
+    if (w.requires_grad()) w.accumulate_grad(G * b_col);
+    if (r.scale.requires_grad()) r.scale.accumulate_grad(sum(Tensor<T, B>(G * w.value()), {1}));
+  }
+  const auto wb16 = backend::to_bf16(B{}, Tensor<T, B>(w.value() * b_col));
+  return {g16, wb16};
+}
+
+// residual_linear on the tensor cores.
+template <class T, class B>
+Var<T, B> residual_linear_bf16(const Residual<T, B>& r, const Var<T, B>& a, const Var<T, B>& w) {
+  const int64_t in = w.size(1);
+  const auto a16 = backend::to_bf16(B{}, a.value()).reshape(Shape{-1, in});
+  auto out = residual_product_bf16(r, a16, backend::to_bf16(B{}, w.value()));
+  return Var<T, B>::record(
+      "residual_linear", out, {r.x, r.scale, a, w}, [r, a, w, a16](const Tensor<T, B>& g) {
+        const auto [g16, wb16] = residual_product_backward_bf16(r, a16, w, g);
+        if (a.requires_grad())
+          a.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
+            gemm_accumulate(g16, wb16, dst.reshape(Shape{-1, w.size(1)}), prior);
+          });
+      });
+}
+
+// residual_relu2_linear on the tensor cores: relu(h)^2 rounded by the pass computing it, and
+// dh = da 2 relu(h) in one pass (as relu2_linear_bf16).
+template <class T, class B>
+Var<T, B> residual_relu2_linear_bf16(const Residual<T, B>& r, const Var<T, B>& h,
+                                     const Var<T, B>& w) {
+  const int64_t in = w.size(1);
+  const auto a16 = backend::relu2_to_bf16(B{}, h.value()).reshape(Shape{-1, in});
+  auto out = residual_product_bf16(r, a16, backend::to_bf16(B{}, w.value()));
+  return Var<T, B>::record(
+      "residual_relu2_linear", out, {r.x, r.scale, h, w}, [r, h, w, a16](const Tensor<T, B>& g) {
+        const auto [g16, wb16] = residual_product_backward_bf16(r, a16, w, g);
+        if (h.requires_grad()) {
+          auto da = Tensor<T, B>::empty(h.shape());  // the gradient of relu(h)^2
+          backend::gemm_bf16(B{}, const_view(g16), const_view(wb16),
+                             backend::mat_view(da.reshape(Shape{-1, w.size(1)})), T(1), T(0));
+          h.accumulate_grad(da * T(2) * relu(h.value()));
+        }
+      });
+}
+
+}  // namespace detail
+
+// r.x + r.scale * linear(a, w)
+template <class T, class B>
+Var<T, B> residual_linear(const Residual<T, B>& r, const Var<T, B>& a, const Var<T, B>& w) {
+  if (w.dim() != 2 || a.size(-1) != w.size(1))
+    throw ShapeError(detail::cat("residual_linear: input ", a.shape(),
+                                 " does not match weight [out, in] = ", w.shape()));
+  detail::check_residual_shapes("residual_linear", r.x.shape(), r.scale.shape(), a.shape(),
+                                w.size(0));
+  if constexpr (std::is_same_v<T, float>)
+    if (backend::bf16_products(B{})) return detail::residual_linear_bf16(r, a, w);
+  return channel_mix(r.x, r.scale, linear(a, w));
+}
+
+// r.x + r.scale * relu2_linear(h, w)
+template <class T, class B>
+Var<T, B> residual_relu2_linear(const Residual<T, B>& r, const Var<T, B>& h, const Var<T, B>& w) {
+  if (w.dim() != 2 || h.size(-1) != w.size(1))
+    throw ShapeError(detail::cat("residual_relu2_linear: input ", h.shape(),
+                                 " does not match weight [out, in] = ", w.shape()));
+  detail::check_residual_shapes("residual_relu2_linear", r.x.shape(), r.scale.shape(), h.shape(),
+                                w.size(0));
+  if constexpr (std::is_same_v<T, float>)
+    if (backend::bf16_products(B{})) return detail::residual_relu2_linear_bf16(r, h, w);
+  return channel_mix(r.x, r.scale, relu2_linear(h, w));
+}
+
+}  // namespace ternary
