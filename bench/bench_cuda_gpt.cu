@@ -2,10 +2,11 @@
 // backward, gradient clip at 1.0, Muon + Adam update: train::GolfOptimizers<float, cuda>) on
 // random tokens, with gradient accumulation so that one step can hold 524,288 tokens.
 // Defaults: the golf preset (9 layers, d 512, 8 heads, 4 kv heads, mlp x2, vocab 1024,
-// seq 1024), batch 16, accum 1.
+// seq 1024), batch 16, accum 1. The figures in docs/cuda.md use the Parameter Golf
+// reference's step, 64 sequences x 8 micro-batches (pg_reference_step.py runs the same):
 //
 //   ./build-cuda/bench/bench_cuda_gpt [--layers 9 --dim 512 --heads 8 --kv-heads 4 --mlp-mult 2
-//       --vocab 1024 --seq 1024] [--batch 16] [--accum 32] [--steps 3] [--warmup 1]
+//       --vocab 1024 --seq 1024] [--batch 64] [--accum 8] [--steps 3] [--warmup 1]
 //       [--ternary] [--tf32 | --bf16]
 //
 // Progress goes to stderr; stdout has a summary line, then (last line) one JSON object:

@@ -29,7 +29,7 @@ for what in "$@"; do
     step bash -c "$B/bench/bench_cuda_attention | tee $OUT/bench_attention.txt"
     for args in "--tf32" "--bf16" "--tf32 --ternary" "--bf16 --ternary"; do
       name=$(echo "$args" | tr -d ' -')
-      step bash -c "$B/bench/bench_cuda_gpt --batch 16 --accum 32 --steps 2 --warmup 1 $args \
+      step bash -c "$B/bench/bench_cuda_gpt --batch 64 --accum 8 --steps 2 --warmup 1 $args \
         2>$OUT/gpt_$name.log | tee $OUT/gpt_$name.txt"
     done ;;
   train)
