@@ -46,6 +46,11 @@ Var<float, B> functional(const Var<float, B>& y, const Tensor<float>& w) {
   else
     return sum(y * VarH::constant(w));
 }
+// cuda::set_bf16(true) for a scope: switched off again even if a check throws.
+struct Bf16On {
+  Bf16On() { cuda::set_bf16(true); }
+  ~Bf16On() { cuda::set_bf16(false); }
+};
 }  // namespace
 
 // (D = 1 is left out of the gradient check: there dx = rstd g eps / (x^2 + eps) is a
@@ -530,10 +535,7 @@ TEST_CASE("cuda norms, clipping and Muon against the CPU") {
 // cores) against the same function on the CPU (the rounded operands multiplied in fp32): the
 // roundings are identical, only the order of the fp32 sums differs.
 TEST_CASE("cuda linear with bf16 operands against the CPU's bf16 reference") {
-  struct Bf16On {
-    Bf16On() { cuda::set_bf16(true); }
-    ~Bf16On() { cuda::set_bf16(false); }
-  } on;
+  const Bf16On on;
   Rng rng(33);
   for (auto [rows, in, out] : std::vector<std::array<int64_t, 3>>{{64, 512, 256}, {33, 20, 7}}) {
     INFO(rows << " x " << in << " -> " << out);
@@ -558,10 +560,7 @@ TEST_CASE("cuda linear with bf16 operands against the CPU's bf16 reference") {
 // relu2_linear() under cuda::set_bf16 (detail::relu2_linear_bf16: relu(h)^2 rounded by the
 // pass that computes it) against the same rule on the CPU; h's gradient is also added to.
 TEST_CASE("cuda relu2_linear with bf16 operands against the CPU's bf16 reference") {
-  struct Bf16On {
-    Bf16On() { cuda::set_bf16(true); }
-    ~Bf16On() { cuda::set_bf16(false); }
-  } on;
+  const Bf16On on;
   Rng rng(36);
   for (auto [rows, in, out] : std::vector<std::array<int64_t, 3>>{{70, 1024, 512}, {33, 21, 7}}) {
     INFO(rows << " x " << in << " -> " << out);
@@ -586,10 +585,7 @@ TEST_CASE("cuda relu2_linear with bf16 operands against the CPU's bf16 reference
 // on the CPU (detail::residual_linear_bf16 of the same activations). The residual x is also
 // read elsewhere. Tolerances: 1e-5; 2e-3 where int8 rounding may flip on one backend.
 TEST_CASE("cuda residual projections (bf16) against the CPU's rule") {
-  struct Bf16On {
-    Bf16On() { cuda::set_bf16(true); }
-    ~Bf16On() { cuda::set_bf16(false); }
-  } on;
+  const Bf16On on;
   Rng rng(37);
   enum Form { plain, square, norm_int8, norm_int8_square };
   for (Form form : {plain, square, norm_int8, norm_int8_square}) {
@@ -640,10 +636,7 @@ TEST_CASE("cuda residual projections (bf16) against the CPU's rule") {
 // gains, int8), a lone BitLinear (gain, int8). x is also read elsewhere (its gradient is
 // added to). Tolerances: 1e-5, and 2e-3 where int8 rounding may flip on one backend.
 TEST_CASE("cuda rms_norm_linear (bf16 operands from the norm kernel) against the CPU") {
-  struct Bf16On {
-    Bf16On() { cuda::set_bf16(true); }
-    ~Bf16On() { cuda::set_bf16(false); }
-  } on;
+  const Bf16On on;
   Rng rng(34);
   struct Case {
     int64_t rows, D;
@@ -715,10 +708,7 @@ TEST_CASE("cuda rms_norm_linear (bf16 operands from the norm kernel) against the
 // register kernels (one node, no relu2 node); D = 100 composes on the GPU too. h's gradient is
 // also added to from elsewhere. Tolerance 2e-3: int8 rounding may flip on one backend.
 TEST_CASE("cuda rms_norm_linear with a relu2 input against the CPU") {
-  struct Bf16On {
-    Bf16On() { cuda::set_bf16(true); }
-    ~Bf16On() { cuda::set_bf16(false); }
-  } on;
+  const Bf16On on;
   Rng rng(35);
   for (int64_t D : {1024, 64, 100}) {
     INFO("D " << D);
@@ -752,10 +742,6 @@ TEST_CASE("cuda rms_norm_linear with a relu2 input against the CPU") {
 
 // Under cuda::set_bf16 the products outside linear() (matmul) run in TF32 (see matmul.cuh).
 TEST_CASE("cuda matmul behind cuda::set_bf16: tensor cores (TF32), not exact fp32") {
-  struct Bf16On {  // switched off again even if a check throws
-    Bf16On() { cuda::set_bf16(true); }
-    ~Bf16On() { cuda::set_bf16(false); }
-  };
   Rng rng(28);
   auto ha = Tensor<float>::randn({65, 130}, rng), hb = Tensor<float>::randn({33, 130}, rng);
   auto hc = Tensor<float>::randn({3, 17, 65}, rng), hw = Tensor<float>::randn({29, 65}, rng);
@@ -763,7 +749,7 @@ TEST_CASE("cuda matmul behind cuda::set_bf16: tensor cores (TF32), not exact fp3
   const auto ref2 = matmul(hc, hw.t());  // folded batch
   double e, e2;
   {
-    Bf16On on;
+    const Bf16On on;
     e = rel_err(matmul(to_device(ha), to_device(hb).t()), ref);
     e2 = rel_err(matmul(to_device(hc), to_device(hw).t()), ref2);
   }

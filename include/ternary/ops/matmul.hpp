@@ -39,6 +39,27 @@ void gemm_accumulate(const Tensor<S, B>& a, const Tensor<S, B>& b, const Tensor<
     backend::gemm_bf16(B{}, const_view(a), const_view(b), backend::mat_view(dst), T(1), beta);
 }
 
+// y = a16 w16^T, shaped like the input (in_shape) with w16's rows last; a16 is the input's
+// [rows, in] bf16 copy, w16 [out, in].
+template <class T, class B>
+Tensor<T, B> bf16_product(const Tensor<bf16, B>& a16, const Tensor<bf16, B>& w16, Shape in_shape) {
+  const int64_t out = w16.size(0);
+  in_shape[in_shape.size() - 1] = out;
+  auto y = Tensor<T, B>::empty(in_shape);
+  backend::gemm_bf16(B{}, const_view(a16), const_view(w16.t()),
+                     backend::mat_view(y.reshape(Shape{-1, out})), T(1), T(0));
+  return y;
+}
+// h's gradient for a product of relu(h)^2 and w16: da = g16 w16, then relu2's backward
+// (da 2 relu(h), as its op writes it) added into h's gradient in one pass.
+template <class T, class B>
+void relu2_input_grad(const Var<T, B>& h, const Tensor<bf16, B>& g16, const Tensor<bf16, B>& w16) {
+  auto da = Tensor<T, B>::empty(h.shape());  // the gradient of relu(h)^2
+  backend::gemm_bf16(B{}, const_view(g16), const_view(w16),
+                     backend::mat_view(da.reshape(Shape{-1, w16.size(1)})), T(1), T(0));
+  h.accumulate_grad(da * T(2) * relu(h.value()));
+}
+
 // linear() with bf16 operands on the tensor cores (when backend::bf16_products(B{}): the CUDA
 // backend with cuda::set_bf16(true)); fp32 accumulation and outputs, the fp32 weights
 // untouched. x and w are rounded once in the forward pass and x's copy is kept for dw; g is
@@ -46,14 +67,10 @@ void gemm_accumulate(const Tensor<S, B>& a, const Tensor<S, B>& b, const Tensor<
 // between them instead of 6).
 template <class T, class B>
 Var<T, B> linear_bf16(const Var<T, B>& x, const Var<T, B>& w) {
-  const int64_t in = w.size(1), out = w.size(0);
+  const int64_t in = w.size(1);
   const auto x16 = backend::to_bf16(B{}, x.value()).reshape(Shape{-1, in});
   const auto w16 = backend::to_bf16(B{}, w.value());
-  Shape out_shape = x.shape();
-  out_shape[out_shape.size() - 1] = out;
-  auto y = Tensor<T, B>::empty(out_shape);
-  backend::gemm_bf16(B{}, const_view(x16), const_view(w16.t()),
-                     backend::mat_view(y.reshape(Shape{-1, out})), T(1), T(0));
+  auto y = bf16_product<T>(x16, w16, x.shape());
   return Var<T, B>::record("linear", y, {x, w}, [x, w, x16, w16](const Tensor<T, B>& g_in) {
     const int64_t in = w.size(1), out = w.size(0);
     const auto g16 = backend::to_bf16(B{}, g_in).reshape(Shape{-1, out});
@@ -73,23 +90,12 @@ Var<T, B> linear_bf16(const Var<T, B>& x, const Var<T, B>& w) {
 // three products as linear_bf16; dh = (g w) 2 relu(h) in one pass that adds into h's gradient.
 template <class T, class B>
 Var<T, B> relu2_linear_bf16(const Var<T, B>& h, const Var<T, B>& w) {
-  const int64_t in = w.size(1), out = w.size(0);
-  const auto a16 = backend::relu2_to_bf16(B{}, h.value()).reshape(Shape{-1, in});
+  const auto a16 = backend::relu2_to_bf16(B{}, h.value()).reshape(Shape{-1, w.size(1)});
   const auto w16 = backend::to_bf16(B{}, w.value());
-  Shape out_shape = h.shape();
-  out_shape[out_shape.size() - 1] = out;
-  auto y = Tensor<T, B>::empty(out_shape);
-  backend::gemm_bf16(B{}, const_view(a16), const_view(w16.t()),
-                     backend::mat_view(y.reshape(Shape{-1, out})), T(1), T(0));
+  auto y = bf16_product<T>(a16, w16, h.shape());
   return Var<T, B>::record("relu2_linear", y, {h, w}, [h, w, a16, w16](const Tensor<T, B>& g_in) {
-    const int64_t out = w.size(0);
-    const auto g16 = backend::to_bf16(B{}, g_in).reshape(Shape{-1, out});
-    if (h.requires_grad()) {
-      auto da = Tensor<T, B>::empty(h.shape());  // the gradient of relu(h)^2
-      backend::gemm_bf16(B{}, const_view(g16), const_view(w16),
-                         backend::mat_view(da.reshape(Shape{-1, w.size(1)})), T(1), T(0));
-      h.accumulate_grad(da * T(2) * relu(h.value()));  // relu2's backward, as its op writes it
-    }
+    const auto g16 = backend::to_bf16(B{}, g_in).reshape(Shape{-1, w.size(0)});
+    if (h.requires_grad()) relu2_input_grad(h, g16, w16);
     if (w.requires_grad())
       w.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
         gemm_accumulate(g16.t(), a16, dst, prior);

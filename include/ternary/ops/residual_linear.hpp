@@ -44,11 +44,7 @@ inline void check_residual_shapes(const char* op, const Shape& x, const Shape& s
 template <class T, class B>
 Tensor<T, B> residual_product_bf16(const Residual<T, B>& r, const Tensor<bf16, B>& a16,
                                    const Tensor<bf16, B>& w16) {
-  const int64_t out = w16.size(0);
-  auto y = Tensor<T, B>::empty(r.x.shape());
-  backend::gemm_bf16(B{}, const_view(a16), const_view(w16.t()),
-                     backend::mat_view(y.reshape(Shape{-1, out})), T(1), T(0));
-  return channel_mix(r.x.value(), r.scale.value(), y);
+  return channel_mix(r.x.value(), r.scale.value(), bf16_product<T>(a16, w16, r.x.shape()));
 }
 
 // Its backward for the residual and the weights (see the top of this file), given dout = g.
@@ -72,40 +68,45 @@ std::pair<Tensor<bf16, B>, Tensor<bf16, B>> residual_product_backward_bf16(
   return {g16, wb16};
 }
 
-// residual_linear on the tensor cores.
+// residual_linear (relu2_input: residual_relu2_linear) on the tensor cores. With relu2_input
+// relu(a)^2 is rounded by the pass computing it, and da 2 relu(a) is added in one pass (as
+// relu2_linear_bf16).
 template <class T, class B>
-Var<T, B> residual_linear_bf16(const Residual<T, B>& r, const Var<T, B>& a, const Var<T, B>& w) {
+Var<T, B> residual_linear_bf16(const Residual<T, B>& r, const Var<T, B>& a, const Var<T, B>& w,
+                               bool relu2_input = false) {
   const int64_t in = w.size(1);
-  const auto a16 = backend::to_bf16(B{}, a.value()).reshape(Shape{-1, in});
+  const auto a16 =
+      (relu2_input ? backend::relu2_to_bf16(B{}, a.value()) : backend::to_bf16(B{}, a.value()))
+          .reshape(Shape{-1, in});
   auto out = residual_product_bf16(r, a16, backend::to_bf16(B{}, w.value()));
   return Var<T, B>::record(
-      "residual_linear", out, {r.x, r.scale, a, w}, [r, a, w, a16](const Tensor<T, B>& g) {
-        const auto [g16, wb16] = residual_product_backward_bf16(r, a16, w, g);
-        if (a.requires_grad())
+      relu2_input ? "residual_relu2_linear" : "residual_linear", out, {r.x, r.scale, a, w},
+      [r, a, w, a16, relu2_input](const Tensor<T, B>& g) {
+        // (not a structured binding: clang before 16 cannot capture those in the lambda below)
+        const auto operands = residual_product_backward_bf16(r, a16, w, g);
+        const Tensor<bf16, B>& g16 = operands.first;
+        const Tensor<bf16, B>& wb16 = operands.second;
+        if (!a.requires_grad()) return;
+        if (relu2_input)
+          relu2_input_grad(a, g16, wb16);
+        else
           a.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
             gemm_accumulate(g16, wb16, dst.reshape(Shape{-1, w.size(1)}), prior);
           });
       });
 }
 
-// residual_relu2_linear on the tensor cores: relu(h)^2 rounded by the pass computing it, and
-// dh = da 2 relu(h) in one pass (as relu2_linear_bf16).
+// Both public forms: checks, then the tensor-core path or the composition.
 template <class T, class B>
-Var<T, B> residual_relu2_linear_bf16(const Residual<T, B>& r, const Var<T, B>& h,
-                                     const Var<T, B>& w) {
-  const int64_t in = w.size(1);
-  const auto a16 = backend::relu2_to_bf16(B{}, h.value()).reshape(Shape{-1, in});
-  auto out = residual_product_bf16(r, a16, backend::to_bf16(B{}, w.value()));
-  return Var<T, B>::record(
-      "residual_relu2_linear", out, {r.x, r.scale, h, w}, [r, h, w, a16](const Tensor<T, B>& g) {
-        const auto [g16, wb16] = residual_product_backward_bf16(r, a16, w, g);
-        if (h.requires_grad()) {
-          auto da = Tensor<T, B>::empty(h.shape());  // the gradient of relu(h)^2
-          backend::gemm_bf16(B{}, const_view(g16), const_view(wb16),
-                             backend::mat_view(da.reshape(Shape{-1, w.size(1)})), T(1), T(0));
-          h.accumulate_grad(da * T(2) * relu(h.value()));
-        }
-      });
+Var<T, B> residual_branch(const char* op, const Residual<T, B>& r, const Var<T, B>& a,
+                          const Var<T, B>& w, bool relu2_input) {
+  if (w.dim() != 2 || a.size(-1) != w.size(1))
+    throw ShapeError(
+        cat(op, ": input ", a.shape(), " does not match weight [out, in] = ", w.shape()));
+  check_residual_shapes(op, r.x.shape(), r.scale.shape(), a.shape(), w.size(0));
+  if constexpr (std::is_same_v<T, float>)
+    if (backend::bf16_products(B{})) return residual_linear_bf16(r, a, w, relu2_input);
+  return channel_mix(r.x, r.scale, relu2_input ? relu2_linear(a, w) : linear(a, w));
 }
 
 }  // namespace detail
@@ -113,27 +114,13 @@ Var<T, B> residual_relu2_linear_bf16(const Residual<T, B>& r, const Var<T, B>& h
 // r.x + r.scale * linear(a, w)
 template <class T, class B>
 Var<T, B> residual_linear(const Residual<T, B>& r, const Var<T, B>& a, const Var<T, B>& w) {
-  if (w.dim() != 2 || a.size(-1) != w.size(1))
-    throw ShapeError(detail::cat("residual_linear: input ", a.shape(),
-                                 " does not match weight [out, in] = ", w.shape()));
-  detail::check_residual_shapes("residual_linear", r.x.shape(), r.scale.shape(), a.shape(),
-                                w.size(0));
-  if constexpr (std::is_same_v<T, float>)
-    if (backend::bf16_products(B{})) return detail::residual_linear_bf16(r, a, w);
-  return channel_mix(r.x, r.scale, linear(a, w));
+  return detail::residual_branch("residual_linear", r, a, w, false);
 }
 
 // r.x + r.scale * relu2_linear(h, w)
 template <class T, class B>
 Var<T, B> residual_relu2_linear(const Residual<T, B>& r, const Var<T, B>& h, const Var<T, B>& w) {
-  if (w.dim() != 2 || h.size(-1) != w.size(1))
-    throw ShapeError(detail::cat("residual_relu2_linear: input ", h.shape(),
-                                 " does not match weight [out, in] = ", w.shape()));
-  detail::check_residual_shapes("residual_relu2_linear", r.x.shape(), r.scale.shape(), h.shape(),
-                                w.size(0));
-  if constexpr (std::is_same_v<T, float>)
-    if (backend::bf16_products(B{})) return detail::residual_relu2_linear_bf16(r, h, w);
-  return channel_mix(r.x, r.scale, relu2_linear(h, w));
+  return detail::residual_branch("residual_relu2_linear", r, h, w, true);
 }
 
 }  // namespace ternary
