@@ -15,6 +15,16 @@ using namespace ternary;
 using Catch::Matchers::Contains;
 
 namespace {
+// bf16 values widened back to float, exactly (the bf16 paths' reference rules).
+Tensor<float> widen_bf16(const Tensor<ternary::bf16>& t) {
+  auto out = Tensor<float>::empty(t.shape());
+  for (int64_t i = 0; i < t.numel(); ++i) out.data()[i] = float(t.data()[i]);
+  return out;
+}
+// t rounded to bf16 and widened back: the value a bf16 operand holds.
+Tensor<float> round_bf16(const Tensor<float>& t) {
+  return widen_bf16(backend::to_bf16(cpu{}, t));
+}
 Tensor<double> naive_matmul(const Tensor<double>& a, const Tensor<double>& b) {
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   auto c = Tensor<double>::zeros({M, N});
@@ -263,12 +273,7 @@ TEST_CASE("gemm (the packed kernel) and gemm_eigen agree", "[gemm]") {
 // gradients are added into earlier ones (x used twice, w over two backward passes).
 TEST_CASE("linear with bf16 operands multiplies the rounded operands", "[ops][matmul]") {
   Rng rng(21);
-  auto round = [](const Tensor<float>& t) {
-    auto r = backend::to_bf16(cpu{}, t);
-    auto out = Tensor<float>::empty(t.shape());
-    for (int64_t i = 0; i < t.numel(); ++i) out.data()[i] = float(r.data()[i]);
-    return out;
-  };
+  const auto round = round_bf16;
   auto hx = Tensor<float>::randn({2, 5, 12}, rng), hw = Tensor<float>::randn({7, 12}, rng);
   auto hg = Tensor<float>::randn({2, 5, 7}, rng);
   // rounding really happens: the reference differs from the fp32 product
@@ -314,13 +319,9 @@ TEST_CASE("relu2_linear is linear(relu2(h), w); its bf16 path rounds relu(h)^2 o
   INFO(r.report);
   CHECK(r.ok);
   // The tensor-core path's rule on the CPU reference: bf16(relu(h)^2), bf16(w), bf16(g)
-  auto round = [](const Tensor<ternary::bf16>& b) {
-    auto out = Tensor<float>::empty(b.shape());
-    for (int64_t i = 0; i < b.numel(); ++i) out.data()[i] = float(b.data()[i]);
-    return out;
-  };
-  const auto ar = round(backend::relu2_to_bf16(cpu{}, hh)).reshape({10, 12});
-  const auto wr = round(backend::to_bf16(cpu{}, hw)), gr = round(backend::to_bf16(cpu{}, hg));
+  const auto ar = widen_bf16(backend::relu2_to_bf16(cpu{}, hh)).reshape({10, 12});
+  const auto wr = widen_bf16(backend::to_bf16(cpu{}, hw));
+  const auto gr = widen_bf16(backend::to_bf16(cpu{}, hg));
   CHECK(max_abs_diff(ar, Tensor<float>(relu2(hh)).reshape({10, 12})) >
         1e-4);  // rounding really happens
   auto h3 = Var<float>::parameter(hh.clone()), w3 = Var<float>::parameter(hw.clone());
@@ -367,12 +368,7 @@ TEST_CASE("residual_linear is channel_mix(x, b, linear(a, w)); its bf16 rule", "
   INFO(r.report);
   CHECK(r.ok);
   // The tensor-core path's rule on the CPU reference backend (see ops/residual_linear.hpp)
-  auto widen = [](const Tensor<ternary::bf16>& t) {
-    auto out = Tensor<float>::empty(t.shape());
-    for (int64_t i = 0; i < t.numel(); ++i) out.data()[i] = float(t.data()[i]);
-    return out;
-  };
-  auto round = [&](const Tensor<float>& t) { return widen(backend::to_bf16(cpu{}, t)); };
+  const auto round = round_bf16;
   auto a = Var<float>::parameter(ha.clone()), w = Var<float>::parameter(hw.clone());
   auto x = Var<float>::parameter(hx.clone()), b = Var<float>::parameter(hb.clone());
   auto y = detail::residual_linear_bf16(Residual<float, cpu>{x, b}, a, w);
@@ -391,7 +387,7 @@ TEST_CASE("residual_linear is channel_mix(x, b, linear(a, w)); its bf16 rule", "
   auto a2 = Var<float>::parameter(ha.clone()), w2 = Var<float>::parameter(hw.clone());
   auto x2 = Var<float>::parameter(hx.clone()), b2 = Var<float>::parameter(hb.clone());
   auto y2 = detail::residual_linear_bf16(Residual<float, cpu>{x2, b2}, a2, w2, true);
-  const auto sq = widen(backend::relu2_to_bf16(cpu{}, ha)).reshape({10, 12});
+  const auto sq = widen_bf16(backend::relu2_to_bf16(cpu{}, ha)).reshape({10, 12});
   CHECK(max_abs_diff(y2.value().reshape({10, 7}),
                      Tensor<float>(hx.reshape({10, 7}) + hb * matmul(sq, round(hw).t()))) < 1e-5);
   y2.backward(hg);
