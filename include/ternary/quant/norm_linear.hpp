@@ -105,18 +105,10 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
   std::array<Tensor<bf16, B>, K> w16;
   std::array<Tensor<T, B>, K> ys;
   for (size_t k = 0; k < K; ++k) {
-    const int64_t out = weights[k].size(0);
     w16[k] = backend::to_bf16(B{}, weights[k].value());
-    if (residual) {  // K == 1
-      ys[k] = ternary::detail::residual_product_bf16(*residual, h16[k], w16[k]);
-      continue;
-    }
-    Shape out_shape = x.shape();
-    out_shape[out_shape.size() - 1] = out;
-    ys[k] = Tensor<T, B>::empty(out_shape);
-    backend::gemm_bf16(B{}, ternary::detail::const_view(h16[k]),
-                       ternary::detail::const_view(w16[k].t()),
-                       backend::mat_view(ys[k].reshape(Shape{rows, out})), T(1), T(0));
+    ys[k] = residual  // K == 1
+                ? ternary::detail::residual_product_bf16(*residual, h16[k], w16[k])
+                : ternary::detail::bf16_product<T>(h16[k], w16[k], x.shape());
   }
   std::vector<Var<T, B>> inputs{x};
   if (residual) {
@@ -160,18 +152,8 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
           }
           if (want_dgain) dgains[k] = Tensor<T, B>::empty(Shape{D});
         }
-        if (!any) return;
-        auto run = [&](const Tensor<T, B>& dx, const Tensor<T, B>& prior) {
-          rms_norm_shared_backward(
-              B{}, x2d, rstd, gains_c, dh, dx.defined() ? dx.reshape(Shape{rows, D}) : dx, dgains,
-              rstd_pre, prior.defined() ? prior.reshape(Shape{rows, D}) : prior, relu2_input);
-        };
-        if (x.requires_grad())  // dx added by the kernel into x's gradient so far
-          x.accumulate_grad_with(run);
-        else
-          run(Tensor<T, B>(), Tensor<T, B>());
-        for (size_t k = 0; k < K; ++k)
-          if (dgains[k].defined()) gains[k].accumulate_grad(dgains[k]);
+        if (any)
+          norm_shared_backward<K>(x, x2d, rstd, gains, gains_c, dh, dgains, rstd_pre, relu2_input);
       });
 }
 

@@ -165,23 +165,25 @@ inline bool bf16_products(cpu) {
   return false;
 }
 
-template <class T>
-Tensor<bf16, cpu> to_bf16(cpu, const Tensor<T, cpu>& x) {
+namespace cpu_detail {
+// bf16(map(x)) elementwise, as a new contiguous tensor.
+template <class T, class Map>
+Tensor<bf16, cpu> round_to_bf16(const Tensor<T, cpu>& x, Map map) {
   const auto xc = x.contiguous();
   auto out = Tensor<bf16, cpu>::empty(x.shape());
-  for (int64_t i = 0; i < x.numel(); ++i) out.data()[i] = bf16(float(xc.data()[i]));
+  for (int64_t i = 0; i < x.numel(); ++i) out.data()[i] = bf16(map(float(xc.data()[i])));
   return out;
+}
+}  // namespace cpu_detail
+
+template <class T>
+Tensor<bf16, cpu> to_bf16(cpu, const Tensor<T, cpu>& x) {
+  return cpu_detail::round_to_bf16(x, [](float v) { return v; });
 }
 // bf16(relu(x)^2) (relu2_linear's operand)
 template <class T>
 Tensor<bf16, cpu> relu2_to_bf16(cpu, const Tensor<T, cpu>& x) {
-  const auto xc = x.contiguous();
-  auto out = Tensor<bf16, cpu>::empty(x.shape());
-  for (int64_t i = 0; i < x.numel(); ++i) {
-    const float v = float(xc.data()[i]);
-    out.data()[i] = bf16(v > 0.f ? v * v : 0.f);
-  }
-  return out;
+  return cpu_detail::round_to_bf16(x, [](float v) { return v > 0.f ? v * v : 0.f; });
 }
 
 // C = alpha A B + beta C with A, B bf16 (any strides), fp32 (T) accumulation and output.

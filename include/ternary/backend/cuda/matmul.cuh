@@ -178,7 +178,6 @@ namespace cuda_detail {
 template <Bf16Map M, class T>
 Tensor<ternary::bf16, cuda> round_to_bf16(const Tensor<T, cuda>& x) {
   static_assert(std::is_same_v<T, float>, "to_bf16(cuda): float input only");
-  using namespace cuda_detail;
   const auto xc = x.contiguous();
   auto out = Tensor<ternary::bf16, cuda>::empty(x.shape());
   const int64_t n = x.numel();
