@@ -4,6 +4,7 @@
 
 #include <omp.h>
 
+#include <array>
 #include <cmath>
 #include <limits>
 #include <tuple>
@@ -400,5 +401,48 @@ TEST_CASE("residual_linear is channel_mix(x, b, linear(a, w)); its bf16 rule", "
                                  2.0f * relu(ha))) < 1e-5);
   CHECK_THROWS_WITH(residual_linear(Residual<float, cpu>{x, b}, a,
                                     Var<float>::parameter(Tensor<float>::zeros({6, 12}))),
+                    Contains("residual"));
+}
+
+TEST_CASE("rms_norm_mlp is the composition rms_norm, linear, relu2_linear (+ residual)",
+          "[ops][matmul]") {
+  Rng rng(24);
+  auto hx = Tensor<float>::randn({2, 5, 12}, rng), hfc = Tensor<float>::randn({20, 12}, rng);
+  auto hproj = Tensor<float>::randn({12, 20}, rng), hres = Tensor<float>::randn({2, 5, 12}, rng);
+  auto hb = Tensor<float>::randn({12}, rng, 1, 0.5), hg = Tensor<float>::randn({2, 5, 12}, rng);
+  for (bool residual : {false, true}) {
+    INFO((residual ? "residual" : "plain"));
+    std::array<Var<float>, 5> p1, p2;
+    for (auto* p : {&p1, &p2}) {
+      const std::array<Tensor<float>, 5> init{hx, hfc, hproj, hres, hb};
+      for (size_t i = 0; i < 5; ++i) (*p)[i] = Var<float>::parameter(init[i].clone());
+    }
+    const Residual<float, cpu> r1{p1[3], p1[4]};
+    auto y1 = residual ? rms_norm_mlp(p1[0], p1[1], p1[2], 1e-6, r1)
+                       : rms_norm_mlp(p1[0], p1[1], p1[2], 1e-6);
+    y1.backward(hg);
+    auto y2 = linear(relu2(linear(rms_norm(p2[0], 1e-6), p2[1])), p2[2]);
+    if (residual) y2 = channel_mix(p2[3], p2[4], y2);
+    CHECK(max_abs_diff(y1.value(), y2.value()) == 0.0);
+    y2.backward(hg);
+    for (size_t i = 0; i < (residual ? 5u : 3u); ++i) {
+      INFO("input " << i);
+      CHECK(max_abs_diff(p1[i].grad(), p2[i].grad()) == 0.0);
+    }
+  }
+  require_gradcheck(
+      [](auto& v) {
+        return rms_norm_mlp(v[0], v[1], v[2], 1e-6, Residual<double, cpu>{v[3], v[4]});
+      },
+      {Tensor<double>::randn({3, 4}, rng), Tensor<double>::randn({6, 4}, rng),
+       Tensor<double>::randn({4, 6}, rng), Tensor<double>::randn({3, 4}, rng),
+       Tensor<double>::randn({4}, rng)});
+  auto x = Var<float>::parameter(hx.clone()), fc = Var<float>::parameter(hfc.clone());
+  CHECK_THROWS_WITH(
+      rms_norm_mlp(x, fc, Var<float>::parameter(Tensor<float>::zeros({12, 19})), 1e-6),
+      Contains("do not chain"));
+  CHECK_THROWS_WITH(rms_norm_mlp(x, fc, Var<float>::parameter(hproj.clone()), 1e-6,
+                                 Residual<float, cpu>{Var<float>::parameter(hfc.clone()),
+                                                      Var<float>::parameter(hb.clone())}),
                     Contains("residual"));
 }

@@ -14,6 +14,7 @@
 #include "ternary/ops/loss.hpp"
 #include "ternary/ops/matmul.hpp"
 #include "ternary/ops/norm.hpp"
+#include "ternary/ops/norm_mlp.hpp"
 #include "ternary/ops/reduce.hpp"
 #include "ternary/ops/residual_linear.hpp"
 #include "ternary/ops/rope.hpp"

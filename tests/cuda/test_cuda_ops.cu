@@ -21,6 +21,7 @@
 #include "ternary/ops/head_norm_rope.hpp"
 #include "ternary/ops/matmul.hpp"
 #include "ternary/ops/norm.hpp"
+#include "ternary/ops/norm_mlp.hpp"
 #include "ternary/ops/reduce.hpp"
 #include "ternary/ops/rope.hpp"
 #include "ternary/ops/view.hpp"
@@ -738,6 +739,107 @@ TEST_CASE("cuda rms_norm_linear with a relu2 input against the CPU") {
     CHECK(rel_err(dg.grad(), cg.grad()) < 2e-3);
     CHECK(rel_err(dw.grad(), cw.grad()) < 2e-3);
   }
+}
+
+namespace {
+// A bf16 boundary on the CPU: the value rounded to bf16 (kept in fp32), and its gradient too;
+// where rms_norm_mlp's bf16 node holds a tensor in bf16, the CPU reference puts one of these.
+VarH bf16_boundary(const VarH& x) {
+  auto round = [](const Tensor<float>& t) {
+    const auto r = backend::to_bf16(cpu{}, t);
+    auto out = Tensor<float>::empty(t.shape());
+    for (int64_t i = 0; i < t.numel(); ++i) out.data()[i] = float(r.data()[i]);
+    return out;
+  };
+  return VarH::record("bf16_boundary", round(x.value()), {x},
+                      [x, round](const Tensor<float>& g) { x.accumulate_grad(round(g)); });
+}
+}  // namespace
+
+// rms_norm_mlp under cuda::set_bf16 (ops/norm_mlp.hpp: one node, the hidden activation h and
+// its gradient in bf16) against the CPU composing rms_norm, linear()'s bf16 path and relu2 with
+// bf16 boundaries at h (forward: h; backward: dh) and at relu(h)^2 (backward: its gradient da),
+// with and without a residual. D = 100 is not a norm-kernel size: the GPU composes the
+// separate bf16 ops (no rounding of h), checked against the same composition on the CPU. x is
+// also read elsewhere.
+// Exact cases: x of +-1 (so rms_norm(x) rounds to +-1 on both), weights k / 64, the output's
+// gradient k / 8 and power-of-two scales make every sum that is rounded to bf16 afterwards
+// exact in fp32, so both backends round the same values: tolerance 1e-5. Random inputs: the
+// GEMMs round h and da from fp32 sums taken in another order than the CPU's, and a value
+// within an fp32 ulp of a bf16 tie rounds the other way (one bf16 ulp, 2^-8, on ~1e-4 of the
+// elements): tolerance 5e-4 (measured 1.5e-4 at 70 x 512 -> 1024).
+TEST_CASE("cuda rms_norm_mlp (bf16 hidden activation) against the CPU's rule") {
+  const Bf16On on;
+  Rng rng(38);
+  struct Case {
+    int64_t rows, D, hidden;
+    bool residual, exact;
+  };
+  auto steps = [&](Shape shape, double sd, double unit) {  // round(N(0, sd)) * unit
+    auto t = Tensor<float>::randn(shape, rng, 0, sd);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = std::nearbyint(t.data()[i]) * unit;
+    return t;
+  };
+  for (const Case& c : {Case{70, 512, 1024, true, true}, Case{70, 512, 1024, true, false},
+                        Case{33, 64, 96, false, true}, Case{40, 100, 200, true, true}}) {
+    INFO(c.rows << " x " << c.D << " -> " << c.hidden << (c.residual ? ", residual" : "")
+                << (c.exact ? ", exact sums" : ", random"));
+    const bool fused_size = c.D != 100;
+    Tensor<float> hx, hfc, hproj, hb, hs;
+    if (c.exact) {
+      hx = steps({c.rows, c.D}, 1, 1);
+      for (int64_t i = 0; i < hx.numel(); ++i) hx.data()[i] = hx.data()[i] >= 0 ? 1.f : -1.f;
+      hfc = steps({c.hidden, c.D}, 8, 1.0 / 64);
+      hproj = steps({c.D, c.hidden}, 4, 1.0 / 64);
+      hb = steps({c.D}, 1, 1);
+      for (int64_t i = 0; i < hb.numel(); ++i) hb.data()[i] = std::ldexp(1.f, int(hb.data()[i]));
+      hs = steps({c.rows, c.D}, 4, 1.0 / 8);
+    } else {
+      hx = Tensor<float>::randn({c.rows, c.D}, rng, 0, 2);
+      hfc = Tensor<float>::randn({c.hidden, c.D}, rng, 0, 0.1);
+      hproj = Tensor<float>::randn({c.D, c.hidden}, rng, 0, 0.05);
+      hb = Tensor<float>::randn({c.D}, rng, 1, 0.5);
+      hs = Tensor<float>::randn({c.rows, c.D}, rng);
+    }
+    auto hres = Tensor<float>::randn({c.rows, c.D}, rng),
+         hr = Tensor<float>::randn({c.rows, c.D}, rng);
+    // CPU: the rule, composed
+    auto cx = VarH::parameter(hx.clone()), cfc = VarH::parameter(hfc.clone());
+    auto cproj = VarH::parameter(hproj.clone()), cres = VarH::parameter(hres.clone());
+    auto cb = VarH::parameter(hb.clone());
+    VarH h = detail::linear_bf16(rms_norm(cx, 1e-6), cfc);
+    VarH a = fused_size ? bf16_boundary(relu2(bf16_boundary(h))) : relu2(h);
+    VarH cy = c.residual ? detail::residual_linear_bf16(Residual<float, cpu>{cres, cb}, a, cproj)
+                         : detail::linear_bf16(a, cproj);
+    VarH closs = functional(cx, hr) + functional(cy, hs);
+    if (c.residual) closs = closs + functional(cres, hr);
+    closs.backward();
+    // GPU
+    auto dx = VarD::parameter(to_device(hx)), dfc = VarD::parameter(to_device(hfc));
+    auto dproj = VarD::parameter(to_device(hproj)), dres = VarD::parameter(to_device(hres));
+    auto db = VarD::parameter(to_device(hb));
+    const Residual<float, cuda> r{dres, db};
+    VarD y =
+        c.residual ? rms_norm_mlp(dx, dfc, dproj, 1e-6, r) : rms_norm_mlp(dx, dfc, dproj, 1e-6);
+    CHECK((std::string(Tape::current().entries().back().op) == "rms_norm_mlp") == fused_size);
+    const double tol = c.exact ? 1e-5 : 5e-4;
+    CHECK(rel_err(y.value(), cy.value()) < tol);
+    VarD dloss = functional(dx, hr) + functional(y, hs);
+    if (c.residual) dloss = dloss + functional(dres, hr);
+    dloss.backward();
+    CHECK(rel_err(dx.grad(), cx.grad()) < tol);
+    CHECK(rel_err(dfc.grad(), cfc.grad()) < tol);
+    CHECK(rel_err(dproj.grad(), cproj.grad()) < tol);
+    if (c.residual) {
+      CHECK(rel_err(dres.grad(), cres.grad()) < tol);
+      CHECK(rel_err(db.grad(), cb.grad()) < tol);
+    }
+  }
+  // Shapes that do not chain are refused before any work.
+  auto x = VarD::parameter(Tensor<float, cuda>::zeros({4, 64}));
+  auto fc = VarD::parameter(Tensor<float, cuda>::zeros({96, 64}));
+  auto bad = VarD::parameter(Tensor<float, cuda>::zeros({64, 95}));
+  CHECK_THROWS_AS(rms_norm_mlp(x, fc, bad, 1e-6), ShapeError);
 }
 
 // Under cuda::set_bf16 the products outside linear() (matmul) run in TF32 (see matmul.cuh).

@@ -36,6 +36,7 @@
 #include "ternary/ops/loss.hpp"
 #include "ternary/ops/matmul.hpp"
 #include "ternary/ops/norm.hpp"
+#include "ternary/ops/norm_mlp.hpp"
 #include "ternary/ops/residual_linear.hpp"
 #include "ternary/ops/rope.hpp"
 #include "ternary/ops/view.hpp"
@@ -237,12 +238,18 @@ class MLP : public Module<T, B> {
   Var<T, B> forward(const Var<T, B>& x) const {
     return project(*proj_, fc_->forward(x), true, static_cast<const Residual<T, B>*>(nullptr));
   }
-  // forward(rms_norm(x, eps)): for a BitLinear fc that normalises and quantizes its input, on
-  // CUDA both norms run in one kernel each way.
-  // (quant::rms_norm_linear: on CUDA with bf16 products the norms write the GEMM's operand.)
-  // With a residual r: r.x + r.scale * that, the sum taken by the projection (project).
+  // forward(rms_norm(x, eps)): full precision, one rms_norm_mlp (on CUDA with bf16 products
+  // one node with the hidden activation in bf16); for a BitLinear fc that normalises and
+  // quantizes its input, on CUDA both norms run in one kernel each way
+  // (quant::rms_norm_linear: on CUDA with bf16 products the norms write the GEMM's operand).
+  // With a residual r: r.x + r.scale * that, the sum taken by the projection.
   Var<T, B> forward_prenormed(const Var<T, B>& x, double eps,
                               const Residual<T, B>* r = nullptr) const {
+    const auto* lfc = dynamic_cast<const Linear<T, B>*>(fc_.get());
+    const auto* lproj = dynamic_cast<const Linear<T, B>*>(proj_.get());
+    if (lfc && lproj && !lfc->bias().defined() && !lproj->bias().defined())
+      return r ? rms_norm_mlp(x, lfc->weight(), lproj->weight(), eps, *r)
+               : rms_norm_mlp(x, lfc->weight(), lproj->weight(), eps);
     Var<T, B> h;
     if (const auto* fc = dynamic_cast<const BitLinear<T, B>*>(fc_.get());
         fc && fc->fuses_norm_and_int8())

@@ -7,6 +7,7 @@
 //   dgain = sum over all rows of g * x_hat
 #pragma once
 
+#include <array>
 #include <cmath>
 
 #include "ternary/autograd/var.hpp"
@@ -77,6 +78,32 @@ template <class T, class B>
 Var<T, B> rms_norm_var(const Var<T, B>& x, const Var<T, B>* gain, double eps) {
   return rms_norm_var(x, gain, eps, "rms_norm",
                       [](auto&&... a) { return rms_norm_rows<T, B>(a...); });
+}
+
+// The device backward of the K-output norm ops (quant::rms_norm_quantize_activations,
+// quant::rms_norm_linear, rms_norm_mlp): one rms_norm_shared_backward for the K output gradients gs
+// (undefined: none reached that output), dx added by the kernel into x's gradient so far, then each
+// gain's gradient (dgains[k] where defined). x2d is x's [rows, D] view; rstd_pre and relu2_input
+// are the forward's.
+template <size_t K, class T, class B>
+void norm_shared_backward(const Var<T, B>& x, const Tensor<T, B>& x2d, const Tensor<T, B>& rstd,
+                          const std::array<Var<T, B>, K>& gains,
+                          const std::array<Tensor<T, B>, K>& gains_c,
+                          const std::array<Tensor<T, B>, K>& gs,
+                          const std::array<Tensor<T, B>, K>& dgains, const Tensor<T, B>& rstd_pre,
+                          bool relu2_input = false) {
+  const Shape rows_d = x2d.shape();
+  auto run = [&](const Tensor<T, B>& dx, const Tensor<T, B>& prior) {
+    rms_norm_shared_backward(B{}, x2d, rstd, gains_c, gs, dx.defined() ? dx.reshape(rows_d) : dx,
+                             dgains, rstd_pre, prior.defined() ? prior.reshape(rows_d) : prior,
+                             relu2_input);
+  };
+  if (x.requires_grad())  // dx added by the kernel into x's gradient so far
+    x.accumulate_grad_with(run);
+  else
+    run(Tensor<T, B>(), Tensor<T, B>());
+  for (size_t k = 0; k < K; ++k)
+    if (dgains[k].defined()) gains[k].accumulate_grad(dgains[k]);
 }
 
 }  // namespace detail

@@ -121,31 +121,6 @@ Var<T, B> rms_norm_quantize_activations(const Var<T, B>& x, const Var<T, B>& gai
 // rows of 64-1024 floats), instead of K times each way plus K - 1 gradient additions; on the
 // CPU the K norms run one after the other.
 namespace detail {
-// The device backward of the K-output norm ops (the op below and quant::rms_norm_linear): one
-// rms_norm_shared_backward for the K output gradients gs (undefined: none reached that
-// output), dx added by the kernel into x's gradient so far, then each gain's gradient (dgains[k]
-// where defined). x2d is x's [rows, D] view; rstd_pre and relu2_input are the forward's.
-template <size_t K, class T, class B>
-void norm_shared_backward(const Var<T, B>& x, const Tensor<T, B>& x2d, const Tensor<T, B>& rstd,
-                          const std::array<Var<T, B>, K>& gains,
-                          const std::array<Tensor<T, B>, K>& gains_c,
-                          const std::array<Tensor<T, B>, K>& gs,
-                          const std::array<Tensor<T, B>, K>& dgains, const Tensor<T, B>& rstd_pre,
-                          bool relu2_input = false) {
-  const Shape rows_d = x2d.shape();
-  auto run = [&](const Tensor<T, B>& dx, const Tensor<T, B>& prior) {
-    rms_norm_shared_backward(B{}, x2d, rstd, gains_c, gs, dx.defined() ? dx.reshape(rows_d) : dx,
-                             dgains, rstd_pre, prior.defined() ? prior.reshape(rows_d) : prior,
-                             relu2_input);
-  };
-  if (x.requires_grad())  // dx added by the kernel into x's gradient so far
-    x.accumulate_grad_with(run);
-  else
-    run(Tensor<T, B>(), Tensor<T, B>());
-  for (size_t k = 0; k < K; ++k)
-    if (dgains[k].defined()) gains[k].accumulate_grad(dgains[k]);
-}
-
 // The op above, and with pre_eps (the GPT block's norm in front: y_k from rms_norm(x, pre_eps)
 // instead of x) on CUDA, where the kernels normalise twice in registers.
 template <size_t K, class T, class B>
@@ -199,8 +174,8 @@ std::array<Var<T, B>, K> rms_norm_quantize_shared(const Var<T, B>& x,
             if (g[k].defined()) gs[k] = g[k].contiguous().reshape(Shape{rows, D});
             if (g[k].defined() && gains[k].requires_grad()) dws[k] = Tensor<T, B>::empty(Shape{D});
           }
-          norm_shared_backward<K>(x, x_c.reshape(Shape{rows, D}), rstd, gains, gains_c, gs, dws,
-                                  rstd_pre);
+          ternary::detail::norm_shared_backward<K>(x, x_c.reshape(Shape{rows, D}), rstd, gains,
+                                                   gains_c, gs, dws, rstd_pre);
         }
       });
 }

@@ -153,7 +153,8 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
           if (want_dgain) dgains[k] = Tensor<T, B>::empty(Shape{D});
         }
         if (any)
-          norm_shared_backward<K>(x, x2d, rstd, gains, gains_c, dh, dgains, rstd_pre, relu2_input);
+          ternary::detail::norm_shared_backward<K>(x, x2d, rstd, gains, gains_c, dh, dgains,
+                                                   rstd_pre, relu2_input);
       });
 }
 

@@ -210,12 +210,14 @@ Tensor<ternary::bf16, cuda> relu2_to_bf16(cuda, const Tensor<T, cuda>& x) {
   return cuda_detail::round_to_bf16<cuda_detail::Bf16Map::relu2>(x);
 }
 
-// C = alpha A B + beta C: bf16 A, B on the tensor cores, fp32 accumulation, C fp32 row-major.
-template <class T>
-void gemm_bf16(cuda, const MatView<const ternary::bf16>& a, const MatView<const ternary::bf16>& b,
-               const MatView<T>& c, T alpha, T beta) {
-  static_assert(std::is_same_v<T, float>, "gemm_bf16(cuda): fp32 output only");
-  using namespace cuda_detail;
+namespace cuda_detail {
+// C = alpha A B + beta C with bf16 A, B on the tensor cores and fp32 accumulation; C row-major
+// of type c_type (fp32, or bf16: the fp32 result rounded to nearest even as cuBLAS stores it).
+// Returns false (nothing done) when C is empty or K is 0, which the callers handle.
+template <class C>
+bool gemm_bf16_operands(const MatView<const ternary::bf16>& a,
+                        const MatView<const ternary::bf16>& b, const MatView<C>& c,
+                        cudaDataType_t c_type, float alpha, float beta) {
   if (a.cols != b.rows || c.rows != a.rows || c.cols != b.cols)
     throw ShapeError(detail::cat("gemm_bf16: [", a.rows, ", ", a.cols, "] x [", b.rows, ", ",
                                  b.cols, "] -> [", c.rows, ", ", c.cols, "]"));
@@ -224,21 +226,101 @@ void gemm_bf16(cuda, const MatView<const ternary::bf16>& a, const MatView<const 
     throw ShapeError(detail::cat("gemm_bf16(cuda): C [", c.rows, ", ", c.cols, "] with strides (",
                                  c.row_stride, ", ", c.col_stride, ") must be row-major"));
   const int64_t M = c.rows, N = c.cols, K = a.cols;
-  if (M == 0 || N == 0) return;
-  if (K == 0) {  // nothing to multiply: C = beta C (in place, as cuBLAS's geam allows)
-    const float zero = 0.f;
-    TERNARY_CUDA_CHECK(cublasSgeam(cuda::blas(), CUBLAS_OP_N, CUBLAS_OP_N, int(N), int(M), &beta,
-                                   c.data, int(ldc), &zero, c.data, int(ldc), c.data, int(ldc)));
-    return;
-  }
+  if (M == 0 || N == 0 || K == 0) return false;
   const auto A = bf16_operand(a, "A"), Bo = bf16_operand(b, "B");
   // Column-major view of the row-major product, as in gemm(cuda) above: C^T = B^T A^T.
   const cublasOperation_t opB = Bo.row_major ? CUBLAS_OP_N : CUBLAS_OP_T;
   const cublasOperation_t opA = A.row_major ? CUBLAS_OP_N : CUBLAS_OP_T;
   TERNARY_CUDA_CHECK(cublasGemmEx(cuda::blas(), opB, opA, int(N), int(M), int(K), &alpha, Bo.data,
                                   CUDA_R_16BF, int(Bo.ld), A.data, CUDA_R_16BF, int(A.ld), &beta,
-                                  c.data, CUDA_R_32F, int(ldc), CUBLAS_COMPUTE_32F,
+                                  c.data, c_type, int(ldc), CUBLAS_COMPUTE_32F,
                                   CUBLAS_GEMM_DEFAULT));
+  return true;
+}
+}  // namespace cuda_detail
+
+// C = alpha A B + beta C: bf16 A, B on the tensor cores, fp32 accumulation, C fp32 row-major.
+template <class T>
+void gemm_bf16(cuda, const MatView<const ternary::bf16>& a, const MatView<const ternary::bf16>& b,
+               const MatView<T>& c, T alpha, T beta) {
+  static_assert(std::is_same_v<T, float>, "gemm_bf16(cuda): fp32 output only");
+  if (cuda_detail::gemm_bf16_operands(a, b, c, CUDA_R_32F, alpha, beta)) return;
+  if (c.rows > 0 && c.cols > 0) {  // K == 0: C = beta C (in place, as cuBLAS's geam allows)
+    const float zero = 0.f;
+    const int ldc = int(cpu_detail::row_major_ld(c));
+    TERNARY_CUDA_CHECK(cublasSgeam(cuda::blas(), CUBLAS_OP_N, CUBLAS_OP_N, int(c.cols), int(c.rows),
+                                   &beta, c.data, ldc, &zero, c.data, ldc, c.data, ldc));
+  }
+}
+
+// C = A B with bf16 A, B and a bf16 C: fp32 accumulation, the result rounded once to bf16 by
+// the GEMM (ops/norm_mlp.hpp's hidden activation and its gradient are born this way).
+inline void gemm_bf16(cuda, const MatView<const ternary::bf16>& a,
+                      const MatView<const ternary::bf16>& b, const MatView<ternary::bf16>& c) {
+  if (cuda_detail::gemm_bf16_operands(a, b, c, CUDA_R_16BF, 1.f, 0.f)) return;
+  if (c.rows > 0 && c.cols > 0)  // K == 0: the product is zero (bf16 0 is all zero bits)
+    TERNARY_CUDA_CHECK(
+        cudaMemset2DAsync(c.data, size_t(cpu_detail::row_major_ld(c)) * sizeof(ternary::bf16), 0,
+                          size_t(c.cols) * sizeof(ternary::bf16), size_t(c.rows), cuda::stream()));
+}
+
+namespace cuda_detail {
+__device__ __forceinline__ float relu2f(float x) {
+  return x > 0.f ? x * x : 0.f;
+}
+// Grad: g = bf16(g 2 relu(h)) in place (relu^2's backward); else out = bf16(relu(h)^2); h, g
+// and out bf16, n elements, eight at a time (16-byte loads and stores) when `vec`.
+template <bool Grad>
+__global__ void relu2_bf16_kernel(const __nv_bfloat16* __restrict__ h,
+                                  __nv_bfloat16* __restrict__ out, int64_t n, bool vec) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  auto one = [](float hv, float ov) { return Grad ? ov * 2.f * fmaxf(hv, 0.f) : relu2f(hv); };
+  const int64_t n8 = vec ? n / 8 : 0;
+  for (int64_t k = first; k < n8; k += stride) {
+    const uint4 hv = reinterpret_cast<const uint4*>(h)[k];
+    uint4 ov = Grad ? reinterpret_cast<const uint4*>(out)[k] : uint4{};
+    const auto* hp = reinterpret_cast<const __nv_bfloat162*>(&hv);
+    auto* op = reinterpret_cast<__nv_bfloat162*>(&ov);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 hf = __bfloat1622float2(hp[i]), of = __bfloat1622float2(op[i]);
+      op[i] = __floats2bfloat162_rn(one(hf.x, of.x), one(hf.y, of.y));
+    }
+    reinterpret_cast<uint4*>(out)[k] = ov;
+  }
+  for (int64_t i = n8 * 8 + first; i < n; i += stride)
+    out[i] = __float2bfloat16(one(__bfloat162float(h[i]), Grad ? __bfloat162float(out[i]) : 0.f));
+}
+template <bool Grad>
+void relu2_bf16_launch(const Tensor<ternary::bf16, cuda>& h, const Tensor<ternary::bf16, cuda>& out,
+                       const char* op) {
+  if (!h.is_contiguous() || !out.is_contiguous() || !(h.shape() == out.shape()))
+    throw ShapeError(detail::cat(op, "(cuda): contiguous tensors of one shape, got ", h.shape(),
+                                 " and ", out.shape()));
+  const int64_t n = h.numel();
+  if (n == 0) return;
+  const bool vec = reinterpret_cast<uintptr_t>(h.data()) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(out.data()) % 16 == 0;
+  const Launch g = launch_for(vec ? (n + 7) / 8 : n);
+  relu2_bf16_kernel<Grad><<<g.blocks, g.threads, 0, cuda::stream()>>>(
+      reinterpret_cast<const __nv_bfloat16*>(h.data()),
+      reinterpret_cast<__nv_bfloat16*>(out.data()), n, vec);
+  TERNARY_CUDA_CHECK_LAUNCH("relu2_bf16_kernel");
+}
+}  // namespace cuda_detail
+
+// bf16(relu(h)^2) of a bf16 h, as a new tensor (the MLP activation of a hidden layer born in
+// bf16).
+inline Tensor<ternary::bf16, cuda> relu2_bf16(cuda, const Tensor<ternary::bf16, cuda>& h) {
+  auto out = Tensor<ternary::bf16, cuda>::empty(h.shape());
+  cuda_detail::relu2_bf16_launch<false>(h, out, "relu2_bf16");
+  return out;
+}
+// Its backward in place: g = bf16(g 2 relu(h)) (g: the gradient of relu(h)^2, bf16).
+inline void relu2_grad_bf16(cuda, const Tensor<ternary::bf16, cuda>& g,
+                            const Tensor<ternary::bf16, cuda>& h) {
+  cuda_detail::relu2_bf16_launch<true>(h, g, "relu2_grad_bf16");
 }
 
 }  // namespace ternary::backend
