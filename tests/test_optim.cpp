@@ -169,7 +169,23 @@ TEST_CASE("Muon: Newton-Schulz output is near-orthogonal", "[optim][muon]") {
   // Double input goes through float and comes back as double.
   Tensor<double> Gd = G.to<double>();
   CHECK(max_abs_diff(optim::newton_schulz5(Gd).to<float>(), optim::newton_schulz5(G)) < 1e-6);
-  CHECK_THROWS_AS(optim::newton_schulz5(TF::zeros({2, 2, 2})), ShapeError);
+  CHECK_THROWS_AS(optim::newton_schulz5(TF::zeros({2, 2, 2, 2})), ShapeError);
+  CHECK_THROWS_AS(optim::newton_schulz5(TF::zeros({4})), ShapeError);
+}
+
+TEST_CASE("Muon: a stack of matrices is orthogonalised matrix by matrix", "[optim][muon]") {
+  Rng rng(12);
+  for (auto shape : {Shape{3, 16, 24}, Shape{4, 24, 16}}) {  // the second is transposed inside
+    INFO("stack " << shape);
+    // different scales per matrix: each is normalised by its own norm
+    TF S = TF::randn(shape, rng);
+    for (int64_t i = 0; i < shape[0]; ++i) S.select(0, i) *= float(1 + 10 * i);
+    const TF X = optim::newton_schulz5(S);
+    REQUIRE(X.shape() == shape);
+    for (int64_t i = 0; i < shape[0]; ++i)
+      CHECK(max_abs_diff(X.select(0, i), optim::newton_schulz5(S.select(0, i).contiguous())) <
+            1e-5);
+  }
 }
 
 TEST_CASE("Muon: one and two steps follow the update formula", "[optim][muon]") {
@@ -209,6 +225,34 @@ TEST_CASE("Muon: one and two steps follow the update formula", "[optim][muon]") 
   TF buf = g1 * 0.5f + g2;
   TF expect = w0 - optim::newton_schulz5(g1) * 0.1f - optim::newton_schulz5(buf) * 0.1f;
   CHECK(max_abs_diff(w.value(), expect) < 1e-5);
+}
+
+// finish_step stacks the matrices of one shape and step count (one Newton-Schulz over the
+// stack): every parameter still gets its own update, whatever the mix of shapes and groups.
+TEST_CASE("Muon: matrices of one shape are orthogonalised together, each its own update",
+          "[optim][muon]") {
+  Rng rng(4);
+  const std::vector<Shape> shapes{{8, 12}, {8, 12}, {12, 8}, {8, 12}, {8, 12}};
+  std::vector<TF> w0, g;
+  std::vector<VF> w;
+  for (const Shape& s : shapes) {
+    w0.push_back(TF::randn(s, rng));
+    g.push_back(TF::randn(s, rng, 0, 1 + 3 * double(g.size())));  // unequal norms
+    w.push_back(VF::parameter(w0.back().clone()));
+  }
+  // the last two in a group with 3 Newton-Schulz steps: their own stack
+  optim::Muon<float> opt(std::vector<optim::Muon<float>::Group>{
+      {{w[0], w[1], w[2]}, {.lr = 0.05, .momentum = 0.9}},
+      {{w[3], w[4]}, {.lr = 0.05, .momentum = 0.9, .ns_steps = 3}}});
+  for (size_t i = 0; i < w.size(); ++i) set_grad(w[i], g[i]);
+  opt.step();
+  for (size_t i = 0; i < w.size(); ++i) {
+    INFO("parameter " << i);
+    const double scale = std::sqrt(std::max(1.0, double(shapes[i][0]) / double(shapes[i][1])));
+    const TF expect =
+        w0[i] - optim::newton_schulz5(TF(g[i] * 1.9f), i >= 3 ? 3 : 5) * float(0.05 * scale);
+    CHECK(max_abs_diff(w[i].value(), expect) < 1e-5);
+  }
 }
 
 TEST_CASE("Muon rejects parameters that are not 2-d", "[optim][muon]") {

@@ -145,6 +145,18 @@ Tensor<T, B> matmul(const Tensor<T, B>& a, const Tensor<T, B>& b) {
     }
     return off;
   };
+  // One batch axis on the device: one strided-batched GEMM (backend/cuda/matmul.cuh) where the
+  // operands' layouts allow, instead of one GEMM launch per matrix.
+  if constexpr (!B::on_host) {
+    if (nd == 1 && nb > 1) {
+      MatView<const T> av{ae.data(), M, K, ae.strides()[1], ae.strides()[2]};
+      MatView<const T> bv{be.data(), K, N, be.strides()[1], be.strides()[2]};
+      MatView<T> cv{out.data(), M, N, N, 1};
+      if (gemm_strided_batched(B{}, av, bv, cv, nb, ae.strides()[0], be.strides()[0], M * N, T(1),
+                               T(0)))
+        return out;
+    }
+  }
   auto product = [&](int64_t i) {
     MatView<const T> av{ae.data() + offset_of(ae, i), M, K, ae.strides()[nd], ae.strides()[nd + 1]};
     MatView<const T> bv{be.data() + offset_of(be, i), K, N, be.strides()[nd], be.strides()[nd + 1]};

@@ -15,6 +15,9 @@
 // below ~a^-steps of the largest stay small, as in the reference). Only for 2-d parameters: use
 // AdamW for the embeddings, gains and scalars. Tests: tests/test_optim.cpp.
 //
+// The Newton-Schulz work runs in finish_step, once per step: the matrices of one shape as one
+// stack (newton_schulz5 over [n, rows, cols]).
+//
 // Data-parallel runs can share the Newton-Schulz work (shard_updates, as the Parameter Golf
 // reference does): every rank still updates every momentum buffer (so any rank's state is
 // complete), but rank r orthogonalises only the matrices i with i % world == r, writes them
@@ -35,30 +38,42 @@
 
 namespace ternary::optim {
 
-// The orthogonalised G (same shape), computed in float and returned as T.
+// The orthogonalised G (same shape), computed in float and returned as T. G is one matrix
+// [rows, cols], or a stack [n, rows, cols] orthogonalised matrix by matrix (each its own norm);
+// on CUDA every product over a stack is one strided-batched GEMM (Muon batches its matrices of
+// one shape this way: 15 GEMM launches per shape and step instead of 15 per matrix).
 template <class T, class B>
 Tensor<T, B> newton_schulz5(const Tensor<T, B>& G, int steps = 5, double eps = 1e-7) {
-  if (G.dim() != 2)
-    throw ShapeError(detail::cat("newton_schulz5: expects a 2-d matrix, got shape ", G.shape()));
+  if (G.dim() != 2 && G.dim() != 3)
+    throw ShapeError(detail::cat(
+        "newton_schulz5: expects a 2-d matrix or a stack [n, rows, cols], got shape ", G.shape()));
   if (steps < 0) throw Error(detail::cat("newton_schulz5: steps must be >= 0, got ", steps));
   constexpr float a = 3.4445f, b = -4.7750f, c = 2.0315f;
   using F = Tensor<float, B>;
-  const bool transposed = G.size(0) > G.size(1);
+  const bool transposed = G.size(-2) > G.size(-1);
+  const Tensor<T, B> Gt = transposed ? G.transpose(-1, -2) : G;
   F X;
   if constexpr (std::is_same_v<T, float>)
-    X = transposed ? G.t().clone() : G.clone();
+    X = Gt.clone();
   else
-    X = (transposed ? G.t() : G).template to<float>().contiguous();
-  if constexpr (B::on_host)
-    X *= float(1.0 / (std::sqrt(detail::squared_norm(X)) + eps));
-  else  // the norm stays on the device (backend/cuda/quant.cuh): no host round trip
-    scale_by_inverse_norm(B{}, X, eps);
+    X = Gt.template to<float>().contiguous();
+  auto normalise = [eps](F M) {  // M / (||M||_F + eps), in place
+    if constexpr (B::on_host)
+      M *= float(1.0 / (std::sqrt(detail::squared_norm(M)) + eps));
+    else  // the norm stays on the device (backend/cuda/quant.cuh): no host round trip
+      scale_by_inverse_norm(B{}, M, eps);
+  };
+  if (X.dim() == 3)  // each matrix by its own norm, as it alone would be (bit for bit)
+    for (int64_t i = 0; i < X.size(0); ++i) normalise(X.select(0, i));
+  else
+    normalise(X);
   for (int k = 0; k < steps; ++k) {
-    F A = matmul(X, X.t());              // [r, r], r = min(rows, cols)
+    const F Xt = X.transpose(-1, -2);
+    F A = matmul(X, Xt);                 // [r, r], r = min(rows, cols)
     A.assign(A * b + matmul(A, A) * c);  // b A + c A^2
     X.assign(X * a + matmul(A, X));      // a X + (b A + c A^2) X
   }
-  if (transposed) X = X.t().contiguous();
+  if (transposed) X = X.transpose(-1, -2).contiguous();
   if constexpr (std::is_same_v<T, float>)
     return X;
   else
@@ -126,38 +141,65 @@ class Muon : public GroupedOptimizer<MuonOptions, T, B> {
     const TensorT eff = o.nesterov ? TensorT(g + buf * T(o.momentum)) : buf;
     const double scale = std::sqrt(std::max(1.0, double(p.size(0)) / double(p.size(1))));
     const T decay = T(1 - lr * o.weight_decay), step = T(lr * scale);
-    if (world_ > 1) {  // orthogonalised by its owner rank in finish_step
-      pending_.push_back({index, p, eff, decay, step});
-      return;
-    }
-    p.assign(p * decay - newton_schulz5(eff, o.ns_steps) * step);
+    // orthogonalised in finish_step: with the other matrices of its shape, by its owner rank
+    pending_.push_back({index, p, eff, decay, step});
   }
 
   void finish_step() override {
     if (pending_.empty()) return;
+    const bool sharded = world_ > 1;
+    // The updates O land in `flat` (one buffer for the ranks' sum) or are applied directly.
     int64_t total = 0;
-    for (const auto& m : pending_) total += m.eff.numel();
-    TensorT flat = TensorT::zeros(Shape{total});
-    int64_t offset = 0;
+    std::vector<int64_t> offsets;
     for (const auto& m : pending_) {
-      if (int(m.index % size_t(world_)) == rank_)
-        flat.narrow(0, offset, m.eff.numel())
-            .view(m.eff.shape())
-            .assign(newton_schulz5(m.eff, this->options_of(m.index).ns_steps));
-      offset += m.eff.numel();
+      offsets.push_back(total);
+      total += m.eff.numel();
     }
-    sum_over_ranks_(flat.data(), size_t(total));
-    offset = 0;
-    for (auto& m : pending_) {
-      const TensorT O = flat.narrow(0, offset, m.eff.numel()).view(m.eff.shape());
-      m.p.assign(m.p * m.decay - O * m.step);
-      offset += m.eff.numel();
+    TensorT flat = sharded ? TensorT::zeros(Shape{total}) : TensorT();
+    auto emit = [&](size_t k, const TensorT& O) {
+      Pending& m = pending_[k];
+      if (sharded)
+        flat.narrow(0, offsets[k], m.eff.numel()).view(m.eff.shape()).assign(O);
+      else
+        m.p.assign(m.p * m.decay - O * m.step);
+    };
+    // This rank's matrices, grouped by shape and step count: one stacked Newton-Schulz each.
+    std::vector<bool> done(pending_.size(), false);
+    for (size_t k = 0; k < pending_.size(); ++k) {
+      if (done[k] || (sharded && int(pending_[k].index % size_t(world_)) != rank_)) continue;
+      const int steps = this->options_of(pending_[k].index).ns_steps;
+      std::vector<size_t> group;
+      for (size_t j = k; j < pending_.size(); ++j)
+        if (!done[j] && pending_[j].eff.shape() == pending_[k].eff.shape() &&
+            this->options_of(pending_[j].index).ns_steps == steps &&
+            (!sharded || int(pending_[j].index % size_t(world_)) == rank_)) {
+          group.push_back(j);
+          done[j] = true;
+        }
+      if (group.size() == 1) {
+        emit(k, newton_schulz5(pending_[k].eff, steps));
+        continue;
+      }
+      const Shape& shape = pending_[k].eff.shape();
+      TensorT stack = TensorT::empty(Shape{int64_t(group.size()), shape[0], shape[1]});
+      for (size_t i = 0; i < group.size(); ++i)
+        stack.select(0, int64_t(i)).assign(pending_[group[i]].eff);
+      const TensorT O = newton_schulz5(stack, steps);
+      for (size_t i = 0; i < group.size(); ++i) emit(group[i], O.select(0, int64_t(i)));
+    }
+    if (sharded) {
+      sum_over_ranks_(flat.data(), size_t(total));
+      for (size_t k = 0; k < pending_.size(); ++k) {
+        Pending& m = pending_[k];
+        const TensorT O = flat.narrow(0, offsets[k], m.eff.numel()).view(m.eff.shape());
+        m.p.assign(m.p * m.decay - O * m.step);
+      }
     }
     pending_.clear();
   }
 
  private:
-  struct Pending {  // a matrix whose update waits for the ranks' orthogonalisations
+  struct Pending {  // a matrix whose update waits for finish_step
     size_t index;
     TensorT p, eff;
     T decay, step;

@@ -13,8 +13,8 @@
 // matrices) would only pay a rounding pass per product for no gain.
 // double: CUBLAS_COMPUTE_64F.
 //
-// matmul (ops/matmul.hpp) calls this once per batch element; a strided-batched entry point
-// (cublasGemmStridedBatchedEx) is the next step for attention-sized batches.
+// matmul (ops/matmul.hpp) runs a product over one batch axis as one strided-batched call
+// (gemm_strided_batched below: Muon's Newton-Schulz iterations over stacked matrices).
 #pragma once
 
 #ifndef __CUDACC__
@@ -117,6 +117,47 @@ void gemm(cuda, const MatView<const T>& a, const MatView<const T>& b, const MatV
                                     int(ldc), ct, CUBLAS_GEMM_DEFAULT));
   }
   if (!c_direct) copy_2d<T>(sc.data(), N, 1, c.data, c.row_stride, c.col_stride, M, N);
+}
+
+// batch products C_i = alpha A_i B_i + beta C_i, i < batch, in one cublasGemmStridedBatchedEx:
+// a, b, c are the first matrices; A_i = a + i * stride_a (0: one matrix for all), likewise B_i,
+// C_i. A and B must be row- or column-major (read in place), C row-major and disjoint per i.
+// Returns false (nothing done) for other layouts: the caller loops over gemm() instead.
+// Precision as gemm() above (TF32 under cuda::set_tf32 / set_bf16).
+template <class T>
+bool gemm_strided_batched(cuda, const MatView<const T>& a, const MatView<const T>& b,
+                          const MatView<T>& c, int64_t batch, int64_t stride_a, int64_t stride_b,
+                          int64_t stride_c, T alpha, T beta) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "gemm_strided_batched(cuda): float and double only");
+  using namespace cuda_detail;
+  if (a.cols != b.rows || c.rows != a.rows || c.cols != b.cols)
+    throw ShapeError(detail::cat("gemm_strided_batched: [", a.rows, ", ", a.cols, "] x [", b.rows,
+                                 ", ", b.cols, "] -> [", c.rows, ", ", c.cols, "]"));
+  const int64_t M = c.rows, N = c.cols, K = a.cols;
+  const int64_t lda_r = cpu_detail::row_major_ld(a), lda_c = cpu_detail::col_major_ld(a);
+  const int64_t ldb_r = cpu_detail::row_major_ld(b), ldb_c = cpu_detail::col_major_ld(b);
+  const int64_t ldc = cpu_detail::row_major_ld(c);
+  if (batch < 1 || M == 0 || N == 0 || K == 0 || ldc < 0 || (lda_r < 0 && lda_c < 0) ||
+      (ldb_r < 0 && ldb_c < 0) || stride_c < M * ldc)
+    return false;
+  const bool a_row = lda_r >= 0, b_row = ldb_r >= 0;
+  cudaDataType_t dt;
+  cublasComputeType_t ct;
+  if constexpr (std::is_same_v<T, float>) {
+    dt = CUDA_R_32F;
+    ct = cuda::tf32() || cuda::bf16() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  } else {
+    dt = CUDA_R_64F;
+    ct = CUBLAS_COMPUTE_64F;
+  }
+  // column-major C^T = B^T A^T, as in gemm() above
+  TERNARY_CUDA_CHECK(cublasGemmStridedBatchedEx(
+      cuda::blas(), b_row ? CUBLAS_OP_N : CUBLAS_OP_T, a_row ? CUBLAS_OP_N : CUBLAS_OP_T, int(N),
+      int(M), int(K), &alpha, b.data, dt, int(b_row ? ldb_r : ldb_c), stride_b, a.data, dt,
+      int(a_row ? lda_r : lda_c), stride_a, &beta, c.data, dt, int(ldc), stride_c, int(batch), ct,
+      CUBLAS_GEMM_DEFAULT));
+  return true;
 }
 
 }  // namespace ternary::backend
