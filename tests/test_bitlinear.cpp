@@ -2,6 +2,7 @@
 // the packed integer inference path.
 #include <catch2/catch.hpp>
 
+#include <array>
 #include <memory>
 
 #include "ternary/bitlinear.hpp"
@@ -93,6 +94,54 @@ TEST_CASE("BitLinear::forward_fused(h, relu2) is forward(relu2(h)), values and g
   CHECK_THROWS_WITH(quant::rms_norm_linear<1>(h1, {bl.norm()->gain()}, {bl.weight()}, 1e-6, 1e-6,
                                               true, /*relu2_input=*/true),
                     Contains("exclude each other"));
+}
+
+TEST_CASE("rms_norm_bitlinear_mlp is the fc and projection rms_norm_linear calls composed",
+          "[nn][bitlinear]") {
+  Rng rng(18);
+  nn::BitLinear<float> fc(16, 24, rng), proj(24, 16, rng);
+  fc.norm()->gain().value().assign(Tensor<float>::randn({16}, rng, 1, 0.3));
+  proj.norm()->gain().value().assign(Tensor<float>::randn({24}, rng, 1, 0.3));
+  const auto xv = Tensor<float>::randn({2, 5, 16}, rng), r = Tensor<float>::randn({2, 5, 16}, rng);
+  const auto resv = Tensor<float>::randn({2, 5, 16}, rng);
+  const auto bv = Tensor<float>::randn({16}, rng, 1, 0.5);
+  // the two forms, each with its own leaves: equal values and gradients
+  std::array<Tensor<float>, 2> gx, gres, gb, gfc_gain, gproj_gain, gw_fc, gw_proj, y;
+  for (int form = 0; form < 2; ++form) {
+    auto x = Var<float>::parameter(xv.clone()), res = Var<float>::parameter(resv.clone());
+    auto b = Var<float>::parameter(bv.clone());
+    const Residual<float, cpu> rr{res, b};
+    fc.zero_grad();
+    proj.zero_grad();
+    Var<float> out;
+    if (form == 0) {
+      out = quant::rms_norm_bitlinear_mlp(x, 1e-6, fc.norm()->gain(), fc.quantized_weight(),
+                                          fc.norm()->eps(), proj.norm()->gain(),
+                                          proj.quantized_weight(), proj.norm()->eps(), &rr);
+    } else {
+      const auto h = quant::rms_norm_linear<1>(x, {fc.norm()->gain()}, {fc.quantized_weight()},
+                                               fc.norm()->eps(), 1e-6, true)[0];
+      out = proj.forward_fused(h, true, &rr);
+    }
+    y[form] = out.value().clone();
+    sum(out * Var<float>::constant(r)).backward();
+    gx[form] = x.grad().clone();
+    gres[form] = res.grad().clone();
+    gb[form] = b.grad().clone();
+    gfc_gain[form] = fc.norm()->gain().grad().clone();
+    gproj_gain[form] = proj.norm()->gain().grad().clone();
+    gw_fc[form] = fc.weight().grad().clone();
+    gw_proj[form] = proj.weight().grad().clone();
+  }
+  CHECK(max_abs_diff(y[0], y[1]) == 0.0);
+  for (const auto* g : {&gx, &gres, &gb, &gfc_gain, &gproj_gain, &gw_fc, &gw_proj})
+    CHECK(max_abs_diff((*g)[0], (*g)[1]) == 0.0);
+  CHECK(max_abs_diff(gw_fc[0], Tensor<float>::zeros(gw_fc[0].shape())) > 0);  // not vacuous
+  auto x = Var<float>::parameter(xv.clone());
+  CHECK_THROWS_WITH(
+      quant::rms_norm_bitlinear_mlp(x, 1e-6, fc.norm()->gain(), fc.quantized_weight(), 1e-6,
+                                    proj.norm()->gain(), fc.quantized_weight(), 1e-6),
+      Contains("do not chain"));
 }
 
 TEST_CASE("BitLinear trains its latent weights and its extra-norm gain", "[nn][bitlinear]") {

@@ -8,6 +8,7 @@
 #include "ternary/nn/projection.hpp"
 #include "ternary/nn/rmsnorm.hpp"
 #include "ternary/quant/activation.hpp"
+#include "ternary/quant/bitlinear_mlp.hpp"
 #include "ternary/quant/hadamard.hpp"
 #include "ternary/quant/packing.hpp"
 #include "ternary/quant/quest.hpp"

@@ -28,6 +28,7 @@
 #include "ternary/optim/clip.hpp"
 #include "ternary/optim/muon.hpp"
 #include "ternary/quant/activation.hpp"
+#include "ternary/quant/bitlinear_mlp.hpp"
 #include "ternary/quant/norm_linear.hpp"
 #include "ternary/quant/ternary.hpp"
 
@@ -530,6 +531,51 @@ TEST_CASE("cuda norms, clipping and Muon against the CPU") {
     }
     CHECK(rel_err(dp.value(), cp.value()) < 1e-5);
   }
+  // A stack of matrices (one strided-batched GEMM per product), and Muon over several matrices
+  // of one shape (stacked in finish_step), wide and tall.
+  for (auto [r, cdim] : std::vector<std::array<int64_t, 2>>{{64, 96}, {130, 33}}) {
+    auto g = Tensor<float>::randn({3, r, cdim}, rng);
+    CHECK(rel_err(optim::newton_schulz5(to_device(g)), optim::newton_schulz5(g)) < 1e-5);
+    std::vector<VarH> cps;
+    std::vector<VarD> dps;
+    for (int i = 0; i < 3; ++i) {
+      auto hp = Tensor<float>::randn({r, cdim}, rng, 0, 0.1);
+      cps.push_back(VarH::parameter(hp.clone()));
+      dps.push_back(VarD::parameter(to_device(hp)));
+    }
+    optim::Muon<float> cm(cps, {.lr = 0.02});
+    optim::Muon<float, cuda> dm(dps, {.lr = 0.02});
+    for (int s = 0; s < 2; ++s) {
+      for (int i = 0; i < 3; ++i) {
+        auto hg = Tensor<float>::randn({r, cdim}, rng, 0, 1 + i);
+        cps[i].accumulate_grad(hg);
+        dps[i].accumulate_grad(to_device(hg));
+      }
+      cm.step();
+      dm.step();
+      cm.zero_grad();
+      dm.zero_grad();
+    }
+    for (int i = 0; i < 3; ++i) CHECK(rel_err(dps[i].value(), cps[i].value()) < 1e-5);
+  }
+}
+
+// matmul over one batch axis is one strided-batched GEMM on the device: against the CPU, with a
+// transposed operand and a broadcast one (batch stride 0), exact fp32 and under the TF32 flag
+// (where cuBLAS may still pick an exact fp32 kernel for products this small: only bounded).
+TEST_CASE("cuda batched matmul (strided-batched GEMM) against the CPU") {
+  Rng rng(29);
+  auto ha = Tensor<float>::randn({5, 33, 20}, rng), hb = Tensor<float>::randn({5, 47, 20}, rng);
+  auto hw = Tensor<float>::randn({20, 47}, rng);
+  const auto ref = matmul(ha, hb.transpose(-1, -2));                       // [5, 33, 47]
+  const auto ref_bcast = matmul(ha, hw.unsqueeze(0).expand({5, 20, 47}));  // stride 0
+  const auto da = to_device(ha), db = to_device(hb), dw = to_device(hw);
+  CHECK(rel_err(matmul(da, db.transpose(-1, -2)), ref) < 1e-6);
+  CHECK(rel_err(matmul(da, dw.unsqueeze(0).expand({5, 20, 47})), ref_bcast) < 1e-6);
+  cuda::set_tf32(true);
+  const double e = rel_err(matmul(da, db.transpose(-1, -2)), ref);
+  cuda::set_tf32(false);
+  CHECK(e < 5e-3);
 }
 
 // linear() under cuda::set_bf16 (detail::linear_bf16, bf16 copies of x, w and g on the tensor
@@ -840,6 +886,77 @@ TEST_CASE("cuda rms_norm_mlp (bf16 hidden activation) against the CPU's rule") {
   auto fc = VarD::parameter(Tensor<float, cuda>::zeros({96, 64}));
   auto bad = VarD::parameter(Tensor<float, cuda>::zeros({64, 95}));
   CHECK_THROWS_AS(rms_norm_mlp(x, fc, bad, 1e-6), ShapeError);
+}
+
+// quant::rms_norm_bitlinear_mlp under cuda::set_bf16 (one node: the hidden activation h and its
+// gradient in bf16, the projection's norm kernels reading and writing bf16 rows) against the
+// CPU composing the fc's pre-normed int8 norm, linear()'s bf16 path, relu2 and the projection's
+// int8 norm with bf16 boundaries at h (forward: h; backward: dh) and after the projection's norm
+// (backward: its gradient da2). hidden = 100 is not a norm-kernel size: the GPU composes the two
+// rms_norm_linear ops (no rounding of h), checked against that composition. Tolerance 2e-3:
+// int8 rounding may flip on one backend (and h, da2 at bf16 ties, as in rms_norm_mlp's test).
+TEST_CASE("cuda rms_norm_bitlinear_mlp (bf16 hidden activation) against the CPU's rule") {
+  const Bf16On on;
+  Rng rng(39);
+  struct Case {
+    int64_t rows, D, hidden;
+    bool residual;
+  };
+  for (const Case& c :
+       {Case{45, 512, 1024, true}, Case{33, 64, 128, false}, Case{37, 64, 100, true}}) {
+    INFO(c.rows << " x " << c.D << " -> " << c.hidden << (c.residual ? ", residual" : ""));
+    const bool fused_size = c.hidden != 100;
+    auto hx = Tensor<float>::randn({c.rows, c.D}, rng, 0, 2);
+    auto hg1 = Tensor<float>::randn({c.D}, rng, 1, 0.3),
+         hg2 = Tensor<float>::randn({c.hidden}, rng, 1, 0.3);
+    auto hw1 = Tensor<float>::randn({c.hidden, c.D}, rng, 0, 0.05);
+    auto hw2 = Tensor<float>::randn({c.D, c.hidden}, rng, 0, 0.05);
+    auto hres = Tensor<float>::randn({c.rows, c.D}, rng),
+         hb = Tensor<float>::randn({c.D}, rng, 1, 0.5);
+    auto hr = Tensor<float>::randn({c.rows, c.D}, rng),
+         hs = Tensor<float>::randn({c.rows, c.D}, rng);
+    // CPU: the rule, composed
+    auto cx = VarH::parameter(hx.clone()), cg1 = VarH::parameter(hg1.clone());
+    auto cg2 = VarH::parameter(hg2.clone()), cw1 = VarH::parameter(hw1.clone());
+    auto cw2 = VarH::parameter(hw2.clone()), cres = VarH::parameter(hres.clone());
+    auto cb = VarH::parameter(hb.clone());
+    const VarH a1 = quant::rms_norm_quantize_activations_prenormed<1>(cx, {cg1}, 1e-6, 1e-6)[0];
+    VarH h = detail::linear_bf16(a1, cw1);
+    if (fused_size) h = bf16_boundary(h);
+    VarH a2 = quant::rms_norm_quantize_activations(relu2(h), cg2, 1e-6);
+    if (fused_size) a2 = bf16_boundary(a2);
+    // (composed, the residual is rms_norm_linear's: channel_mix after the product)
+    VarH cy = !c.residual  ? detail::linear_bf16(a2, cw2)
+              : fused_size ? detail::residual_linear_bf16(Residual<float, cpu>{cres, cb}, a2, cw2)
+                           : channel_mix(cres, cb, detail::linear_bf16(a2, cw2));
+    VarH closs = functional(cx, hr) + functional(cy, hs);
+    if (c.residual) closs = closs + functional(cres, hr);
+    closs.backward();
+    // GPU
+    auto dx = VarD::parameter(to_device(hx)), dg1 = VarD::parameter(to_device(hg1));
+    auto dg2 = VarD::parameter(to_device(hg2)), dw1 = VarD::parameter(to_device(hw1));
+    auto dw2 = VarD::parameter(to_device(hw2)), dres = VarD::parameter(to_device(hres));
+    auto db = VarD::parameter(to_device(hb));
+    const Residual<float, cuda> r{dres, db};
+    VarD y = quant::rms_norm_bitlinear_mlp(dx, 1e-6, dg1, dw1, 1e-6, dg2, dw2, 1e-6,
+                                           c.residual ? &r : nullptr);
+    CHECK((std::string(Tape::current().entries().back().op) == "rms_norm_bitlinear_mlp") ==
+          fused_size);
+    const double tol = 2e-3;
+    CHECK(rel_err(y.value(), cy.value()) < tol);
+    VarD dloss = functional(dx, hr) + functional(y, hs);
+    if (c.residual) dloss = dloss + functional(dres, hr);
+    dloss.backward();
+    CHECK(rel_err(dx.grad(), cx.grad()) < tol);
+    CHECK(rel_err(dg1.grad(), cg1.grad()) < tol);
+    CHECK(rel_err(dg2.grad(), cg2.grad()) < tol);
+    CHECK(rel_err(dw1.grad(), cw1.grad()) < tol);
+    CHECK(rel_err(dw2.grad(), cw2.grad()) < tol);
+    if (c.residual) {
+      CHECK(rel_err(dres.grad(), cres.grad()) < tol);
+      CHECK(rel_err(db.grad(), cb.grad()) < tol);
+    }
+  }
 }
 
 // Under cuda::set_bf16 the products outside linear() (matmul) run in TF32 (see matmul.cuh).

@@ -40,6 +40,7 @@
 #include "ternary/ops/residual_linear.hpp"
 #include "ternary/ops/rope.hpp"
 #include "ternary/ops/view.hpp"
+#include "ternary/quant/bitlinear_mlp.hpp"
 #include "ternary/quant/norm_linear.hpp"
 
 namespace ternary::nn {
@@ -238,9 +239,10 @@ class MLP : public Module<T, B> {
   Var<T, B> forward(const Var<T, B>& x) const {
     return project(*proj_, fc_->forward(x), true, static_cast<const Residual<T, B>*>(nullptr));
   }
-  // forward(rms_norm(x, eps)): full precision, one rms_norm_mlp (on CUDA with bf16 products
-  // one node with the hidden activation in bf16); for a BitLinear fc that normalises and
-  // quantizes its input, on CUDA both norms run in one kernel each way
+  // forward(rms_norm(x, eps)): full precision, one rms_norm_mlp; BitLinears that normalise and
+  // quantize their inputs, one quant::rms_norm_bitlinear_mlp (on CUDA with bf16 products each
+  // is one node with the hidden activation in bf16); else for a BitLinear fc that normalises
+  // and quantizes its input, on CUDA both norms run in one kernel each way
   // (quant::rms_norm_linear: on CUDA with bf16 products the norms write the GEMM's operand).
   // With a residual r: r.x + r.scale * that, the sum taken by the projection.
   Var<T, B> forward_prenormed(const Var<T, B>& x, double eps,
@@ -250,6 +252,12 @@ class MLP : public Module<T, B> {
     if (lfc && lproj && !lfc->bias().defined() && !lproj->bias().defined())
       return r ? rms_norm_mlp(x, lfc->weight(), lproj->weight(), eps, *r)
                : rms_norm_mlp(x, lfc->weight(), lproj->weight(), eps);
+    const auto* bfc = dynamic_cast<const BitLinear<T, B>*>(fc_.get());
+    const auto* bproj = dynamic_cast<const BitLinear<T, B>*>(proj_.get());
+    if (bfc && bproj && bfc->fuses_norm_and_int8() && bproj->fuses_norm_and_int8())
+      return quant::rms_norm_bitlinear_mlp(x, eps, bfc->norm()->gain(), bfc->quantized_weight(),
+                                           bfc->norm()->eps(), bproj->norm()->gain(),
+                                           bproj->quantized_weight(), bproj->norm()->eps(), r);
     Var<T, B> h;
     if (const auto* fc = dynamic_cast<const BitLinear<T, B>*>(fc_.get());
         fc && fc->fuses_norm_and_int8())

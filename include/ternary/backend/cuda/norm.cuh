@@ -144,6 +144,16 @@ struct RowVec {
 #pragma unroll
     for (int i = 0; i < V; ++i) v[i] = reinterpret_cast<const float4*>(row)[li + L * i];
   }
+  // The same columns of a bf16 row, widened: 8 bytes per float4.
+  __device__ void load(const __nv_bfloat16* __restrict__ row, int li) {
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const uint2 packed = reinterpret_cast<const uint2*>(row)[li + L * i];
+      const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&packed.x));
+      const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&packed.y));
+      v[i] = make_float4(lo.x, lo.y, hi.x, hi.y);
+    }
+  }
   __device__ void store(float* __restrict__ row, int li) const {
 #pragma unroll
     for (int i = 0; i < V; ++i) reinterpret_cast<float4*>(row)[li + L * i] = v[i];
@@ -265,9 +275,10 @@ struct RowGains {
   }
 };
 
-// A register row that is a lane's share of the row at r, or zeros past the last row.
-template <int V, int L>
-__device__ RowVec<V, L> load_row_or_zero(const float* __restrict__ base, int64_t r, bool valid,
+// A register row that is a lane's share of the row at r (float or bf16 rows), or zeros past
+// the last row.
+template <int V, int L, class E>
+__device__ RowVec<V, L> load_row_or_zero(const E* __restrict__ base, int64_t r, bool valid,
                                          int li) {
   RowVec<V, L> v;
   if (valid)
@@ -305,8 +316,10 @@ __device__ void int8_round_trip_row(RowVec<V, L>& v) {
 // in registers, bit for bit the two kernels one after the other. With Bf16Out the ys are
 // bf16 rows (linear()'s tensor-core operands, rms_norm_linear): the values rounded once. With
 // Relu2In the rows normalised are relu(x)^2 (the MLP's activation, in registers: the GPT's
-// BitLinear MLP projection reads the fc output itself).
-template <int V, int L, int K, bool Int8, bool Bf16Out = false, bool Relu2In = false>
+// BitLinear MLP projection reads the fc output itself). With Bf16In the x rows are bf16
+// (passed as a float pointer): quant::rms_norm_bitlinear_mlp's hidden activation.
+template <int V, int L, int K, bool Int8, bool Bf16Out = false, bool Relu2In = false,
+          bool Bf16In = false>
 __global__ void rms_norm_rows_forward_kernel(const float* __restrict__ x, RowPtrs<K> gains,
                                              RowOutPtrs<K> ys, float* __restrict__ rstd,
                                              float* __restrict__ rstd_pre, int64_t rows,
@@ -319,7 +332,11 @@ __global__ void rms_norm_rows_forward_kernel(const float* __restrict__ x, RowPtr
        base < rows; base += warps * RPW) {
     const int64_t r = base + sub;
     const bool valid = r < rows;
-    RowVec<V, L> xv = load_row_or_zero<V, L>(x, r, valid, li);
+    RowVec<V, L> xv;
+    if constexpr (Bf16In)
+      xv = load_row_or_zero<V, L>(reinterpret_cast<const __nv_bfloat16*>(x), r, valid, li);
+    else
+      xv = load_row_or_zero<V, L>(x, r, valid, li);
     if constexpr (Relu2In) xv.relu2();
     if (rstd_pre) {  // the same steps as the plain kernel's, so the same bits
       const float s1 = row_group_sum<L>(xv.dot(xv));
@@ -358,8 +375,9 @@ __global__ void rms_norm_rows_forward_kernel(const float* __restrict__ x, RowPtr
 // With rstd_pre (not null): the forward normalised h = x * rstd_pre first, so the above is
 // the gradient for h, and dx = rstd_pre dh - x rstd_pre^3 dot(dh, x) / D follows in registers;
 // the dgain sums use h. With Relu2In (the forward's) the same for a = relu(x)^2, and dx = da 2
-// relu(x) follows in registers.
-template <int V, int L, int K, bool Relu2In = false>
+// relu(x) follows in registers. With Bf16Rows x, the g_k and dx are bf16 rows (passed as float
+// pointers; no dx_addend): quant::rms_norm_bitlinear_mlp's hidden activation and its gradient.
+template <int V, int L, int K, bool Relu2In = false, bool Bf16Rows = false>
 __global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
                                               const float* __restrict__ rstd,
                                               const float* __restrict__ rstd_pre, RowPtrs<K> gains,
@@ -378,7 +396,11 @@ __global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
   for (int64_t base = (int64_t(blockIdx.x) * nw + warp) * RPW; base < rows; base += warps * RPW) {
     const int64_t r = base + sub;
     const bool valid = r < rows;
-    const RowVec<V, L> x_in = load_row_or_zero<V, L>(x, r, valid, li);
+    RowVec<V, L> x_in;
+    if constexpr (Bf16Rows)
+      x_in = load_row_or_zero<V, L>(reinterpret_cast<const __nv_bfloat16*>(x), r, valid, li);
+    else
+      x_in = load_row_or_zero<V, L>(x, r, valid, li);
     RowVec<V, L> xv = x_in, G;  // xv: the normalised input (h with rstd_pre, a, else x)
     if constexpr (Relu2In) xv.relu2();
     G.zero();
@@ -388,7 +410,11 @@ __global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       if (!gs.p[k]) continue;
-      const RowVec<V, L> gv = load_row_or_zero<V, L>(gs.p[k], r, valid, li);
+      RowVec<V, L> gv;
+      if constexpr (Bf16Rows)
+        gv = load_row_or_zero<V, L>(reinterpret_cast<const __nv_bfloat16*>(gs.p[k]), r, valid, li);
+      else
+        gv = load_row_or_zero<V, L>(gs.p[k], r, valid, li);
 #pragma unroll
       for (int i = 0; i < V; ++i)
 #pragma unroll
@@ -407,6 +433,10 @@ __global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
       xv = RowVec<V, L>::combine(s1, xv, c1, x_in);
     }
     if constexpr (Relu2In) xv.times_relu2_slope(x_in);  // xv held da
+    if constexpr (Bf16Rows) {
+      if (valid) xv.store_bf16(reinterpret_cast<__nv_bfloat16*>(dx) + r * D, li);
+      continue;
+    }
     if (dx_addend) {  // the gradient so far (may be dx itself: each lane reads, then writes)
       const RowVec<V, L> av = load_row_or_zero<V, L>(dx_addend, r, valid, li);
 #pragma unroll
@@ -492,11 +522,13 @@ inline int row_warps_blocks(int64_t rows) {
 // aligned; a null pointer stands for a missing gain, gradient or output); false otherwise.
 // bf16_out: ys hold __nv_bfloat16 rows (passed as float pointers).
 // relu2_in: the rows normalised are relu(x)^2 (int8 bf16 outputs without rstd_pre only).
+// bf16_in: x holds __nv_bfloat16 rows (with relu2_in only).
 template <int K>
 bool rows_forward(const float* x, RowPtrs<K> gains, RowOutPtrs<K> ys, float* rstd, int64_t rows,
                   int64_t D, double eps, bool int8, float* rstd_pre = nullptr,
-                  bool bf16_out = false, bool relu2_in = false) {
+                  bool bf16_out = false, bool relu2_in = false, bool bf16_in = false) {
   if (relu2_in && (!int8 || !bf16_out || rstd_pre)) return false;
+  if (bf16_in && !relu2_in) return false;
   bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0;
   for (int k = 0; k < K; ++k)
     aligned = aligned && reinterpret_cast<uintptr_t>(gains.p[k]) % 16 == 0 &&
@@ -504,7 +536,10 @@ bool rows_forward(const float* x, RowPtrs<K> gains, RowOutPtrs<K> ys, float* rst
   return aligned && with_row_vec(D, {}, [&](auto v, auto l) {
            constexpr int V = decltype(v)::value, L = decltype(l)::value;
            const int blocks = row_warps_blocks((rows + 32 / L - 1) / (32 / L));
-           if (relu2_in)
+           if (bf16_in)
+             rms_norm_rows_forward_kernel<V, L, K, true, true, true, true>
+                 <<<blocks, 256, 0, cuda::stream()>>>(x, gains, ys, rstd, rstd_pre, rows, eps);
+           else if (relu2_in)
              rms_norm_rows_forward_kernel<V, L, K, true, true, true>
                  <<<blocks, 256, 0, cuda::stream()>>>(x, gains, ys, rstd, rstd_pre, rows, eps);
            else if (int8 && bf16_out)
@@ -523,12 +558,14 @@ bool rows_forward(const float* x, RowPtrs<K> gains, RowOutPtrs<K> ys, float* rst
          });
 }
 // partial (if not null): K * blocks rows of D floats, dgain_k's share per block.
+// bf16_rows: x, gs and dx hold __nv_bfloat16 rows (with relu2_in, no dx_addend only).
 template <int K>
 bool rows_backward(int blocks, const float* x, const float* rstd, RowPtrs<K> gains, RowPtrs<K> gs,
                    float* dx, float* partial, int64_t rows, int64_t D,
                    const float* dx_addend = nullptr, const float* rstd_pre = nullptr,
-                   bool relu2_in = false) {
+                   bool relu2_in = false, bool bf16_rows = false) {
   if (relu2_in && rstd_pre) return false;
+  if (bf16_rows && (!relu2_in || dx_addend)) return false;
   bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
                  reinterpret_cast<uintptr_t>(dx) % 16 == 0 &&
                  reinterpret_cast<uintptr_t>(dx_addend) % 16 == 0 &&
@@ -541,7 +578,11 @@ bool rows_backward(int blocks, const float* x, const float* rstd, RowPtrs<K> gai
                      constexpr int V = decltype(v)::value, L = decltype(l)::value;
                      constexpr size_t bytes = rows_backward_shared_bytes<V, L, K>();
                      if constexpr (bytes <= 48 * 1024) {
-                       if (relu2_in)
+                       if (bf16_rows)
+                         rms_norm_rows_backward_kernel<V, L, K, true, true>
+                             <<<blocks, 256, partial ? bytes : 0, cuda::stream()>>>(
+                                 x, rstd, rstd_pre, gains, gs, dx, dx_addend, partial, rows);
+                       else if (relu2_in)
                          rms_norm_rows_backward_kernel<V, L, K, true>
                              <<<blocks, 256, partial ? bytes : 0, cuda::stream()>>>(
                                  x, rstd, rstd_pre, gains, gs, dx, dx_addend, partial, rows);
@@ -798,6 +839,50 @@ void rms_norm_shared_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cu
       else
         Tensor<T, cuda>(dgains[k]).fill(T(0));
     }
+}
+
+// The BitLinear MLP projection over a hidden activation h born in bf16
+// (quant::rms_norm_bitlinear_mlp): y = bf16(int8(rms_norm(relu(h)^2, gain))) with h, y
+// [rows, D] bf16 and rstd [rows]; its backward dh = bf16(that norm's backward of g through
+// relu2's slope) with g, dh bf16, and dgain (if defined). Rows of 64-1024 values only: false
+// (nothing written) otherwise.
+template <class T>
+bool rms_norm_relu2_bf16_forward(cuda, const Tensor<ternary::bf16, cuda>& h,
+                                 const Tensor<T, cuda>& gain, const Tensor<ternary::bf16, cuda>& y,
+                                 const Tensor<T, cuda>& rstd, double eps) {
+  static_assert(std::is_same_v<T, float>, "rms_norm_relu2_bf16_forward(cuda): float only");
+  using namespace cuda_detail;
+  const int64_t rows = h.size(0), D = h.size(1);
+  if (rows == 0) return true;
+  return rows_forward<1>(reinterpret_cast<const float*>(h.data()), {{gain.data()}},
+                         {{reinterpret_cast<float*>(y.data())}}, rstd.data(), rows, D, eps,
+                         /*int8=*/true, nullptr, /*bf16_out=*/true, /*relu2_in=*/true,
+                         /*bf16_in=*/true);
+}
+template <class T>
+bool rms_norm_relu2_bf16_backward(cuda, const Tensor<ternary::bf16, cuda>& h,
+                                  const Tensor<T, cuda>& rstd, const Tensor<T, cuda>& gain,
+                                  const Tensor<ternary::bf16, cuda>& g,
+                                  const Tensor<ternary::bf16, cuda>& dh,
+                                  const Tensor<T, cuda>& dgain) {
+  static_assert(std::is_same_v<T, float>, "rms_norm_relu2_bf16_backward(cuda): float only");
+  using namespace cuda_detail;
+  const int64_t rows = h.size(0), D = h.size(1);
+  if (rows == 0) {
+    if (dgain.defined()) Tensor<T, cuda>(dgain).fill(T(0));
+    return true;
+  }
+  const int blocks =
+      int(std::min<int64_t>((rows + 7) / 8, launch_for(int64_t(1) << 40).blocks / 4));
+  auto partial = Tensor<T, cuda>::empty(Shape{dgain.defined() ? blocks : 0, D});
+  if (!rows_backward<1>(blocks, reinterpret_cast<const float*>(h.data()), rstd.data(),
+                        {{gain.data()}}, {{reinterpret_cast<const float*>(g.data())}},
+                        reinterpret_cast<float*>(dh.data()),
+                        dgain.defined() ? partial.data() : nullptr, rows, D, nullptr, nullptr,
+                        /*relu2_in=*/true, /*bf16_rows=*/true))
+    return false;
+  if (dgain.defined()) sum_columns(partial.data(), dgain.data(), int64_t(blocks), D);
+  return true;
 }
 
 }  // namespace ternary::backend
