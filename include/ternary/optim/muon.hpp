@@ -149,32 +149,34 @@ class Muon : public GroupedOptimizer<MuonOptions, T, B> {
     if (pending_.empty()) return;
     const bool sharded = world_ > 1;
     // The updates O land in `flat` (one buffer for the ranks' sum) or are applied directly.
+    // (the index vectors are members: their capacity is kept, so a step allocates nothing)
     int64_t total = 0;
-    std::vector<int64_t> offsets;
+    offsets_.clear();
     for (const auto& m : pending_) {
-      offsets.push_back(total);
+      offsets_.push_back(total);
       total += m.eff.numel();
     }
     TensorT flat = sharded ? TensorT::zeros(Shape{total}) : TensorT();
     auto emit = [&](size_t k, const TensorT& O) {
       Pending& m = pending_[k];
       if (sharded)
-        flat.narrow(0, offsets[k], m.eff.numel()).view(m.eff.shape()).assign(O);
+        flat.narrow(0, offsets_[k], m.eff.numel()).view(m.eff.shape()).assign(O);
       else
         m.p.assign(m.p * m.decay - O * m.step);
     };
     // This rank's matrices, grouped by shape and step count: one stacked Newton-Schulz each.
-    std::vector<bool> done(pending_.size(), false);
+    done_.assign(pending_.size(), 0);
     for (size_t k = 0; k < pending_.size(); ++k) {
-      if (done[k] || (sharded && int(pending_[k].index % size_t(world_)) != rank_)) continue;
+      if (done_[k] || (sharded && int(pending_[k].index % size_t(world_)) != rank_)) continue;
       const int steps = this->options_of(pending_[k].index).ns_steps;
-      std::vector<size_t> group;
+      std::vector<size_t>& group = group_;
+      group.clear();
       for (size_t j = k; j < pending_.size(); ++j)
-        if (!done[j] && pending_[j].eff.shape() == pending_[k].eff.shape() &&
+        if (!done_[j] && pending_[j].eff.shape() == pending_[k].eff.shape() &&
             this->options_of(pending_[j].index).ns_steps == steps &&
             (!sharded || int(pending_[j].index % size_t(world_)) == rank_)) {
           group.push_back(j);
-          done[j] = true;
+          done_[j] = 1;
         }
       if (group.size() == 1) {
         emit(k, newton_schulz5(pending_[k].eff, steps));
@@ -191,7 +193,7 @@ class Muon : public GroupedOptimizer<MuonOptions, T, B> {
       sum_over_ranks_(flat.data(), size_t(total));
       for (size_t k = 0; k < pending_.size(); ++k) {
         Pending& m = pending_[k];
-        const TensorT O = flat.narrow(0, offsets[k], m.eff.numel()).view(m.eff.shape());
+        const TensorT O = flat.narrow(0, offsets_[k], m.eff.numel()).view(m.eff.shape());
         m.p.assign(m.p * m.decay - O * m.step);
       }
     }
@@ -207,6 +209,9 @@ class Muon : public GroupedOptimizer<MuonOptions, T, B> {
   int rank_ = 0, world_ = 1;
   std::function<void(T*, size_t)> sum_over_ranks_;
   std::vector<Pending> pending_;
+  std::vector<int64_t> offsets_;  // finish_step's scratch (kept for its capacity)
+  std::vector<char> done_;
+  std::vector<size_t> group_;
 };
 
 }  // namespace ternary::optim
