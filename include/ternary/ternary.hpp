@@ -18,5 +18,6 @@
 #include "ternary/ops/reduce.hpp"
 #include "ternary/ops/residual_linear.hpp"
 #include "ternary/ops/rope.hpp"
+#include "ternary/ops/rope_attention.hpp"
 #include "ternary/ops/softmax.hpp"
 #include "ternary/ops/view.hpp"

@@ -24,6 +24,7 @@
 #include "ternary/ops/norm_mlp.hpp"
 #include "ternary/ops/reduce.hpp"
 #include "ternary/ops/rope.hpp"
+#include "ternary/ops/rope_attention.hpp"
 #include "ternary/ops/view.hpp"
 #include "ternary/optim/clip.hpp"
 #include "ternary/optim/muon.hpp"
@@ -956,6 +957,57 @@ TEST_CASE("cuda rms_norm_bitlinear_mlp (bf16 hidden activation) against the CPU'
       CHECK(rel_err(dres.grad(), cres.grad()) < tol);
       CHECK(rel_err(db.grad(), cb.grad()) < tol);
     }
+  }
+}
+
+// rope_attention on the tensor cores (ops/rope_attention.hpp: one node, head_norm_rope writing
+// the attention's bf16 operands) against the same composition on the GPU (head_norm_rope twice,
+// then causal_attention: the same roundings, so the same values and gradients bit for bit) and
+// against the CPU's fp32 composition (the tensor-core attention's tolerances). Heads of 64 and
+// 128 take the node, 32 composes; q, k, v are views of token-major projections, as the GPT's.
+TEST_CASE("cuda rope_attention (norm kernels writing the attention's operands)") {
+  const Bf16On on;
+  Rng rng(40);
+  for (auto [B, Hq, Hkv, T, Dh] : std::vector<std::array<int64_t, 5>>{
+           {2, 4, 2, 130, 64}, {1, 2, 1, 70, 128}, {1, 2, 2, 33, 32}}) {
+    INFO("B " << B << " Hq " << Hq << " Hkv " << Hkv << " T " << T << " Dh " << Dh);
+    auto hq = Tensor<float>::randn({B, T, Hq, Dh}, rng),
+         hk = Tensor<float>::randn({B, T, Hkv, Dh}, rng);
+    auto hv = Tensor<float>::randn({B, T, Hkv, Dh}, rng),
+         hg = Tensor<float>::randn({Hq}, rng, 1, 0.3);
+    auto hw = Tensor<float>::randn({B, Hq, T, Dh}, rng);
+    auto heads = [](auto x) { return permute(x, {0, 2, 1, 3}); };
+    // CPU, fp32 composition
+    auto cq = VarH::parameter(hq.clone()), ck = VarH::parameter(hk.clone());
+    auto cv = VarH::parameter(hv.clone()), cg = VarH::parameter(hg.clone());
+    auto cy = causal_attention(head_norm_rope(heads(cq), cg), head_norm_rope(heads(ck)), heads(cv));
+    functional(cy, hw).backward();
+    // GPU: the composition, then the op
+    std::array<VarD, 2> dq, dk, dv, dg;
+    std::array<Tensor<float, cuda>, 2> y;
+    for (int form = 0; form < 2; ++form) {
+      dq[form] = VarD::parameter(to_device(hq));
+      dk[form] = VarD::parameter(to_device(hk));
+      dv[form] = VarD::parameter(to_device(hv));
+      dg[form] = VarD::parameter(to_device(hg));
+      VarD out = form == 0 ? causal_attention(head_norm_rope(heads(dq[0]), dg[0]),
+                                              head_norm_rope(heads(dk[0])), heads(dv[0]))
+                           : rope_attention(heads(dq[1]), dg[1], heads(dk[1]), heads(dv[1]));
+      if (form == 1)
+        CHECK((std::string(Tape::current().entries().back().op) == "rope_attention") == (Dh != 32));
+      y[form] = out.value();
+      functional(out, hw).backward();
+    }
+    CHECK(rel_err(y[1], to_host(y[0])) == 0);
+    CHECK(rel_err(dq[1].grad(), to_host(dq[0].grad())) == 0);
+    CHECK(rel_err(dk[1].grad(), to_host(dk[0].grad())) == 0);
+    CHECK(rel_err(dv[1].grad(), to_host(dv[0].grad())) == 0);
+    CHECK(rel_err(dg[1].grad(), to_host(dg[0].grad())) == 0);
+    CHECK(rel_err(y[1], cy.value()) < 1.5e-2);
+    CHECK(rel_err(dq[1].grad(), cq.grad()) < 3e-2);
+    CHECK(rel_err(dk[1].grad(), ck.grad()) < 3e-2);
+    CHECK(rel_err(dv[1].grad(), cv.grad()) < 3e-2);
+    CHECK(rel_err(dg[1].grad(), cg.grad()) < 3e-2);
   }
 }
 

@@ -39,6 +39,7 @@
 #include "ternary/ops/norm_mlp.hpp"
 #include "ternary/ops/residual_linear.hpp"
 #include "ternary/ops/rope.hpp"
+#include "ternary/ops/rope_attention.hpp"
 #include "ternary/ops/view.hpp"
 #include "ternary/quant/bitlinear_mlp.hpp"
 #include "ternary/quant/norm_linear.hpp"
@@ -160,10 +161,10 @@ class CausalSelfAttention : public Module<T, B> {
     VarT q = heads(q_proj, c_.n_heads);
     VarT k = heads(k_proj, c_.n_kv_heads);
     VarT v = heads(v_proj, c_.n_kv_heads);
-    // q = rope(rms_norm(q)) * q_gain (per head), k = rope(rms_norm(k)): one op each.
-    q = head_norm_rope(q, q_gain_, c_.norm_eps, c_.rope_base);
-    k = head_norm_rope(k, c_.norm_eps, c_.rope_base);
-    VarT y = causal_attention(q, k, v);  // [B, H, T, Dh]
+    // attention(rope(rms_norm(q)) * q_gain (per head), rope(rms_norm(k)), v): on CUDA's tensor
+    // cores one node whose q and k go from the norm kernels straight to the attention's bf16
+    // operands (ops/rope_attention.hpp)
+    VarT y = rope_attention(q, q_gain_, k, v, c_.norm_eps, c_.rope_base);  // [B, H, T, Dh]
     y = reshape(permute(y, {0, 2, 1, 3}), {Bn, Tn, c_.dim});
     return project(*proj_, y, false, r);
   }

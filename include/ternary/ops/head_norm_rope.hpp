@@ -78,6 +78,33 @@ Tensor<T, B> head_norm_rope_forward(const Tensor<T, B>& x_rows, const Tensor<T, 
   return y;
 }
 
+// The backward for output gradient g_in: dx added into x's gradient, dgain into w's (w
+// undefined: no gain); x_rows, gain_c and table are the forward's.
+template <class T, class B, class Table>
+void head_norm_rope_backward_var(const Var<T, B>& x, const Var<T, B>& w, const Tensor<T, B>& x_rows,
+                                 const Tensor<T, B>& gain_c, const Table& table, double eps,
+                                 const Tensor<T, B>& g_in) {
+  const bool want_dx = x.requires_grad(), want_dw = w.defined() && w.requires_grad();
+  if (x_rows.numel() == 0) {
+    if (want_dx) x.accumulate_grad(Tensor<T, B>::zeros(x.shape()));
+    if (want_dw) w.accumulate_grad(Tensor<T, B>::zeros(w.shape()));
+    return;
+  }
+  const auto g = with_unit_rows(g_in);
+  auto dx = want_dx ? empty_heads_like(x_rows) : Tensor<T, B>();
+  // One dot product per row, in (b, h, t) order, summed per head below.
+  auto row_dot =
+      want_dw ? Tensor<T, B>::empty(Shape{x.size(0), x.size(1), x.size(2)}) : Tensor<T, B>();
+  backend::head_norm_rope_backward(
+      B{}, x_rows.data(), head_rows_of(x_rows),
+      gain_c.defined() ? gain_c.data() : static_cast<const T*>(nullptr), g.data(), head_rows_of(g),
+      want_dx ? dx.data() : nullptr, want_dx ? head_rows_of(dx) : backend::HeadRows{},
+      want_dw ? row_dot.data() : nullptr, *table, eps);
+  if (want_dx) x.accumulate_grad(dx);
+  // sum_to, not sum(row_dot, {0, 2}): no heap allocation per step (tests/test_alloc.cpp)
+  if (want_dw) w.accumulate_grad(sum_to(row_dot, Shape{w.size(0), 1}).reshape(w.shape()));
+}
+
 template <class T, class B>
 Var<T, B> head_norm_rope_var(const Var<T, B>& x, const Var<T, B>* gain, double eps, double base) {
   check_head_norm_rope(x.value(), gain ? &gain->value() : nullptr, eps, base);
@@ -87,26 +114,7 @@ Var<T, B> head_norm_rope_var(const Var<T, B>& x, const Var<T, B>* gain, double e
   auto y = head_norm_rope_forward(x_rows, gain ? &gain_c : nullptr, *table, eps);
   const Var<T, B> w = gain ? *gain : Var<T, B>();
   auto backward = [x, w, x_rows, gain_c, table, eps](const Tensor<T, B>& g_in) {
-    const bool want_dx = x.requires_grad(), want_dw = w.defined() && w.requires_grad();
-    if (x_rows.numel() == 0) {
-      if (want_dx) x.accumulate_grad(Tensor<T, B>::zeros(x.shape()));
-      if (want_dw) w.accumulate_grad(Tensor<T, B>::zeros(w.shape()));
-      return;
-    }
-    const auto g = with_unit_rows(g_in);
-    auto dx = want_dx ? empty_heads_like(x_rows) : Tensor<T, B>();
-    // One dot product per row, in (b, h, t) order, summed per head below.
-    auto row_dot =
-        want_dw ? Tensor<T, B>::empty(Shape{x.size(0), x.size(1), x.size(2)}) : Tensor<T, B>();
-    backend::head_norm_rope_backward(
-        B{}, x_rows.data(), head_rows_of(x_rows),
-        gain_c.defined() ? gain_c.data() : static_cast<const T*>(nullptr), g.data(),
-        head_rows_of(g), want_dx ? dx.data() : nullptr,
-        want_dx ? head_rows_of(dx) : backend::HeadRows{}, want_dw ? row_dot.data() : nullptr,
-        *table, eps);
-    if (want_dx) x.accumulate_grad(dx);
-    // sum_to, not sum(row_dot, {0, 2}): no heap allocation per step (tests/test_alloc.cpp)
-    if (want_dw) w.accumulate_grad(sum_to(row_dot, Shape{w.size(0), 1}).reshape(w.shape()));
+    head_norm_rope_backward_var(x, w, x_rows, gain_c, table, eps, g_in);
   };
   if (gain) return Var<T, B>::record("head_norm_rope", y, {x, *gain}, backward);
   return Var<T, B>::record("head_norm_rope", y, {x}, backward);

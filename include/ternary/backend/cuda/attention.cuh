@@ -417,7 +417,10 @@ void causal_attention_forward(cuda, const Tensor<T, cuda>& q_in, const Tensor<T,
   with_head_dim(D, "causal_attention_forward", [&](auto dm) {
     constexpr int DM = decltype(dm)::value;
     if (attention_on_tensor_cores()) {
-      flash_attention_forward<DM>(q, k, v, scale, out, lse, saved_bf16);
+      const FlashPacked layout{B, Hq, Hkv, T_len, D, DM};
+      const auto packed = flash_pack_qkv<DM>(layout, q, k, v);
+      if (saved_bf16) *saved_bf16 = packed;  // kept for the backward: no second packing
+      flash_attention_forward<DM>(layout, packed, scale, out, lse);
       return;
     }
     // The fp32 kernels write a contiguous output.
@@ -459,8 +462,13 @@ void causal_attention_backward(cuda, const Tensor<T, cuda>& q_in, const Tensor<T
   const auto dout = unit_inner(dout_in), out = unit_inner(out_in);
   if (attention_on_tensor_cores()) {
     with_head_dim(D, "causal_attention_backward", [&](auto dm) {
-      flash_attention_backward<decltype(dm)::value>(q, k, v, out, lse, dout, scale, dq, dk, dv,
-                                                    saved_bf16);
+      constexpr int DM = decltype(dm)::value;
+      const FlashPacked layout{B, Hq, Hkv, T_len, D, DM};
+      // the forward's packed operands when they were kept for these shapes, else packed now
+      const bool reuse =
+          saved_bf16 && saved_bf16->defined() && saved_bf16->numel() == layout.total();
+      const auto packed = reuse ? *saved_bf16 : flash_pack_qkv<DM>(layout, q, k, v);
+      flash_attention_backward<DM>(layout, packed, out, lse, dout, scale, dq, dk, dv);
     });
     return;
   }
@@ -496,6 +504,61 @@ void causal_attention_backward(cuda, const Tensor<T, cuda>& q_in, const Tensor<T
   if (dq_c.data() != dq.data()) dq.assign(dq_c);
   if (dk_c.data() != dk.data()) dk.assign(dk_c);
   if (dv_c.data() != dv.data()) dv.assign(dv_c);
+}
+
+// The tensor-core attention with q and k already in its packed operand buffer (written there by
+// their producer: ops/rope_attention.hpp's head_norm_rope_forward_bf16). The buffer's layout:
+// q as contiguous bf16 [B, Hq, T, Dh], then k as [B, Hkv, T, Dh], then v (packed here), for
+// head sizes that need no padding (16, 32, 64, 128). attention_packed_buffer makes it (undefined
+// where this path does not run: the caller composes the separate ops); the forward packs v and
+// runs the kernel, the backward reads the same buffer.
+inline Tensor<bf16, cuda> attention_packed_buffer(cuda, int64_t B, int64_t Hq, int64_t Hkv,
+                                                  int64_t T_len, int64_t D) {
+  if (!cuda_detail::attention_on_tensor_cores() || !(D == 16 || D == 32 || D == 64 || D == 128) ||
+      B * Hq * T_len == 0 || Hkv == 0 || Hq % Hkv != 0)
+    return Tensor<bf16, cuda>();
+  const cuda_detail::FlashPacked layout{int(B), int(Hq), int(Hkv), int(T_len), int(D), int(D)};
+  return Tensor<bf16, cuda>::empty({layout.total()});
+}
+template <class T>
+void causal_attention_forward_prepacked(cuda, const Tensor<bf16, cuda>& packed,
+                                        const Tensor<T, cuda>& v_in, int64_t Hq, T scale,
+                                        Tensor<T, cuda>& out, Tensor<T, cuda>& lse) {
+  using namespace cuda_detail;
+  const int B = int(v_in.size(0)), Hkv = int(v_in.size(1)), T_len = int(v_in.size(2)),
+            D = int(v_in.size(3));
+  const FlashPacked layout{B, int(Hq), Hkv, T_len, D, D};
+  if (packed.numel() != layout.total() || !has_unit_inner(out) || !lse.is_contiguous())
+    throw ShapeError(detail::cat("causal_attention_forward_prepacked(cuda): a buffer of ",
+                                 packed.numel(), " values for v ", v_in.shape(), " and ", Hq,
+                                 " query heads, out ", out.shape()));
+  const auto v = unit_inner(v_in);
+  with_head_dim(D, "causal_attention_forward_prepacked", [&](auto dm) {
+    constexpr int DM = decltype(dm)::value;
+    flash_pack<DM>(
+        v, reinterpret_cast<__nv_bfloat16*>(packed.data()) + layout.q_elems + layout.kv_elems);
+    flash_attention_forward<DM>(layout, packed, scale, out, &lse);
+  });
+}
+template <class T>
+void causal_attention_backward_prepacked(cuda, const Tensor<bf16, cuda>& packed,
+                                         const Tensor<T, cuda>& out_in, const Tensor<T, cuda>& lse,
+                                         const Tensor<T, cuda>& dout_in, T scale,
+                                         Tensor<T, cuda>& dq, Tensor<T, cuda>& dk,
+                                         Tensor<T, cuda>& dv) {
+  using namespace cuda_detail;
+  const int B = int(dq.size(0)), Hq = int(dq.size(1)), T_len = int(dq.size(2)), D = int(dq.size(3)),
+            Hkv = int(dk.size(1));
+  if (!lse.is_contiguous() || !has_unit_inner(dq) || !has_unit_inner(dk) || !has_unit_inner(dv) ||
+      !(dout_in.shape() == dq.shape()) || !(out_in.shape() == dq.shape()))
+    throw ShapeError(detail::cat("causal_attention_backward_prepacked(cuda): out ", out_in.shape(),
+                                 ", dout ", dout_in.shape(), ", dq ", dq.shape()));
+  const auto dout = unit_inner(dout_in), out = unit_inner(out_in);
+  with_head_dim(D, "causal_attention_backward_prepacked", [&](auto dm) {
+    constexpr int DM = decltype(dm)::value;
+    flash_attention_backward<DM>(FlashPacked{B, Hq, Hkv, T_len, D, DM}, packed, out, lse, dout,
+                                 scale, dq, dk, dv);
+  });
 }
 
 }  // namespace ternary::backend

@@ -625,66 +625,67 @@ inline HeadStrides flash_strides(const Tensor<float, cuda>& x) {
 
 // The packed q, k, v of one call, one buffer: q [B, Hq, T, DM], then k and v [B, Hkv, T, DM].
 struct FlashPacked {
+  int B, Hq, Hkv, T, D;
   int64_t q_elems, kv_elems;
-  FlashPacked(int64_t B, int64_t Hq, int64_t Hkv, int64_t T, int64_t DM)
-      : q_elems(B * Hq * T * DM), kv_elems(B * Hkv * T * DM) {}
+  FlashPacked(int B_, int Hq_, int Hkv_, int T_, int D_, int DM)
+      : B(B_),
+        Hq(Hq_),
+        Hkv(Hkv_),
+        T(T_),
+        D(D_),
+        q_elems(int64_t(B_) * Hq_ * T_ * DM),
+        kv_elems(int64_t(B_) * Hkv_ * T_ * DM) {}
   int64_t total() const { return q_elems + 2 * kv_elems; }
 };
 
-// out (and lse) from q, k, v; all [B, H, T, D] with a unit-stride head axis (any other layout).
-// With `saved`, the packed operands are kept there for the backward (memory: 2 bytes per
-// element of q, k and v, padded to DM).
+// q, k, v (unit-stride head axes, any other layout) packed into one new buffer.
 template <int DM>
-void flash_attention_forward(const Tensor<float, cuda>& q, const Tensor<float, cuda>& k,
-                             const Tensor<float, cuda>& v, float scale, Tensor<float, cuda>& out,
-                             Tensor<float, cuda>* lse, Tensor<ternary::bf16, cuda>* saved) {
-  using C = FlashFwdCfg<DM>;
-  const int B = int(q.size(0)), Hq = int(q.size(1)), T = int(q.size(2)), D = int(q.size(3)),
-            Hkv = int(k.size(1));
-  const FlashPacked layout(B, Hq, Hkv, T, DM);
+Tensor<ternary::bf16, cuda> flash_pack_qkv(const FlashPacked& layout, const Tensor<float, cuda>& q,
+                                           const Tensor<float, cuda>& k,
+                                           const Tensor<float, cuda>& v) {
   Tensor<ternary::bf16, cuda> packed = Tensor<ternary::bf16, cuda>::empty({layout.total()});
   bf16* qp = reinterpret_cast<bf16*>(packed.data());
-  bf16* kp = qp + layout.q_elems;
-  bf16* vp = kp + layout.kv_elems;
   flash_pack<DM>(q, qp);
-  flash_pack<DM>(k, kp);
-  flash_pack<DM>(v, vp);
-  if (saved) *saved = packed;
+  flash_pack<DM>(k, qp + layout.q_elems);
+  flash_pack<DM>(v, qp + layout.q_elems + layout.kv_elems);
+  return packed;
+}
+
+// out (and lse) from the packed q, k, v; out through its strides (unit-stride head axis).
+template <int DM>
+void flash_attention_forward(const FlashPacked& layout, const Tensor<ternary::bf16, cuda>& packed,
+                             float scale, Tensor<float, cuda>& out, Tensor<float, cuda>* lse) {
+  using C = FlashFwdCfg<DM>;
+  const bf16* qp = reinterpret_cast<const bf16*>(packed.data());
+  const bf16* kp = qp + layout.q_elems;
+  const bf16* vp = kp + layout.kv_elems;
   static const bool smem_ok =
       (allow_dynamic_smem(flash_forward_kernel<DM>, FlashSmem<DM>::forward), true);
   (void)smem_ok;
-  const int64_t tiles = (T + C::ROWS - 1) / C::ROWS;
+  const int64_t tiles = (layout.T + C::ROWS - 1) / C::ROWS;
   flash_forward_kernel<DM>
-      <<<unsigned(tiles * Hq * B), C::THREADS, FlashSmem<DM>::forward, cuda::stream()>>>(
-          qp, kp, vp, out.data(), flash_strides(out), lse ? lse->data() : nullptr, T, D, Hq,
-          Hq / Hkv, scale);
+      <<<unsigned(tiles * layout.Hq * layout.B), C::THREADS, FlashSmem<DM>::forward,
+         cuda::stream()>>>(qp, kp, vp, out.data(), flash_strides(out), lse ? lse->data() : nullptr,
+                           layout.T, layout.D, layout.Hq, layout.Hq / layout.Hkv, scale);
   TERNARY_CUDA_CHECK_LAUNCH("flash_forward_kernel");
 }
 
-// dq, dk, dv from q, k, v, out, lse and dout (unit-stride head axes, any other layout). With
-// the forward's packed operands in `saved` (defined and sized for these shapes) q, k and v are
-// not packed again.
+// dq, dk, dv from the packed q, k, v (the forward's), out, lse and dout (unit-stride head axes,
+// any other layout).
 template <int DM>
-void flash_attention_backward(const Tensor<float, cuda>& q, const Tensor<float, cuda>& k,
-                              const Tensor<float, cuda>& v, const Tensor<float, cuda>& out,
-                              const Tensor<float, cuda>& lse, const Tensor<float, cuda>& dout,
-                              float scale, Tensor<float, cuda>& dq, Tensor<float, cuda>& dk,
-                              Tensor<float, cuda>& dv, const Tensor<ternary::bf16, cuda>* saved) {
+void flash_attention_backward(const FlashPacked& layout, const Tensor<ternary::bf16, cuda>& packed,
+                              const Tensor<float, cuda>& out, const Tensor<float, cuda>& lse,
+                              const Tensor<float, cuda>& dout, float scale, Tensor<float, cuda>& dq,
+                              Tensor<float, cuda>& dk, Tensor<float, cuda>& dv) {
   using C = FlashCfg<DM>;
-  const int B = int(q.size(0)), Hq = int(q.size(1)), T = int(q.size(2)), D = int(q.size(3)),
-            Hkv = int(k.size(1));
-  const FlashPacked layout(B, Hq, Hkv, T, DM);
-  const bool reuse = saved && saved->defined() && saved->numel() == layout.total();
-  Tensor<ternary::bf16, cuda> packed =
-      reuse ? *saved : Tensor<ternary::bf16, cuda>::empty({layout.total()});
-  bf16* qb = reinterpret_cast<bf16*>(packed.data());  // written only when not reused
-  bf16* kb = qb + layout.q_elems;
-  bf16* vb = kb + layout.kv_elems;
-  if (!reuse) {
-    flash_pack<DM>(q, qb);
-    flash_pack<DM>(k, kb);
-    flash_pack<DM>(v, vb);
-  }
+  const int B = layout.B, Hq = layout.Hq, Hkv = layout.Hkv, T = layout.T, D = layout.D;
+  if (packed.numel() != layout.total())
+    throw ShapeError(detail::cat("causal_attention_backward(cuda): the packed operands hold ",
+                                 packed.numel(), " values, not the ", layout.total(),
+                                 " of these shapes"));
+  const bf16* qb = reinterpret_cast<const bf16*>(packed.data());
+  const bf16* kb = qb + layout.q_elems;
+  const bf16* vb = kb + layout.kv_elems;
   Scratch dop(size_t(layout.q_elems) * sizeof(bf16));
   Scratch di(size_t(B) * Hq * T * sizeof(float));
   flash_pack<DM>(dout, static_cast<bf16*>(dop.p), &out, static_cast<float*>(di.p));

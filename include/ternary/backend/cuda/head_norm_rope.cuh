@@ -12,6 +12,9 @@
 #error "ternary/backend/cuda/*.cuh holds CUDA kernels: compile with nvcc (-DTERNARY_CUDA=ON)"
 #endif
 
+#include <cuda_bf16.h>
+
+#include <cstdint>
 #include <initializer_list>
 #include <type_traits>
 #include <utility>
@@ -162,6 +165,14 @@ __device__ inline float4 ld4(const float* p) {
 __device__ inline void st4(float* p, float4 v) {
   *reinterpret_cast<float4*>(p) = v;
 }
+// Four values rounded to bf16 (nearest even) as one 8-byte store.
+__device__ inline void st4(__nv_bfloat16* p, float4 v) {
+  const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+  uint2 packed;
+  packed.x = *reinterpret_cast<const uint32_t*>(&lo);
+  packed.y = *reinterpret_cast<const uint32_t*>(&hi);
+  *reinterpret_cast<uint2*>(p) = packed;
+}
 __device__ inline float dot4(float4 a, float4 b) {
   return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
 }
@@ -185,10 +196,12 @@ struct HeadLane {
   }
 };
 
-template <int L>
+// Out: float, or __nv_bfloat16 (the values rounded once: the tensor-core attention's packed
+// operands, ops/rope_attention.hpp).
+template <int L, class Out = float>
 __global__ void head_norm_rope_forward_vec_kernel(const float* __restrict__ x, HeadRows xl,
                                                   const float* __restrict__ gain,
-                                                  float* __restrict__ y, HeadRows yl, HeadGrid hg,
+                                                  Out* __restrict__ y, HeadRows yl, HeadGrid hg,
                                                   const float* __restrict__ cos_t,
                                                   const float* __restrict__ sin_t, float eps) {
   const HeadLane<L> at(hg);
@@ -202,7 +215,7 @@ __global__ void head_norm_rope_forward_vec_kernel(const float* __restrict__ x, H
   const float rstd = 1.f / ::sqrtf(ss / float(2 * half) + eps);
   const float k = gain ? gain[h] * rstd : rstd;
   const float4 cs = ld4(cos_t + int64_t(t) * half + col), sn = ld4(sin_t + int64_t(t) * half + col);
-  float* yr = y + at.offset(yl);
+  Out* yr = y + at.offset(yl);
   // y1 = u cos + v sin, y2 = v cos - u sin with (u, v) = k (x1, x2)
   st4(yr + col, make_float4(k * (a.x * cs.x + c.x * sn.x), k * (a.y * cs.y + c.y * sn.y),
                             k * (a.z * cs.z + c.z * sn.z), k * (a.w * cs.w + c.w * sn.w)));
@@ -327,6 +340,29 @@ void head_norm_rope_forward(cuda, const T* x, const HeadRows& xl, const T* gain,
                                                                 dev.sin.data(), T(eps));
   });
   TERNARY_CUDA_CHECK_LAUNCH("head_norm_rope_forward_kernel");
+}
+
+// The forward with y rounded to bf16 (y rows through yl's strides, in bf16 elements): the
+// vector kernels only (float x, Dh 64, 128 or 256, 16-byte aligned rows); false (nothing
+// written) otherwise.
+template <class T>
+bool head_norm_rope_forward_bf16(cuda, const T* x, const HeadRows& xl, const T* gain,
+                                 ternary::bf16* y, const HeadRows& yl, const RopeTable<T>& table,
+                                 double eps) {
+  using namespace cuda_detail;
+  check_head_rope_table(xl, table, "head_norm_rope_forward_bf16(cuda)");
+  if (xl.rows() == 0) return true;
+  if (reinterpret_cast<uintptr_t>(y) % 16 != 0 || yl.sb % 8 || yl.sh % 8 || yl.st % 8) return false;
+  const auto dev = device_rope_table(table);
+  const HeadGrid hg{int(xl.heads), int(xl.seq), int(xl.dh / 2)};
+  return with_head_lanes<T>(xl, {{x, xl}}, [&](auto l) {
+    constexpr int L = decltype(l)::value;
+    head_norm_rope_forward_vec_kernel<L, __nv_bfloat16>
+        <<<head_grid(xl, L), 32 * kHeadRowsPerBlock, 0, cuda::stream()>>>(
+            x, xl, gain, reinterpret_cast<__nv_bfloat16*>(y), yl, hg, dev.cos.data(),
+            dev.sin.data(), float(eps));
+    TERNARY_CUDA_CHECK_LAUNCH("head_norm_rope_forward_vec_kernel (bf16)");
+  });
 }
 
 template <class T>

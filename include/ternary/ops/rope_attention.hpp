@@ -1,0 +1,84 @@
+// The GPT's attention core as one op:
+//
+//   rope_attention(q, q_gain, k, v, eps, base)
+//     = causal_attention(head_norm_rope(q, q_gain, eps, base), head_norm_rope(k, eps, base), v)
+//
+// (q [B, Hq, T, Dh] and k, v [B, Hkv, T, Dh]: the projections split into heads, q and k before
+// their norm and rotation; q_gain [Hq].) Elsewhere than the tensor-core attention this is
+// exactly that composition, values and tape alike. On CUDA with the tensor-core attention
+// (cuda::set_bf16 or set_tf32) and heads of 64 or 128, one node: the head_norm_rope kernels
+// write q and k rounded to bf16 straight into the attention's packed operand buffer (where the
+// attention would have rounded them anyway), so the fp32 roped q and k never reach memory and
+// are not packed by passes of their own; v is packed as before. The backward runs the
+// attention's backward from that buffer, then head_norm_rope's backward for q and for k. The
+// values are the composition's on the same backend, bit for bit (the same kernels' arithmetic,
+// rounded in the same place). Tests: tests/cuda/test_cuda_ops.cu.
+#pragma once
+
+#include <optional>
+
+#include "ternary/ops/attention.hpp"
+#include "ternary/ops/head_norm_rope.hpp"
+
+namespace ternary {
+
+namespace detail {
+
+// The one-node path; nullopt where it does not apply (the caller composes).
+template <class T, class B>
+std::optional<Var<T, B>> rope_attention_packed(const Var<T, B>& q, const Var<T, B>& q_gain,
+                                               const Var<T, B>& k, const Var<T, B>& v, double eps,
+                                               double base, T scale) {
+  const int64_t Bn = q.size(0), Hq = q.size(1), Tn = q.size(2), Dh = q.size(3), Hkv = k.size(1);
+  if (!(Dh == 64 || Dh == 128)) return std::nullopt;  // head_norm_rope's vector kernels
+  // (the device-only backend functions by argument-dependent lookup on the tag)
+  const Tensor<bf16, B> packed = attention_packed_buffer(B{}, Bn, Hq, Hkv, Tn, Dh);
+  if (!packed.defined()) return std::nullopt;
+  const auto q_rows = with_unit_rows(q.value()), k_rows = with_unit_rows(k.value());
+  const auto gain_c = q_gain.value().contiguous();
+  auto table = backend::rope_table<T>(B{}, Tn, Dh / 2, base);
+  bf16* qp = packed.data();
+  bf16* kp = qp + Bn * Hq * Tn * Dh;
+  const backend::HeadRows ql{Bn, Hq, Tn, Dh, Hq * Tn * Dh, Tn * Dh, Dh};
+  const backend::HeadRows kl{Bn, Hkv, Tn, Dh, Hkv * Tn * Dh, Tn * Dh, Dh};
+  if (!head_norm_rope_forward_bf16(B{}, q_rows.data(), head_rows_of(q_rows), gain_c.data(), qp, ql,
+                                   *table, eps) ||
+      !head_norm_rope_forward_bf16(B{}, k_rows.data(), head_rows_of(k_rows),
+                                   static_cast<const T*>(nullptr), kp, kl, *table, eps))
+    return std::nullopt;
+  auto out = attention_output<T, B>(q.shape());
+  auto lse = Tensor<T, B>::empty(Shape{Bn, Hq, Tn});
+  causal_attention_forward_prepacked(B{}, packed, v.value(), Hq, scale, out, lse);
+  return Var<T, B>::record(
+      "rope_attention", out, {q, q_gain, k, v},
+      [q, q_gain, k, v, packed, out, lse, q_rows, k_rows, gain_c, table, eps,
+       scale](const Tensor<T, B>& g) {
+        // gradients of the roped q and k, and of v
+        auto dq = attention_grad_like(q.value());
+        auto dk = attention_grad_like(k.value());
+        auto dv = attention_grad_like(v.value());
+        causal_attention_backward_prepacked(B{}, packed, out, lse, g, scale, dq, dk, dv);
+        head_norm_rope_backward_var(q, q_gain, q_rows, gain_c, table, eps, dq);
+        head_norm_rope_backward_var(k, Var<T, B>(), k_rows, Tensor<T, B>(), table, eps, dk);
+        if (v.requires_grad()) v.accumulate_grad(dv);
+      });
+}
+
+}  // namespace detail
+
+template <class T, class B>
+Var<T, B> rope_attention(const Var<T, B>& q, const Var<T, B>& q_gain, const Var<T, B>& k,
+                         const Var<T, B>& v, double eps = 1e-6, double base = 10000.0,
+                         std::optional<double> scale = std::nullopt) {
+  const double s =
+      detail::check_attention("rope_attention", q.shape(), k.shape(), v.shape(), scale);
+  detail::check_head_norm_rope(q.value(), &q_gain.value(), eps, base);
+  detail::check_head_norm_rope(k.value(), static_cast<const Tensor<T, B>*>(nullptr), eps, base);
+  if constexpr (!B::on_host && std::is_same_v<T, float>) {
+    if (auto y = detail::rope_attention_packed(q, q_gain, k, v, eps, base, T(s))) return *y;
+  }
+  return causal_attention(head_norm_rope(q, q_gain, eps, base), head_norm_rope(k, eps, base), v,
+                          scale);
+}
+
+}  // namespace ternary
