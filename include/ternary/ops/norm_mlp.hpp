@@ -43,7 +43,7 @@ std::optional<Var<T, B>> rms_norm_mlp_bf16(const Var<T, B>& x, const Var<T, B>& 
                                            const Residual<T, B>* residual) {
   const Tensor<T, B> x_c = x.value().contiguous();
   const int64_t D = x_c.size(-1), rows = D ? x_c.numel() / D : 0;
-  const int64_t hidden = w_fc.size(0), out = w_proj.size(0);
+  const int64_t hidden = w_fc.size(0);
   const auto x2d = x_c.reshape(Shape{rows, D});
   const auto xn16 = Tensor<bf16, B>::empty(Shape{rows, D});
   const auto rstd = Tensor<T, B>::empty(Shape{rows});
@@ -57,29 +57,17 @@ std::optional<Var<T, B>> rms_norm_mlp_bf16(const Var<T, B>& x, const Var<T, B>& 
   // (the bf16-only backend functions by argument-dependent lookup on the tag: CUDA has them)
   gemm_bf16(B{}, const_view(xn16), const_view(wfc16.t()), backend::mat_view(h16));
   const auto a16 = relu2_bf16(B{}, h16);
-  Tensor<T, B> y = residual ? residual_product_bf16(*residual, a16, wproj16)
-                            : bf16_product<T>(a16, wproj16, x.shape());
-  std::vector<Var<T, B>> inputs{x, w_fc, w_proj};
-  if (residual) {
-    inputs.push_back(residual->x);
-    inputs.push_back(residual->scale);
-  }
+  const Tensor<T, B> y = product_bf16(residual, a16, wproj16, x.shape());
   const std::optional<Residual<T, B>> res =
       residual ? std::optional<Residual<T, B>>(*residual) : std::nullopt;
   return Var<T, B>::record(
-      "rms_norm_mlp", y, inputs,
-      [x, w_fc, w_proj, x2d, rstd, xn16, wfc16, wproj16, h16, a16, res, rows, hidden,
-       out](const Tensor<T, B>& g) {
-        Tensor<bf16, B> g16, wd16 = wproj16;  // da = g16 wd16
-        if (res) {
-          std::tie(g16, wd16) = residual_product_backward_bf16(*res, a16, w_proj, g);
-        } else {
-          g16 = backend::to_bf16(B{}, g).reshape(Shape{rows, out});
-          if (w_proj.requires_grad())
-            w_proj.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
-              gemm_accumulate(g16.t(), a16, dst, prior);
-            });
-        }
+      "rms_norm_mlp", y, with_residual_inputs<T, B>({x, w_fc, w_proj}, residual),
+      [x, w_fc, w_proj, x2d, rstd, xn16, wfc16, wproj16, h16, a16, res, rows,
+       hidden](const Tensor<T, B>& g) {
+        // (not a structured binding: clang before 16 cannot capture those in lambdas)
+        const auto operands = product_backward_bf16(res, a16, w_proj, wproj16, g);
+        const Tensor<bf16, B>& g16 = operands.first;  // da = g16 wd16
+        const Tensor<bf16, B>& wd16 = operands.second;
         if (!x.requires_grad() && !w_fc.requires_grad()) return;
         const auto dh16 = Tensor<bf16, B>::empty(Shape{rows, hidden});
         gemm_bf16(B{}, const_view(g16), const_view(wd16), backend::mat_view(dh16));

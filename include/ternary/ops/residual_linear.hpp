@@ -16,6 +16,10 @@
 // projections). Tests: tests/test_matmul.cpp, tests/cuda/test_cuda_ops.cu.
 #pragma once
 
+#include <optional>
+#include <utility>
+#include <vector>
+
 #include "ternary/ops/channel_mix.hpp"
 #include "ternary/ops/matmul.hpp"
 
@@ -66,6 +70,38 @@ std::pair<Tensor<bf16, B>, Tensor<bf16, B>> residual_product_backward_bf16(
   }
   const auto wb16 = backend::to_bf16(B{}, Tensor<T, B>(w.value() * b_col));
   return {g16, wb16};
+}
+
+// The bf16 nodes' output product with an optional residual r: r.x + r.scale * (a16 w16^T), or
+// a16 w16^T shaped like the input (in_shape with w16's rows last).
+template <class T, class B>
+Tensor<T, B> product_bf16(const Residual<T, B>* r, const Tensor<bf16, B>& a16,
+                          const Tensor<bf16, B>& w16, const Shape& in_shape) {
+  return r ? residual_product_bf16(*r, a16, w16) : bf16_product<T>(a16, w16, in_shape);
+}
+// Its backward for the weight w (w16: its bf16 copy) and the residual, given dout = g. Returns
+// the operands of the input's gradient da = g16 wd16: bf16(g) and bf16(scale * w) with a
+// residual, else w16.
+template <class T, class B>
+std::pair<Tensor<bf16, B>, Tensor<bf16, B>> product_backward_bf16(
+    const std::optional<Residual<T, B>>& r, const Tensor<bf16, B>& a16, const Var<T, B>& w,
+    const Tensor<bf16, B>& w16, const Tensor<T, B>& g) {
+  if (r) return residual_product_backward_bf16(*r, a16, w, g);
+  const auto g16 = backend::to_bf16(B{}, g).reshape(Shape{-1, w.size(0)});
+  if (w.requires_grad())
+    w.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
+      gemm_accumulate(g16.t(), a16, dst, prior);
+    });
+  return {g16, w16};
+}
+// A node's inputs: `first`, then the residual's x and scale (if any).
+template <class T, class B>
+std::vector<Var<T, B>> with_residual_inputs(std::vector<Var<T, B>> first, const Residual<T, B>* r) {
+  if (r) {
+    first.push_back(r->x);
+    first.push_back(r->scale);
+  }
+  return first;
 }
 
 // residual_linear (relu2_input: residual_relu2_linear) on the tensor cores. With relu2_input

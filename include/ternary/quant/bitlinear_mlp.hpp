@@ -50,7 +50,7 @@ std::optional<Var<T, B>> rms_norm_bitlinear_mlp_bf16(const Var<T, B>& x, double 
                                                      const Residual<T, B>* residual) {
   const Tensor<T, B> x_c = x.value().contiguous();
   const int64_t D = x_c.size(-1), rows = D ? x_c.numel() / D : 0;
-  const int64_t hidden = w_fc.size(0), out = w_proj.size(0);
+  const int64_t hidden = w_fc.size(0);
   if (!register_row_size(D) || !register_row_size(hidden) || pre_eps != fc_eps) return std::nullopt;
   const auto x2d = x_c.reshape(Shape{rows, D});
   const Tensor<T, B> fc_gain_c = fc_gain.value().contiguous();
@@ -74,30 +74,18 @@ std::optional<Var<T, B>> rms_norm_bitlinear_mlp_bf16(const Var<T, B>& x, double 
         ternary::detail::cat("rms_norm_bitlinear_mlp: the projection norm's kernel did "
                              "not run for hidden rows ",
                              h16.shape()));
-  Tensor<T, B> y = residual ? ternary::detail::residual_product_bf16(*residual, a2, wproj16)
-                            : ternary::detail::bf16_product<T>(a2, wproj16, x.shape());
-  std::vector<Var<T, B>> inputs{x, fc_gain, w_fc, proj_gain, w_proj};
-  if (residual) {
-    inputs.push_back(residual->x);
-    inputs.push_back(residual->scale);
-  }
+  const Tensor<T, B> y = ternary::detail::product_bf16(residual, a2, wproj16, x.shape());
   const std::optional<Residual<T, B>> res =
       residual ? std::optional<Residual<T, B>>(*residual) : std::nullopt;
   return Var<T, B>::record(
-      "rms_norm_bitlinear_mlp", y, inputs,
+      "rms_norm_bitlinear_mlp", y,
+      ternary::detail::with_residual_inputs<T, B>({x, fc_gain, w_fc, proj_gain, w_proj}, residual),
       [x, fc_gain, w_fc, proj_gain, w_proj, x2d, fc_gain_c, proj_gain_c, a1, rstd1, rstd_pre, wfc16,
-       wproj16, h16, a2, rstd2, res, rows, hidden, out](const Tensor<T, B>& g) {
-        Tensor<bf16, B> g16, wd16 = wproj16;  // da2 = g16 wd16
-        if (res) {
-          std::tie(g16, wd16) =
-              ternary::detail::residual_product_backward_bf16(*res, a2, w_proj, g);
-        } else {
-          g16 = backend::to_bf16(B{}, g).reshape(Shape{rows, out});
-          if (w_proj.requires_grad())
-            w_proj.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
-              ternary::detail::gemm_accumulate(g16.t(), a2, dst, prior);
-            });
-        }
+       wproj16, h16, a2, rstd2, res, rows, hidden](const Tensor<T, B>& g) {
+        // (not a structured binding: clang before 16 cannot capture those in lambdas)
+        const auto operands = ternary::detail::product_backward_bf16(res, a2, w_proj, wproj16, g);
+        const Tensor<bf16, B>& g16 = operands.first;  // da2 = g16 wd16
+        const Tensor<bf16, B>& wd16 = operands.second;
         const bool want_fc_side =
             x.requires_grad() || fc_gain.requires_grad() || w_fc.requires_grad();
         if (!want_fc_side && !proj_gain.requires_grad()) return;

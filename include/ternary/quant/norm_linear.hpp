@@ -27,7 +27,6 @@
 
 #include <array>
 #include <optional>
-#include <tuple>
 #include <vector>
 
 #include "ternary/ops/elementwise.hpp"
@@ -106,9 +105,7 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
   std::array<Tensor<T, B>, K> ys;
   for (size_t k = 0; k < K; ++k) {
     w16[k] = backend::to_bf16(B{}, weights[k].value());
-    ys[k] = residual  // K == 1
-                ? ternary::detail::residual_product_bf16(*residual, h16[k], w16[k])
-                : ternary::detail::bf16_product<T>(h16[k], w16[k], x.shape());
+    ys[k] = ternary::detail::product_bf16(residual, h16[k], w16[k], x.shape());  // residual: K 1
   }
   std::vector<Var<T, B>> inputs{x};
   if (residual) {
@@ -128,20 +125,12 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
         bool any = false;
         for (size_t k = 0; k < K; ++k) {
           if (!g[k].defined()) continue;
-          const int64_t out = weights[k].size(0);
           // dh = g16 wd16: bf16(dout) and bf16(scale * w) with a residual, whose backward
           // also adds the weights' and the residual's gradients
-          Tensor<bf16, B> g16, wd16 = w16[k];
-          if (res) {
-            std::tie(g16, wd16) =
-                ternary::detail::residual_product_backward_bf16(*res, h16[k], weights[k], g[k]);
-          } else {
-            g16 = backend::to_bf16(B{}, g[k]).reshape(Shape{rows, out});
-            if (weights[k].requires_grad())
-              weights[k].accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& p) {
-                ternary::detail::gemm_accumulate(g16.t(), h16[k], dst, p);
-              });
-          }
+          const auto operands =
+              ternary::detail::product_backward_bf16(res, h16[k], weights[k], w16[k], g[k]);
+          const Tensor<bf16, B>& g16 = operands.first;
+          const Tensor<bf16, B>& wd16 = operands.second;
           const bool want_dgain = gains[k].defined() && gains[k].requires_grad();
           if (x.requires_grad() || want_dgain) {
             dh[k] = Tensor<T, B>::empty(Shape{rows, D});

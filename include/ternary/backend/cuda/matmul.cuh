@@ -24,6 +24,7 @@
 #include <cuda_bf16.h>
 
 #include <type_traits>
+#include <utility>
 
 #include "ternary/backend/cpu/matmul.hpp"  // MatView and the layout helpers
 #include "ternary/backend/cuda/elementwise.cuh"
@@ -49,6 +50,17 @@ void copy_2d(const T* src, int64_t rs, int64_t cs, T* dst, int64_t drs, int64_t 
   copy_2d_kernel<<<g.blocks, g.threads, 0, cuda::stream()>>>(src, rs, cs, dst, drs, dcs, rows,
                                                              cols);
   TERNARY_CUDA_CHECK_LAUNCH("copy_2d_kernel");
+}
+
+// cuBLAS's data and compute types for T: float exact (CUBLAS_COMPUTE_32F), or on the TF32
+// tensor cores under cuda::set_tf32 / set_bf16; double.
+template <class T>
+std::pair<cudaDataType_t, cublasComputeType_t> blas_types() {
+  if constexpr (std::is_same_v<T, float>)
+    return {CUDA_R_32F,
+            cuda::tf32() || cuda::bf16() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F};
+  else
+    return {CUDA_R_64F, CUBLAS_COMPUTE_64F};
 }
 
 // A operand as cuBLAS sees it: pointer, leading dimension and whether it is row-major.
@@ -103,15 +115,7 @@ void gemm(cuda, const MatView<const T>& a, const MatView<const T>& b, const MatV
     const cublasOperation_t opB = Bo.row_major ? CUBLAS_OP_N : CUBLAS_OP_T;
     const cublasOperation_t opA = A.row_major ? CUBLAS_OP_N : CUBLAS_OP_T;
     const int64_t ldc = cpu_detail::row_major_ld(cv);
-    cudaDataType_t dt;
-    cublasComputeType_t ct;
-    if constexpr (std::is_same_v<T, float>) {
-      dt = CUDA_R_32F;
-      ct = cuda::tf32() || cuda::bf16() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-    } else {
-      dt = CUDA_R_64F;
-      ct = CUBLAS_COMPUTE_64F;
-    }
+    const auto [dt, ct] = blas_types<T>();
     TERNARY_CUDA_CHECK(cublasGemmEx(cuda::blas(), opB, opA, int(N), int(M), int(K), &alpha, Bo.data,
                                     dt, int(Bo.ld), A.data, dt, int(A.ld), &beta, cv.data, dt,
                                     int(ldc), ct, CUBLAS_GEMM_DEFAULT));
@@ -142,15 +146,7 @@ bool gemm_strided_batched(cuda, const MatView<const T>& a, const MatView<const T
       (ldb_r < 0 && ldb_c < 0) || stride_c < M * ldc)
     return false;
   const bool a_row = lda_r >= 0, b_row = ldb_r >= 0;
-  cudaDataType_t dt;
-  cublasComputeType_t ct;
-  if constexpr (std::is_same_v<T, float>) {
-    dt = CUDA_R_32F;
-    ct = cuda::tf32() || cuda::bf16() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-  } else {
-    dt = CUDA_R_64F;
-    ct = CUBLAS_COMPUTE_64F;
-  }
+  const auto [dt, ct] = blas_types<T>();
   // column-major C^T = B^T A^T, as in gemm() above
   TERNARY_CUDA_CHECK(cublasGemmStridedBatchedEx(
       cuda::blas(), b_row ? CUBLAS_OP_N : CUBLAS_OP_T, a_row ? CUBLAS_OP_N : CUBLAS_OP_T, int(N),
