@@ -118,3 +118,33 @@ TEST_CASE("gradients added by the producing kernels equal finite differences", "
     CHECK(max_abs_diff(w.grad(), Tensor<double>(expected)) < 1e-12);
   }
 }
+
+TEST_CASE("straight_through: the input's gradient, no tape entry of its own", "[autograd]") {
+  auto w = Var<double>::parameter(Tensor<double>::from({1, 3}, {0.4, -1.2, 2.0}));
+  int ready = 0;
+  std::vector<double> at_ready;
+  w.set_grad_ready_hook([&] {
+    ++ready;
+    at_ready = w.grad().to_vector();
+  });
+  const size_t before = Tape::current().size();
+  auto q = Var<double>::straight_through(Tensor<double>::from({1, 3}, {0.0, -1.0, 2.0}), w);
+  CHECK(Tape::current().size() == before);  // nothing recorded for q itself
+  CHECK(q.requires_grad());
+  CHECK_FALSE(q.is_leaf());
+  // q read by an expression rule (accumulate_grad) and as linear's weight (its GEMM adds dw in
+  // place through accumulate_grad_with): both reach w
+  auto y = sum(q * q);  // d/dq = 2 q = (0, -2, 4)
+  auto z = sum(linear(Var<double>::constant(Tensor<double>::ones({2, 3})), q));  // d/dq = (2, 2, 2)
+  (y + z).backward();
+  CHECK(w.grad().to_vector() == std::vector<double>{2.0, 0.0, 6.0});
+  CHECK_FALSE(q.grad().defined());
+  CHECK(ready == 1);  // the hook fired once, with the final gradient
+  CHECK(at_ready == std::vector<double>{2.0, 0.0, 6.0});
+  w.set_grad_ready_hook({});
+  // a constant input: a constant; a value of another shape: an error
+  auto c = Var<double>::constant(Tensor<double>::ones({3}));
+  CHECK_FALSE(Var<double>::straight_through(Tensor<double>::ones({3}), c).requires_grad());
+  CHECK_THROWS_WITH(Var<double>::straight_through(Tensor<double>::ones({2}), w),
+                    Contains("straight_through"));
+}

@@ -36,6 +36,8 @@ class Var {
     // The gradient buffer belongs to this node alone (allocated for it), so later gradients
     // may be added into it in place; false while it is shared with another node's gradient.
     bool grad_owned = false;
+    // Set by straight_through(): gradients added to this node go to that one instead.
+    std::shared_ptr<Node> grad_target;
     bool has_grad() const override { return grad.defined(); }
     void release_graph() override {
       if (!is_leaf) {
@@ -87,9 +89,27 @@ class Var {
   int64_t numel() const { return value().numel(); }
   T item() const { return value().item(); }
 
+  // An output whose gradient is `input`'s own (a straight-through estimator's): every gradient
+  // added to it goes straight into input's gradient, by the same kernel where the rule uses
+  // accumulate_grad_with (a GEMM with beta = 1 adds the weight gradient in place). It has no
+  // tape entry, so no gradient buffer of its own, no copy and no addition pass per use; its
+  // grad() stays undefined. A constant when recording is off or input needs no gradient.
+  static Var straight_through(Tensor<T, B> value, const Var& input) {
+    Var result(std::move(value));
+    if (!grad_enabled() || !input.requires_grad()) return result;
+    if (!(result.shape() == input.shape()))
+      throw AutogradError(detail::cat("straight_through: a value of shape ", result.shape(),
+                                      " for an input of shape ", input.shape()));
+    result.node_->requires_grad = true;
+    result.node_->is_leaf = false;
+    result.node_->grad_target = input.node_->grad_target ? input.node_->grad_target : input.node_;
+    return result;
+  }
+
   // Adds g into this Var's gradient (allocating it on first use). Used by backward rules.
   void accumulate_grad(const Tensor<T, B>& g) const {
     Node& n = node();
+    if (n.grad_target) return Var(n.grad_target).accumulate_grad(g);
     if (!n.requires_grad) return;
     if (!(g.shape() == n.value.shape()))
       throw AutogradError(detail::cat("accumulate_grad: gradient of shape ", g.shape(),
@@ -115,6 +135,7 @@ class Var {
   template <Expression E>
   void accumulate_grad(const E& e) const {
     Node& n = node();
+    if (n.grad_target) return Var(n.grad_target).accumulate_grad(e);
     if (!n.requires_grad) return;
     if (!n.grad.defined()) {  // one pass: evaluate e into a fresh buffer
       n.grad = Tensor<T, B>::empty(n.value.shape());
@@ -136,6 +157,7 @@ class Var {
   template <class Write>
   void accumulate_grad_with(Write&& write) const {
     Node& n = node();
+    if (n.grad_target) return Var(n.grad_target).accumulate_grad_with(std::forward<Write>(write));
     if (!n.requires_grad) return;
     if (n.grad.defined() && !n.grad.is_contiguous()) {  // a strided gradient: copy, then in place
       n.grad = n.grad.clone();
@@ -175,7 +197,7 @@ class Var {
       throw AutogradError(detail::cat("backward: seed of shape ", seed.shape(),
                                       " for an output of shape ", shape()));
     accumulate_grad(seed);
-    if (n.is_leaf) return;
+    if (n.is_leaf || n.grad_target) return;  // (straight-through: seed went to the input)
     if (!n.on_tape)
       throw AutogradError(
           "backward: this value is not on the current thread's tape (recorded on another thread, "
@@ -251,11 +273,15 @@ class Var {
     Node* raw = result.node_.get();  // the tape entry owns the node, so raw outlives the closure
     Tape::current().record(op, result.node_,
                            [raw, fn = std::forward<F>(backward_fn)]() mutable { fn(raw->grad); });
-    for (; first != last; ++first)
-      if (first->node_->on_grad_ready) Tape::current().note_hooked_input(first->node_);
+    for (; first != last; ++first) {
+      // (a straight-through input's gradient is its target's: the hook is the target's)
+      const auto& in = first->node_->grad_target ? first->node_->grad_target : first->node_;
+      if (in->on_grad_ready) Tape::current().note_hooked_input(in);
+    }
     return result;
   }
 
+  explicit Var(std::shared_ptr<Node> node) : node_(std::move(node)) {}  // a handle of `node`
   Node& node() const {
     if (!node_) throw AutogradError("Var: use of an undefined Var");
     return *node_;

@@ -196,8 +196,8 @@ struct STE {
       used = detail::blend(w.value(), q, lambda);
       if (cache) cache->insert(w.value(), key, used);
     }
-    return Var<T, B>::record("ternary_ste", used, {w},
-                             [w](const Tensor<T, B>& g) { w.accumulate_grad(g); });
+    // backward: the identity, so the users' gradient rules add straight into w's gradient
+    return Var<T, B>::straight_through(used, w);
   }
 };
 
