@@ -86,7 +86,15 @@ struct PackBuffer {
 };
 class PackPool {
  public:
-  PackPool() { free_.reserve(64); }  // give() must not allocate in the common case
+  // give() must not allocate in the common case. One buffer per thread up front: how many
+  // GEMMs overlap depends on timing (two matrices of a batched matmul on two threads may or
+  // may not run at once), so growing the list on demand would allocate in whichever training
+  // step first overlaps them (tests/test_alloc.cpp failed so once in CI, under load).
+  PackPool() {
+    free_.reserve(64);
+    for (int i = 0; i < std::min(std::max(omp_get_max_threads(), 1), 64); ++i)
+      free_.push_back(new PackBuffer);
+  }
   PackBuffer* take(size_t n) {
     PackBuffer* b;
     size_t want;
