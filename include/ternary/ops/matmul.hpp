@@ -50,6 +50,19 @@ Tensor<T, B> bf16_product(const Tensor<bf16, B>& a16, const Tensor<bf16, B>& w16
                      backend::mat_view(y.reshape(Shape{-1, out})), T(1), T(0));
   return y;
 }
+// The weight's side of a bf16 product's backward: g rounded to bf16 once (returned as [rows,
+// out], the input gradient's operand too) and dw = g16^T a16 added into w's gradient by the
+// GEMM (a16: the input's [rows, in] bf16 copy).
+template <class T, class B>
+Tensor<bf16, B> weight_grad_bf16(const Var<T, B>& w, const Tensor<bf16, B>& a16,
+                                 const Tensor<T, B>& g) {
+  const auto g16 = backend::to_bf16(B{}, g).reshape(Shape{-1, w.size(0)});
+  if (w.requires_grad())
+    w.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
+      gemm_accumulate(g16.t(), a16, dst, prior);
+    });
+  return g16;
+}
 // h's gradient for a product of relu(h)^2 and w16: da = g16 w16, then relu2's backward
 // (da 2 relu(h), as its op writes it) added into h's gradient in one pass.
 template <class T, class B>
@@ -72,15 +85,10 @@ Var<T, B> linear_bf16(const Var<T, B>& x, const Var<T, B>& w) {
   const auto w16 = backend::to_bf16(B{}, w.value());
   auto y = bf16_product<T>(x16, w16, x.shape());
   return Var<T, B>::record("linear", y, {x, w}, [x, w, x16, w16](const Tensor<T, B>& g_in) {
-    const int64_t in = w.size(1), out = w.size(0);
-    const auto g16 = backend::to_bf16(B{}, g_in).reshape(Shape{-1, out});
+    const auto g16 = weight_grad_bf16(w, x16, g_in);
     if (x.requires_grad())
       x.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
-        gemm_accumulate(g16, w16, dst.reshape(Shape{-1, in}), prior);
-      });
-    if (w.requires_grad())
-      w.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
-        gemm_accumulate(g16.t(), x16, dst, prior);
+        gemm_accumulate(g16, w16, dst.reshape(Shape{-1, w.size(1)}), prior);
       });
   });
 }
@@ -94,12 +102,8 @@ Var<T, B> relu2_linear_bf16(const Var<T, B>& h, const Var<T, B>& w) {
   const auto w16 = backend::to_bf16(B{}, w.value());
   auto y = bf16_product<T>(a16, w16, h.shape());
   return Var<T, B>::record("relu2_linear", y, {h, w}, [h, w, a16, w16](const Tensor<T, B>& g_in) {
-    const auto g16 = backend::to_bf16(B{}, g_in).reshape(Shape{-1, w.size(0)});
+    const auto g16 = weight_grad_bf16(w, a16, g_in);
     if (h.requires_grad()) relu2_input_grad(h, g16, w16);
-    if (w.requires_grad())
-      w.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
-        gemm_accumulate(g16.t(), a16, dst, prior);
-      });
   });
 }
 }  // namespace detail

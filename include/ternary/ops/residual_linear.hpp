@@ -87,12 +87,7 @@ std::pair<Tensor<bf16, B>, Tensor<bf16, B>> product_backward_bf16(
     const std::optional<Residual<T, B>>& r, const Tensor<bf16, B>& a16, const Var<T, B>& w,
     const Tensor<bf16, B>& w16, const Tensor<T, B>& g) {
   if (r) return residual_product_backward_bf16(*r, a16, w, g);
-  const auto g16 = backend::to_bf16(B{}, g).reshape(Shape{-1, w.size(0)});
-  if (w.requires_grad())
-    w.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
-      gemm_accumulate(g16.t(), a16, dst, prior);
-    });
-  return {g16, w16};
+  return {weight_grad_bf16(w, a16, g), w16};
 }
 // A node's inputs: `first`, then the residual's x and scale (if any).
 template <class T, class B>

@@ -165,29 +165,30 @@ class Muon : public GroupedOptimizer<MuonOptions, T, B> {
         m.p.assign(m.p * m.decay - O * m.step);
     };
     // This rank's matrices, grouped by shape and step count: one stacked Newton-Schulz each.
+    auto mine = [&](size_t k) {
+      return !sharded || int(pending_[k].index % size_t(world_)) == rank_;
+    };
     done_.assign(pending_.size(), 0);
     for (size_t k = 0; k < pending_.size(); ++k) {
-      if (done_[k] || (sharded && int(pending_[k].index % size_t(world_)) != rank_)) continue;
+      if (done_[k] || !mine(k)) continue;
       const int steps = this->options_of(pending_[k].index).ns_steps;
-      std::vector<size_t>& group = group_;
-      group.clear();
+      group_.clear();
       for (size_t j = k; j < pending_.size(); ++j)
-        if (!done_[j] && pending_[j].eff.shape() == pending_[k].eff.shape() &&
-            this->options_of(pending_[j].index).ns_steps == steps &&
-            (!sharded || int(pending_[j].index % size_t(world_)) == rank_)) {
-          group.push_back(j);
+        if (!done_[j] && mine(j) && pending_[j].eff.shape() == pending_[k].eff.shape() &&
+            this->options_of(pending_[j].index).ns_steps == steps) {
+          group_.push_back(j);
           done_[j] = 1;
         }
-      if (group.size() == 1) {
+      if (group_.size() == 1) {
         emit(k, newton_schulz5(pending_[k].eff, steps));
         continue;
       }
       const Shape& shape = pending_[k].eff.shape();
-      TensorT stack = TensorT::empty(Shape{int64_t(group.size()), shape[0], shape[1]});
-      for (size_t i = 0; i < group.size(); ++i)
-        stack.select(0, int64_t(i)).assign(pending_[group[i]].eff);
+      TensorT stack = TensorT::empty(Shape{int64_t(group_.size()), shape[0], shape[1]});
+      for (size_t i = 0; i < group_.size(); ++i)
+        stack.select(0, int64_t(i)).assign(pending_[group_[i]].eff);
       const TensorT O = newton_schulz5(stack, steps);
-      for (size_t i = 0; i < group.size(); ++i) emit(group[i], O.select(0, int64_t(i)));
+      for (size_t i = 0; i < group_.size(); ++i) emit(group_[i], O.select(0, int64_t(i)));
     }
     if (sharded) {
       sum_over_ranks_(flat.data(), size_t(total));

@@ -20,6 +20,7 @@
 #include <utility>
 
 #include "ternary/backend/cpu/head_norm_rope.hpp"
+#include "ternary/backend/cuda/bf16_vec.cuh"
 #include "ternary/backend/cuda/rope.cuh"
 
 namespace ternary::backend::cuda_detail {
@@ -165,13 +166,8 @@ __device__ inline float4 ld4(const float* p) {
 __device__ inline void st4(float* p, float4 v) {
   *reinterpret_cast<float4*>(p) = v;
 }
-// Four values rounded to bf16 (nearest even) as one 8-byte store.
 __device__ inline void st4(__nv_bfloat16* p, float4 v) {
-  const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
-  uint2 packed;
-  packed.x = *reinterpret_cast<const uint32_t*>(&lo);
-  packed.y = *reinterpret_cast<const uint32_t*>(&hi);
-  *reinterpret_cast<uint2*>(p) = packed;
+  store_bf16x4(p, v);
 }
 __device__ inline float dot4(float4 a, float4 b) {
   return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;

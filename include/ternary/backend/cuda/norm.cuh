@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "ternary/backend/cpu/norm.hpp"
+#include "ternary/backend/cuda/bf16_vec.cuh"
 #include "ternary/backend/cuda/reduce.cuh"
 
 namespace ternary::backend::cuda_detail {
@@ -147,12 +148,7 @@ struct RowVec {
   // The same columns of a bf16 row, widened: 8 bytes per float4.
   __device__ void load(const __nv_bfloat16* __restrict__ row, int li) {
 #pragma unroll
-    for (int i = 0; i < V; ++i) {
-      const uint2 packed = reinterpret_cast<const uint2*>(row)[li + L * i];
-      const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&packed.x));
-      const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&packed.y));
-      v[i] = make_float4(lo.x, lo.y, hi.x, hi.y);
-    }
+    for (int i = 0; i < V; ++i) v[i] = load_bf16x4(row + 4 * (li + L * i));
   }
   __device__ void store(float* __restrict__ row, int li) const {
 #pragma unroll
@@ -161,14 +157,7 @@ struct RowVec {
   // The same columns rounded to bf16 (nearest even) in a bf16 row: 8 bytes per float4.
   __device__ void store_bf16(__nv_bfloat16* __restrict__ row, int li) const {
 #pragma unroll
-    for (int i = 0; i < V; ++i) {
-      const __nv_bfloat162 lo = __floats2bfloat162_rn(v[i].x, v[i].y);
-      const __nv_bfloat162 hi = __floats2bfloat162_rn(v[i].z, v[i].w);
-      uint2 packed;
-      packed.x = *reinterpret_cast<const uint32_t*>(&lo);
-      packed.y = *reinterpret_cast<const uint32_t*>(&hi);
-      reinterpret_cast<uint2*>(row)[li + L * i] = packed;
-    }
+    for (int i = 0; i < V; ++i) store_bf16x4(row + 4 * (li + L * i), v[i]);
   }
   __device__ void zero() {
 #pragma unroll
@@ -287,6 +276,15 @@ __device__ RowVec<V, L> load_row_or_zero(const E* __restrict__ base, int64_t r, 
     v.zero();
   return v;
 }
+// The same for rows stored as bf16 when Bf16 (passed as a float pointer, as the kernels take
+// every row), else float.
+template <int V, int L, bool Bf16>
+__device__ RowVec<V, L> load_row_as(const float* __restrict__ base, int64_t r, bool valid, int li) {
+  if constexpr (Bf16)
+    return load_row_or_zero<V, L>(reinterpret_cast<const __nv_bfloat16*>(base), r, valid, li);
+  else
+    return load_row_or_zero<V, L>(base, r, valid, li);
+}
 // In place: the per-token int8 fake quantization of a register row (int8_row_scale's rule).
 template <int V, int L>
 __device__ void int8_round_trip_row(RowVec<V, L>& v) {
@@ -332,11 +330,7 @@ __global__ void rms_norm_rows_forward_kernel(const float* __restrict__ x, RowPtr
        base < rows; base += warps * RPW) {
     const int64_t r = base + sub;
     const bool valid = r < rows;
-    RowVec<V, L> xv;
-    if constexpr (Bf16In)
-      xv = load_row_or_zero<V, L>(reinterpret_cast<const __nv_bfloat16*>(x), r, valid, li);
-    else
-      xv = load_row_or_zero<V, L>(x, r, valid, li);
+    RowVec<V, L> xv = load_row_as<V, L, Bf16In>(x, r, valid, li);
     if constexpr (Relu2In) xv.relu2();
     if (rstd_pre) {  // the same steps as the plain kernel's, so the same bits
       const float s1 = row_group_sum<L>(xv.dot(xv));
@@ -396,11 +390,7 @@ __global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
   for (int64_t base = (int64_t(blockIdx.x) * nw + warp) * RPW; base < rows; base += warps * RPW) {
     const int64_t r = base + sub;
     const bool valid = r < rows;
-    RowVec<V, L> x_in;
-    if constexpr (Bf16Rows)
-      x_in = load_row_or_zero<V, L>(reinterpret_cast<const __nv_bfloat16*>(x), r, valid, li);
-    else
-      x_in = load_row_or_zero<V, L>(x, r, valid, li);
+    const RowVec<V, L> x_in = load_row_as<V, L, Bf16Rows>(x, r, valid, li);
     RowVec<V, L> xv = x_in, G;  // xv: the normalised input (h with rstd_pre, a, else x)
     if constexpr (Relu2In) xv.relu2();
     G.zero();
@@ -410,11 +400,7 @@ __global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       if (!gs.p[k]) continue;
-      RowVec<V, L> gv;
-      if constexpr (Bf16Rows)
-        gv = load_row_or_zero<V, L>(reinterpret_cast<const __nv_bfloat16*>(gs.p[k]), r, valid, li);
-      else
-        gv = load_row_or_zero<V, L>(gs.p[k], r, valid, li);
+      const RowVec<V, L> gv = load_row_as<V, L, Bf16Rows>(gs.p[k], r, valid, li);
 #pragma unroll
       for (int i = 0; i < V; ++i)
 #pragma unroll
