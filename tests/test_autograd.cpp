@@ -119,6 +119,84 @@ TEST_CASE("gradients added by the producing kernels equal finite differences", "
   }
 }
 
+TEST_CASE("bf16-born gradients: kept for rules that take them, widened for the rest",
+          "[autograd]") {
+  // Values exactly representable in bf16, so every path gives the same numbers.
+  const auto seed = Tensor<float>::from({4}, {0.5f, 1.25f, 3.0f, -2.0f});
+  auto to16 = [](const Tensor<float>& g) { return backend::to_bf16(cpu{}, g); };
+  auto x = Var<float>::parameter(Tensor<float>::from({4}, {1, 2, 3, 4}));
+  Tensor<float> seen;
+  Tensor<bf16> seen16;
+  // probe(x) = x, with a rule that takes (g, g16); source(y) = y hands y its gradient in bf16
+  auto probe = [&](const Var<float>& in) {
+    return Var<float>::record("probe", in.value().clone(), {in},
+                              [&, in](const Tensor<float>& g, const Tensor<bf16>& g16) {
+                                seen = g;
+                                seen16 = g16;
+                                in.accumulate_grad(g16.defined() ? g16.to<float>() : g);
+                              });
+  };
+  auto source = [&](const Var<float>& in) {
+    return Var<float>::record(
+        "source", in.value().clone(), {in},
+        [in, to16](const Tensor<float>& g) { in.accumulate_grad_bf16(to16(g)); });
+  };
+  SECTION("one bf16 gradient reaches a two-argument rule as it is") {
+    source(probe(x)).backward(seed);
+    CHECK_FALSE(seen.defined());
+    REQUIRE(seen16.defined());
+    CHECK(seen16.to<float>().to_vector() == seed.to_vector());
+    CHECK(x.grad().to_vector() == seed.to_vector());
+  }
+  SECTION("the pure views pass it on in bf16") {
+    auto x2 = Var<float>::parameter(Tensor<float>::from({2, 2}, {1, 2, 3, 4}));
+    source(reshape(transpose(unsqueeze(permute(probe(x2), {1, 0}), 0), 0, 1), Shape{4}))
+        .backward(seed);
+    CHECK_FALSE(seen.defined());
+    REQUIRE(seen16.defined());
+    // seed as [2, 2] after the permute, (0.5, 1.25; 3, -2), is the probe's output transposed
+    CHECK(seen16.to<float>().to_vector() == std::vector<float>{0.5f, 3.0f, 1.25f, -2.0f});
+    CHECK(x2.grad().to_vector() == std::vector<float>{0.5f, 3.0f, 1.25f, -2.0f});
+  }
+  SECTION("a second gradient widens the first and adds") {
+    auto y = probe(x);
+    (source(y) + source(y)).backward(seed);  // two bf16 gradients
+    CHECK_FALSE(seen16.defined());
+    REQUIRE(seen.defined());
+    CHECK(seen.to_vector() == std::vector<float>{1.0f, 2.5f, 6.0f, -4.0f});
+    CHECK(x.grad().to_vector() == std::vector<float>{1.0f, 2.5f, 6.0f, -4.0f});
+  }
+  SECTION("a one-argument rule, and grad(), see it widened") {
+    auto y = x * 1.0f;  // an expression rule: reads g in fp32
+    source(y).backward(seed);
+    CHECK(x.grad().to_vector() == seed.to_vector());
+  }
+  SECTION("a leaf's gradient is fp32") {
+    source(x).backward(seed);
+    CHECK(x.grad().to_vector() == seed.to_vector());
+    CHECK_THROWS_WITH(x.accumulate_grad_bf16(to16(Tensor<float>::ones({3}))),
+                      Contains("accumulate_grad_bf16"));
+  }
+  SECTION("a multi-output rule taking (grads, grads16) gets each as it came") {
+    std::array<Tensor<float>, 2> outs{x.value().clone(), x.value().clone()};
+    std::array<bool, 2> as16{};
+    std::array<bool, 2> as32{};
+    const Var<float> in[] = {x};
+    auto ys = Var<float>::record_multi(
+        "pair", outs, in, in + 1,
+        [&](const std::array<Tensor<float>, 2>& g, const std::array<Tensor<bf16>, 2>& g16) {
+          for (size_t k = 0; k < 2; ++k) {
+            as32[k] = g[k].defined();
+            as16[k] = g16[k].defined();
+            x.accumulate_grad(g16[k].defined() ? g16[k].to<float>() : g[k]);
+          }
+        });
+    (source(ys[0]) + ys[1]).backward(seed);
+    CHECK((as16[0] && !as32[0] && as32[1] && !as16[1]));
+    CHECK(x.grad().to_vector() == std::vector<float>{1.0f, 2.5f, 6.0f, -4.0f});
+  }
+}
+
 TEST_CASE("straight_through: the input's gradient, no tape entry of its own", "[autograd]") {
   auto w = Var<double>::parameter(Tensor<double>::from({1, 3}, {0.4, -1.2, 2.0}));
   int ready = 0;

@@ -15,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -38,10 +39,16 @@ class Var {
     bool grad_owned = false;
     // Set by straight_through(): gradients added to this node go to that one instead.
     std::shared_ptr<Node> grad_target;
-    bool has_grad() const override { return grad.defined(); }
+    // A gradient a kernel wrote in bf16 (accumulate_grad_bf16), kept as it is while it is the
+    // node's only one: a reader whose products round their operands to bf16 anyway takes it
+    // as it is (no fp32 buffer, no rounding pass); any other reader, or a second gradient,
+    // widens it into `grad` first (widen_grad16). Never set on a leaf.
+    Tensor<bf16, B> grad16;
+    bool has_grad() const override { return grad.defined() || grad16.defined(); }
     void release_graph() override {
       if (!is_leaf) {
         grad = Tensor<T, B>();
+        grad16 = Tensor<bf16, B>();
         grad_owned = false;
       }
     }
@@ -68,11 +75,15 @@ class Var {
   const Tensor<T, B>& value() const { return node().value; }
   Tensor<T, B>& value() { return node().value; }
   // The accumulated gradient; undefined until backward reached this Var.
-  const Tensor<T, B>& grad() const { return node().grad; }
+  const Tensor<T, B>& grad() const {
+    widen_grad16(node());
+    return node().grad;
+  }
   bool requires_grad() const { return node().requires_grad; }
   bool is_leaf() const { return node().is_leaf; }
   void zero_grad() {
     node().grad = Tensor<T, B>();
+    node().grad16 = Tensor<bf16, B>();
     node().grad_owned = false;
   }
   // Leaves only: `fn` runs during each backward as soon as this Var's gradient is final
@@ -114,6 +125,7 @@ class Var {
     if (!(g.shape() == n.value.shape()))
       throw AutogradError(detail::cat("accumulate_grad: gradient of shape ", g.shape(),
                                       " for a value of shape ", n.value.shape()));
+    widen_grad16(n);
     // A leaf's gradient is changed in place later (optimizers, clipping, all-reduce), so it
     // gets its own contiguous copy. An inner node's gradient is only read, by the node's own
     // backward rule, so it may share g's buffer, whatever its layout (saving a copy pass per
@@ -137,6 +149,7 @@ class Var {
     Node& n = node();
     if (n.grad_target) return Var(n.grad_target).accumulate_grad(e);
     if (!n.requires_grad) return;
+    widen_grad16(n);
     if (!n.grad.defined()) {  // one pass: evaluate e into a fresh buffer
       n.grad = Tensor<T, B>::empty(n.value.shape());
       n.grad.assign(e);
@@ -159,6 +172,7 @@ class Var {
     Node& n = node();
     if (n.grad_target) return Var(n.grad_target).accumulate_grad_with(std::forward<Write>(write));
     if (!n.requires_grad) return;
+    widen_grad16(n);
     if (n.grad.defined() && !n.grad.is_contiguous()) {  // a strided gradient: copy, then in place
       n.grad = n.grad.clone();
       n.grad_owned = true;
@@ -171,6 +185,23 @@ class Var {
     write(dst, n.grad);
     n.grad = dst;
     n.grad_owned = true;
+  }
+
+  // Adds a gradient that a kernel wrote in bf16 (g16 is shared, never written). While it is
+  // the only one it stays bf16: a reader that rounds its gradient to bf16 anyway (the
+  // tensor-core products of ops/matmul.hpp's bf16 rules) takes it as it is, any other reader
+  // sees it widened to T. A leaf's gradient is always T.
+  void accumulate_grad_bf16(const Tensor<bf16, B>& g16) const {
+    Node& n = node();
+    if (n.grad_target) return Var(n.grad_target).accumulate_grad_bf16(g16);
+    if (!n.requires_grad) return;
+    if (!(g16.shape() == n.value.shape()))
+      throw AutogradError(detail::cat("accumulate_grad_bf16: gradient of shape ", g16.shape(),
+                                      " for a value of shape ", n.value.shape()));
+    if (n.is_leaf || n.grad.defined() || n.grad16.defined())
+      accumulate_grad(widened(g16));
+    else
+      n.grad16 = g16;
   }
 
   // Reverse-mode sweep from this scalar: d this / d every leaf that requires grad.
@@ -225,7 +256,9 @@ class Var {
   // Records an op with K outputs and the inputs [inputs_begin, inputs_end): returns one Var
   // per output. `backward_fn(grads)` gets std::array<Tensor, K> of the outputs' gradients
   // (undefined where none reached an output) and must add the gradient of each input that
-  // requires grad. It runs once, after every output's gradient is final: a join entry is
+  // requires grad; a backward_fn(grads, grads16) also gets the bf16-born ones
+  // (accumulate_grad_bf16: per output, at most one of the two is defined), others get those
+  // widened. It runs once, after every output's gradient is final: a join entry is
   // recorded before the outputs (the tape runs backward in reverse), and each output's
   // backward files its gradient with the join and hands it an empty gradient so that it runs.
   template <size_t K, class F>
@@ -237,18 +270,31 @@ class Var {
       for (size_t k = 0; k < K; ++k) result[k] = Var(std::move(outs[k]));
       return result;
     }
-    auto grads = std::allocate_shared<std::array<Tensor<T, B>, K>>(
-        detail::PoolAllocator<std::array<Tensor<T, B>, K>>{});  // pooled: no heap per step
-    const Var join = record_if(op, Tensor<T, B>::empty(Shape{0}), inputs_begin, inputs_end,
-                               [grads, fn = std::forward<F>(backward_fn)](const Tensor<T, B>&) {
-                                 fn(*grads);
-                                 *grads = {};
-                               });
+    struct Grads {
+      std::array<Tensor<T, B>, K> g;
+      std::array<Tensor<bf16, B>, K> g16;
+    };
+    auto grads = std::allocate_shared<Grads>(detail::PoolAllocator<Grads>{});  // no heap per step
+    const Var join =
+        record_if(op, Tensor<T, B>::empty(Shape{0}), inputs_begin, inputs_end,
+                  [grads, fn = std::forward<F>(backward_fn)](const Tensor<T, B>&) mutable {
+                    if constexpr (std::is_invocable_v<F&, const std::array<Tensor<T, B>, K>&,
+                                                      const std::array<Tensor<bf16, B>, K>&>) {
+                      fn(grads->g, grads->g16);
+                    } else {
+                      for (size_t k = 0; k < K; ++k)
+                        if (!grads->g[k].defined() && grads->g16[k].defined())
+                          grads->g[k] = widened(grads->g16[k]);
+                      fn(grads->g);
+                    }
+                    *grads = {};
+                  });
     for (size_t k = 0; k < K; ++k) {
       const Var* first = &join;
       result[k] = record_if(op, std::move(outs[k]), first, first + 1,
-                            [grads, k, join](const Tensor<T, B>& g) {
-                              (*grads)[k] = g;
+                            [grads, k, join](const Tensor<T, B>& g, const Tensor<bf16, B>& g16) {
+                              grads->g[k] = g;
+                              grads->g16[k] = g16;
                               if (!join.grad().defined())
                                 join.accumulate_grad(Tensor<T, B>::empty(Shape{0}));
                             });
@@ -271,14 +317,41 @@ class Var {
     result.node_->requires_grad = true;
     result.node_->is_leaf = false;
     Node* raw = result.node_.get();  // the tape entry owns the node, so raw outlives the closure
-    Tape::current().record(op, result.node_,
-                           [raw, fn = std::forward<F>(backward_fn)]() mutable { fn(raw->grad); });
+    Tape::current().record(op, result.node_, [raw, fn = std::forward<F>(backward_fn)]() mutable {
+      // A rule that takes (g, g16) reads a bf16-born gradient as it is; others get it in T.
+      if constexpr (std::is_invocable_v<F&, const Tensor<T, B>&, const Tensor<bf16, B>&>) {
+        fn(raw->grad, raw->grad16);
+      } else {
+        widen_grad16(*raw);
+        fn(raw->grad);
+      }
+    });
     for (; first != last; ++first) {
       // (a straight-through input's gradient is its target's: the hook is the target's)
       const auto& in = first->node_->grad_target ? first->node_->grad_target : first->node_;
       if (in->on_grad_ready) Tape::current().note_hooked_input(in);
     }
     return result;
+  }
+
+  // g16 widened to T, a new tensor (on the device by a kernel).
+  static Tensor<T, B> widened(const Tensor<bf16, B>& g16) {
+    if constexpr (B::on_host && std::is_same_v<T, float>)
+      return g16.template to<float>();
+    else if constexpr (B::on_host)
+      return g16.template to<float>().template to<T>();  // (bf16 converts to float only)
+    else if constexpr (std::is_same_v<T, float>)
+      return widen_bf16(B{}, g16);  // by argument-dependent lookup: backend/cuda/matmul.cuh
+    else
+      return widen_bf16(B{}, g16).template to<T>();
+  }
+  // A bf16-born gradient becomes `grad` (a fresh buffer of the node's own) before anything
+  // reads or adds to it in T.
+  static void widen_grad16(Node& n) {
+    if (!n.grad16.defined()) return;
+    n.grad = widened(n.grad16);
+    n.grad16 = Tensor<bf16, B>();
+    n.grad_owned = true;
   }
 
   explicit Var(std::shared_ptr<Node> node) : node_(std::move(node)) {}  // a handle of `node`

@@ -1,6 +1,9 @@
 // Differentiable views and joins: reshape, transpose, permute, slice, narrow, select,
 // unsqueeze, squeeze, expand, concat. A view's backward applies the inverse view to the
-// gradient (slices scatter it into zeros). Tests: tests/test_view.cpp.
+// gradient (slices scatter it into zeros); the pure views (reshape, transpose, permute,
+// unsqueeze, squeeze) pass a gradient born in bf16 on as bf16 (Var::accumulate_grad_bf16: the
+// attention's dq, dk, dv reach the q, k, v projections through the head split).
+// Tests: tests/test_view.cpp.
 #pragma once
 
 #include <initializer_list>
@@ -11,16 +14,33 @@
 
 namespace ternary {
 
+namespace detail {
+// A pure view's backward rule: x's gradient is back(g), the inverse view of the output's
+// gradient, in the precision it came in (fp32, or bf16 where a kernel wrote it so).
+template <class T, class B, class Back>
+auto view_rule(const Var<T, B>& x, Back back) {
+  return [x, back](const Tensor<T, B>& g, const Tensor<bf16, B>& g16) {
+    if (g16.defined())
+      x.accumulate_grad_bf16(back(g16, x));
+    else
+      x.accumulate_grad(back(g, x));
+  };
+}
+}  // namespace detail
+
 template <class T, class B>
 Var<T, B> reshape(const Var<T, B>& x, const Shape& shape) {
   return Var<T, B>::record("reshape", x.value().reshape(shape), {x},
-                           [x](const Tensor<T, B>& g) { x.accumulate_grad(g.reshape(x.shape())); });
+                           detail::view_rule(x, [](const auto& g, const Var<T, B>& in) {
+                             return g.reshape(in.shape());
+                           }));
 }
 template <class T, class B>
 Var<T, B> transpose(const Var<T, B>& x, int64_t a0, int64_t a1) {
-  return Var<T, B>::record(
-      "transpose", x.value().transpose(a0, a1), {x},
-      [x, a0, a1](const Tensor<T, B>& g) { x.accumulate_grad(g.transpose(a0, a1)); });
+  return Var<T, B>::record("transpose", x.value().transpose(a0, a1), {x},
+                           detail::view_rule(x, [a0, a1](const auto& g, const Var<T, B>&) {
+                             return g.transpose(a0, a1);
+                           }));
 }
 template <class T, class B>
 Var<T, B> permute(const Var<T, B>& x, const Dims& order) {
@@ -28,9 +48,10 @@ Var<T, B> permute(const Var<T, B>& x, const Dims& order) {
   Dims inverse = Dims::filled(order.size(), 0);  // inline: no heap per call
   for (int i = 0; i < order.size(); ++i)
     inverse[normalize_axis(order[i], x.dim(), "permute")] = int64_t(i);
-  return Var<T, B>::record("permute", out, {x}, [x, inverse](const Tensor<T, B>& g) {
-    x.accumulate_grad(g.permute(inverse));
-  });
+  return Var<T, B>::record("permute", out, {x},
+                           detail::view_rule(x, [inverse](const auto& g, const Var<T, B>&) {
+                             return g.permute(inverse);
+                           }));
 }
 // Braced lists and std::vector orders (a braced list would be ambiguous between the two).
 template <class T, class B>
@@ -79,12 +100,16 @@ Var<T, B> select(const Var<T, B>& x, int64_t axis, int64_t index) {
 template <class T, class B>
 Var<T, B> unsqueeze(const Var<T, B>& x, int64_t axis) {
   return Var<T, B>::record("unsqueeze", x.value().unsqueeze(axis), {x},
-                           [x](const Tensor<T, B>& g) { x.accumulate_grad(g.reshape(x.shape())); });
+                           detail::view_rule(x, [](const auto& g, const Var<T, B>& in) {
+                             return g.reshape(in.shape());
+                           }));
 }
 template <class T, class B>
 Var<T, B> squeeze(const Var<T, B>& x, int64_t axis) {
   return Var<T, B>::record("squeeze", x.value().squeeze(axis), {x},
-                           [x](const Tensor<T, B>& g) { x.accumulate_grad(g.reshape(x.shape())); });
+                           detail::view_rule(x, [](const auto& g, const Var<T, B>& in) {
+                             return g.reshape(in.shape());
+                           }));
 }
 // Broadcast to a larger shape; the backward sums over the broadcast axes.
 template <class T, class B>

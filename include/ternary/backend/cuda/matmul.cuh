@@ -240,6 +240,27 @@ template <class T>
 Tensor<ternary::bf16, cuda> to_bf16(cuda, const Tensor<T, cuda>& x) {
   return cuda_detail::round_to_bf16<cuda_detail::Bf16Map::identity>(x);
 }
+// float(x) as a new contiguous tensor: one pass (a bf16-born gradient read by an op that
+// works in fp32: autograd/var.hpp).
+namespace cuda_detail {
+__global__ void widen_bf16_kernel(const __nv_bfloat16* __restrict__ src, float* __restrict__ dst,
+                                  int64_t n) {
+  for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
+       k += int64_t(gridDim.x) * blockDim.x)
+    dst[k] = __bfloat162float(src[k]);
+}
+}  // namespace cuda_detail
+inline Tensor<float, cuda> widen_bf16(cuda, const Tensor<ternary::bf16, cuda>& x) {
+  const auto xc = x.contiguous();
+  auto out = Tensor<float, cuda>::empty(x.shape());
+  const int64_t n = x.numel();
+  if (n == 0) return out;
+  const cuda_detail::Launch ls = cuda_detail::launch_for(n);
+  cuda_detail::widen_bf16_kernel<<<ls.blocks, ls.threads, 0, cuda::stream()>>>(
+      reinterpret_cast<const __nv_bfloat16*>(xc.data()), out.data(), n);
+  TERNARY_CUDA_CHECK_LAUNCH("widen_bf16_kernel");
+  return out;
+}
 // bf16(relu(x)^2) in the same one pass: the MLP's activation as its projection's operand
 // (relu2_linear).
 template <class T>
