@@ -962,9 +962,12 @@ TEST_CASE("cuda rms_norm_bitlinear_mlp (bf16 hidden activation) against the CPU'
 
 // rope_attention on the tensor cores (ops/rope_attention.hpp: one node, head_norm_rope writing
 // the attention's bf16 operands) against the same composition on the GPU (head_norm_rope twice,
-// then causal_attention: the same roundings, so the same values and gradients bit for bit) and
-// against the CPU's fp32 composition (the tensor-core attention's tolerances). Heads of 64 and
-// 128 take the node, 32 composes; q, k, v are views of token-major projections, as the GPT's.
+// then causal_attention: the same roundings, so the same values and gradients bit for bit; the
+// node hands q, k and v their gradients in bf16, which these leaves widen: the composition's
+// rounded to bf16) and against the CPU's fp32 composition (the tensor-core attention's
+// tolerances). Heads of 64 and 128 take the node, 32 composes; q, k, v are views of
+// token-major tensors, as the GPT's. Then the same with q, k, v made by bf16 projections
+// (linear), which take those gradients as they are: every gradient as the composition's.
 TEST_CASE("cuda rope_attention (norm kernels writing the attention's operands)") {
   const Bf16On on;
   Rng rng(40);
@@ -998,16 +1001,46 @@ TEST_CASE("cuda rope_attention (norm kernels writing the attention's operands)")
       y[form] = out.value();
       functional(out, hw).backward();
     }
+    const bool node = Dh != 32;
+    auto as_born = [&](const Tensor<float, cuda>& g) {  // the node's bf16 gradients, widened
+      const auto h = to_host(g);
+      return node ? backend::to_bf16(cpu{}, h).to<float>() : h;
+    };
     CHECK(rel_err(y[1], to_host(y[0])) == 0);
-    CHECK(rel_err(dq[1].grad(), to_host(dq[0].grad())) == 0);
-    CHECK(rel_err(dk[1].grad(), to_host(dk[0].grad())) == 0);
-    CHECK(rel_err(dv[1].grad(), to_host(dv[0].grad())) == 0);
+    CHECK(rel_err(dq[1].grad(), as_born(dq[0].grad())) == 0);
+    CHECK(rel_err(dk[1].grad(), as_born(dk[0].grad())) == 0);
+    CHECK(rel_err(dv[1].grad(), as_born(dv[0].grad())) == 0);
     CHECK(rel_err(dg[1].grad(), to_host(dg[0].grad())) == 0);
     CHECK(rel_err(y[1], cy.value()) < 1.5e-2);
     CHECK(rel_err(dq[1].grad(), cq.grad()) < 3e-2);
     CHECK(rel_err(dk[1].grad(), ck.grad()) < 3e-2);
     CHECK(rel_err(dv[1].grad(), cv.grad()) < 3e-2);
     CHECK(rel_err(dg[1].grad(), cg.grad()) < 3e-2);
+    // q, k, v from bf16 projections of one input (the GPT's attention)
+    const int64_t Din = 48;
+    auto hx = Tensor<float>::randn({B, T, Din}, rng);
+    auto hwq = Tensor<float>::randn({Hq * Dh, Din}, rng, 0, 0.2);
+    auto hwk = Tensor<float>::randn({Hkv * Dh, Din}, rng, 0, 0.2);
+    auto hwv = Tensor<float>::randn({Hkv * Dh, Din}, rng, 0, 0.2);
+    std::array<VarD, 2> px, pwq, pwk, pwv;
+    for (int form = 0; form < 2; ++form) {
+      px[form] = VarD::parameter(to_device(hx));
+      pwq[form] = VarD::parameter(to_device(hwq));
+      pwk[form] = VarD::parameter(to_device(hwk));
+      pwv[form] = VarD::parameter(to_device(hwv));
+      dg[form] = VarD::parameter(to_device(hg));
+      auto split = [&](const VarD& p, int64_t h) { return heads(reshape(p, {B, T, h, Dh})); };
+      VarD q = split(linear(px[form], pwq[form]), Hq), k = split(linear(px[form], pwk[form]), Hkv);
+      VarD v = split(linear(px[form], pwv[form]), Hkv);
+      VarD out = form == 0 ? causal_attention(head_norm_rope(q, dg[0]), head_norm_rope(k), v)
+                           : rope_attention(q, dg[1], k, v);
+      functional(out, hw).backward();
+    }
+    CHECK(rel_err(px[1].grad(), to_host(px[0].grad())) == 0);
+    CHECK(rel_err(pwq[1].grad(), to_host(pwq[0].grad())) == 0);
+    CHECK(rel_err(pwk[1].grad(), to_host(pwk[0].grad())) == 0);
+    CHECK(rel_err(pwv[1].grad(), to_host(pwv[0].grad())) == 0);
+    CHECK(rel_err(dg[1].grad(), to_host(dg[0].grad())) == 0);
   }
 }
 

@@ -24,6 +24,7 @@
 #include <cmath>
 #include <limits>
 #include <optional>
+#include <type_traits>
 
 #include "ternary/autograd/var.hpp"
 #include "ternary/backend/cpu/attention.hpp"
@@ -60,15 +61,17 @@ Tensor<T, B> attention_output(const Shape& s) {
   else
     return Tensor<T, B>::empty(Shape{s[0], s[2], s[1], s[3]}).permute({0, 2, 1, 3});
 }
-// A gradient for x: on the GPU in x's layout when x is a [B, H, T, Dh] view of token-major
-// memory (the GPT's heads), so the gradient flows back through the head split without a copy.
-template <class T, class B>
-Tensor<T, B> attention_grad_like(const Tensor<T, B>& x) {
+// A gradient for x (of element type E: x's own by default): on the GPU in x's layout when x is
+// a [B, H, T, Dh] view of token-major memory (the GPT's heads), so the gradient flows back
+// through the head split without a copy.
+template <class E = void, class T, class B>
+auto attention_grad_like(const Tensor<T, B>& x) {
+  using U = std::conditional_t<std::is_void_v<E>, T, E>;
   if constexpr (!B::on_host) {
     const auto tm = x.permute({0, 2, 1, 3});
-    if (tm.is_contiguous()) return attention_output<T, B>(x.shape());
+    if (tm.is_contiguous()) return attention_output<U, B>(x.shape());
   }
-  return Tensor<T, B>::empty(x.shape());
+  return Tensor<U, B>::empty(x.shape());
 }
 }  // namespace detail
 

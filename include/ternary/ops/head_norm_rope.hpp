@@ -20,6 +20,8 @@
 // tests/test_head_norm_rope.cpp (and tests/cuda/test_cuda_ops.cu against the CPU).
 #pragma once
 
+#include <type_traits>
+
 #include "ternary/autograd/var.hpp"
 #include "ternary/backend/cpu/head_norm_rope.hpp"
 #include "ternary/ops/reduce.hpp"
@@ -58,13 +60,14 @@ Tensor<T, B> with_unit_rows(const Tensor<T, B>& x) {
 }
 
 // A new [B, H, T, Dh] tensor laid out as `like`: token-major ([B, T, H, Dh] memory) when
-// `like` is, else contiguous.
-template <class T, class B>
-Tensor<T, B> empty_heads_like(const Tensor<T, B>& like) {
+// `like` is, else contiguous; of element type E (like's by default).
+template <class E = void, class T, class B>
+auto empty_heads_like(const Tensor<T, B>& like) {
+  using U = std::conditional_t<std::is_void_v<E>, T, E>;
   if (!like.is_contiguous() && like.permute({0, 2, 1, 3}).is_contiguous())
-    return Tensor<T, B>::empty(Shape{like.size(0), like.size(2), like.size(1), like.size(3)})
+    return Tensor<U, B>::empty(Shape{like.size(0), like.size(2), like.size(1), like.size(3)})
         .permute({0, 2, 1, 3});
-  return Tensor<T, B>::empty(like.shape());
+  return Tensor<U, B>::empty(like.shape());
 }
 
 template <class T, class B>
@@ -79,11 +82,13 @@ Tensor<T, B> head_norm_rope_forward(const Tensor<T, B>& x_rows, const Tensor<T, 
 }
 
 // The backward for output gradient g_in: dx added into x's gradient, dgain into w's (w
-// undefined: no gain); x_rows, gain_c and table are the forward's.
+// undefined: no gain); x_rows, gain_c and table are the forward's. With dx_bf16 (on the
+// device, where the vector kernels run) dx is written in bf16 and handed on as a gradient born
+// in bf16 (Var::accumulate_grad_bf16), for a reader that rounds it to bf16 anyway.
 template <class T, class B, class Table>
 void head_norm_rope_backward_var(const Var<T, B>& x, const Var<T, B>& w, const Tensor<T, B>& x_rows,
                                  const Tensor<T, B>& gain_c, const Table& table, double eps,
-                                 const Tensor<T, B>& g_in) {
+                                 const Tensor<T, B>& g_in, bool dx_bf16 = false) {
   const bool want_dx = x.requires_grad(), want_dw = w.defined() && w.requires_grad();
   if (x_rows.numel() == 0) {
     if (want_dx) x.accumulate_grad(Tensor<T, B>::zeros(x.shape()));
@@ -91,10 +96,25 @@ void head_norm_rope_backward_var(const Var<T, B>& x, const Var<T, B>& w, const T
     return;
   }
   const auto g = with_unit_rows(g_in);
-  auto dx = want_dx ? empty_heads_like(x_rows) : Tensor<T, B>();
   // One dot product per row, in (b, h, t) order, summed per head below.
   auto row_dot =
       want_dw ? Tensor<T, B>::empty(Shape{x.size(0), x.size(1), x.size(2)}) : Tensor<T, B>();
+  if constexpr (!B::on_host) {
+    if (dx_bf16 && want_dx) {
+      const auto dx16 = empty_heads_like<bf16>(x_rows);
+      // (a device-only backend function: by argument-dependent lookup on the tag)
+      if (head_norm_rope_backward_bf16(
+              B{}, x_rows.data(), head_rows_of(x_rows),
+              gain_c.defined() ? gain_c.data() : static_cast<const T*>(nullptr), g.data(),
+              head_rows_of(g), dx16.data(), head_rows_of(dx16), want_dw ? row_dot.data() : nullptr,
+              *table, eps)) {
+        x.accumulate_grad_bf16(dx16);
+        if (want_dw) w.accumulate_grad(sum_to(row_dot, Shape{w.size(0), 1}).reshape(w.shape()));
+        return;
+      }
+    }
+  }
+  auto dx = want_dx ? empty_heads_like(x_rows) : Tensor<T, B>();
   backend::head_norm_rope_backward(
       B{}, x_rows.data(), head_rows_of(x_rows),
       gain_c.defined() ? gain_c.data() : static_cast<const T*>(nullptr), g.data(), head_rows_of(g),

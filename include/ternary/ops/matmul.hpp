@@ -52,11 +52,14 @@ Tensor<T, B> bf16_product(const Tensor<bf16, B>& a16, const Tensor<bf16, B>& w16
 }
 // The weight's side of a bf16 product's backward: g rounded to bf16 once (returned as [rows,
 // out], the input gradient's operand too) and dw = g16^T a16 added into w's gradient by the
-// GEMM (a16: the input's [rows, in] bf16 copy).
+// GEMM (a16: the input's [rows, in] bf16 copy). A gradient born in bf16 (g_bf16 defined, g
+// not: Var::accumulate_grad_bf16) is used as it is.
 template <class T, class B>
 Tensor<bf16, B> weight_grad_bf16(const Var<T, B>& w, const Tensor<bf16, B>& a16,
-                                 const Tensor<T, B>& g) {
-  const auto g16 = backend::to_bf16(B{}, g).reshape(Shape{-1, w.size(0)});
+                                 const Tensor<T, B>& g,
+                                 const Tensor<bf16, B>& g_bf16 = Tensor<bf16, B>()) {
+  const auto g16 = (g_bf16.defined() ? g_bf16.contiguous() : backend::to_bf16(B{}, g))
+                       .reshape(Shape{-1, w.size(0)});
   if (w.requires_grad())
     w.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
       gemm_accumulate(g16.t(), a16, dst, prior);
@@ -77,20 +80,22 @@ void relu2_input_grad(const Var<T, B>& h, const Tensor<bf16, B>& g16, const Tens
 // backend with cuda::set_bf16(true)); fp32 accumulation and outputs, the fp32 weights
 // untouched. x and w are rounded once in the forward pass and x's copy is kept for dw; g is
 // rounded once in the backward pass, for both dx and dw (3 GEMMs, 3 roundings of activations
-// between them instead of 6).
+// between them instead of 6), or taken as it is where it was born in bf16.
 template <class T, class B>
 Var<T, B> linear_bf16(const Var<T, B>& x, const Var<T, B>& w) {
   const int64_t in = w.size(1);
   const auto x16 = backend::to_bf16(B{}, x.value()).reshape(Shape{-1, in});
   const auto w16 = backend::to_bf16(B{}, w.value());
   auto y = bf16_product<T>(x16, w16, x.shape());
-  return Var<T, B>::record("linear", y, {x, w}, [x, w, x16, w16](const Tensor<T, B>& g_in) {
-    const auto g16 = weight_grad_bf16(w, x16, g_in);
-    if (x.requires_grad())
-      x.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
-        gemm_accumulate(g16, w16, dst.reshape(Shape{-1, w.size(1)}), prior);
+  return Var<T, B>::record(
+      "linear", y, {x, w},
+      [x, w, x16, w16](const Tensor<T, B>& g_in, const Tensor<bf16, B>& g_bf16) {
+        const auto g16 = weight_grad_bf16(w, x16, g_in, g_bf16);
+        if (x.requires_grad())
+          x.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
+            gemm_accumulate(g16, w16, dst.reshape(Shape{-1, w.size(1)}), prior);
+          });
       });
-  });
 }
 
 // relu2_linear() on the tensor cores: relu(h)^2 is rounded to bf16 by the pass that computes
@@ -101,10 +106,12 @@ Var<T, B> relu2_linear_bf16(const Var<T, B>& h, const Var<T, B>& w) {
   const auto a16 = backend::relu2_to_bf16(B{}, h.value()).reshape(Shape{-1, w.size(1)});
   const auto w16 = backend::to_bf16(B{}, w.value());
   auto y = bf16_product<T>(a16, w16, h.shape());
-  return Var<T, B>::record("relu2_linear", y, {h, w}, [h, w, a16, w16](const Tensor<T, B>& g_in) {
-    const auto g16 = weight_grad_bf16(w, a16, g_in);
-    if (h.requires_grad()) relu2_input_grad(h, g16, w16);
-  });
+  return Var<T, B>::record(
+      "relu2_linear", y, {h, w},
+      [h, w, a16, w16](const Tensor<T, B>& g_in, const Tensor<bf16, B>& g_bf16) {
+        const auto g16 = weight_grad_bf16(w, a16, g_in, g_bf16);
+        if (h.requires_grad()) relu2_input_grad(h, g16, w16);
+      });
 }
 }  // namespace detail
 

@@ -72,17 +72,22 @@ Tensor<T, B> product_bf16(const Residual<T, B>* r, const Tensor<bf16, B>& a16,
                          backend::mat_view(out.reshape(Shape{-1, n})));
   return out;
 }
-// Its backward for the weight w and the residual, given dout = g: adds w's gradient (and with
-// a residual, r.x's and r.scale's: see the top of this file) and returns bf16(g) [rows, out],
-// the first operand of the input's gradient da = bf16(g) wd16.
+// Its backward for the weight w and the residual, given dout = g (or g_bf16, a gradient born
+// in bf16): adds w's gradient (and with a residual, r.x's and r.scale's: see the top of this
+// file) and returns bf16(g) [rows, out], the first operand of the input's gradient
+// da = bf16(g) wd16.
 template <class T, class B>
 Tensor<bf16, B> product_backward_bf16(const std::optional<Residual<T, B>>& r,
                                       const Tensor<bf16, B>& a16, const Var<T, B>& w,
-                                      const Tensor<T, B>& g) {
-  if (!r) return weight_grad_bf16(w, a16, g);
+                                      const Tensor<T, B>& g_in,
+                                      const Tensor<bf16, B>& g_bf16 = Tensor<bf16, B>()) {
+  if (!r) return weight_grad_bf16(w, a16, g_in, g_bf16);
   const int64_t out = w.size(0), in = w.size(1);
+  // (the residual stream's gradient is fp32: a bf16 one is widened for r.x)
+  const Tensor<T, B> g = g_in.defined() ? g_in : widen_bf16(B{}, g_bf16);
   if (r->x.requires_grad()) r->x.accumulate_grad(g);
-  const auto g16 = backend::to_bf16(B{}, g).reshape(Shape{-1, out});
+  const auto g16 =
+      (g_bf16.defined() ? g_bf16.contiguous() : backend::to_bf16(B{}, g)).reshape(Shape{-1, out});
   if (w.requires_grad() || r->scale.requires_grad()) {
     auto G = Tensor<T, B>::empty(Shape{out, in});
     backend::gemm_bf16(B{}, const_view(g16.t()), const_view(a16), backend::mat_view(G), T(1), T(0));

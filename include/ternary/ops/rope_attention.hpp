@@ -12,7 +12,12 @@
 // are not packed by passes of their own; v is packed as before. The backward runs the
 // attention's backward from that buffer, then head_norm_rope's backward for q and for k. The
 // values are the composition's on the same backend, bit for bit (the same kernels' arithmetic,
-// rounded in the same place). Tests: tests/cuda/test_cuda_ops.cu.
+// rounded in the same place). With bf16 products (cuda::set_bf16) the gradients of q, k and v
+// are written in bf16 by the kernels that make them (head_norm_rope's backward, the attention's
+// dk/dv kernel) and handed on as gradients born in bf16 (Var::accumulate_grad_bf16): the q, k,
+// v projections' backward rounds them to bf16 anyway, so their fp32 copies and the rounding
+// passes are gone, and the projections' gradients are bit for bit the same.
+// Tests: tests/cuda/test_cuda_ops.cu.
 #pragma once
 
 #include <optional>
@@ -53,14 +58,22 @@ std::optional<Var<T, B>> rope_attention_packed(const Var<T, B>& q, const Var<T, 
       "rope_attention", out, {q, q_gain, k, v},
       [q, q_gain, k, v, packed, out, lse, q_rows, k_rows, gain_c, table, eps,
        scale](const Tensor<T, B>& g) {
-        // gradients of the roped q and k, and of v
+        // gradients of the roped q and k, and of v (bf16 where the products round them so)
+        const bool grads_bf16 = backend::bf16_products(B{});
         auto dq = attention_grad_like(q.value());
         auto dk = attention_grad_like(k.value());
-        auto dv = attention_grad_like(v.value());
-        causal_attention_backward_prepacked(B{}, packed, out, lse, g, scale, dq, dk, dv);
-        head_norm_rope_backward_var(q, q_gain, q_rows, gain_c, table, eps, dq);
-        head_norm_rope_backward_var(k, Var<T, B>(), k_rows, Tensor<T, B>(), table, eps, dk);
-        if (v.requires_grad()) v.accumulate_grad(dv);
+        if (grads_bf16) {
+          auto dv16 = attention_grad_like<bf16>(v.value());
+          causal_attention_backward_prepacked(B{}, packed, out, lse, g, scale, dq, dk, dv16);
+          if (v.requires_grad()) v.accumulate_grad_bf16(dv16);
+        } else {
+          auto dv = attention_grad_like(v.value());
+          causal_attention_backward_prepacked(B{}, packed, out, lse, g, scale, dq, dk, dv);
+          if (v.requires_grad()) v.accumulate_grad(dv);
+        }
+        head_norm_rope_backward_var(q, q_gain, q_rows, gain_c, table, eps, dq, grads_bf16);
+        head_norm_rope_backward_var(k, Var<T, B>(), k_rows, Tensor<T, B>(), table, eps, dk,
+                                    grads_bf16);
       });
 }
 

@@ -120,15 +120,16 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
   for (const auto& w : weights) inputs.push_back(w);
   return Var<T, B>::record_multi(
       "rms_norm_linear", std::move(ys), inputs.data(), inputs.data() + inputs.size(),
-      [x, gains, weights, x2d, gains_c, h16, w16, rstd, rstd_pre, rows, D, relu2_input,
-       res](const std::array<Tensor<T, B>, K>& g) {
+      [x, gains, weights, x2d, gains_c, h16, w16, rstd, rstd_pre, rows, D, relu2_input, res](
+          const std::array<Tensor<T, B>, K>& g, const std::array<Tensor<bf16, B>, K>& g_bf16) {
         std::array<Tensor<T, B>, K> dh, dgains;
         bool any = false;
         for (size_t k = 0; k < K; ++k) {
-          if (!g[k].defined()) continue;
+          if (!g[k].defined() && !g_bf16[k].defined()) continue;
           // dh = bf16(dout) w16 (w16: bf16(scale * w) with a residual, whose backward also
-          // adds the residual's gradients)
-          const auto g16 = ternary::detail::product_backward_bf16(res, h16[k], weights[k], g[k]);
+          // adds the residual's gradients); a gradient born in bf16 is used as it is
+          const auto g16 =
+              ternary::detail::product_backward_bf16(res, h16[k], weights[k], g[k], g_bf16[k]);
           const bool want_dgain = gains[k].defined() && gains[k].requires_grad();
           if (x.requires_grad() || want_dgain) {
             dh[k] = Tensor<T, B>::empty(Shape{rows, D});

@@ -180,6 +180,10 @@ template <class T>
 Tensor<bf16, cpu> to_bf16(cpu, const Tensor<T, cpu>& x) {
   return cpu_detail::round_to_bf16(x, [](float v) { return v; });
 }
+// float(x) as a new contiguous tensor (a bf16-born gradient read in fp32: autograd/var.hpp)
+inline Tensor<float, cpu> widen_bf16(cpu, const Tensor<bf16, cpu>& x) {
+  return x.to<float>();
+}
 // bf16(relu(x)^2) (relu2_linear's operand)
 template <class T>
 Tensor<bf16, cpu> relu2_to_bf16(cpu, const Tensor<T, cpu>& x) {

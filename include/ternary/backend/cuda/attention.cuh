@@ -353,7 +353,8 @@ __global__ void __launch_bounds__(AttnCfg<DM>::THREADS)
   }
 }
 
-inline bool has_unit_inner(const Tensor<float, cuda>& x) {
+template <class E>
+bool has_unit_inner(const Tensor<E, cuda>& x) {
   return x.size(-1) <= 1 || x.strides()[x.dim() - 1] == 1;
 }
 // x itself if its last axis has unit stride, else a contiguous copy.
@@ -540,12 +541,14 @@ void causal_attention_forward_prepacked(cuda, const Tensor<bf16, cuda>& packed,
     flash_attention_forward<DM>(layout, packed, scale, out, &lse);
   });
 }
-template <class T>
+// dv in T, or rounded to bf16 by the kernel (DV = bf16: ops/rope_attention.hpp, whose v
+// gradient only feeds the v projection's bf16 products).
+template <class T, class DV>
 void causal_attention_backward_prepacked(cuda, const Tensor<bf16, cuda>& packed,
                                          const Tensor<T, cuda>& out_in, const Tensor<T, cuda>& lse,
                                          const Tensor<T, cuda>& dout_in, T scale,
                                          Tensor<T, cuda>& dq, Tensor<T, cuda>& dk,
-                                         Tensor<T, cuda>& dv) {
+                                         Tensor<DV, cuda>& dv) {
   using namespace cuda_detail;
   const int B = int(dq.size(0)), Hq = int(dq.size(1)), T_len = int(dq.size(2)), D = int(dq.size(3)),
             Hkv = int(dk.size(1));

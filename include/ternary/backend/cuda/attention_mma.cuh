@@ -41,6 +41,7 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "ternary/backend/cuda/attention_grid.cuh"
 #include "ternary/backend/cuda/cuda.hpp"
@@ -271,23 +272,29 @@ __device__ __forceinline__ void flash_acc_times_tile(float (&out)[C::MT][C::DT][
 }
 
 // Writes this lane's part of one 16 x DM accumulator tile as rows r0 and r0 + 8 of one
-// head (head: its row 0; rows rs apart, unit inner stride), times mul0 / mul1 per row; rows
-// >= T and columns >= D are left alone.
-template <class C>
-__device__ __forceinline__ void flash_store_rows(float* __restrict__ head, int64_t rs, int r0,
-                                                 int T, int D, const float (&acc)[C::DT][4],
-                                                 float mul0, float mul1) {
+// head (head: its row 0; rows rs apart, unit inner stride), times mul0 / mul1 per row, in
+// fp32 or rounded to bf16 (Out); rows >= T and columns >= D are left alone.
+__device__ __forceinline__ void flash_store(float* p, float v) {
+  *p = v;
+}
+__device__ __forceinline__ void flash_store(bf16* p, float v) {
+  *p = __float2bfloat16_rn(v);
+}
+template <class C, class Out>
+__device__ __forceinline__ void flash_store_rows(Out* __restrict__ head, int64_t rs, int r0, int T,
+                                                 int D, const float (&acc)[C::DT][4], float mul0,
+                                                 float mul1) {
   const int t = threadIdx.x % 4, r1 = r0 + 8;
 #pragma unroll
   for (int dt = 0; dt < C::DT; ++dt) {
     const int d = dt * 8 + 2 * t;
     if (r0 < T) {
-      if (d < D) head[r0 * rs + d] = acc[dt][0] * mul0;
-      if (d + 1 < D) head[r0 * rs + d + 1] = acc[dt][1] * mul0;
+      if (d < D) flash_store(head + r0 * rs + d, acc[dt][0] * mul0);
+      if (d + 1 < D) flash_store(head + r0 * rs + d + 1, acc[dt][1] * mul0);
     }
     if (r1 < T) {
-      if (d < D) head[r1 * rs + d] = acc[dt][2] * mul1;
-      if (d + 1 < D) head[r1 * rs + d + 1] = acc[dt][3] * mul1;
+      if (d < D) flash_store(head + r1 * rs + d, acc[dt][2] * mul1);
+      if (d + 1 < D) flash_store(head + r1 * rs + d + 1, acc[dt][3] * mul1);
     }
   }
 }
@@ -489,18 +496,19 @@ __global__ void __launch_bounds__(FlashDqCfg<DM>::THREADS)
                         scale);
 }
 
-// grid: key tiles * Hkv * B; dk and dv through their strides. A block's 64 keys of one kv
-// head, over every query head of its group and every query tile at or after the keys:
+// grid: key tiles * Hkv * B; dk and dv through their strides (dv in fp32 or bf16: DvOut). A
+// block's 64 keys of one kv head, over every query head of its group and every query tile at
+// or after the keys:
 //   p^T = exp(scale k.q - lse), dv = sum_i p^T do_i, dp^T = v.do, ds^T = p^T (dp^T - di),
 //   dk = scale sum_i ds^T q_i
 // Shared memory: K and V (64 rows each, read once into fragments), then Q and dO tiles and
 // their lse / di values, two buffers each.
-template <int DM>
+template <int DM, class DvOut>
 __global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
     flash_backward_dkdv_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                const bf16* __restrict__ v, const bf16* __restrict__ dout,
                                const float* __restrict__ lse, const float* __restrict__ di,
-                               float* __restrict__ dk, HeadStrides dks, float* __restrict__ dv,
+                               float* __restrict__ dk, HeadStrides dks, DvOut* __restrict__ dv,
                                HeadStrides dvs, int T, int D, int Hq, int Hkv, int group,
                                float scale) {
   using C = FlashCfg<DM>;
@@ -619,7 +627,8 @@ void flash_pack(const Tensor<float, cuda>& x, bf16* dst, const Tensor<float, cud
   TERNARY_CUDA_CHECK_LAUNCH("attn_pack_bf16_kernel");
 }
 
-inline HeadStrides flash_strides(const Tensor<float, cuda>& x) {
+template <class E>
+HeadStrides flash_strides(const Tensor<E, cuda>& x) {
   return {x.strides()[0], x.strides()[1], x.strides()[2]};
 }
 
@@ -671,12 +680,13 @@ void flash_attention_forward(const FlashPacked& layout, const Tensor<ternary::bf
 }
 
 // dq, dk, dv from the packed q, k, v (the forward's), out, lse and dout (unit-stride head axes,
-// any other layout).
-template <int DM>
+// any other layout); dv fp32 or bf16 (DV: float or ternary::bf16).
+template <int DM, class DV>
 void flash_attention_backward(const FlashPacked& layout, const Tensor<ternary::bf16, cuda>& packed,
                               const Tensor<float, cuda>& out, const Tensor<float, cuda>& lse,
                               const Tensor<float, cuda>& dout, float scale, Tensor<float, cuda>& dq,
-                              Tensor<float, cuda>& dk, Tensor<float, cuda>& dv) {
+                              Tensor<float, cuda>& dk, Tensor<DV, cuda>& dv) {
+  using DvOut = std::conditional_t<std::is_same_v<DV, float>, float, bf16>;
   using C = FlashCfg<DM>;
   const int B = layout.B, Hq = layout.Hq, Hkv = layout.Hkv, T = layout.T, D = layout.D;
   if (packed.numel() != layout.total())
@@ -691,7 +701,7 @@ void flash_attention_backward(const FlashPacked& layout, const Tensor<ternary::b
   flash_pack<DM>(dout, static_cast<bf16*>(dop.p), &out, static_cast<float*>(di.p));
   static const bool smem_ok =
       (allow_dynamic_smem(flash_backward_dq_kernel<DM>, FlashSmem<DM>::dq),
-       allow_dynamic_smem(flash_backward_dkdv_kernel<DM>, FlashSmem<DM>::dkdv), true);
+       allow_dynamic_smem(flash_backward_dkdv_kernel<DM, DvOut>, FlashSmem<DM>::dkdv), true);
   (void)smem_ok;
   const int64_t q_tiles = (T + FlashDqCfg<DM>::ROWS - 1) / FlashDqCfg<DM>::ROWS;
   const int64_t kv_tiles = (T + C::ROWS - 1) / C::ROWS;
@@ -702,10 +712,10 @@ void flash_attention_backward(const FlashPacked& layout, const Tensor<ternary::b
           qb, kb, vb, dob, lse.data(), dib, dq.data(), flash_strides(dq), T, D, Hq, Hq / Hkv,
           scale);
   TERNARY_CUDA_CHECK_LAUNCH("flash_backward_dq_kernel");
-  flash_backward_dkdv_kernel<DM>
+  flash_backward_dkdv_kernel<DM, DvOut>
       <<<unsigned(kv_tiles * Hkv * B), C::THREADS, FlashSmem<DM>::dkdv, cuda::stream()>>>(
-          qb, kb, vb, dob, lse.data(), dib, dk.data(), flash_strides(dk), dv.data(),
-          flash_strides(dv), T, D, Hq, Hkv, Hq / Hkv, scale);
+          qb, kb, vb, dob, lse.data(), dib, dk.data(), flash_strides(dk),
+          reinterpret_cast<DvOut*>(dv.data()), flash_strides(dv), T, D, Hq, Hkv, Hq / Hkv, scale);
   TERNARY_CUDA_CHECK_LAUNCH("flash_backward_dkdv_kernel");
 }
 

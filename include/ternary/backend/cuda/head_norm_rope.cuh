@@ -219,11 +219,13 @@ __global__ void head_norm_rope_forward_vec_kernel(const float* __restrict__ x, H
                                    k * (c.z * cs.z - a.z * sn.z), k * (c.w * cs.w - a.w * sn.w)));
 }
 
-template <int L>
+// Out: float, or __nv_bfloat16 (dx rounded once: the gradient of a projection whose backward
+// products take bf16 operands, ops/rope_attention.hpp).
+template <int L, class Out = float>
 __global__ void head_norm_rope_backward_vec_kernel(const float* __restrict__ x, HeadRows xl,
                                                    const float* __restrict__ gain,
                                                    const float* __restrict__ g, HeadRows gl,
-                                                   float* __restrict__ dx, HeadRows dxl,
+                                                   Out* __restrict__ dx, HeadRows dxl,
                                                    float* __restrict__ row_dot, HeadGrid hg,
                                                    const float* __restrict__ cos_t,
                                                    const float* __restrict__ sin_t, float eps) {
@@ -251,7 +253,7 @@ __global__ void head_norm_rope_backward_vec_kernel(const float* __restrict__ x, 
   if (row_dot && col == 0) row_dot[r] = dot;
   if (!dx) return;
   const float k = gain ? gain[h] * rstd : rstd, m = dot / float(2 * half) * rstd;
-  float* dr = dx + at.offset(dxl);
+  Out* dr = dx + at.offset(dxl);
   st4(dr + col, make_float4(k * (u1.x - a.x * m), k * (u1.y - a.y * m), k * (u1.z - a.z * m),
                             k * (u1.w - a.w * m)));
   st4(dr + half + col, make_float4(k * (u2.x - c.x * m), k * (u2.y - c.y * m), k * (u2.z - c.z * m),
@@ -387,6 +389,29 @@ void head_norm_rope_backward(cuda, const T* x, const HeadRows& xl, const T* gain
             x, xl, gain, g, gl, dx, dxl, row_dot, dev.cos.data(), dev.sin.data(), T(eps));
   });
   TERNARY_CUDA_CHECK_LAUNCH("head_norm_rope_backward_kernel");
+}
+
+// The backward with dx rounded to bf16 (dx rows through dxl's strides, in bf16 elements): the
+// vector kernels only, as head_norm_rope_forward_bf16; false (nothing written) otherwise.
+template <class T>
+bool head_norm_rope_backward_bf16(cuda, const T* x, const HeadRows& xl, const T* gain, const T* g,
+                                  const HeadRows& gl, ternary::bf16* dx, const HeadRows& dxl,
+                                  T* row_dot, const RopeTable<T>& table, double eps) {
+  using namespace cuda_detail;
+  check_head_rope_table(xl, table, "head_norm_rope_backward_bf16(cuda)");
+  if (xl.rows() == 0) return true;
+  if (reinterpret_cast<uintptr_t>(dx) % 16 != 0 || dxl.sb % 8 || dxl.sh % 8 || dxl.st % 8)
+    return false;
+  const auto dev = device_rope_table(table);
+  const HeadGrid hg{int(xl.heads), int(xl.seq), int(xl.dh / 2)};
+  return with_head_lanes<T>(xl, {{x, xl}, {g, gl}}, [&](auto l) {
+    constexpr int L = decltype(l)::value;
+    head_norm_rope_backward_vec_kernel<L, __nv_bfloat16>
+        <<<head_grid(xl, L), 32 * kHeadRowsPerBlock, 0, cuda::stream()>>>(
+            x, xl, gain, g, gl, reinterpret_cast<__nv_bfloat16*>(dx), dxl, row_dot, hg,
+            dev.cos.data(), dev.sin.data(), float(eps));
+    TERNARY_CUDA_CHECK_LAUNCH("head_norm_rope_backward_vec_kernel (bf16)");
+  });
 }
 
 }  // namespace ternary::backend
