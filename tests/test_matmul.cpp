@@ -373,30 +373,32 @@ TEST_CASE("residual_linear is channel_mix(x, b, linear(a, w)); its bf16 rule", "
   auto a = Var<float>::parameter(ha.clone()), w = Var<float>::parameter(hw.clone());
   auto x = Var<float>::parameter(hx.clone()), b = Var<float>::parameter(hb.clone());
   auto y = detail::residual_linear_bf16(Residual<float, cpu>{x, b}, a, w);
-  const auto ar = round(ha).reshape({10, 12}), gr = round(hg).reshape({10, 7});
+  const auto ar = round(ha).reshape({10, 12}), wr = round(hw), gr = round(hg).reshape({10, 7});
   const auto b_col = hb.reshape({7, 1});
-  const auto wbr = round(Tensor<float>(hw * b_col));  // bf16(b * w): the scale in the weight
   CHECK(max_abs_diff(y.value().reshape({10, 7}),
-                     Tensor<float>(hx.reshape({10, 7}) + matmul(ar, wbr.t()))) < 1e-5);
+                     Tensor<float>(hx.reshape({10, 7}) + hb * matmul(ar, wr.t()))) < 1e-5);
   y.backward(hg);
   const auto G = matmul(gr.t(), ar);
   CHECK(max_abs_diff(x.grad(), hg) == 0.0);
   CHECK(max_abs_diff(w.grad(), Tensor<float>(G * b_col)) < 1e-5);
   CHECK(max_abs_diff(b.grad(), sum(Tensor<float>(G * hw), {1})) < 1e-4);
-  CHECK(max_abs_diff(a.grad().reshape({10, 12}), matmul(gr, wbr)) < 1e-5);
+  CHECK(max_abs_diff(a.grad().reshape({10, 12}), matmul(gr, round(Tensor<float>(hw * b_col)))) <
+        1e-5);
   // the relu2 form: relu(a)^2 rounded once, da through relu2's slope
   auto a2 = Var<float>::parameter(ha.clone()), w2 = Var<float>::parameter(hw.clone());
   auto x2 = Var<float>::parameter(hx.clone()), b2 = Var<float>::parameter(hb.clone());
   auto y2 = detail::residual_linear_bf16(Residual<float, cpu>{x2, b2}, a2, w2, true);
   const auto sq = widen_bf16(backend::relu2_to_bf16(cpu{}, ha)).reshape({10, 12});
   CHECK(max_abs_diff(y2.value().reshape({10, 7}),
-                     Tensor<float>(hx.reshape({10, 7}) + matmul(sq, wbr.t()))) < 1e-5);
+                     Tensor<float>(hx.reshape({10, 7}) + hb * matmul(sq, round(hw).t()))) < 1e-5);
   y2.backward(hg);
   const auto G2 = matmul(gr.t(), sq);
   CHECK(max_abs_diff(w2.grad(), Tensor<float>(G2 * b_col)) < 1e-5);
   CHECK(max_abs_diff(b2.grad(), sum(Tensor<float>(G2 * hw), {1})) < 1e-4);
-  CHECK(max_abs_diff(a2.grad(),
-                     Tensor<float>(matmul(gr, wbr).reshape({2, 5, 12}) * 2.0f * relu(ha))) < 1e-5);
+  CHECK(
+      max_abs_diff(a2.grad(),
+                   Tensor<float>(matmul(gr, round(Tensor<float>(hw * b_col))).reshape({2, 5, 12}) *
+                                 2.0f * relu(ha))) < 1e-5);
   CHECK_THROWS_WITH(residual_linear(Residual<float, cpu>{x, b}, a,
                                     Var<float>::parameter(Tensor<float>::zeros({6, 12}))),
                     Contains("residual"));

@@ -52,7 +52,7 @@ std::optional<Var<T, B>> rms_norm_mlp_bf16(const Var<T, B>& x, const Var<T, B>& 
                              0.0))
     return std::nullopt;
   const auto wfc16 = backend::to_bf16(B{}, w_fc.value());
-  const auto wproj16 = output_weight_bf16(residual, w_proj);  // bf16(scale * w) with a residual
+  const auto wproj16 = backend::to_bf16(B{}, w_proj.value());
   const auto h16 = Tensor<bf16, B>::empty(Shape{rows, hidden});
   // (the bf16-only backend functions by argument-dependent lookup on the tag: CUDA has them)
   gemm_bf16(B{}, const_view(xn16), const_view(wfc16.t()), backend::mat_view(h16));
@@ -64,10 +64,13 @@ std::optional<Var<T, B>> rms_norm_mlp_bf16(const Var<T, B>& x, const Var<T, B>& 
       "rms_norm_mlp", y, with_residual_inputs<T, B>({x, w_fc, w_proj}, residual),
       [x, w_fc, w_proj, x2d, rstd, xn16, wfc16, wproj16, h16, a16, res, rows,
        hidden](const Tensor<T, B>& g) {
-        const auto g16 = product_backward_bf16(res, a16, w_proj, g);  // da = g16 wproj16
+        // (not a structured binding: clang before 16 cannot capture those in lambdas)
+        const auto operands = product_backward_bf16(res, a16, w_proj, wproj16, g);
+        const Tensor<bf16, B>& g16 = operands.first;  // da = g16 wd16
+        const Tensor<bf16, B>& wd16 = operands.second;
         if (!x.requires_grad() && !w_fc.requires_grad()) return;
         const auto dh16 = Tensor<bf16, B>::empty(Shape{rows, hidden});
-        gemm_bf16(B{}, const_view(g16), const_view(wproj16), backend::mat_view(dh16));
+        gemm_bf16(B{}, const_view(g16), const_view(wd16), backend::mat_view(dh16));
         relu2_grad_bf16(B{}, dh16, h16);  // da -> dh
         if (w_fc.requires_grad())
           w_fc.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {

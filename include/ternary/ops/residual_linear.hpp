@@ -5,20 +5,15 @@
 //
 // (r.x [..., out], r.scale [out]: channel_mix(r.x, r.scale, y) of the product y.) The GPT's
 // attention and MLP branches end this way. Elsewhere than the tensor-core path these are
-// exactly that composition. With bf16 products (CUDA, cuda::set_bf16) one node whose forward
-// and backward never form the branch's output y or its gradient scale * dout. The scale is
-// folded into the weight's rows, wb16 = bf16(scale * w), so
-//   out = r.x + a16 wb16^T                          one GEMM that adds r.x in its epilogue
-// (gemm_bf16_add: no pass reading y and r.x and writing out), and with dout rounded once to
-// bf16 and G = bf16(dout)^T a16 (the weight gradient's GEMM, unscaled),
+// exactly that composition. With bf16 products (CUDA, cuda::set_bf16) one node whose backward
+// never forms the branch's gradient scale * dout: with dout rounded once to bf16 and
+// G = bf16(dout)^T a (the weight gradient's GEMM, unscaled),
 //   d r.x = dout (the gradient itself, no copy)      dw = scale * G (row j times scale_j)
-//   d scale_j = sum_k w_jk G_jk                      da = bf16(dout) wb16
+//   d scale_j = sum_k w_jk G_jk                      da = bf16(dout) bf16(scale * w)
 // so channel_mix's backward pass (reading dout and y, writing scale * dout) and the rounding of
-// scale * dout are gone too; the scaled weight and the two small [out, in] passes cost little.
-// The forward and da use the same rounded matrix, bf16(scale * w) (the composition rounds w and
-// scales the product in fp32: the two differ by the rounding of scale * w, within bf16's
-// precision). quant::rms_norm_linear and the MLP nodes take the same residual. Tests:
-// tests/test_matmul.cpp, tests/cuda/test_cuda_ops.cu.
+// scale * dout are gone; the scaled weight and the two small [out, in] passes cost little.
+// y is not kept for the backward. quant::rms_norm_linear takes the same residual (BitLinear
+// projections). Tests: tests/test_matmul.cpp, tests/cuda/test_cuda_ops.cu.
 #pragma once
 
 #include <optional>
@@ -49,52 +44,54 @@ inline void check_residual_shapes(const char* op, const Shape& x, const Shape& s
                          " and [", out, "] for an input ", input));
 }
 
-// The output product's bf16 weight operand: bf16(w), or with a residual r bf16(r.scale * w)
-// (the scale folded into w's rows: row j times scale_j).
+// The forward of the bf16 path: r.x + r.scale * (a16 w16^T), a16 [rows, in], w16 [out, in].
 template <class T, class B>
-Tensor<bf16, B> output_weight_bf16(const Residual<T, B>* r, const Var<T, B>& w) {
-  if (!r) return backend::to_bf16(B{}, w.value());
-  return backend::to_bf16(B{}, Tensor<T, B>(w.value() * r->scale.value().reshape(Shape{-1, 1})));
+Tensor<T, B> residual_product_bf16(const Residual<T, B>& r, const Tensor<bf16, B>& a16,
+                                   const Tensor<bf16, B>& w16) {
+  return channel_mix(r.x.value(), r.scale.value(), bf16_product<T>(a16, w16, r.x.shape()));
 }
 
-// The bf16 nodes' output product, wd16 = output_weight_bf16(r, w): r.x + a16 wd16^T as one
-// GEMM with a residual r, else a16 wd16^T, shaped like the input (in_shape with wd16's rows
-// last).
+// Its backward for the residual and the weights (see the top of this file), given dout = g
+// (or g_bf16: a gradient born in bf16, widened for r.x, whose gradient is fp32). Returns
+// bf16(g) [rows, out] and bf16(scale * w) [out, in]: the operands of the branch input's
+// gradient, da = bf16(g) bf16(scale * w).
 template <class T, class B>
-Tensor<T, B> product_bf16(const Residual<T, B>* r, const Tensor<bf16, B>& a16,
-                          const Tensor<bf16, B>& wd16, const Shape& in_shape) {
-  if (!r) return bf16_product<T>(a16, wd16, in_shape);
-  const Tensor<T, B> x = r->x.value().contiguous();
-  auto out = Tensor<T, B>::empty(x.shape());
-  const int64_t n = wd16.size(0);
-  backend::gemm_bf16_add(B{}, const_view(a16), const_view(wd16.t()),
-                         const_view(x.reshape(Shape{-1, n})),
-                         backend::mat_view(out.reshape(Shape{-1, n})));
-  return out;
-}
-// Its backward for the weight w and the residual, given dout = g (or g_bf16, a gradient born
-// in bf16): adds w's gradient (and with a residual, r.x's and r.scale's: see the top of this
-// file) and returns bf16(g) [rows, out], the first operand of the input's gradient
-// da = bf16(g) wd16.
-template <class T, class B>
-Tensor<bf16, B> product_backward_bf16(const std::optional<Residual<T, B>>& r,
-                                      const Tensor<bf16, B>& a16, const Var<T, B>& w,
-                                      const Tensor<T, B>& g_in,
-                                      const Tensor<bf16, B>& g_bf16 = Tensor<bf16, B>()) {
-  if (!r) return weight_grad_bf16(w, a16, g_in, g_bf16);
+std::pair<Tensor<bf16, B>, Tensor<bf16, B>> residual_product_backward_bf16(
+    const Residual<T, B>& r, const Tensor<bf16, B>& a16, const Var<T, B>& w,
+    const Tensor<T, B>& g_in, const Tensor<bf16, B>& g_bf16 = Tensor<bf16, B>()) {
   const int64_t out = w.size(0), in = w.size(1);
-  // (the residual stream's gradient is fp32: a bf16 one is widened for r.x)
   const Tensor<T, B> g = g_in.defined() ? g_in : widen_bf16(B{}, g_bf16);
-  if (r->x.requires_grad()) r->x.accumulate_grad(g);
+  if (r.x.requires_grad()) r.x.accumulate_grad(g);
   const auto g16 =
       (g_bf16.defined() ? g_bf16.contiguous() : backend::to_bf16(B{}, g)).reshape(Shape{-1, out});
-  if (w.requires_grad() || r->scale.requires_grad()) {
+  const auto b_col = r.scale.value().reshape(Shape{out, 1});
+  if (w.requires_grad() || r.scale.requires_grad()) {
     auto G = Tensor<T, B>::empty(Shape{out, in});
     backend::gemm_bf16(B{}, const_view(g16.t()), const_view(a16), backend::mat_view(G), T(1), T(0));
-    if (w.requires_grad()) w.accumulate_grad(G * r->scale.value().reshape(Shape{out, 1}));
-    if (r->scale.requires_grad()) r->scale.accumulate_grad(sum(Tensor<T, B>(G * w.value()), {1}));
+    if (w.requires_grad()) w.accumulate_grad(G * b_col);
+    if (r.scale.requires_grad()) r.scale.accumulate_grad(sum(Tensor<T, B>(G * w.value()), {1}));
   }
-  return g16;
+  const auto wb16 = backend::to_bf16(B{}, Tensor<T, B>(w.value() * b_col));
+  return {g16, wb16};
+}
+
+// The bf16 nodes' output product with an optional residual r: r.x + r.scale * (a16 w16^T), or
+// a16 w16^T shaped like the input (in_shape with w16's rows last).
+template <class T, class B>
+Tensor<T, B> product_bf16(const Residual<T, B>* r, const Tensor<bf16, B>& a16,
+                          const Tensor<bf16, B>& w16, const Shape& in_shape) {
+  return r ? residual_product_bf16(*r, a16, w16) : bf16_product<T>(a16, w16, in_shape);
+}
+// Its backward for the weight w (w16: its bf16 copy) and the residual, given dout = g (or
+// g_bf16, a gradient born in bf16: used as it is). Returns the operands of the input's gradient
+// da = g16 wd16: bf16(g) and bf16(scale * w) with a residual, else w16.
+template <class T, class B>
+std::pair<Tensor<bf16, B>, Tensor<bf16, B>> product_backward_bf16(
+    const std::optional<Residual<T, B>>& r, const Tensor<bf16, B>& a16, const Var<T, B>& w,
+    const Tensor<bf16, B>& w16, const Tensor<T, B>& g,
+    const Tensor<bf16, B>& g_bf16 = Tensor<bf16, B>()) {
+  if (r) return residual_product_backward_bf16(*r, a16, w, g, g_bf16);
+  return {weight_grad_bf16(w, a16, g, g_bf16), w16};
 }
 // A node's inputs: `first`, then the residual's x and scale (if any).
 template <class T, class B>
@@ -116,12 +113,14 @@ Var<T, B> residual_linear_bf16(const Residual<T, B>& r, const Var<T, B>& a, cons
   const auto a16 =
       (relu2_input ? backend::relu2_to_bf16(B{}, a.value()) : backend::to_bf16(B{}, a.value()))
           .reshape(Shape{-1, in});
-  const auto wb16 = output_weight_bf16(&r, w);
-  auto out = product_bf16(&r, a16, wb16, a.shape());
+  auto out = residual_product_bf16(r, a16, backend::to_bf16(B{}, w.value()));
   return Var<T, B>::record(
       relu2_input ? "residual_relu2_linear" : "residual_linear", out, {r.x, r.scale, a, w},
-      [r, a, w, a16, wb16, relu2_input](const Tensor<T, B>& g) {
-        const auto g16 = product_backward_bf16(std::optional<Residual<T, B>>(r), a16, w, g);
+      [r, a, w, a16, relu2_input](const Tensor<T, B>& g) {
+        // (not a structured binding: clang before 16 cannot capture those in the lambda below)
+        const auto operands = residual_product_backward_bf16(r, a16, w, g);
+        const Tensor<bf16, B>& g16 = operands.first;
+        const Tensor<bf16, B>& wb16 = operands.second;
         if (!a.requires_grad()) return;
         if (relu2_input)
           relu2_input_grad(a, g16, wb16);

@@ -63,8 +63,7 @@ std::optional<Var<T, B>> rms_norm_bitlinear_mlp_bf16(const Var<T, B>& x, double 
                              pre_eps))
     return std::nullopt;
   const auto wfc16 = backend::to_bf16(B{}, w_fc.value());
-  // bf16(scale * w) with a residual
-  const auto wproj16 = ternary::detail::output_weight_bf16(residual, w_proj);
+  const auto wproj16 = backend::to_bf16(B{}, w_proj.value());
   const auto h16 = Tensor<bf16, B>::empty(Shape{rows, hidden});
   gemm_bf16(B{}, ternary::detail::const_view(a1), ternary::detail::const_view(wfc16.t()),
             backend::mat_view(h16));
@@ -83,13 +82,15 @@ std::optional<Var<T, B>> rms_norm_bitlinear_mlp_bf16(const Var<T, B>& x, double 
       ternary::detail::with_residual_inputs<T, B>({x, fc_gain, w_fc, proj_gain, w_proj}, residual),
       [x, fc_gain, w_fc, proj_gain, w_proj, x2d, fc_gain_c, proj_gain_c, a1, rstd1, rstd_pre, wfc16,
        wproj16, h16, a2, rstd2, res, rows, hidden](const Tensor<T, B>& g) {
-        // da2 = g16 wproj16
-        const auto g16 = ternary::detail::product_backward_bf16(res, a2, w_proj, g);
+        // (not a structured binding: clang before 16 cannot capture those in lambdas)
+        const auto operands = ternary::detail::product_backward_bf16(res, a2, w_proj, wproj16, g);
+        const Tensor<bf16, B>& g16 = operands.first;  // da2 = g16 wd16
+        const Tensor<bf16, B>& wd16 = operands.second;
         const bool want_fc_side =
             x.requires_grad() || fc_gain.requires_grad() || w_fc.requires_grad();
         if (!want_fc_side && !proj_gain.requires_grad()) return;
         const auto da2 = Tensor<bf16, B>::empty(Shape{rows, hidden});
-        gemm_bf16(B{}, ternary::detail::const_view(g16), ternary::detail::const_view(wproj16),
+        gemm_bf16(B{}, ternary::detail::const_view(g16), ternary::detail::const_view(wd16),
                   backend::mat_view(da2));
         const auto dh16 = Tensor<bf16, B>::empty(Shape{rows, hidden});
         const Tensor<T, B> dgain2 =

@@ -104,9 +104,8 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
   std::array<Tensor<bf16, B>, K> w16;
   std::array<Tensor<T, B>, K> ys;
   for (size_t k = 0; k < K; ++k) {
-    // with a residual (K = 1): bf16(scale * w), the residual added by the GEMM
-    w16[k] = ternary::detail::output_weight_bf16(residual, weights[k]);
-    ys[k] = ternary::detail::product_bf16(residual, h16[k], w16[k], x.shape());
+    w16[k] = backend::to_bf16(B{}, weights[k].value());
+    ys[k] = ternary::detail::product_bf16(residual, h16[k], w16[k], x.shape());  // residual: K 1
   }
   std::vector<Var<T, B>> inputs{x};
   if (residual) {
@@ -126,15 +125,18 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
         bool any = false;
         for (size_t k = 0; k < K; ++k) {
           if (!g[k].defined() && !g_bf16[k].defined()) continue;
-          // dh = bf16(dout) w16 (w16: bf16(scale * w) with a residual, whose backward also
-          // adds the residual's gradients); a gradient born in bf16 is used as it is
-          const auto g16 =
-              ternary::detail::product_backward_bf16(res, h16[k], weights[k], g[k], g_bf16[k]);
+          // dh = g16 wd16: bf16(dout) and bf16(scale * w) with a residual, whose backward
+          // also adds the weights' and the residual's gradients (a gradient born in bf16 is
+          // used as it is)
+          const auto operands = ternary::detail::product_backward_bf16(res, h16[k], weights[k],
+                                                                       w16[k], g[k], g_bf16[k]);
+          const Tensor<bf16, B>& g16 = operands.first;
+          const Tensor<bf16, B>& wd16 = operands.second;
           const bool want_dgain = gains[k].defined() && gains[k].requires_grad();
           if (x.requires_grad() || want_dgain) {
             dh[k] = Tensor<T, B>::empty(Shape{rows, D});
             backend::gemm_bf16(B{}, ternary::detail::const_view(g16),
-                               ternary::detail::const_view(w16[k]), backend::mat_view(dh[k]), T(1),
+                               ternary::detail::const_view(wd16), backend::mat_view(dh[k]), T(1),
                                T(0));
             any = true;
           }

@@ -206,19 +206,4 @@ void gemm_bf16(cpu, const MatView<const bf16>& a, const MatView<const bf16>& b, 
        MatView<const T>{wb.data(), b.rows, b.cols, b.cols, 1}, c, alpha, beta);
 }
 
-// D = A B + C (C, D fp32 of one shape; D may be C): the reference of the CUDA backend's
-// one-GEMM residual sum (ops/residual_linear.hpp).
-template <class T>
-void gemm_bf16_add(cpu, const MatView<const bf16>& a, const MatView<const bf16>& b,
-                   const MatView<const T>& c, const MatView<T>& d) {
-  if (c.rows != d.rows || c.cols != d.cols)
-    throw ShapeError(detail::cat("gemm_bf16_add: C [", c.rows, ", ", c.cols, "] and D [", d.rows,
-                                 ", ", d.cols, "] differ"));
-  if (c.data != d.data)
-    for (int64_t i = 0; i < d.rows; ++i)
-      for (int64_t j = 0; j < d.cols; ++j)
-        d.data[i * d.row_stride + j * d.col_stride] = c.data[i * c.row_stride + j * c.col_stride];
-  gemm_bf16(cpu{}, a, b, d, T(1), T(1));
-}
-
 }  // namespace ternary::backend

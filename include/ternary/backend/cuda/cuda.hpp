@@ -25,7 +25,6 @@
 #error "ternary/backend/cuda/cuda.hpp needs the CUDA toolkit (configure with -DTERNARY_CUDA=ON)"
 #endif
 
-#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -160,23 +159,12 @@ class Pool {
 struct Context {
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
-  // cuBLASLt, for the GEMMs cublasGemmEx cannot express (an output D apart from the added C:
-  // backend/cuda/matmul.cuh's gemm_bf16_add), and its workspace (made on first use).
-  cublasLtHandle_t lt = nullptr;
-  void* lt_workspace = nullptr;
-  static constexpr size_t lt_workspace_bytes = size_t(32) << 20;  // cuBLAS's advice for Hopper
-  int device = -1;  // the device the stream and handles belong to
+  int device = -1;  // the device the stream and handle belong to
   static Context& instance() {
     static Context ctx;
     return ctx;
   }
-  void* workspace() {
-    if (!lt_workspace) TERNARY_CUDA_CHECK(cudaMalloc(&lt_workspace, lt_workspace_bytes));
-    return lt_workspace;
-  }
   ~Context() {
-    if (lt_workspace) cudaFree(lt_workspace);
-    if (lt) cublasLtDestroy(lt);
     if (blas) cublasDestroy(blas);
     if (stream) cudaStreamDestroy(stream);
   }
@@ -188,7 +176,6 @@ struct Context {
     TERNARY_CUDA_CHECK(cublasCreate(&blas));
     TERNARY_CUDA_CHECK(cublasSetStream(blas, stream));
     TERNARY_CUDA_CHECK(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH));
-    TERNARY_CUDA_CHECK(cublasLtCreate(&lt));
   }
 };
 

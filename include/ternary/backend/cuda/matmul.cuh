@@ -23,12 +23,8 @@
 
 #include <cuda_bf16.h>
 
-#include <initializer_list>
-#include <memory>
-#include <mutex>
 #include <type_traits>
 #include <utility>
-#include <vector>
 
 #include "ternary/backend/cpu/matmul.hpp"  // MatView and the layout helpers
 #include "ternary/backend/cuda/elementwise.cuh"
@@ -324,115 +320,6 @@ inline void gemm_bf16(cuda, const MatView<const ternary::bf16>& a,
     TERNARY_CUDA_CHECK(
         cudaMemset2DAsync(c.data, size_t(cpu_detail::row_major_ld(c)) * sizeof(ternary::bf16), 0,
                           size_t(c.cols) * sizeof(ternary::bf16), size_t(c.rows), cuda::stream()));
-}
-
-namespace cuda_detail {
-// One cuBLASLt product's descriptors and chosen algorithm, made once per shape and layout
-// (the heuristic query costs far more than the launch) and kept for the process.
-struct LtPlan {
-  struct Key {
-    int64_t m, n, k, lda, ldb, ldc, ldd;
-    bool a_row, b_row;
-    int align;  // the smallest alignment of the four pointers, in bytes (up to 16)
-    bool operator==(const Key&) const = default;
-  } key;
-  cublasLtMatmulDesc_t op = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr, d = nullptr;
-  cublasLtMatmulAlgo_t algo;
-};
-
-inline int pointer_alignment(std::initializer_list<const void*> ptrs) {
-  int align = 16;
-  for (const void* p : ptrs)
-    while (align > 1 && reinterpret_cast<uintptr_t>(p) % unsigned(align) != 0) align /= 2;
-  return align;
-}
-
-// The plan for the column-major product of gemm_bf16_add (as in gemm_bf16_operands: D^T =
-// B^T A^T, B first). cuBLASLt assumes 256-byte aligned pointers unless told otherwise, so the
-// actual alignment is part of the key and of the heuristic query.
-inline const LtPlan& lt_plan(const LtPlan::Key& key) {
-  static std::mutex mutex;
-  static std::vector<std::unique_ptr<LtPlan>> plans;  // never freed: process lifetime
-  std::lock_guard<std::mutex> lock(mutex);
-  for (const auto& p : plans)
-    if (p->key == key) return *p;
-  auto plan = std::make_unique<LtPlan>();
-  plan->key = key;
-  const cublasOperation_t op_first = key.b_row ? CUBLAS_OP_N : CUBLAS_OP_T;   // B^T's
-  const cublasOperation_t op_second = key.a_row ? CUBLAS_OP_N : CUBLAS_OP_T;  // A^T's
-  TERNARY_CUDA_CHECK(cublasLtMatmulDescCreate(&plan->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  TERNARY_CUDA_CHECK(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSA,
-                                                    &op_first, sizeof(op_first)));
-  TERNARY_CUDA_CHECK(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSB,
-                                                    &op_second, sizeof(op_second)));
-  const int64_t M = key.m, N = key.n, K = key.k;
-  // The stored (column-major) shapes: op(first) is N x K, op(second) K x M, C and D N x M.
-  TERNARY_CUDA_CHECK(cublasLtMatrixLayoutCreate(&plan->a, CUDA_R_16BF, key.b_row ? N : K,
-                                                key.b_row ? K : N, key.ldb));
-  TERNARY_CUDA_CHECK(cublasLtMatrixLayoutCreate(&plan->b, CUDA_R_16BF, key.a_row ? K : M,
-                                                key.a_row ? M : K, key.lda));
-  TERNARY_CUDA_CHECK(cublasLtMatrixLayoutCreate(&plan->c, CUDA_R_32F, N, M, key.ldc));
-  TERNARY_CUDA_CHECK(cublasLtMatrixLayoutCreate(&plan->d, CUDA_R_32F, N, M, key.ldd));
-  cublasLtMatmulPreference_t pref = nullptr;
-  TERNARY_CUDA_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-  const uint64_t ws = Context::lt_workspace_bytes;
-  const uint32_t align = uint32_t(key.align);
-  TERNARY_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-  for (auto attr :
-       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
-    TERNARY_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &align, sizeof(align)));
-  cublasLtMatmulHeuristicResult_t result{};
-  int found = 0;
-  const cublasStatus_t st =
-      cublasLtMatmulAlgoGetHeuristic(Context::instance().lt, plan->op, plan->a, plan->b, plan->c,
-                                     plan->d, pref, 1, &result, &found);
-  cublasLtMatmulPreferenceDestroy(pref);
-  if (st != CUBLAS_STATUS_SUCCESS || found == 0)
-    throw CudaError(detail::cat("gemm_bf16_add(cuda): cuBLASLt has no algorithm for [", M, ", ", K,
-                                "] x [", K, ", ", N, "] + C (", key.align,
-                                "-byte aligned operands): ", cublasGetStatusString(st)));
-  plan->algo = result.algo;
-  plans.push_back(std::move(plan));
-  return *plans.back();
-}
-}  // namespace cuda_detail
-
-// D = A B + C: bf16 A, B on the tensor cores, fp32 accumulation, fp32 C and D row-major (D apart
-// from C, same shape): one cuBLASLt GEMM whose epilogue reads C, where a GEMM into D and an
-// addition pass would move D twice more. (ops/residual_linear.hpp: the residual stream's sum.)
-inline void gemm_bf16_add(cuda, const MatView<const ternary::bf16>& a,
-                          const MatView<const ternary::bf16>& b, const MatView<const float>& c,
-                          const MatView<float>& d) {
-  using namespace cuda_detail;
-  if (a.cols != b.rows || d.rows != a.rows || d.cols != b.cols || c.rows != d.rows ||
-      c.cols != d.cols)
-    throw ShapeError(detail::cat("gemm_bf16_add: [", a.rows, ", ", a.cols, "] x [", b.rows, ", ",
-                                 b.cols, "] + [", c.rows, ", ", c.cols, "] -> [", d.rows, ", ",
-                                 d.cols, "]"));
-  const int64_t ldc = cpu_detail::row_major_ld(c), ldd = cpu_detail::row_major_ld(d);
-  if (ldc < 0 || ldd < 0)
-    throw ShapeError(detail::cat("gemm_bf16_add(cuda): C and D must be row-major (strides (",
-                                 c.row_stride, ", ", c.col_stride, ") and (", d.row_stride, ", ",
-                                 d.col_stride, "))"));
-  const int64_t M = d.rows, N = d.cols, K = a.cols;
-  if (M == 0 || N == 0) return;
-  if (K == 0) {  // D = C
-    TERNARY_CUDA_CHECK(cudaMemcpy2DAsync(d.data, size_t(ldd) * sizeof(float), c.data,
-                                         size_t(ldc) * sizeof(float), size_t(N) * sizeof(float),
-                                         size_t(M), cudaMemcpyDeviceToDevice, cuda::stream()));
-    return;
-  }
-  const auto A = bf16_operand(a, "A"), Bo = bf16_operand(b, "B");
-  const LtPlan& plan = lt_plan({M, N, K, A.ld, Bo.ld, ldc, ldd, A.row_major, Bo.row_major,
-                                pointer_alignment({A.data, Bo.data, c.data, d.data})});
-  const float one = 1.f;
-  Context& ctx = Context::instance();
-  TERNARY_CUDA_CHECK(cublasLtMatmul(ctx.lt, plan.op, &one, Bo.data, plan.a, A.data, plan.b, &one,
-                                    c.data, plan.c, d.data, plan.d, &plan.algo, ctx.workspace(),
-                                    Context::lt_workspace_bytes, cuda::stream()));
 }
 
 namespace cuda_detail {
