@@ -967,7 +967,8 @@ TEST_CASE("cuda rms_norm_bitlinear_mlp (bf16 hidden activation) against the CPU'
 // rounded to bf16) and against the CPU's fp32 composition (the tensor-core attention's
 // tolerances). Heads of 64 and 128 take the node, 32 composes; q, k, v are views of
 // token-major tensors, as the GPT's. Then the same with q, k, v made by bf16 projections
-// (linear), which take those gradients as they are: every gradient as the composition's.
+// (linear, and quant::rms_norm_linear<3> plain and as BitLinears), which take those gradients
+// as they are: every gradient as the composition's.
 TEST_CASE("cuda rope_attention (norm kernels writing the attention's operands)") {
   const Bf16On on;
   Rng rng(40);
@@ -1016,31 +1017,45 @@ TEST_CASE("cuda rope_attention (norm kernels writing the attention's operands)")
     CHECK(rel_err(dk[1].grad(), ck.grad()) < 3e-2);
     CHECK(rel_err(dv[1].grad(), cv.grad()) < 3e-2);
     CHECK(rel_err(dg[1].grad(), cg.grad()) < 3e-2);
-    // q, k, v from bf16 projections of one input (the GPT's attention)
-    const int64_t Din = 48;
+    // q, k, v from bf16 projections of one input (the GPT's attention): three linears, or one
+    // quant::rms_norm_linear<3> behind the block's pre-norm (full precision; BitLinears with
+    // gains and int8 activations), whose multi-output rule takes the bf16 gradients
+    const int64_t Din = 64;
     auto hx = Tensor<float>::randn({B, T, Din}, rng);
-    auto hwq = Tensor<float>::randn({Hq * Dh, Din}, rng, 0, 0.2);
-    auto hwk = Tensor<float>::randn({Hkv * Dh, Din}, rng, 0, 0.2);
-    auto hwv = Tensor<float>::randn({Hkv * Dh, Din}, rng, 0, 0.2);
-    std::array<VarD, 2> px, pwq, pwk, pwv;
-    for (int form = 0; form < 2; ++form) {
-      px[form] = VarD::parameter(to_device(hx));
-      pwq[form] = VarD::parameter(to_device(hwq));
-      pwk[form] = VarD::parameter(to_device(hwk));
-      pwv[form] = VarD::parameter(to_device(hwv));
-      dg[form] = VarD::parameter(to_device(hg));
-      auto split = [&](const VarD& p, int64_t h) { return heads(reshape(p, {B, T, h, Dh})); };
-      VarD q = split(linear(px[form], pwq[form]), Hq), k = split(linear(px[form], pwk[form]), Hkv);
-      VarD v = split(linear(px[form], pwv[form]), Hkv);
-      VarD out = form == 0 ? causal_attention(head_norm_rope(q, dg[0]), head_norm_rope(k), v)
-                           : rope_attention(q, dg[1], k, v);
-      functional(out, hw).backward();
+    std::array<Tensor<float>, 3> hwp{Tensor<float>::randn({Hq * Dh, Din}, rng, 0, 0.2),
+                                     Tensor<float>::randn({Hkv * Dh, Din}, rng, 0, 0.2),
+                                     Tensor<float>::randn({Hkv * Dh, Din}, rng, 0, 0.2)};
+    auto hgain = Tensor<float>::randn({Din}, rng, 1, 0.2);
+    for (int proj = 0; proj < 3; ++proj) {
+      INFO((proj == 0 ? "linear" : proj == 1 ? "rms_norm_linear" : "rms_norm_linear (BitLinear)"));
+      std::array<VarD, 2> px;
+      std::array<std::array<VarD, 3>, 2> pw, pgain;
+      for (int form = 0; form < 2; ++form) {
+        px[form] = VarD::parameter(to_device(hx));
+        for (int j = 0; j < 3; ++j) {
+          pw[form][j] = VarD::parameter(to_device(hwp[j]));
+          if (proj == 2) pgain[form][j] = VarD::parameter(to_device(hgain));
+        }
+        dg[form] = VarD::parameter(to_device(hg));
+        std::array<VarD, 3> qkv;
+        if (proj == 0)
+          for (int j = 0; j < 3; ++j) qkv[j] = linear(px[form], pw[form][j]);
+        else
+          qkv = quant::rms_norm_linear<3>(px[form], pgain[form], pw[form], 1e-6,
+                                          std::optional<double>(1e-6), proj == 2);
+        auto split = [&](const VarD& p, int64_t h) { return heads(reshape(p, {B, T, h, Dh})); };
+        VarD q = split(qkv[0], Hq), k = split(qkv[1], Hkv), v = split(qkv[2], Hkv);
+        VarD out = form == 0 ? causal_attention(head_norm_rope(q, dg[0]), head_norm_rope(k), v)
+                             : rope_attention(q, dg[1], k, v);
+        functional(out, hw).backward();
+      }
+      CHECK(rel_err(px[1].grad(), to_host(px[0].grad())) == 0);
+      for (int j = 0; j < 3; ++j) {
+        CHECK(rel_err(pw[1][j].grad(), to_host(pw[0][j].grad())) == 0);
+        if (proj == 2) CHECK(rel_err(pgain[1][j].grad(), to_host(pgain[0][j].grad())) == 0);
+      }
+      CHECK(rel_err(dg[1].grad(), to_host(dg[0].grad())) == 0);
     }
-    CHECK(rel_err(px[1].grad(), to_host(px[0].grad())) == 0);
-    CHECK(rel_err(pwq[1].grad(), to_host(pwq[0].grad())) == 0);
-    CHECK(rel_err(pwk[1].grad(), to_host(pwk[0].grad())) == 0);
-    CHECK(rel_err(pwv[1].grad(), to_host(pwv[0].grad())) == 0);
-    CHECK(rel_err(dg[1].grad(), to_host(dg[0].grad())) == 0);
   }
 }
 
