@@ -122,9 +122,7 @@ class Var {
     Node& n = node();
     if (n.grad_target) return Var(n.grad_target).accumulate_grad(g);
     if (!n.requires_grad) return;
-    if (!(g.shape() == n.value.shape()))
-      throw AutogradError(detail::cat("accumulate_grad: gradient of shape ", g.shape(),
-                                      " for a value of shape ", n.value.shape()));
+    check_grad_shape("accumulate_grad", n, g.shape());
     widen_grad16(n);
     // A leaf's gradient is changed in place later (optimizers, clipping, all-reduce), so it
     // gets its own contiguous copy. An inner node's gradient is only read, by the node's own
@@ -195,9 +193,7 @@ class Var {
     Node& n = node();
     if (n.grad_target) return Var(n.grad_target).accumulate_grad_bf16(g16);
     if (!n.requires_grad) return;
-    if (!(g16.shape() == n.value.shape()))
-      throw AutogradError(detail::cat("accumulate_grad_bf16: gradient of shape ", g16.shape(),
-                                      " for a value of shape ", n.value.shape()));
+    check_grad_shape("accumulate_grad_bf16", n, g16.shape());
     if (n.is_leaf || n.grad.defined() || n.grad16.defined())
       accumulate_grad(widened(g16));
     else
@@ -334,6 +330,11 @@ class Var {
     return result;
   }
 
+  static void check_grad_shape(const char* op, const Node& n, const Shape& g) {
+    if (!(g == n.value.shape()))
+      throw AutogradError(
+          detail::cat(op, ": gradient of shape ", g, " for a value of shape ", n.value.shape()));
+  }
   // g16 widened to T, a new tensor (on the device by a kernel).
   static Tensor<T, B> widened(const Tensor<bf16, B>& g16) {
     if constexpr (B::on_host && std::is_same_v<T, float>)

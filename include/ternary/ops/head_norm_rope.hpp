@@ -99,28 +99,27 @@ void head_norm_rope_backward_var(const Var<T, B>& x, const Var<T, B>& w, const T
   // One dot product per row, in (b, h, t) order, summed per head below.
   auto row_dot =
       want_dw ? Tensor<T, B>::empty(Shape{x.size(0), x.size(1), x.size(2)}) : Tensor<T, B>();
+  const T* gain_p = gain_c.defined() ? gain_c.data() : static_cast<const T*>(nullptr);
+  T* row_dot_p = want_dw ? row_dot.data() : nullptr;
+  bool dx_done = false;  // written in bf16 and handed on
   if constexpr (!B::on_host) {
     if (dx_bf16 && want_dx) {
       const auto dx16 = empty_heads_like<bf16>(x_rows);
       // (a device-only backend function: by argument-dependent lookup on the tag)
-      if (head_norm_rope_backward_bf16(
-              B{}, x_rows.data(), head_rows_of(x_rows),
-              gain_c.defined() ? gain_c.data() : static_cast<const T*>(nullptr), g.data(),
-              head_rows_of(g), dx16.data(), head_rows_of(dx16), want_dw ? row_dot.data() : nullptr,
-              *table, eps)) {
-        x.accumulate_grad_bf16(dx16);
-        if (want_dw) w.accumulate_grad(sum_to(row_dot, Shape{w.size(0), 1}).reshape(w.shape()));
-        return;
-      }
+      dx_done = head_norm_rope_backward_bf16(B{}, x_rows.data(), head_rows_of(x_rows), gain_p,
+                                             g.data(), head_rows_of(g), dx16.data(),
+                                             head_rows_of(dx16), row_dot_p, *table, eps);
+      if (dx_done) x.accumulate_grad_bf16(dx16);
     }
   }
-  auto dx = want_dx ? empty_heads_like(x_rows) : Tensor<T, B>();
-  backend::head_norm_rope_backward(
-      B{}, x_rows.data(), head_rows_of(x_rows),
-      gain_c.defined() ? gain_c.data() : static_cast<const T*>(nullptr), g.data(), head_rows_of(g),
-      want_dx ? dx.data() : nullptr, want_dx ? head_rows_of(dx) : backend::HeadRows{},
-      want_dw ? row_dot.data() : nullptr, *table, eps);
-  if (want_dx) x.accumulate_grad(dx);
+  if (!dx_done) {
+    auto dx = want_dx ? empty_heads_like(x_rows) : Tensor<T, B>();
+    backend::head_norm_rope_backward(B{}, x_rows.data(), head_rows_of(x_rows), gain_p, g.data(),
+                                     head_rows_of(g), want_dx ? dx.data() : nullptr,
+                                     want_dx ? head_rows_of(dx) : backend::HeadRows{}, row_dot_p,
+                                     *table, eps);
+    if (want_dx) x.accumulate_grad(dx);
+  }
   // sum_to, not sum(row_dot, {0, 2}): no heap allocation per step (tests/test_alloc.cpp)
   if (want_dw) w.accumulate_grad(sum_to(row_dot, Shape{w.size(0), 1}).reshape(w.shape()));
 }

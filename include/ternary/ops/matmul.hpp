@@ -50,16 +50,22 @@ Tensor<T, B> bf16_product(const Tensor<bf16, B>& a16, const Tensor<bf16, B>& w16
                      backend::mat_view(y.reshape(Shape{-1, out})), T(1), T(0));
   return y;
 }
-// The weight's side of a bf16 product's backward: g rounded to bf16 once (returned as [rows,
-// out], the input gradient's operand too) and dw = g16^T a16 added into w's gradient by the
-// GEMM (a16: the input's [rows, in] bf16 copy). A gradient born in bf16 (g_bf16 defined, g
-// not: Var::accumulate_grad_bf16) is used as it is.
+// An output gradient as a bf16 GEMM operand [rows, out]: g rounded to bf16 once, or a gradient
+// born in bf16 (g_bf16 defined, g not: Var::accumulate_grad_bf16) as it is.
+template <class T, class B>
+Tensor<bf16, B> grad_operand_bf16(const Tensor<T, B>& g, const Tensor<bf16, B>& g_bf16,
+                                  int64_t out) {
+  return (g_bf16.defined() ? g_bf16.contiguous() : backend::to_bf16(B{}, g))
+      .reshape(Shape{-1, out});
+}
+// The weight's side of a bf16 product's backward: g as a bf16 operand (grad_operand_bf16,
+// returned: the input gradient's operand too) and dw = g16^T a16 added into w's gradient by the
+// GEMM (a16: the input's [rows, in] bf16 copy).
 template <class T, class B>
 Tensor<bf16, B> weight_grad_bf16(const Var<T, B>& w, const Tensor<bf16, B>& a16,
                                  const Tensor<T, B>& g,
                                  const Tensor<bf16, B>& g_bf16 = Tensor<bf16, B>()) {
-  const auto g16 = (g_bf16.defined() ? g_bf16.contiguous() : backend::to_bf16(B{}, g))
-                       .reshape(Shape{-1, w.size(0)});
+  const auto g16 = grad_operand_bf16(g, g_bf16, w.size(0));
   if (w.requires_grad())
     w.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
       gemm_accumulate(g16.t(), a16, dst, prior);

@@ -62,8 +62,7 @@ std::pair<Tensor<bf16, B>, Tensor<bf16, B>> residual_product_backward_bf16(
   const int64_t out = w.size(0), in = w.size(1);
   const Tensor<T, B> g = g_in.defined() ? g_in : widen_bf16(B{}, g_bf16);
   if (r.x.requires_grad()) r.x.accumulate_grad(g);
-  const auto g16 =
-      (g_bf16.defined() ? g_bf16.contiguous() : backend::to_bf16(B{}, g)).reshape(Shape{-1, out});
+  const auto g16 = grad_operand_bf16(g, g_bf16, out);
   const auto b_col = r.scale.value().reshape(Shape{out, 1});
   if (w.requires_grad() || r.scale.requires_grad()) {
     auto G = Tensor<T, B>::empty(Shape{out, in});

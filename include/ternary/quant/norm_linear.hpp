@@ -107,11 +107,7 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
     w16[k] = backend::to_bf16(B{}, weights[k].value());
     ys[k] = ternary::detail::product_bf16(residual, h16[k], w16[k], x.shape());  // residual: K 1
   }
-  std::vector<Var<T, B>> inputs{x};
-  if (residual) {
-    inputs.push_back(residual->x);
-    inputs.push_back(residual->scale);
-  }
+  std::vector<Var<T, B>> inputs = ternary::detail::with_residual_inputs<T, B>({x}, residual);
   const std::optional<Residual<T, B>> res =
       residual ? std::optional<Residual<T, B>>(*residual) : std::nullopt;
   for (const auto& g : gains)

@@ -283,6 +283,12 @@ bool with_head_lanes(const HeadRows& xl, std::initializer_list<std::pair<const T
     return true;
   }
 }
+// bf16 rows the vector kernels can write (four values, 8 bytes, per store): a 16-byte aligned
+// start and strides of whole 8-element groups.
+inline bool bf16_rows_aligned(const void* p, const HeadRows& l) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0 && l.sb % 8 == 0 && l.sh % 8 == 0 &&
+         l.st % 8 == 0;
+}
 inline dim3 head_grid(const HeadRows& xl, int lanes) {
   const int64_t rows_per_block = int64_t(kHeadRowsPerBlock) * (32 / lanes);
   return dim3(unsigned((xl.seq + rows_per_block - 1) / rows_per_block),
@@ -350,7 +356,7 @@ bool head_norm_rope_forward_bf16(cuda, const T* x, const HeadRows& xl, const T* 
   using namespace cuda_detail;
   check_head_rope_table(xl, table, "head_norm_rope_forward_bf16(cuda)");
   if (xl.rows() == 0) return true;
-  if (reinterpret_cast<uintptr_t>(y) % 16 != 0 || yl.sb % 8 || yl.sh % 8 || yl.st % 8) return false;
+  if (!bf16_rows_aligned(y, yl)) return false;
   const auto dev = device_rope_table(table);
   const HeadGrid hg{int(xl.heads), int(xl.seq), int(xl.dh / 2)};
   return with_head_lanes<T>(xl, {{x, xl}}, [&](auto l) {
@@ -400,8 +406,7 @@ bool head_norm_rope_backward_bf16(cuda, const T* x, const HeadRows& xl, const T*
   using namespace cuda_detail;
   check_head_rope_table(xl, table, "head_norm_rope_backward_bf16(cuda)");
   if (xl.rows() == 0) return true;
-  if (reinterpret_cast<uintptr_t>(dx) % 16 != 0 || dxl.sb % 8 || dxl.sh % 8 || dxl.st % 8)
-    return false;
+  if (!bf16_rows_aligned(dx, dxl)) return false;
   const auto dev = device_rope_table(table);
   const HeadGrid hg{int(xl.heads), int(xl.seq), int(xl.dh / 2)};
   return with_head_lanes<T>(xl, {{x, xl}, {g, gl}}, [&](auto l) {
