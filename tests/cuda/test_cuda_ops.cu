@@ -289,6 +289,61 @@ TEST_CASE("cuda causal attention on tensor cores (bf16 mma): forward and gradien
     }
 }
 
+// The tensor-core backward's two ways to dq (cuda::set_attention_scratch): the score gradients
+// written by the dk/dv kernel and read back by one product (whole batch, or chunks of batch rows
+// when the scratch bound is smaller), or recomputed from q, k, v (bound 0). Chunks run the same
+// kernels on the same values, so chunked and whole results are equal bit for bit; the recomputed
+// ds rounds different fp32 sums to bf16, so dq agrees within 1e-2 (each is within the CPU
+// tolerances of the test above), and dk, dv (the same kernel either way) bit for bit.
+TEST_CASE(
+    "cuda causal attention on tensor cores: dq through the ds scratch, in chunks, or recomputed") {
+  Rng rng(31);
+  struct Reset {
+    size_t scratch = cuda::attention_scratch();
+    ~Reset() {
+      cuda::set_bf16(false);
+      cuda::set_attention_scratch(scratch);
+    }
+  } reset;
+  cuda::set_bf16(true);
+  for (auto [B, Hq, Hkv, T, Dh] : std::vector<std::array<int64_t, 5>>{
+           {3, 4, 2, 200, 64}, {5, 2, 1, 64, 32}, {2, 3, 3, 97, 16}}) {
+    INFO("B " << B << " Hq " << Hq << " Hkv " << Hkv << " T " << T << " Dh " << Dh);
+    auto q = to_device(Tensor<float>::randn({B, Hq, T, Dh}, rng));
+    auto k = to_device(Tensor<float>::randn({B, Hkv, T, Dh}, rng));
+    auto v = to_device(Tensor<float>::randn({B, Hkv, T, Dh}, rng));
+    auto dout = to_device(Tensor<float>::randn({B, Hq, T, Dh}, rng));
+    using TD = Tensor<float, cuda>;
+    auto out = TD::empty(q.shape()), lse = TD::empty(Shape{B, Hq, T});
+    backend::causal_attention_forward(cuda{}, q, k, v, 0.2f, out, &lse);
+    const int64_t Tp = (T + 63) / 64 * 64;
+    const size_t row_bytes = size_t(Hq * Tp * Tp) * 2;  // one batch row's ds, bf16
+    struct Grads {
+      TD dq, dk, dv;
+    };
+    auto backward = [&](size_t scratch) {
+      cuda::set_attention_scratch(scratch);
+      auto dq = TD::full(q.shape(), std::nanf("")), dk = TD::full(k.shape(), std::nanf("")),
+           dv = TD::full(v.shape(), std::nanf(""));
+      backend::causal_attention_backward(cuda{}, q, k, v, out, lse, dout, 0.2f, dq, dk, dv);
+      return Grads{dq, dk, dv};
+    };
+    const Grads whole = backward(size_t(B) * row_bytes), one_row = backward(row_bytes),
+                two_rows = backward(2 * row_bytes + 1), recomputed = backward(0);
+    for (const Grads* g : {&one_row, &two_rows}) {
+      CHECK(rel_err(g->dq, to_host(whole.dq)) ==
+            0);  // NaN anywhere (an unwritten element) fails these
+      CHECK(rel_err(g->dk, to_host(whole.dk)) == 0);
+      CHECK(rel_err(g->dv, to_host(whole.dv)) == 0);
+    }
+    const double edq = rel_err(recomputed.dq, to_host(whole.dq));
+    INFO("dq recomputed against through ds: " << edq);
+    CHECK(edq < 1e-2);
+    CHECK(rel_err(recomputed.dk, to_host(whole.dk)) == 0);
+    CHECK(rel_err(recomputed.dv, to_host(whole.dv)) == 0);
+  }
+}
+
 // The GPT's heads are views of [B, T, H, Dh] memory; the kernels read such inputs and write
 // out, dq, dk and dv through their strides. Every element of a strided output must equal the
 // contiguous run's (same kernels, same arithmetic), and nothing outside the view is touched.

@@ -40,6 +40,7 @@
 
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -81,6 +82,9 @@ using FlashFwdCfg = FlashCfg<DM, DM <= 64 ? 2 : 1, DM >= 128 ? 32 : 64>;
 template <int DM>
 using FlashDqCfg = FlashCfg<DM>;
 
+// Buffers of flash_backward_dq_from_ds_kernel's pipeline.
+constexpr int kDsStages = 3;
+
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -116,6 +120,11 @@ __device__ __forceinline__ void cp_async_commit() {
 }
 __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+// Until at most N of this thread's cp.async groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait_group() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
@@ -496,6 +505,17 @@ __global__ void __launch_bounds__(FlashDqCfg<DM>::THREADS)
                         scale);
 }
 
+// The score gradients between the two backward kernels (flash_backward_dkdv_kernel writes,
+// flash_backward_dq_from_ds_kernel reads): per (batch row, query head), a grid of tiles (key tile,
+// query tile) of 64 x 64, T rounded up to 64; each tile 8 KB, an 8 x 8 grid of 8 x 8 blocks
+// (key block major), each block 128 contiguous bytes, row-major [key % 8][query % 8]. So a warp's
+// store of one accumulator tile (16 x 8: lane (g, t) holds key g, queries 2t, 2t + 1) is 128
+// contiguous bytes, and a block is one ldmatrix matrix (8 rows of 16 bytes) for the reader.
+// Element offset of tile (key tile kt, query tile qt) of head h of batch row b:
+__device__ __forceinline__ int64_t flash_ds_tile(int b, int h, int kt, int qt, int Hq, int tiles) {
+  return (((int64_t(b) * Hq + h) * tiles + kt) * tiles + qt) * 4096;
+}
+
 // grid: key tiles * Hkv * B; dk and dv through their strides (dv in fp32 or bf16: DvOut). A
 // block's 64 keys of one kv head, over every query head of its group and every query tile at
 // or after the keys:
@@ -503,14 +523,17 @@ __global__ void __launch_bounds__(FlashDqCfg<DM>::THREADS)
 //   dk = scale sum_i ds^T q_i
 // Shared memory: K and V (64 rows each, read once into fragments), then Q and dO tiles and
 // their lse / di values, two buffers each.
+// With dst (not null; needs INNER == ROWS, so every warp computes every tile it visits): also
+// ds^T in bf16 into dst, every causal tile in full (zeros where masked), in the layout of
+// flash_ds_tile for flash_backward_dq_from_ds_kernel.
 template <int DM, class DvOut>
 __global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
     flash_backward_dkdv_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                const bf16* __restrict__ v, const bf16* __restrict__ dout,
                                const float* __restrict__ lse, const float* __restrict__ di,
                                float* __restrict__ dk, HeadStrides dks, DvOut* __restrict__ dv,
-                               HeadStrides dvs, int T, int D, int Hq, int Hkv, int group,
-                               float scale) {
+                               HeadStrides dvs, bf16* __restrict__ dst, int Tp, int T, int D,
+                               int Hq, int Hkv, int group, float scale) {
   using C = FlashCfg<DM>;
   extern __shared__ __align__(16) unsigned char flash_smem[];
   bf16* Kf = reinterpret_cast<bf16*>(flash_smem);
@@ -582,11 +605,88 @@ __global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
         s[0][nt][e] = p;
         dp[0][nt][e] = p * (dp[0][nt][e] - Dit[qi]);  // ds^T
       }
+    if (dst) {  // this lane's pairs (key c0 or c1, queries 2t, 2t + 1) of the 8 x 8 blocks
+      bf16* tile = dst + flash_ds_tile(b, hk * group + it / per_head, ti.tile,
+                                       (i0 - key0) / C::ROWS + ti.tile, Hq, Tp / C::ROWS);
+#pragma unroll
+      for (int nt = 0; nt < C::NT; ++nt) {
+        bf16* block = tile + (2 * warp * 8 + nt) * 64 + 2 * lane;  // key block 2 warp, query nt
+        *reinterpret_cast<uint32_t*>(block) = pack_bf16(dp[0][nt][0], dp[0][nt][1]);
+        *reinterpret_cast<uint32_t*>(block + 8 * 64) = pack_bf16(dp[0][nt][2], dp[0][nt][3]);
+      }
+    }
     flash_acc_times_tile<C>(dva, s, Dt);
     flash_acc_times_tile<C>(dka, dp, Qt);
   }
   flash_store_rows<C>(dk + b * dks.b + hk * dks.h, dks.t, c0, T, D, dka[0], scale, scale);
   flash_store_rows<C>(dv + b * dvs.b + hk * dvs.h, dvs.t, c0, T, D, dva[0], 1.f, 1.f);
+}
+
+// grid: query tiles * Hq * B (64-row tiles). dq = scale sum_j ds_ij k_j, the score gradients
+// read as flash_backward_dkdv_kernel wrote them (flash_ds_tile): one product over the causal key
+// tiles, nothing recomputed. dq through its strides. Shared memory: STAGES buffers of a ds tile
+// (8 KB, unpadded: an ldmatrix reads one 128-byte block) and a K tile, loaded STAGES - 1 ahead
+// (this kernel is bound by reading ds; the products are few).
+template <int DM>
+__global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
+    flash_backward_dq_from_ds_kernel(const bf16* __restrict__ dst, const bf16* __restrict__ k,
+                                     float* __restrict__ dq, HeadStrides dqs, int T, int D, int Hq,
+                                     int group, float scale) {
+  using C = FlashCfg<DM>;
+  static_assert(C::INNER == 64 && C::ROWS == 64, "ds tiles are 64 x 64");
+  constexpr int STAGES = kDsStages, DS_TILE = 64 * 64;
+  extern __shared__ __align__(16) unsigned char flash_smem[];
+  bf16* Ss = reinterpret_cast<bf16*>(flash_smem);  // [STAGES][DS_TILE]
+  bf16* Ks = Ss + STAGES * DS_TILE;                // [STAGES][TILE]
+  const TileIndex ti = tile_index<64>(T, Hq, true);
+  const int b = ti.b, h = ti.head, hk = h / group, Hkv = Hq / group;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
+  const int tiles = ti.tile + 1;  // key tiles at or before the diagonal
+  const bf16* ds_row = dst + flash_ds_tile(b, h, 0, ti.tile, Hq, (T + 63) / 64);
+  const int64_t ds_step = int64_t((T + 63) / 64) * DS_TILE;  // to the next key tile
+  const bf16* kh = k + (int64_t(b) * Hkv + hk) * T * DM;
+  auto load = [=](int j) {  // ds tile (j, ti.tile) and K tile j, one cp.async group
+    if (j < tiles) {
+      bf16* st = Ss + (j % STAGES) * DS_TILE;
+      const bf16* src = ds_row + j * ds_step;
+#pragma unroll
+      for (int i = threadIdx.x; i < DS_TILE / 8; i += C::THREADS)
+        cp_async_16(st + i * 8, src + i * 8, true);
+      flash_load_tile<C, 64>(Ks + (j % STAGES) * C::TILE, kh, j * 64, T);
+    }
+    cp_async_commit();
+  };
+#pragma unroll
+  for (int j = 0; j < STAGES - 1; ++j) load(j);
+  float acc[C::DT][4];
+#pragma unroll
+  for (int dt = 0; dt < C::DT; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.f;
+  // A fragments of ds (m: the warp's 16 queries, k: 16 keys) from ds^T blocks with .trans:
+  // matrix i is block (key block 2 kk + i / 2, query block 2 warp + i % 2). K as in
+  // flash_acc_times_tile.
+  const int a_off = (((lane / 16) * 8 + 2 * warp + (lane / 8) % 2) * 8 + lane % 8) * 8;
+  const int b_off = (((lane / 8) % 2) * 8 + lane % 8) * C::SS + (lane / 16) * 8;
+  for (int j = 0; j < tiles; ++j) {
+    cp_async_wait_group<STAGES - 2>();  // tile j is in
+    __syncthreads();                    // and every warp is done with tile j - 1's buffers
+    load(j + STAGES - 1);
+    const bf16* St = Ss + (j % STAGES) * DS_TILE;
+    const bf16* Kt = Ks + (j % STAGES) * C::TILE;
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      uint32_t a[4];
+      ldmatrix_x4_trans(a, St + a_off + kk * 2 * 8 * 64);
+#pragma unroll
+      for (int dp = 0; dp < C::DT / 2; ++dp) {
+        uint32_t bb[4];
+        ldmatrix_x4_trans(bb, Kt + b_off + kk * 16 * C::SS + dp * 16);
+        mma_bf16_16816(acc[2 * dp], a, bb[0], bb[1]);
+        mma_bf16_16816(acc[2 * dp + 1], a, bb[2], bb[3]);
+      }
+    }
+  }
+  flash_store_rows<C>(dq + b * dqs.b + h * dqs.h, dqs.t, ti.tile * 64 + warp * 16 + g, T, D, acc,
+                      scale, scale);
 }
 
 // ---- host side ------------------------------------------------------------------------------
@@ -599,6 +699,7 @@ struct FlashSmem {
   static constexpr size_t dq = (2 * Q::FIXED + 4 * Q::TILE) * sizeof(bf16);
   static constexpr size_t dkdv =
       (2 * C::FIXED + 4 * C::TILE) * sizeof(bf16) + 4 * C::INNER * sizeof(float);
+  static constexpr size_t dq_from_ds = kDsStages * (64 * 64 + C::TILE) * sizeof(bf16);
 };
 
 // Above 48 KB a kernel must opt in to its dynamic shared memory, once per kernel.
@@ -703,10 +804,47 @@ void flash_attention_backward(const FlashPacked& layout, const Tensor<ternary::b
       (allow_dynamic_smem(flash_backward_dq_kernel<DM>, FlashSmem<DM>::dq),
        allow_dynamic_smem(flash_backward_dkdv_kernel<DM, DvOut>, FlashSmem<DM>::dkdv), true);
   (void)smem_ok;
-  const int64_t q_tiles = (T + FlashDqCfg<DM>::ROWS - 1) / FlashDqCfg<DM>::ROWS;
   const int64_t kv_tiles = (T + C::ROWS - 1) / C::ROWS;
   const auto* dob = static_cast<const bf16*>(dop.p);
   const auto* dib = static_cast<const float*>(di.p);
+  // ds through memory (cuda::set_attention_scratch) where one batch row's fits, in chunks of
+  // batch rows; else dq recomputes the scores.
+  if constexpr (C::INNER == C::ROWS) {
+    const int64_t Tp = kv_tiles * C::ROWS;
+    const size_t row_bytes = size_t(Hq) * size_t(Tp * Tp) * sizeof(bf16);
+    const size_t budget = cuda::attention_scratch();
+    if (row_bytes <= budget) {
+      static const bool ds_smem_ok =
+          (allow_dynamic_smem(flash_backward_dq_from_ds_kernel<DM>, FlashSmem<DM>::dq_from_ds),
+           true);
+      (void)ds_smem_ok;
+      const int chunk = int(std::min<size_t>(size_t(B), budget / row_bytes));
+      Scratch ds(size_t(chunk) * row_bytes);
+      auto* dsb = static_cast<bf16*>(ds.p);
+      const int64_t q_rows = int64_t(Hq) * T * DM,
+                    kv_rows = int64_t(Hkv) * T * DM;  // per batch row
+      for (int b0 = 0; b0 < B; b0 += chunk) {
+        const int nb = std::min(chunk, B - b0);
+        const float* lse_b = lse.data() + int64_t(b0) * Hq * T;
+        const float* di_b = dib + int64_t(b0) * Hq * T;
+        const bf16* kb_b = kb + b0 * kv_rows;
+        flash_backward_dkdv_kernel<DM, DvOut>
+            <<<unsigned(kv_tiles * Hkv * nb), C::THREADS, FlashSmem<DM>::dkdv, cuda::stream()>>>(
+                qb + b0 * q_rows, kb_b, vb + b0 * kv_rows, dob + b0 * q_rows, lse_b, di_b,
+                dk.data() + b0 * dk.strides()[0], flash_strides(dk),
+                reinterpret_cast<DvOut*>(dv.data()) + b0 * dv.strides()[0], flash_strides(dv), dsb,
+                int(Tp), T, D, Hq, Hkv, Hq / Hkv, scale);
+        TERNARY_CUDA_CHECK_LAUNCH("flash_backward_dkdv_kernel");
+        flash_backward_dq_from_ds_kernel<DM>
+            <<<unsigned(kv_tiles * Hq * nb), C::THREADS, FlashSmem<DM>::dq_from_ds,
+               cuda::stream()>>>(dsb, kb_b, dq.data() + b0 * dq.strides()[0], flash_strides(dq), T,
+                                 D, Hq, Hq / Hkv, scale);
+        TERNARY_CUDA_CHECK_LAUNCH("flash_backward_dq_from_ds_kernel");
+      }
+      return;
+    }
+  }
+  const int64_t q_tiles = (T + FlashDqCfg<DM>::ROWS - 1) / FlashDqCfg<DM>::ROWS;
   flash_backward_dq_kernel<DM>
       <<<unsigned(q_tiles * Hq * B), C::THREADS, FlashSmem<DM>::dq, cuda::stream()>>>(
           qb, kb, vb, dob, lse.data(), dib, dq.data(), flash_strides(dq), T, D, Hq, Hq / Hkv,
@@ -715,7 +853,8 @@ void flash_attention_backward(const FlashPacked& layout, const Tensor<ternary::b
   flash_backward_dkdv_kernel<DM, DvOut>
       <<<unsigned(kv_tiles * Hkv * B), C::THREADS, FlashSmem<DM>::dkdv, cuda::stream()>>>(
           qb, kb, vb, dob, lse.data(), dib, dk.data(), flash_strides(dk),
-          reinterpret_cast<DvOut*>(dv.data()), flash_strides(dv), T, D, Hq, Hkv, Hq / Hkv, scale);
+          reinterpret_cast<DvOut*>(dv.data()), flash_strides(dv), nullptr, 0, T, D, Hq, Hkv,
+          Hq / Hkv, scale);
   TERNARY_CUDA_CHECK_LAUNCH("flash_backward_dkdv_kernel");
 }
 

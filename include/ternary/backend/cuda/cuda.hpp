@@ -183,6 +183,9 @@ struct Context {
 struct MathMode {
   bool tf32 = false;
   bool bf16 = false;
+  // Bound on the tensor-core attention backward's score-gradient scratch (cuda::set_attention_
+  // scratch); 512 MiB: the golf micro-batch (64 x 8 heads x 1024^2 bf16 = 1 GiB) in two chunks.
+  size_t attention_scratch = size_t(512) << 20;
   static MathMode& instance() {
     static MathMode m;
     return m;
@@ -231,6 +234,15 @@ struct cuda {
   // Muon's Newton-Schulz) run in TF32 meanwhile. Off by default.
   static void set_bf16(bool on) { cuda_detail::MathMode::instance().bf16 = on; }
   static bool bf16() { return cuda_detail::MathMode::instance().bf16; }
+  // The tensor-core attention backward (head sizes up to 64) writes the score gradients ds of
+  // each batch row's causal tiles (bf16, heads x T^2 x 2 bytes, T rounded up to 64) into
+  // scratch of at most this many bytes, then takes dq = ds k as one product from it (batch rows
+  // in chunks that fit) instead of recomputing the scores in a second pass. Where one batch
+  // row's ds does not fit (long sequences) or at 0, dq recomputes them: no T x T memory.
+  static void set_attention_scratch(size_t bytes) {
+    cuda_detail::MathMode::instance().attention_scratch = bytes;
+  }
+  static size_t attention_scratch() { return cuda_detail::MathMode::instance().attention_scratch; }
 
   // Number of usable devices; 0 (not an exception) when there is no GPU or no driver.
   static int device_count() {
