@@ -84,12 +84,12 @@ Var<T, B> rms_norm_var(const Var<T, B>& x, const Var<T, B>* gain, double eps) {
 // quant::rms_norm_linear, rms_norm_mlp): one rms_norm_shared_backward for the K output gradients gs
 // (undefined: none reached that output), dx added by the kernel into x's gradient so far, then each
 // gain's gradient (dgains[k] where defined). x2d is x's [rows, D] view; rstd_pre and relu2_input
-// are the forward's.
-template <size_t K, class T, class B>
+// are the forward's. gs in T, or in bf16 as the bf16 nodes' GEMMs write them (CUDA).
+template <size_t K, class T, class B, class G>
 void norm_shared_backward(const Var<T, B>& x, const Tensor<T, B>& x2d, const Tensor<T, B>& rstd,
                           const std::array<Var<T, B>, K>& gains,
                           const std::array<Tensor<T, B>, K>& gains_c,
-                          const std::array<Tensor<T, B>, K>& gs,
+                          const std::array<Tensor<G, B>, K>& gs,
                           const std::array<Tensor<T, B>, K>& dgains, const Tensor<T, B>& rstd_pre,
                           bool relu2_input = false) {
   const Shape rows_d = x2d.shape();

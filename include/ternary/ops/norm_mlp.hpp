@@ -15,7 +15,7 @@
 //   backward  g16 = bf16(dout); dw_proj = g16^T a (the residual's rule: scaled)
 //             da = bf16(g16 bf16(w_proj))       the GEMM writes bf16
 //             dh = bf16(da 2 relu(h))           in place, one pass
-//             dw_fc = dh^T xn; dxn = dh bf16(w_fc) (fp32), then the norm's backward kernel
+//             dw_fc = dh^T xn; dxn = bf16(dh bf16(w_fc)), then the norm's backward kernel
 //             adds dx into x's gradient so far
 //
 // Against relu2_linear's bf16 path (h in fp32, its relu^2 rounded once), h and da are rounded
@@ -77,11 +77,10 @@ std::optional<Var<T, B>> rms_norm_mlp_bf16(const Var<T, B>& x, const Var<T, B>& 
             gemm_accumulate(dh16.t(), xn16, dst, prior);
           });
         if (!x.requires_grad()) return;
-        auto dxn = Tensor<T, B>::empty(x2d.shape());
-        backend::gemm_bf16(B{}, const_view(dh16), const_view(wfc16), backend::mat_view(dxn), T(1),
-                           T(0));
+        auto dxn = Tensor<bf16, B>::empty(x2d.shape());  // bf16, as autocast's
+        gemm_bf16(B{}, const_view(dh16), const_view(wfc16), backend::mat_view(dxn));
         norm_shared_backward<1>(x, x2d, rstd, std::array<Var<T, B>, 1>{},
-                                std::array<Tensor<T, B>, 1>{}, std::array<Tensor<T, B>, 1>{dxn},
+                                std::array<Tensor<T, B>, 1>{}, std::array<Tensor<bf16, B>, 1>{dxn},
                                 std::array<Tensor<T, B>, 1>{}, Tensor<T, B>());
       });
 }

@@ -16,7 +16,7 @@
 //             writes a2 (bf16); the projection GEMM (+ the residual's rule)
 //   backward  da2 = bf16(g16 bf16(w_proj)) from the GEMM; the projection norm's backward kernel
 //             reads h and da2 (bf16) and writes dh in bf16 (relu2's slope applied); dw_fc = dh^T
-//             a1, dxn = dh bf16(w_fc) (fp32), then the fc norm's backward adds dx into x's
+//             a1, dxn = bf16(dh bf16(w_fc)), then the fc norm's backward adds dx into x's
 //             gradient so far
 //
 // So h is kept in 2 bytes instead of 4, and its gradient is never written in fp32 nor rounded by
@@ -106,14 +106,14 @@ std::optional<Var<T, B>> rms_norm_bitlinear_mlp_bf16(const Var<T, B>& x, double 
             ternary::detail::gemm_accumulate(dh16.t(), a1, dst, prior);
           });
         if (!x.requires_grad() && !fc_gain.requires_grad()) return;
-        auto dxn = Tensor<T, B>::empty(x2d.shape());
-        backend::gemm_bf16(B{}, ternary::detail::const_view(dh16),
-                           ternary::detail::const_view(wfc16), backend::mat_view(dxn), T(1), T(0));
+        auto dxn = Tensor<bf16, B>::empty(x2d.shape());  // bf16, as autocast's
+        gemm_bf16(B{}, ternary::detail::const_view(dh16), ternary::detail::const_view(wfc16),
+                  backend::mat_view(dxn));
         const Tensor<T, B> dgain1 =
             fc_gain.requires_grad() ? Tensor<T, B>::empty(Shape{x2d.size(1)}) : Tensor<T, B>();
         ternary::detail::norm_shared_backward<1>(x, x2d, rstd1, std::array<Var<T, B>, 1>{fc_gain},
                                                  std::array<Tensor<T, B>, 1>{fc_gain_c},
-                                                 std::array<Tensor<T, B>, 1>{dxn},
+                                                 std::array<Tensor<bf16, B>, 1>{dxn},
                                                  std::array<Tensor<T, B>, 1>{dgain1}, rstd_pre);
       });
 }

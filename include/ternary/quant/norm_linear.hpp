@@ -16,13 +16,14 @@
 // one norm kernel writes the K activations straight as the bf16 operands of the K GEMMs (the
 // fp32 activations never reach memory, nor pass through a rounding kernel; with no gains and
 // no int8 the K share one), and the backward runs, per output, the rounding of its gradient
-// and two GEMMs, then one norm kernel for all K (pre-norm included) that adds dx into x's
-// gradient so far. With relu2_input the kernels square the rectified rows in registers (forward)
-// and apply relu2's slope to dx (backward): relu(x)^2 never reaches memory, nor its gradient.
-// The values are those of linear()'s bf16 path over the composition's activations (bit for
-// bit the same roundings); tests/cuda/test_cuda_ops.cu. With a residual (K = 1) the output is
-// residual.x + residual.scale * y_0 (ops/residual_linear.hpp: the same node, that file's
-// backward).
+// and two GEMMs (the activation's gradient written in bf16, as autocast's), then one norm kernel
+// for all K (pre-norm included) that adds dx into x's gradient so far. With relu2_input the kernels
+// square the rectified rows in registers (forward) and apply relu2's slope to dx (backward):
+// relu(x)^2 never reaches memory, nor its gradient. The values are those of linear()'s bf16 path
+// over the composition's activations (bit for bit the same roundings), with the activations'
+// gradients rounded to bf16 (tests/cuda/ test_cuda_ops.cu puts that rounding into the CPU's
+// composition). With a residual (K = 1) the output is residual.x + residual.scale * y_0
+// (ops/residual_linear.hpp: the same node, that file's backward).
 #pragma once
 
 #include <array>
@@ -117,7 +118,8 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
       "rms_norm_linear", std::move(ys), inputs.data(), inputs.data() + inputs.size(),
       [x, gains, weights, x2d, gains_c, h16, w16, rstd, rstd_pre, rows, D, relu2_input, res](
           const std::array<Tensor<T, B>, K>& g, const std::array<Tensor<bf16, B>, K>& g_bf16) {
-        std::array<Tensor<T, B>, K> dh, dgains;
+        std::array<Tensor<bf16, B>, K> dh;  // bf16, as autocast's input gradients
+        std::array<Tensor<T, B>, K> dgains;
         bool any = false;
         for (size_t k = 0; k < K; ++k) {
           if (!g[k].defined() && !g_bf16[k].defined()) continue;
@@ -130,10 +132,9 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
           const Tensor<bf16, B>& wd16 = operands.second;
           const bool want_dgain = gains[k].defined() && gains[k].requires_grad();
           if (x.requires_grad() || want_dgain) {
-            dh[k] = Tensor<T, B>::empty(Shape{rows, D});
+            dh[k] = Tensor<bf16, B>::empty(Shape{rows, D});
             backend::gemm_bf16(B{}, ternary::detail::const_view(g16),
-                               ternary::detail::const_view(wd16), backend::mat_view(dh[k]), T(1),
-                               T(0));
+                               ternary::detail::const_view(wd16), backend::mat_view(dh[k]));
             any = true;
           }
           if (want_dgain) dgains[k] = Tensor<T, B>::empty(Shape{D});

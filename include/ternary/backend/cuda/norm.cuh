@@ -22,6 +22,7 @@
 
 #include "ternary/backend/cpu/norm.hpp"
 #include "ternary/backend/cuda/bf16_vec.cuh"
+#include "ternary/backend/cuda/matmul.cuh"
 #include "ternary/backend/cuda/reduce.cuh"
 
 namespace ternary::backend::cuda_detail {
@@ -371,7 +372,8 @@ __global__ void rms_norm_rows_forward_kernel(const float* __restrict__ x, RowPtr
 // the dgain sums use h. With Relu2In (the forward's) the same for a = relu(x)^2, and dx = da 2
 // relu(x) follows in registers. With Bf16Rows x, the g_k and dx are bf16 rows (passed as float
 // pointers; no dx_addend): quant::rms_norm_bitlinear_mlp's hidden activation and its gradient.
-template <int V, int L, int K, bool Relu2In = false, bool Bf16Rows = false>
+// With Bf16Grads only the g_k are bf16 rows (the norm-and-projection nodes' GEMMs write them so).
+template <int V, int L, int K, bool Relu2In = false, bool Bf16Rows = false, bool Bf16Grads = false>
 __global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
                                               const float* __restrict__ rstd,
                                               const float* __restrict__ rstd_pre, RowPtrs<K> gains,
@@ -400,7 +402,7 @@ __global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       if (!gs.p[k]) continue;
-      const RowVec<V, L> gv = load_row_as<V, L, Bf16Rows>(gs.p[k], r, valid, li);
+      const RowVec<V, L> gv = load_row_as < V, L, Bf16Rows || Bf16Grads > (gs.p[k], r, valid, li);
 #pragma unroll
       for (int i = 0; i < V; ++i)
 #pragma unroll
@@ -544,14 +546,15 @@ bool rows_forward(const float* x, RowPtrs<K> gains, RowOutPtrs<K> ys, float* rst
          });
 }
 // partial (if not null): K * blocks rows of D floats, dgain_k's share per block.
-// bf16_rows: x, gs and dx hold __nv_bfloat16 rows (with relu2_in, no dx_addend only).
+// bf16_rows: x, gs and dx hold __nv_bfloat16 rows (with relu2_in, no dx_addend only);
+// bf16_grads: only gs do.
 template <int K>
 bool rows_backward(int blocks, const float* x, const float* rstd, RowPtrs<K> gains, RowPtrs<K> gs,
                    float* dx, float* partial, int64_t rows, int64_t D,
                    const float* dx_addend = nullptr, const float* rstd_pre = nullptr,
-                   bool relu2_in = false, bool bf16_rows = false) {
+                   bool relu2_in = false, bool bf16_rows = false, bool bf16_grads = false) {
   if (relu2_in && rstd_pre) return false;
-  if (bf16_rows && (!relu2_in || dx_addend)) return false;
+  if (bf16_rows && (!relu2_in || dx_addend || bf16_grads)) return false;
   bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
                  reinterpret_cast<uintptr_t>(dx) % 16 == 0 &&
                  reinterpret_cast<uintptr_t>(dx_addend) % 16 == 0 &&
@@ -566,6 +569,14 @@ bool rows_backward(int blocks, const float* x, const float* rstd, RowPtrs<K> gai
                      if constexpr (bytes <= 48 * 1024) {
                        if (bf16_rows)
                          rms_norm_rows_backward_kernel<V, L, K, true, true>
+                             <<<blocks, 256, partial ? bytes : 0, cuda::stream()>>>(
+                                 x, rstd, rstd_pre, gains, gs, dx, dx_addend, partial, rows);
+                       else if (bf16_grads && relu2_in)
+                         rms_norm_rows_backward_kernel<V, L, K, true, false, true>
+                             <<<blocks, 256, partial ? bytes : 0, cuda::stream()>>>(
+                                 x, rstd, rstd_pre, gains, gs, dx, dx_addend, partial, rows);
+                       else if (bf16_grads)
+                         rms_norm_rows_backward_kernel<V, L, K, false, false, true>
                              <<<blocks, 256, partial ? bytes : 0, cuda::stream()>>>(
                                  x, rstd, rstd_pre, gains, gs, dx, dx_addend, partial, rows);
                        else if (relu2_in)
@@ -757,21 +768,27 @@ bool rms_norm_bf16_forward(cuda, const Tensor<T, cuda>& x,
 // through the pre-norm to dx (and x rstd_pre stands for x in dgain). dx_addend (if defined) is
 // added into dx (a gradient so far; it may be dx itself). relu2_input: the forward normalised
 // relu(x)^2 (rms_norm_bf16_forward's flag; the register kernels only, which that forward ran).
-template <class T, size_t K>
+// The g_k in T, or in bf16 (GradT = ternary::bf16: as the nodes' GEMMs write them; the register
+// kernels read them as they are, the other sizes widen them first).
+template <class T, size_t K, class GradT>
 void rms_norm_shared_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& rstd,
                               const std::array<Tensor<T, cuda>, K>& gains,
-                              const std::array<Tensor<T, cuda>, K>& gs, const Tensor<T, cuda>& dx,
+                              const std::array<Tensor<GradT, cuda>, K>& gs_in,
+                              const Tensor<T, cuda>& dx,
                               const std::array<Tensor<T, cuda>, K>& dgains,
                               const Tensor<T, cuda>& rstd_pre = Tensor<T, cuda>(),
                               const Tensor<T, cuda>& dx_addend = Tensor<T, cuda>(),
                               bool relu2_input = false) {
   static_assert(std::is_same_v<T, float>, "rms_norm_shared_backward(cuda): float only");
+  static_assert(std::is_same_v<GradT, T> || std::is_same_v<GradT, ternary::bf16>,
+                "rms_norm_shared_backward(cuda): gradients in float or bf16");
   using namespace cuda_detail;
+  constexpr bool bf16_grads = std::is_same_v<GradT, ternary::bf16>;
   const int64_t rows = x.size(0), D = x.size(1);
   RowPtrs<int(K)> gp, gsp;
   for (size_t k = 0; k < K; ++k) {
     gp.p[k] = gains[k].data();
-    gsp.p[k] = gs[k].defined() ? gs[k].data() : nullptr;
+    gsp.p[k] = gs_in[k].defined() ? reinterpret_cast<const float*>(gs_in[k].data()) : nullptr;
   }
   const int blocks =
       int(std::min<int64_t>((rows + 7) / 8, launch_for(int64_t(1) << 40).blocks / 4));
@@ -783,10 +800,11 @@ void rms_norm_shared_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cu
                               dx.defined() ? dx.data() : nullptr,
                               any_dgain ? partial.data() : nullptr, rows, D,
                               dx_addend.defined() ? dx_addend.data() : nullptr,
-                              rstd_pre.defined() ? rstd_pre.data() : nullptr, relu2_input)) {
+                              rstd_pre.defined() ? rstd_pre.data() : nullptr, relu2_input,
+                              /*bf16_rows=*/false, bf16_grads)) {
       for (size_t k = 0; k < K; ++k)
         if (dgains[k].defined()) {
-          if (gs[k].defined())
+          if (gs_in[k].defined())
             sum_columns(partial.data() + int64_t(k) * blocks * D, dgains[k].data(), int64_t(blocks),
                         D);
           else
@@ -802,6 +820,14 @@ void rms_norm_shared_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cu
                     x.shape()));
   // Other sizes: G = sum_k g_k gain_k, one RMSNorm backward for dx, and per k a dgain pass;
   // with a pre-norm the same on h = x rstd_pre, then the pre-norm's backward.
+  std::array<Tensor<T, cuda>, K> gs;
+  for (size_t k = 0; k < K; ++k) {
+    if constexpr (bf16_grads) {
+      if (gs_in[k].defined()) gs[k] = widen_bf16(cuda{}, gs_in[k]);
+    } else {
+      gs[k] = gs_in[k];
+    }
+  }
   const Tensor<T, cuda> h =
       rstd_pre.defined() ? Tensor<T, cuda>(x * rstd_pre.reshape(Shape{rows, 1})) : x;
   if (dx.defined()) {
