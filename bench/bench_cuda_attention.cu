@@ -5,10 +5,11 @@
 // heads, head size 64). The peer is bench/peers/attention_torch.py (PyTorch SDPA, flash).
 //
 //   ./build-cuda/bench/bench_cuda_attention [--batch 16 --heads 8 --kv-heads 4 --seq 1024
-//       --head-dim 64 --reps 20]
+//       --head-dim 64 --reps 20 --scratch-mib 512]
 //
 // The tensor-core backward runs twice: dq from the score gradients the dk/dv kernel writes to
-// scratch (the default, cuda::set_attention_scratch) and dq recomputing them (scratch 0).
+// scratch (--scratch-mib: cuda::set_attention_scratch, 512 by default) and dq recomputing them
+// (scratch 0).
 //
 // Times are the median of --reps runs between CUDA events, after 3 warm-ups, on random
 // inputs. TFLOP/s counts the causal half of the products: forward 2 products (4 B Hq T^2 D / 2
@@ -56,19 +57,21 @@ double median_ms(int reps, F&& f) {
 
 int main(int argc, char** argv) {
   int64_t B = 16, Hq = 8, Hkv = 4, T = 1024, D = 64, reps = 20;
+  int64_t scratch_mib = int64_t(cuda::attention_scratch() >> 20);
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    int64_t* dst = a == "--batch"      ? &B
-                   : a == "--heads"    ? &Hq
-                   : a == "--kv-heads" ? &Hkv
-                   : a == "--seq"      ? &T
-                   : a == "--head-dim" ? &D
-                   : a == "--reps"     ? &reps
-                                       : nullptr;
+    int64_t* dst = a == "--batch"         ? &B
+                   : a == "--heads"       ? &Hq
+                   : a == "--kv-heads"    ? &Hkv
+                   : a == "--seq"         ? &T
+                   : a == "--head-dim"    ? &D
+                   : a == "--reps"        ? &reps
+                   : a == "--scratch-mib" ? &scratch_mib
+                                          : nullptr;
     if (!dst || i + 1 >= argc || (*dst = std::atoll(argv[++i])) <= 0) {
       std::fprintf(stderr,
                    "bench_cuda_attention: bad argument '%s'\nflags: --batch --heads "
-                   "--kv-heads --seq --head-dim --reps (positive integers)\n",
+                   "--kv-heads --seq --head-dim --reps --scratch-mib (positive integers)\n",
                    argv[i]);
       return 2;
     }
@@ -79,6 +82,7 @@ int main(int argc, char** argv) {
                  (long long)Hq, (long long)Hkv);
     return 2;
   }
+  cuda::set_attention_scratch(size_t(scratch_mib) << 20);
   Rng rng(1);
   auto q = to_device(Tensor<float>::randn({B, Hq, T, D}, rng));
   auto k = to_device(Tensor<float>::randn({B, Hkv, T, D}, rng));

@@ -1,6 +1,6 @@
 // CUDA cross-entropy kernels over the rows of contiguous [rows, V] logits, fused with
 // log-softmax and an optional softcap z = c tanh(x / c): the same contract and math as the CPU
-// kernels (backend/cpu/loss.hpp), one block per row:
+// kernels (backend/cpu/loss.hpp), one warp per row:
 //   forward:  zmax[r] = max_j z_j,  logsum[r] = log(sum_j exp(z_j - zmax[r])),
 //             loss_r = logsum[r] - (z_t - zmax[r]);  0 and not counted on ignored rows
 //   backward: dx[r, j] = scale * (exp((z_j - zmax[r]) - logsum[r]) - [j == t]) * dz_j/dx_j
@@ -14,42 +14,60 @@
 
 #include <cfloat>
 #include <cstdint>
+#include <type_traits>
 
-#include "ternary/backend/cpu/loss.hpp"  // CrossEntropySums
+#include "ternary/backend/cpu/loss.hpp"          // CrossEntropySums
+#include "ternary/backend/cuda/elementwise.cuh"  // launch_for
 #include "ternary/backend/cuda/reduce.cuh"
 
 namespace ternary::backend::cuda_detail {
-
-template <class T>
-__device__ T block_max(T v) {
-  __shared__ T warp_max[32];
-  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_down_sync(0xffffffffu, v, o));
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (lane == 0) warp_max[warp] = v;
-  __syncthreads();
-  v = threadIdx.x < blockDim.x / 32 ? warp_max[threadIdx.x] : -INFINITY;
-  if (warp == 0)
-    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_down_sync(0xffffffffu, v, o));
-  __syncthreads();
-  return v;
-}
 
 template <class T>
 __device__ T softcap_value(T x, T cap) {
   return cap > T(0) ? std::tanh(x / cap) * cap : x;
 }
 
-// One block per row. row_loss[r] (double) and row_count[r] (0 or 1) feed the final sum.
+// The row's values in float4 loads where every row allows (V % 4 == 0, 16-byte aligned base).
+template <class T>
+__device__ __forceinline__ bool rows_vec4(const T* x, int64_t V) {
+  if constexpr (std::is_same_v<T, float>)
+    return V % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  else
+    return false;
+}
+
+// Online max and sum of exp over one lane's values: the sum is rescaled when the max grows.
+template <class T>
+struct MaxSum {
+  T m = -INFINITY, s = T(0);
+  __device__ void add(const T* z, int n) {  // n values at once (one float4: one rescale)
+    T cm = m;
+    for (int i = 0; i < n; ++i) cm = max(cm, z[i]);
+    if (cm > m) {
+      s *= std::exp(m - cm);  // exp(-inf) = 0 on the first values
+      m = cm;
+    }
+    if (m == -INFINITY) return;  // every value so far is -inf: nothing to add
+    for (int i = 0; i < n; ++i) s += std::exp(z[i] - m);
+  }
+};
+
+// One warp per row (rows grid-strided over the warps): each lane reads its share of the row once,
+// float4 at a time where the rows allow, then the warp combines the lanes' (max, sum).
+// row_loss[r] (double) and row_count[r] (0 or 1) feed the final sum.
 template <class T>
 __global__ void cross_entropy_forward_kernel(const T* __restrict__ x,
                                              const int32_t* __restrict__ targets, int64_t rows,
                                              int64_t V, int32_t ignore_index, T cap, T* zmax,
                                              T* logsum, double* row_loss, int* row_count) {
-  __shared__ T bcast;
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  const bool vec = rows_vec4(x, V);
+  for (int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; r < rows;
+       r += warps) {
     const int32_t t = targets[r];
     if (t == ignore_index) {
-      if (threadIdx.x == 0) {
+      if (lane == 0) {
         zmax[r] = logsum[r] = T(0);
         row_loss[r] = 0;
         row_count[r] = 0;
@@ -57,24 +75,34 @@ __global__ void cross_entropy_forward_kernel(const T* __restrict__ x,
       continue;
     }
     const T* row = x + r * V;
-    T m = -INFINITY;
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) m = max(m, softcap_value(row[j], cap));
-    m = block_max(m);
-    if (threadIdx.x == 0) bcast = m;
-    __syncthreads();
-    m = bcast;
-    T s = T(0);
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x)
-      s += std::exp(softcap_value(row[j], cap) - m);
-    s = block_sum(s);
-    if (threadIdx.x == 0) {
+    MaxSum<T> acc;
+    if (vec) {
+      if constexpr (std::is_same_v<T, float>) {
+        const float4* row4 = reinterpret_cast<const float4*>(row);
+        for (int64_t j = lane; j < V / 4; j += 32) {
+          const float4 v = row4[j];
+          const float z[4] = {softcap_value(v.x, cap), softcap_value(v.y, cap),
+                              softcap_value(v.z, cap), softcap_value(v.w, cap)};
+          acc.add(z, 4);
+        }
+      }
+    } else {
+      for (int64_t j = lane; j < V; j += 32) {
+        const T z = softcap_value(row[j], cap);
+        acc.add(&z, 1);
+      }
+    }
+    T m = acc.m;
+    for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
+    T s = acc.m == -INFINITY ? T(0) : acc.s * std::exp(acc.m - m);  // a lane with no values: 0
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) {
       const T l = std::log(s);
       zmax[r] = m;
       logsum[r] = l;
       row_loss[r] = double(l) - double(softcap_value(row[t], cap) - m);
       row_count[r] = 1;
     }
-    __syncthreads();  // bcast is rewritten by the next row
   }
 }
 
@@ -96,6 +124,17 @@ __global__ void sum_losses_kernel(const double* row_loss, const int* row_count, 
   }
 }
 
+// dx of one value (see the top of this file).
+template <class T>
+__device__ __forceinline__ T cross_entropy_grad(T v, bool target, T cap, T m, T l, T scale) {
+  if (cap > T(0)) {
+    const T th = std::tanh(v / cap);
+    return (std::exp((th * cap - m) - l) - (target ? T(1) : T(0))) * scale * (T(1) - th * th);
+  }
+  return (std::exp((v - m) - l) - (target ? T(1) : T(0))) * scale;
+}
+
+// One warp per row, float4 loads and stores where the rows allow.
 template <class T>
 __global__ void cross_entropy_backward_kernel(const T* __restrict__ x,
                                               const int32_t* __restrict__ targets, int64_t rows,
@@ -103,30 +142,42 @@ __global__ void cross_entropy_backward_kernel(const T* __restrict__ x,
                                               const T* __restrict__ zmax,
                                               const T* __restrict__ logsum, T scale,
                                               T* __restrict__ dx) {
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  const bool vec = rows_vec4(x, V) && rows_vec4(dx, V);
+  for (int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; r < rows;
+       r += warps) {
     const int32_t t = targets[r];
     const T* row = x + r * V;
     T* d = dx + r * V;
     if (t == ignore_index) {
-      for (int64_t j = threadIdx.x; j < V; j += blockDim.x) d[j] = T(0);
+      for (int64_t j = lane; j < V; j += 32) d[j] = T(0);
       continue;
     }
     const T m = zmax[r], l = logsum[r];
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-      T g;
-      if (cap > T(0)) {
-        const T th = std::tanh(row[j] / cap);
-        g = (std::exp((th * cap - m) - l) - (j == t ? T(1) : T(0))) * scale * (T(1) - th * th);
-      } else {
-        g = (std::exp((row[j] - m) - l) - (j == t ? T(1) : T(0))) * scale;
+    if (vec) {
+      if constexpr (std::is_same_v<T, float>) {
+        const float4* row4 = reinterpret_cast<const float4*>(row);
+        float4* d4 = reinterpret_cast<float4*>(d);
+        for (int64_t j = lane; j < V / 4; j += 32) {
+          const float4 v = row4[j];
+          const int64_t j0 = 4 * j;
+          d4[j] = make_float4(cross_entropy_grad(v.x, j0 == t, cap, m, l, scale),
+                              cross_entropy_grad(v.y, j0 + 1 == t, cap, m, l, scale),
+                              cross_entropy_grad(v.z, j0 + 2 == t, cap, m, l, scale),
+                              cross_entropy_grad(v.w, j0 + 3 == t, cap, m, l, scale));
+        }
       }
-      d[j] = g;
+    } else {
+      for (int64_t j = lane; j < V; j += 32)
+        d[j] = cross_entropy_grad(row[j], j == t, cap, m, l, scale);
     }
   }
 }
 
-inline int row_threads(int64_t V) {
-  return V >= 2048 ? 512 : (V >= 256 ? 256 : 32);
+// Blocks of 8 warps for one warp per row (grid-strided).
+inline int row_warp_blocks(int64_t rows) {
+  return launch_for(rows * 32).blocks;
 }
 
 }  // namespace ternary::backend::cuda_detail
@@ -151,8 +202,7 @@ CrossEntropySums cross_entropy_forward(cuda, const Tensor<T, cuda>& logits,
   auto row_loss = Tensor<double, cuda>::empty(Shape{rows});
   auto row_count = Tensor<int, cuda>::empty(Shape{rows});
   auto sums = Tensor<double, cuda>::empty(Shape{2});
-  const int blocks = int(std::min<int64_t>(rows, int64_t(1) << 30));
-  cross_entropy_forward_kernel<<<blocks, row_threads(V), 0, cuda::stream()>>>(
+  cross_entropy_forward_kernel<<<row_warp_blocks(rows), 256, 0, cuda::stream()>>>(
       logits.data(), targets.data(), rows, V, ignore_index, cap, zmax.data(), logsum.data(),
       row_loss.data(), row_count.data());
   TERNARY_CUDA_CHECK_LAUNCH("cross_entropy_forward_kernel");
@@ -174,8 +224,7 @@ void cross_entropy_backward(cuda, const Tensor<T, cuda>& logits,
     throw ShapeError(detail::cat("cross_entropy_backward(cuda): logits ", logits.shape(), ", dx ",
                                  dx.shape(), " (both contiguous, same shape)"));
   if (rows == 0) return;
-  const int blocks = int(std::min<int64_t>(rows, int64_t(1) << 30));
-  cross_entropy_backward_kernel<<<blocks, row_threads(V), 0, cuda::stream()>>>(
+  cross_entropy_backward_kernel<<<row_warp_blocks(rows), 256, 0, cuda::stream()>>>(
       logits.data(), targets.data(), rows, V, ignore_index, cap, zmax.data(), logsum.data(), scale,
       dx.data());
   TERNARY_CUDA_CHECK_LAUNCH("cross_entropy_backward_kernel");
