@@ -701,7 +701,8 @@ VarH bf16_boundary(const VarH& x) {
 // backward never forms b * dout): residual_linear, residual_relu2_linear, and rms_norm_linear
 // with a residual (the BitLinear projections, relu2 input on and off), against the same rule
 // on the CPU (detail::residual_linear_bf16 of the same activations). The residual x is also
-// read elsewhere. Tolerances: 1e-5; 2e-3 where int8 rounding may flip on one backend.
+// read elsewhere. The rule rounds the product to bf16 before the sum. Tolerances: 1e-5; 2e-3
+// where int8 rounding may flip on one backend.
 TEST_CASE("cuda residual projections (bf16) against the CPU's rule") {
   const Bf16On on;
   Rng rng(37);
@@ -716,7 +717,9 @@ TEST_CASE("cuda residual projections (bf16) against the CPU's rule") {
     auto hr = Tensor<float>::randn({rows, out}, rng), hs = Tensor<float>::randn({rows, out}, rng);
     const bool norm = form == norm_int8 || form == norm_int8_square;
     const bool sq = form == square || form == norm_int8_square;
-    const double tol = norm ? 2e-3 : 1e-5;
+    // (1e-4 on the plain forms' value: the product's rounding to bf16 may flip between the
+    // backends' fp32 sums)
+    const double tol = norm ? 2e-3 : 1e-5, tol_y = norm ? 2e-3 : 1e-4;
     // CPU: the activations as the GPU forms them, then the residual rule
     auto ca = VarH::parameter(ha.clone()), cw = VarH::parameter(hw.clone());
     auto cx = VarH::parameter(hx.clone()), cb = VarH::parameter(hb.clone());
@@ -738,7 +741,7 @@ TEST_CASE("cuda residual projections (bf16) against the CPU's rule") {
     const std::string last = Tape::current().entries().back().op;
     CHECK((last == "residual_linear" || last == "residual_relu2_linear" ||
            last == "rms_norm_linear"));
-    CHECK(rel_err(y.value(), cy.value()) < tol);
+    CHECK(rel_err(y.value(), cy.value()) < tol_y);
     (functional(dx, hr) + functional(y, hs)).backward();
     CHECK(rel_err(da.grad(), ca.grad()) < tol);
     CHECK(rel_err(dw.grad(), cw.grad()) < tol);

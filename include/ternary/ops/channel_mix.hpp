@@ -20,9 +20,9 @@
 namespace ternary {
 
 namespace detail {
-template <class T, class B>
+template <class T, class B, class Y>
 void check_channel_mix(const Tensor<T, B>* a, const Tensor<T, B>& x, const Tensor<T, B>& b,
-                       const Tensor<T, B>& y) {
+                       const Tensor<Y, B>& y) {
   if (x.dim() == 0 || !(x.shape() == y.shape()))
     throw ShapeError(cat("channel_mix: x ", x.shape(), " and y ", y.shape(),
                          " must have the same shape, with a channel axis last"));
@@ -32,13 +32,15 @@ void check_channel_mix(const Tensor<T, B>* a, const Tensor<T, B>& x, const Tenso
                          x.shape(), "), got ", a ? a->shape() : Shape{}, " and ", b.shape()));
 }
 
-// out = a * x + b * y on contiguous copies (views are copied once, as the kernels want rows).
-template <class T, class B>
+// out = a * x + b * y on contiguous copies (views are copied once, as the kernels want rows);
+// y in T, or in bf16 (Y: the bf16 nodes' residual sums, ops/residual_linear.hpp).
+template <class T, class B, class Y>
 Tensor<T, B> channel_mix_forward(const Tensor<T, B>* a, const Tensor<T, B>& x,
-                                 const Tensor<T, B>& b, const Tensor<T, B>& y) {
+                                 const Tensor<T, B>& b, const Tensor<Y, B>& y) {
   check_channel_mix(a, x, b, y);
-  const auto xc = x.contiguous(), yc = y.contiguous(), bc = b.contiguous();
-  const auto ac = a ? a->contiguous() : Tensor<T, B>();
+  const Tensor<T, B> xc = x.contiguous(), bc = b.contiguous();
+  const Tensor<Y, B> yc = y.contiguous();
+  const Tensor<T, B> ac = a ? a->contiguous() : Tensor<T, B>();
   auto out = Tensor<T, B>::empty(x.shape());
   const int64_t D = x.size(-1), rows = D ? x.numel() / D : 0;
   if (rows > 0)

@@ -12,8 +12,9 @@
 //   d scale_j = sum_k w_jk G_jk                      da = bf16(dout) bf16(scale * w)
 // so channel_mix's backward pass (reading dout and y, writing scale * dout) and the rounding of
 // scale * dout are gone; the scaled weight and the two small [out, in] passes cost little.
-// y is not kept for the backward. quant::rms_norm_linear takes the same residual (BitLinear
-// projections). Tests: tests/test_matmul.cpp, tests/cuda/test_cuda_ops.cu.
+// The forward sums r.x + r.scale * bf16(y): the product is written in bf16 (autocast's linear
+// output) and not kept for the backward. quant::rms_norm_linear takes the same residual
+// (BitLinear projections). Tests: tests/test_matmul.cpp, tests/cuda/test_cuda_ops.cu.
 #pragma once
 
 #include <optional>
@@ -44,11 +45,21 @@ inline void check_residual_shapes(const char* op, const Shape& x, const Shape& s
                          " and [", out, "] for an input ", input));
 }
 
-// The forward of the bf16 path: r.x + r.scale * (a16 w16^T), a16 [rows, in], w16 [out, in].
+// The forward of the bf16 path: r.x + r.scale * bf16(a16 w16^T), a16 [rows, in], w16 [out, in]:
+// the product rounded to bf16 (as autocast's linear output; on CUDA the GEMM writes it so, and
+// the sum reads half the bytes), the sum in T.
 template <class T, class B>
 Tensor<T, B> residual_product_bf16(const Residual<T, B>& r, const Tensor<bf16, B>& a16,
                                    const Tensor<bf16, B>& w16) {
-  return channel_mix(r.x.value(), r.scale.value(), bf16_product<T>(a16, w16, r.x.shape()));
+  Tensor<bf16, B> y16;
+  if constexpr (B::on_host) {  // the reference backend: the same rounding of the fp32 product
+    y16 = backend::to_bf16(B{}, bf16_product<T>(a16, w16, r.x.shape()));
+  } else {
+    y16 = Tensor<bf16, B>::empty(Shape{a16.size(0), w16.size(0)});
+    gemm_bf16(B{}, const_view(a16), const_view(w16.t()), backend::mat_view(y16));
+  }
+  return channel_mix_forward(static_cast<const Tensor<T, B>*>(nullptr), r.x.value(),
+                             r.scale.value(), y16.reshape(r.x.shape()));
 }
 
 // Its backward for the residual and the weights (see the top of this file), given dout = g

@@ -41,6 +41,17 @@ void channel_mix_forward(cpu, const T* a, const T* x, const T* b, const T* y, T*
   }
 }
 
+// y in bf16 (the bf16 nodes' residual sums; the CPU runs them only as the reference)
+template <class T>
+void channel_mix_forward(cpu, const T* a, const T* x, const T* b, const bf16* y, T* out,
+                         int64_t rows, int64_t D) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < D; ++j) {
+      const T yv = T(float(y[r * D + j]));
+      out[r * D + j] = a ? a[j] * x[r * D + j] + b[j] * yv : x[r * D + j] + b[j] * yv;
+    }
+}
+
 // Any of dx, dy, da, db may be null (not wanted). dx with a null: the caller uses g itself.
 // dx_prior / dy_prior (if not null) are added into dx / dy: the gradients so far, which may
 // be dx / dy themselves.

@@ -1,7 +1,9 @@
 // CUDA kernels of channel_mix (the op and its math: ops/channel_mix.hpp; the CPU kernels:
 // backend/cpu/channel_mix.hpp), over contiguous rows [rows, D], weights a (may be null: 1)
 // and b of D values:
-//   forward:   one pass, float4 when D % 4 == 0 (and 16-byte aligned), else one float per thread.
+//   forward:   one pass, float4 when D % 4 == 0 (and 16-byte aligned), else one float per thread
+//              (y may be bf16: the bf16 nodes' residual sums read the product as the GEMM wrote
+//              it).
 //   backward:  a block takes a slice of rows and its threads W-wide column groups (W = 4 or 1):
 //              each thread writes dx = a g and dy = b g of its columns and sums g x and g y
 //              over the slice's rows in registers into the block's partial row; the partial
@@ -11,6 +13,8 @@
 #ifndef __CUDACC__
 #error "ternary/backend/cuda/*.cuh holds CUDA kernels: compile with nvcc (-DTERNARY_CUDA=ON)"
 #endif
+
+#include <cuda_bf16.h>
 
 #include <cstdint>
 #include <initializer_list>
@@ -44,17 +48,35 @@ struct Lanes {
   }
 };
 
-// out = a x + b y over n = rows * D elements, W at a time (D % W == 0).
+// W consecutive bf16 values as floats (W = 4: one 8-byte load).
 template <int W>
+__device__ void load_lanes(Lanes<W>& t, const __nv_bfloat16* p) {
+  if constexpr (W == 4) {
+    const uint2 raw = *reinterpret_cast<const uint2*>(p);
+    const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
+    const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+    t.v[0] = lo.x, t.v[1] = lo.y, t.v[2] = hi.x, t.v[3] = hi.y;
+  } else {
+#pragma unroll
+    for (int e = 0; e < W; ++e) t.v[e] = __bfloat162float(p[e]);
+  }
+}
+template <int W>
+__device__ void load_lanes(Lanes<W>& t, const float* p) {
+  t.load(p);
+}
+
+// out = a x + b y over n = rows * D elements, W at a time (D % W == 0); y in fp32 or bf16 (Y).
+template <int W, class Y>
 __global__ void channel_mix_forward_kernel(const float* __restrict__ a, const float* __restrict__ x,
-                                           const float* __restrict__ b, const float* __restrict__ y,
+                                           const float* __restrict__ b, const Y* __restrict__ y,
                                            float* __restrict__ out, int64_t n, int64_t D) {
   for (int64_t i = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * W; i < n;
        i += int64_t(gridDim.x) * blockDim.x * W) {
     const int64_t j = i % D;
     Lanes<W> xv, yv, bv, av;
     xv.load(x + i);
-    yv.load(y + i);
+    load_lanes(yv, y + i);
     bv.load(b + j);
     if (a) av.load(a + j);
 #pragma unroll
@@ -138,20 +160,35 @@ void with_channel_width(int64_t D, std::initializer_list<const void*> ptrs, F&& 
 
 namespace ternary::backend {
 
-template <class T>
-void channel_mix_forward(cuda, const T* a, const T* x, const T* b, const T* y, T* out, int64_t rows,
-                         int64_t D) {
-  static_assert(std::is_same_v<T, float>, "channel_mix(cuda): float only");
-  using namespace cuda_detail;
+namespace cuda_detail {
+template <class Y>
+void channel_mix_forward_any(const float* a, const float* x, const float* b, const Y* y, float* out,
+                             int64_t rows, int64_t D) {
   const int64_t n = rows * D;
   if (n == 0) return;
   with_channel_width(D, {a, x, b, y, out}, [&](auto w) {
     constexpr int W = decltype(w)::value;
     const Launch ls = launch_for((n + W - 1) / W);
-    channel_mix_forward_kernel<W>
+    channel_mix_forward_kernel<W, Y>
         <<<ls.blocks, ls.threads, 0, cuda::stream()>>>(a, x, b, y, out, n, D);
     TERNARY_CUDA_CHECK_LAUNCH("channel_mix_forward_kernel");
   });
+}
+}  // namespace cuda_detail
+
+template <class T>
+void channel_mix_forward(cuda, const T* a, const T* x, const T* b, const T* y, T* out, int64_t rows,
+                         int64_t D) {
+  static_assert(std::is_same_v<T, float>, "channel_mix(cuda): float only");
+  cuda_detail::channel_mix_forward_any(a, x, b, y, out, rows, D);
+}
+// y in bf16 (the bf16 nodes' residual sums: the product as the GEMM wrote it)
+template <class T>
+void channel_mix_forward(cuda, const T* a, const T* x, const T* b, const ternary::bf16* y, T* out,
+                         int64_t rows, int64_t D) {
+  static_assert(std::is_same_v<T, float>, "channel_mix(cuda): float only");
+  cuda_detail::channel_mix_forward_any(a, x, b, reinterpret_cast<const __nv_bfloat16*>(y), out,
+                                       rows, D);
 }
 
 template <class T>

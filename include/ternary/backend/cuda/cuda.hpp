@@ -339,6 +339,9 @@ template <class T>
 void channel_mix_forward(cuda, const T* a, const T* x, const T* b, const T* y, T* out, int64_t rows,
                          int64_t D);
 template <class T>
+void channel_mix_forward(cuda, const T* a, const T* x, const T* b, const bf16* y, T* out,
+                         int64_t rows, int64_t D);
+template <class T>
 void channel_mix_backward(cuda, const T* g, const T* a, const T* x, const T* b, const T* y, T* dx,
                           T* dy, T* da, T* db, int64_t rows, int64_t D, const T* dx_prior = nullptr,
                           const T* dy_prior = nullptr);
