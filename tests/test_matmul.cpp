@@ -448,3 +448,27 @@ TEST_CASE("rms_norm_mlp is the composition rms_norm, linear, relu2_linear (+ res
                                                       Var<float>::parameter(hb.clone())}),
                     Contains("residual"));
 }
+
+// detail::weight_to_bf16 (the bf16 products' weight operands): rounded once per
+// QuantizedWeightCache scope, with a view (here the transpose of a square weight: the same
+// memory and shape) and a weight computed in the scope kept apart.
+TEST_CASE("weight_to_bf16: one rounding per QuantizedWeightCache scope, views apart") {
+  Rng rng(91);
+  const auto w = Tensor<float>::randn({4, 4}, rng);
+  const auto rounded = [](const Tensor<bf16>& t) { return t.to<float>(); };
+  CHECK(detail::weight_to_bf16(w).data() != detail::weight_to_bf16(w).data());  // no scope
+  {
+    quant::QuantizedWeightCache scope;
+    const auto a = detail::weight_to_bf16(w), b = detail::weight_to_bf16(w);
+    CHECK(a.data() == b.data());
+    CHECK(max_abs_diff(rounded(a), round_bf16(w)) == 0.0);
+    const auto t = detail::weight_to_bf16(w.t());
+    CHECK(t.data() != a.data());
+    CHECK(max_abs_diff(rounded(t), Tensor<float>(round_bf16(w).t())) == 0.0);
+    for (float k : {2.f, 3.f}) {  // temporaries: each its own entry, never a stale one
+      const auto c = detail::weight_to_bf16(Tensor<float>(w * k));
+      CHECK(max_abs_diff(rounded(c), round_bf16(Tensor<float>(w * k))) == 0.0);
+    }
+    CHECK(scope.size() == 4);
+  }
+}

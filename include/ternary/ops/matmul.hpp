@@ -13,6 +13,7 @@
 #include "ternary/backend/cpu/matmul.hpp"
 #include "ternary/ops/elementwise.hpp"
 #include "ternary/ops/reduce.hpp"
+#include "ternary/quant/weight_cache.hpp"
 
 namespace ternary {
 
@@ -49,6 +50,18 @@ Tensor<T, B> bf16_product(const Tensor<bf16, B>& a16, const Tensor<bf16, B>& w16
   backend::gemm_bf16(B{}, const_view(a16), const_view(w16.t()),
                      backend::mat_view(y.reshape(Shape{-1, out})), T(1), T(0));
   return y;
+}
+// A weight as a bf16 GEMM operand: rounded once per quant::QuantizedWeightCache scope (opened
+// where the weights are fixed: train_loop around a step's micro-batches), else now.
+template <class T, class B>
+Tensor<bf16, B> weight_to_bf16(const Tensor<T, B>& w) {
+  constexpr quant::QuantizedWeightCache::Key key{-1.0, 0.0, 0.0};  // (the value type tells too)
+  quant::QuantizedWeightCache* cache = quant::QuantizedWeightCache::active();
+  if (cache)
+    if (const Tensor<bf16, B>* hit = cache->find_as<bf16>(w, key)) return *hit;
+  Tensor<bf16, B> w16 = backend::to_bf16(B{}, w);
+  if (cache) cache->insert(w, key, w16);
+  return w16;
 }
 // An output gradient as a bf16 GEMM operand [rows, out]: g rounded to bf16 once, or a gradient
 // born in bf16 (g_bf16 defined, g not: Var::accumulate_grad_bf16) as it is.
@@ -91,7 +104,7 @@ template <class T, class B>
 Var<T, B> linear_bf16(const Var<T, B>& x, const Var<T, B>& w) {
   const int64_t in = w.size(1);
   const auto x16 = backend::to_bf16(B{}, x.value()).reshape(Shape{-1, in});
-  const auto w16 = backend::to_bf16(B{}, w.value());
+  const auto w16 = weight_to_bf16(w.value());
   auto y = bf16_product<T>(x16, w16, x.shape());
   return Var<T, B>::record(
       "linear", y, {x, w},
@@ -110,7 +123,7 @@ Var<T, B> linear_bf16(const Var<T, B>& x, const Var<T, B>& w) {
 template <class T, class B>
 Var<T, B> relu2_linear_bf16(const Var<T, B>& h, const Var<T, B>& w) {
   const auto a16 = backend::relu2_to_bf16(B{}, h.value()).reshape(Shape{-1, w.size(1)});
-  const auto w16 = backend::to_bf16(B{}, w.value());
+  const auto w16 = weight_to_bf16(w.value());
   auto y = bf16_product<T>(a16, w16, h.shape());
   return Var<T, B>::record(
       "relu2_linear", y, {h, w},

@@ -51,8 +51,8 @@ std::optional<Var<T, B>> rms_norm_mlp_bf16(const Var<T, B>& x, const Var<T, B>& 
                              std::array<Tensor<bf16, B>, 1>{xn16}, rstd, eps, false, Tensor<T, B>(),
                              0.0))
     return std::nullopt;
-  const auto wfc16 = backend::to_bf16(B{}, w_fc.value());
-  const auto wproj16 = backend::to_bf16(B{}, w_proj.value());
+  const auto wfc16 = weight_to_bf16(w_fc.value());
+  const auto wproj16 = weight_to_bf16(w_proj.value());
   const auto h16 = Tensor<bf16, B>::empty(Shape{rows, hidden});
   // (the bf16-only backend functions by argument-dependent lookup on the tag: CUDA has them)
   gemm_bf16(B{}, const_view(xn16), const_view(wfc16.t()), backend::mat_view(h16));

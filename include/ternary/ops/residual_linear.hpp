@@ -123,7 +123,7 @@ Var<T, B> residual_linear_bf16(const Residual<T, B>& r, const Var<T, B>& a, cons
   const auto a16 =
       (relu2_input ? backend::relu2_to_bf16(B{}, a.value()) : backend::to_bf16(B{}, a.value()))
           .reshape(Shape{-1, in});
-  auto out = residual_product_bf16(r, a16, backend::to_bf16(B{}, w.value()));
+  auto out = residual_product_bf16(r, a16, weight_to_bf16(w.value()));
   return Var<T, B>::record(
       relu2_input ? "residual_relu2_linear" : "residual_linear", out, {r.x, r.scale, a, w},
       [r, a, w, a16, relu2_input](const Tensor<T, B>& g) {

@@ -62,8 +62,8 @@ std::optional<Var<T, B>> rms_norm_bitlinear_mlp_bf16(const Var<T, B>& x, double 
                              std::array<Tensor<bf16, B>, 1>{a1}, rstd1, fc_eps, true, rstd_pre,
                              pre_eps))
     return std::nullopt;
-  const auto wfc16 = backend::to_bf16(B{}, w_fc.value());
-  const auto wproj16 = backend::to_bf16(B{}, w_proj.value());
+  const auto wfc16 = ternary::detail::weight_to_bf16(w_fc.value());
+  const auto wproj16 = ternary::detail::weight_to_bf16(w_proj.value());
   const auto h16 = Tensor<bf16, B>::empty(Shape{rows, hidden});
   gemm_bf16(B{}, ternary::detail::const_view(a1), ternary::detail::const_view(wfc16.t()),
             backend::mat_view(h16));

@@ -105,7 +105,7 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
   std::array<Tensor<bf16, B>, K> w16;
   std::array<Tensor<T, B>, K> ys;
   for (size_t k = 0; k < K; ++k) {
-    w16[k] = backend::to_bf16(B{}, weights[k].value());
+    w16[k] = ternary::detail::weight_to_bf16(weights[k].value());
     ys[k] = ternary::detail::product_bf16(residual, h16[k], w16[k], x.shape());  // residual: K 1
   }
   std::vector<Var<T, B>> inputs = ternary::detail::with_residual_inputs<T, B>({x}, residual);
