@@ -289,6 +289,21 @@ TEST_CASE("cuda causal attention on tensor cores (bf16 mma): forward and gradien
     }
 }
 
+namespace {
+// Random q, k, v and output gradient for the backend's attention entry points, on the device.
+struct AttentionInputs {
+  Tensor<float, cuda> q, k, v, dout;
+};
+AttentionInputs random_attention_inputs(Rng& rng, int64_t B, int64_t Hq, int64_t Hkv, int64_t T,
+                                        int64_t Dh) {
+  auto q = to_device(Tensor<float>::randn({B, Hq, T, Dh}, rng));
+  auto k = to_device(Tensor<float>::randn({B, Hkv, T, Dh}, rng));
+  auto v = to_device(Tensor<float>::randn({B, Hkv, T, Dh}, rng));
+  auto dout = to_device(Tensor<float>::randn({B, Hq, T, Dh}, rng));
+  return {q, k, v, dout};
+}
+}  // namespace
+
 // The tensor-core backward's two ways to dq (cuda::set_attention_scratch): the score gradients
 // written by the dk/dv kernel and read back by one product (whole batch, or chunks of batch rows
 // when the scratch bound is smaller), or recomputed from q, k, v (bound 0). Chunks run the same
@@ -309,10 +324,8 @@ TEST_CASE(
   for (auto [B, Hq, Hkv, T, Dh] : std::vector<std::array<int64_t, 5>>{
            {3, 4, 2, 200, 64}, {5, 2, 1, 64, 32}, {2, 3, 3, 97, 16}}) {
     INFO("B " << B << " Hq " << Hq << " Hkv " << Hkv << " T " << T << " Dh " << Dh);
-    auto q = to_device(Tensor<float>::randn({B, Hq, T, Dh}, rng));
-    auto k = to_device(Tensor<float>::randn({B, Hkv, T, Dh}, rng));
-    auto v = to_device(Tensor<float>::randn({B, Hkv, T, Dh}, rng));
-    auto dout = to_device(Tensor<float>::randn({B, Hq, T, Dh}, rng));
+    const AttentionInputs in = random_attention_inputs(rng, B, Hq, Hkv, T, Dh);
+    const auto &q = in.q, &k = in.k, &v = in.v, &dout = in.dout;
     using TD = Tensor<float, cuda>;
     auto out = TD::empty(q.shape()), lse = TD::empty(Shape{B, Hq, T});
     backend::causal_attention_forward(cuda{}, q, k, v, 0.2f, out, &lse);
@@ -361,10 +374,8 @@ TEST_CASE("cuda causal attention: outputs and gradients written into [B, T, H, D
       INFO((tensor_cores ? "tensor cores" : "fp32")
            << " B " << B << " Hq " << Hq << " T " << T << " Dh " << Dh);
       cuda::set_tf32(tensor_cores);
-      auto q = to_device(Tensor<float>::randn({B, Hq, T, Dh}, rng));
-      auto k = to_device(Tensor<float>::randn({B, Hkv, T, Dh}, rng));
-      auto v = to_device(Tensor<float>::randn({B, Hkv, T, Dh}, rng));
-      auto dout = to_device(Tensor<float>::randn({B, Hq, T, Dh}, rng));
+      const AttentionInputs in = random_attention_inputs(rng, B, Hq, Hkv, T, Dh);
+      const auto &q = in.q, &k = in.k, &v = in.v, &dout = in.dout;
       using TD = Tensor<float, cuda>;
       auto out = TD::empty(q.shape()), lse = TD::empty(Shape{B, Hq, T});
       auto dq = TD::empty(q.shape()), dk = TD::empty(k.shape()), dv = TD::empty(v.shape());

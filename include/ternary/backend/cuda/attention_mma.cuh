@@ -2,7 +2,10 @@
 // attention.cuh (online softmax forward; dq and dk/dv backward kernels that recompute the
 // scores from the saved row logsumexp) with every product on `mma.sync.m16n8k16` (bf16
 // operands, fp32 accumulation, softmax and outputs in fp32). Runs instead of the fp32 SIMT
-// kernels when reduced-precision matrix math is on (cuda::set_bf16 or cuda::set_tf32).
+// kernels when reduced-precision matrix math is on (cuda::set_bf16 or cuda::set_tf32). For head
+// sizes up to 64 the dk/dv kernel also writes the score gradients ds (bf16) to bounded scratch
+// and dq is one product over them (flash_backward_dq_from_ds_kernel) instead of a kernel that
+// recomputes the scores; cuda::set_attention_scratch bounds it (batch rows in chunks).
 //
 // Data flow. The fp32 operands (any layout with a unit-stride head axis: the GPT's q, k, v are
 // views of [B, T, H, Dh] memory) are first packed by one pass each into contiguous bf16
@@ -523,16 +526,16 @@ __device__ __forceinline__ int64_t flash_ds_tile(int b, int h, int kt, int qt, i
 //   dk = scale sum_i ds^T q_i
 // Shared memory: K and V (64 rows each, read once into fragments), then Q and dO tiles and
 // their lse / di values, two buffers each.
-// With dst (not null; needs INNER == ROWS, so every warp computes every tile it visits): also
-// ds^T in bf16 into dst, every causal tile in full (zeros where masked), in the layout of
-// flash_ds_tile for flash_backward_dq_from_ds_kernel.
+// With ds_t (not null; needs INNER == ROWS, so every warp computes every tile it visits): also
+// ds^T in bf16 into ds_t, every causal tile in full (zeros where masked), in the layout of
+// flash_ds_tile (ds_tiles: T rounded up to ROWS, in tiles) for flash_backward_dq_from_ds_kernel.
 template <int DM, class DvOut>
 __global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
     flash_backward_dkdv_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                const bf16* __restrict__ v, const bf16* __restrict__ dout,
                                const float* __restrict__ lse, const float* __restrict__ di,
                                float* __restrict__ dk, HeadStrides dks, DvOut* __restrict__ dv,
-                               HeadStrides dvs, bf16* __restrict__ dst, int Tp, int T, int D,
+                               HeadStrides dvs, bf16* __restrict__ ds_t, int ds_tiles, int T, int D,
                                int Hq, int Hkv, int group, float scale) {
   using C = FlashCfg<DM>;
   extern __shared__ __align__(16) unsigned char flash_smem[];
@@ -605,9 +608,9 @@ __global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
         s[0][nt][e] = p;
         dp[0][nt][e] = p * (dp[0][nt][e] - Dit[qi]);  // ds^T
       }
-    if (dst) {  // this lane's pairs (key c0 or c1, queries 2t, 2t + 1) of the 8 x 8 blocks
-      bf16* tile = dst + flash_ds_tile(b, hk * group + it / per_head, ti.tile,
-                                       (i0 - key0) / C::ROWS + ti.tile, Hq, Tp / C::ROWS);
+    if (ds_t) {  // this lane's pairs (key c0 or c1, queries 2t, 2t + 1) of the 8 x 8 blocks
+      bf16* tile = ds_t + flash_ds_tile(b, hk * group + it / per_head, ti.tile,
+                                        (i0 - key0) / C::ROWS + ti.tile, Hq, ds_tiles);
 #pragma unroll
       for (int nt = 0; nt < C::NT; ++nt) {
         bf16* block = tile + (2 * warp * 8 + nt) * 64 + 2 * lane;  // key block 2 warp, query nt
@@ -629,7 +632,7 @@ __global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
 // (this kernel is bound by reading ds; the products are few).
 template <int DM>
 __global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
-    flash_backward_dq_from_ds_kernel(const bf16* __restrict__ dst, const bf16* __restrict__ k,
+    flash_backward_dq_from_ds_kernel(const bf16* __restrict__ ds_t, const bf16* __restrict__ k,
                                      float* __restrict__ dq, HeadStrides dqs, int T, int D, int Hq,
                                      int group, float scale) {
   using C = FlashCfg<DM>;
@@ -642,7 +645,7 @@ __global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
   const int b = ti.b, h = ti.head, hk = h / group, Hkv = Hq / group;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
   const int tiles = ti.tile + 1;  // key tiles at or before the diagonal
-  const bf16* ds_row = dst + flash_ds_tile(b, h, 0, ti.tile, Hq, (T + 63) / 64);
+  const bf16* ds_row = ds_t + flash_ds_tile(b, h, 0, ti.tile, Hq, (T + 63) / 64);
   const int64_t ds_step = int64_t((T + 63) / 64) * DS_TILE;  // to the next key tile
   const bf16* kh = k + (int64_t(b) * Hkv + hk) * T * DM;
   auto load = [=](int j) {  // ds tile (j, ti.tile) and K tile j, one cp.async group
@@ -810,7 +813,7 @@ void flash_attention_backward(const FlashPacked& layout, const Tensor<ternary::b
   // ds through memory (cuda::set_attention_scratch) where one batch row's fits, in chunks of
   // batch rows; else dq recomputes the scores.
   if constexpr (C::INNER == C::ROWS) {
-    const int64_t Tp = kv_tiles * C::ROWS;
+    const int64_t Tp = kv_tiles * C::ROWS;  // T rounded up to whole tiles
     const size_t row_bytes = size_t(Hq) * size_t(Tp * Tp) * sizeof(bf16);
     const size_t budget = cuda::attention_scratch();
     if (row_bytes <= budget) {
@@ -833,7 +836,7 @@ void flash_attention_backward(const FlashPacked& layout, const Tensor<ternary::b
                 qb + b0 * q_rows, kb_b, vb + b0 * kv_rows, dob + b0 * q_rows, lse_b, di_b,
                 dk.data() + b0 * dk.strides()[0], flash_strides(dk),
                 reinterpret_cast<DvOut*>(dv.data()) + b0 * dv.strides()[0], flash_strides(dv), dsb,
-                int(Tp), T, D, Hq, Hkv, Hq / Hkv, scale);
+                int(kv_tiles), T, D, Hq, Hkv, Hq / Hkv, scale);
         TERNARY_CUDA_CHECK_LAUNCH("flash_backward_dkdv_kernel");
         flash_backward_dq_from_ds_kernel<DM>
             <<<unsigned(kv_tiles * Hq * nb), C::THREADS, FlashSmem<DM>::dq_from_ds,

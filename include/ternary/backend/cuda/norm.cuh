@@ -380,6 +380,7 @@ __global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
                                               RowPtrs<K> gs, float* dx, const float* dx_addend,
                                               float* __restrict__ partial, int64_t rows) {
   constexpr int D = 4 * V * L, RPW = 32 / L;
+  constexpr bool kGradsBf16 = Bf16Rows || Bf16Grads;
   extern __shared__ unsigned char shared_bytes[];
   float* acc = reinterpret_cast<float*>(shared_bytes);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
@@ -402,7 +403,7 @@ __global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       if (!gs.p[k]) continue;
-      const RowVec<V, L> gv = load_row_as < V, L, Bf16Rows || Bf16Grads > (gs.p[k], r, valid, li);
+      const RowVec<V, L> gv = load_row_as<V, L, kGradsBf16>(gs.p[k], r, valid, li);
 #pragma unroll
       for (int i = 0; i < V; ++i)
 #pragma unroll
