@@ -52,7 +52,9 @@ Tensor<T, B> bf16_product(const Tensor<bf16, B>& a16, const Tensor<bf16, B>& w16
   return y;
 }
 // A weight as a bf16 GEMM operand: rounded once per quant::QuantizedWeightCache scope (opened
-// where the weights are fixed: train_loop around a step's micro-batches), else now.
+// where the weights are fixed: train_loop around a step's micro-batches), else now. The scope
+// holds the weight and its copy until it closes (an operand made anew per micro-batch is rounded
+// anew, and kept: bf16 products of activations belong outside such scopes or in linear's x).
 template <class T, class B>
 Tensor<bf16, B> weight_to_bf16(const Tensor<T, B>& w) {
   constexpr quant::QuantizedWeightCache::Key key{-1.0, 0.0, 0.0};  // (the value type tells too)
