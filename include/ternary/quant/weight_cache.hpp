@@ -65,7 +65,7 @@ class QuantizedWeightCache {
 
  private:
   struct Entry {
-    const void* data;  // the latent weight's memory (weights outlive the scope)
+    const void* data;  // the weight's memory (kept by `source` while the scope lasts)
     std::type_index type;
     Shape shape;
     Strides strides;  // a transposed view of a square weight has the same data and shape

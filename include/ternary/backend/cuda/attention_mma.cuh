@@ -514,8 +514,13 @@ __global__ void __launch_bounds__(FlashDqCfg<DM>::THREADS)
 // (key block major), each block 128 contiguous bytes, row-major [key % 8][query % 8]. So a warp's
 // store of one accumulator tile (16 x 8: lane (g, t) holds key g, queries 2t, 2t + 1) is 128
 // contiguous bytes, and a block is one ldmatrix matrix (8 rows of 16 bytes) for the reader.
-// Element offset of tile (key tile kt, query tile qt) of head h of batch row b:
-__device__ __forceinline__ int64_t flash_ds_tile(int b, int h, int kt, int qt, int Hq, int tiles) {
+// Tiles per side (T rounded up to 64, in tiles), and the element offset of tile (key tile kt,
+// query tile qt) of head h of batch row b:
+__host__ __device__ __forceinline__ int flash_ds_tiles(int T) {
+  return (T + 63) / 64;
+}
+__device__ __forceinline__ int64_t flash_ds_tile(int b, int h, int kt, int qt, int Hq, int T) {
+  const int tiles = flash_ds_tiles(T);
   return (((int64_t(b) * Hq + h) * tiles + kt) * tiles + qt) * 4096;
 }
 
@@ -528,15 +533,15 @@ __device__ __forceinline__ int64_t flash_ds_tile(int b, int h, int kt, int qt, i
 // their lse / di values, two buffers each.
 // With ds_t (not null; needs INNER == ROWS, so every warp computes every tile it visits): also
 // ds^T in bf16 into ds_t, every causal tile in full (zeros where masked), in the layout of
-// flash_ds_tile (ds_tiles: T rounded up to ROWS, in tiles) for flash_backward_dq_from_ds_kernel.
+// flash_ds_tile for flash_backward_dq_from_ds_kernel.
 template <int DM, class DvOut>
 __global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
     flash_backward_dkdv_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                const bf16* __restrict__ v, const bf16* __restrict__ dout,
                                const float* __restrict__ lse, const float* __restrict__ di,
                                float* __restrict__ dk, HeadStrides dks, DvOut* __restrict__ dv,
-                               HeadStrides dvs, bf16* __restrict__ ds_t, int ds_tiles, int T, int D,
-                               int Hq, int Hkv, int group, float scale) {
+                               HeadStrides dvs, bf16* __restrict__ ds_t, int T, int D, int Hq,
+                               int Hkv, int group, float scale) {
   using C = FlashCfg<DM>;
   extern __shared__ __align__(16) unsigned char flash_smem[];
   bf16* Kf = reinterpret_cast<bf16*>(flash_smem);
@@ -610,7 +615,7 @@ __global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
       }
     if (ds_t) {  // this lane's pairs (key c0 or c1, queries 2t, 2t + 1) of the 8 x 8 blocks
       bf16* tile = ds_t + flash_ds_tile(b, hk * group + it / per_head, ti.tile,
-                                        (i0 - key0) / C::ROWS + ti.tile, Hq, ds_tiles);
+                                        (i0 - key0) / C::ROWS + ti.tile, Hq, T);
 #pragma unroll
       for (int nt = 0; nt < C::NT; ++nt) {
         bf16* block = tile + (2 * warp * 8 + nt) * 64 + 2 * lane;  // key block 2 warp, query nt
@@ -645,8 +650,8 @@ __global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
   const int b = ti.b, h = ti.head, hk = h / group, Hkv = Hq / group;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
   const int tiles = ti.tile + 1;  // key tiles at or before the diagonal
-  const bf16* ds_row = ds_t + flash_ds_tile(b, h, 0, ti.tile, Hq, (T + 63) / 64);
-  const int64_t ds_step = int64_t((T + 63) / 64) * DS_TILE;  // to the next key tile
+  const bf16* ds_row = ds_t + flash_ds_tile(b, h, 0, ti.tile, Hq, T);
+  const int64_t ds_step = int64_t(flash_ds_tiles(T)) * DS_TILE;  // to the next key tile
   const bf16* kh = k + (int64_t(b) * Hkv + hk) * T * DM;
   auto load = [=](int j) {  // ds tile (j, ti.tile) and K tile j, one cp.async group
     if (j < tiles) {
@@ -813,7 +818,7 @@ void flash_attention_backward(const FlashPacked& layout, const Tensor<ternary::b
   // ds through memory (cuda::set_attention_scratch) where one batch row's fits, in chunks of
   // batch rows; else dq recomputes the scores.
   if constexpr (C::INNER == C::ROWS) {
-    const int64_t Tp = kv_tiles * C::ROWS;  // T rounded up to whole tiles
+    const int64_t Tp = int64_t(flash_ds_tiles(T)) * 64;  // T rounded up to whole tiles
     const size_t row_bytes = size_t(Hq) * size_t(Tp * Tp) * sizeof(bf16);
     const size_t budget = cuda::attention_scratch();
     if (row_bytes <= budget) {
@@ -836,7 +841,7 @@ void flash_attention_backward(const FlashPacked& layout, const Tensor<ternary::b
                 qb + b0 * q_rows, kb_b, vb + b0 * kv_rows, dob + b0 * q_rows, lse_b, di_b,
                 dk.data() + b0 * dk.strides()[0], flash_strides(dk),
                 reinterpret_cast<DvOut*>(dv.data()) + b0 * dv.strides()[0], flash_strides(dv), dsb,
-                int(kv_tiles), T, D, Hq, Hkv, Hq / Hkv, scale);
+                T, D, Hq, Hkv, Hq / Hkv, scale);
         TERNARY_CUDA_CHECK_LAUNCH("flash_backward_dkdv_kernel");
         flash_backward_dq_from_ds_kernel<DM>
             <<<unsigned(kv_tiles * Hq * nb), C::THREADS, FlashSmem<DM>::dq_from_ds,
@@ -856,8 +861,8 @@ void flash_attention_backward(const FlashPacked& layout, const Tensor<ternary::b
   flash_backward_dkdv_kernel<DM, DvOut>
       <<<unsigned(kv_tiles * Hkv * B), C::THREADS, FlashSmem<DM>::dkdv, cuda::stream()>>>(
           qb, kb, vb, dob, lse.data(), dib, dk.data(), flash_strides(dk),
-          reinterpret_cast<DvOut*>(dv.data()), flash_strides(dv), nullptr, 0, T, D, Hq, Hkv,
-          Hq / Hkv, scale);
+          reinterpret_cast<DvOut*>(dv.data()), flash_strides(dv), nullptr, T, D, Hq, Hkv, Hq / Hkv,
+          scale);
   TERNARY_CUDA_CHECK_LAUNCH("flash_backward_dkdv_kernel");
 }
 
