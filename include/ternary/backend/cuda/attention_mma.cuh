@@ -85,6 +85,13 @@ using FlashFwdCfg = FlashCfg<DM, DM <= 64 ? 2 : 1, DM >= 128 ? 32 : 64>;
 template <int DM>
 using FlashDqCfg = FlashCfg<DM>;
 
+// Blocks per SM the dk/dv kernel's registers are capped for: 3 (168 a thread) up to head size
+// 64. Uncapped it takes 234-250, so 2 blocks (8 warps) per SM, too few to hide its latencies:
+// H200, bench_cuda_attention --batch 64 backward 1.240 ms capped for 3 (tiles in parts of 16
+// queries), 1.263 in halves, 1.328 whole and uncapped; 4 blocks (128) spill, 1.437.
+template <int DM>
+constexpr int kDkdvBlocksPerSm = DM <= 64 ? 3 : 1;
+
 // Buffers of flash_backward_dq_from_ds_kernel's pipeline.
 constexpr int kDsStages = 3;
 
@@ -128,6 +135,14 @@ __device__ __forceinline__ void cp_async_wait_all() {
 template <int N>
 __device__ __forceinline__ void cp_async_wait_group() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// 2^x in one instruction (MUFU.EX2; a subnormal result flushes to zero, -inf gives 0). exp2f
+// without fast math wraps it in range handling: four instructions per score instead of one.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
 }
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
@@ -374,7 +389,7 @@ __global__ void __launch_bounds__(FlashFwdCfg<DM>::THREADS)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int key = j0 + nt * 8 + 2 * t + (e & 1), row = e < 2 ? r0 : r1;
-          float x = s[m][nt][e] * sl2;
+          float x = s[m][nt][e];  // raw score: the max commutes with scaling by sl2 > 0
           if (diagonal && key > row) x = -INFINITY;  // keys >= T are all past rows < T
           s[m][nt][e] = x;
           if (e < 2)
@@ -384,17 +399,18 @@ __global__ void __launch_bounds__(FlashFwdCfg<DM>::THREADS)
         }
       // Key 0 is in the first tile and unmasked for every row, so the max is finite from then
       // on (a row's whole m-tile may be masked in a diagonal tile only after tile 0).
-      const float mn0 = fmaxf(mx[2 * m], quad_max(tm0)), mn1 = fmaxf(mx[2 * m + 1], quad_max(tm1));
-      const float a0 = exp2f(mx[2 * m] - mn0), a1 = exp2f(mx[2 * m + 1] - mn1);
+      const float mn0 = fmaxf(mx[2 * m], quad_max(tm0) * sl2),
+                  mn1 = fmaxf(mx[2 * m + 1], quad_max(tm1) * sl2);
+      const float a0 = fast_exp2(mx[2 * m] - mn0), a1 = fast_exp2(mx[2 * m + 1] - mn1);
       mx[2 * m] = mn0;
       mx[2 * m + 1] = mn1;
       float ps0 = 0.f, ps1 = 0.f;
 #pragma unroll
       for (int nt = 0; nt < C::NT; ++nt) {
-        s[m][nt][0] = exp2f(s[m][nt][0] - mn0);
-        s[m][nt][1] = exp2f(s[m][nt][1] - mn0);
-        s[m][nt][2] = exp2f(s[m][nt][2] - mn1);
-        s[m][nt][3] = exp2f(s[m][nt][3] - mn1);
+        s[m][nt][0] = fast_exp2(fmaf(s[m][nt][0], sl2, -mn0));  // one FFMA and one MUFU
+        s[m][nt][1] = fast_exp2(fmaf(s[m][nt][1], sl2, -mn0));
+        s[m][nt][2] = fast_exp2(fmaf(s[m][nt][2], sl2, -mn1));
+        s[m][nt][3] = fast_exp2(fmaf(s[m][nt][3], sl2, -mn1));
         ps0 += s[m][nt][0] + s[m][nt][1];
         ps1 += s[m][nt][2] + s[m][nt][3];
       }
@@ -497,7 +513,7 @@ __global__ void __launch_bounds__(FlashDqCfg<DM>::THREADS)
         for (int e = 0; e < 4; ++e) {
           const int i = 2 * m + (e >= 2);
           const int key = j0 + nt * 8 + 2 * t + (e & 1), row = w0 + 16 * m + g + 8 * (e >= 2);
-          const float p = diagonal && key > row ? 0.f : exp2f(s[m][nt][e] * sl2 - lse_r[i]);
+          const float p = diagonal && key > row ? 0.f : fast_exp2(s[m][nt][e] * sl2 - lse_r[i]);
           s[m][nt][e] = p * (dp[m][nt][e] - di_r[i]);  // ds
         }
     flash_acc_times_tile<C>(acc, s, Kt);
@@ -535,7 +551,7 @@ __device__ __forceinline__ int64_t flash_ds_tile(int b, int h, int kt, int qt, i
 // ds^T in bf16 into ds_t, every causal tile in full (zeros where masked), in the layout of
 // flash_ds_tile for flash_backward_dq_from_ds_kernel.
 template <int DM, class DvOut>
-__global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
+__global__ void __launch_bounds__(FlashCfg<DM>::THREADS, kDkdvBlocksPerSm<DM>)
     flash_backward_dkdv_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                const bf16* __restrict__ v, const bf16* __restrict__ dout,
                                const float* __restrict__ lse, const float* __restrict__ di,
@@ -543,6 +559,11 @@ __global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
                                HeadStrides dvs, bf16* __restrict__ ds_t, int T, int D, int Hq,
                                int Hkv, int group, float scale) {
   using C = FlashCfg<DM>;
+  // A streamed tile's products run in parts of 16 query rows (H: the helpers' tiling of one
+  // part), so only one part's scores and score gradients are live at a time (registers: see
+  // kDkdvBlocksPerSm).
+  using H = FlashCfg<DM, 1, 16>;
+  constexpr int PARTS = C::INNER / H::INNER;
   extern __shared__ __align__(16) unsigned char flash_smem[];
   bf16* Kf = reinterpret_cast<bf16*>(flash_smem);
   bf16* Vf = Kf + C::FIXED;
@@ -600,31 +621,52 @@ __global__ void __launch_bounds__(FlashCfg<DM>::THREADS)
     const bf16* Dt = Ds + buf * C::TILE;
     const float* Lt = Ls + buf * C::INNER;
     const float* Dit = Dis + buf * C::INNER;
-    float s[1][C::NT][4], dp[1][C::NT][4];
-    flash_rows_dot_tile<C>(s, kf, Qt);  // s^T: rows are keys, columns queries
-    flash_rows_dot_tile<C>(dp, vf, Dt);
 #pragma unroll
-    for (int nt = 0; nt < C::NT; ++nt)
+    for (int part = 0; part < PARTS; ++part) {
+      const int q0 = part * H::INNER, first = i0 + q0;  // the part's first row, first query
+      // Every query of the part before the warp's keys: no products, and ds^T is zero.
+      const bool dead = first + H::INNER - 1 < w0;
+      if (dead && !ds_t) continue;
+      // The mask only where the part crosses the warp's diagonal or the sequence's end.
+      const bool edge = first < w0 + 16 || first + H::INNER > T;
+      float s[1][H::NT][4], dp[1][H::NT][4];
+      if (dead) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int qi = nt * 8 + 2 * t + (e & 1), key = e < 2 ? c0 : c1;
-        const bool live = i0 + qi >= key && i0 + qi < T;
-        const float p = live ? exp2f(s[0][nt][e] * sl2 - Lt[qi]) : 0.f;
-        s[0][nt][e] = p;
-        dp[0][nt][e] = p * (dp[0][nt][e] - Dit[qi]);  // ds^T
+        for (int nt = 0; nt < H::NT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) dp[0][nt][e] = 0.f;
+      } else {
+        flash_rows_dot_tile<H>(s, kf, Qt + q0 * C::SS);  // s^T: rows are keys, columns queries
+        flash_rows_dot_tile<H>(dp, vf, Dt + q0 * C::SS);
+#pragma unroll
+        for (int nt = 0; nt < H::NT; ++nt) {
+          const int qc = q0 + nt * 8 + 2 * t;  // this lane's two query columns: qc, qc + 1
+          const float2 lse2 = *reinterpret_cast<const float2*>(Lt + qc);
+          const float2 di2 = *reinterpret_cast<const float2*>(Dit + qc);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int query = i0 + qc + (e & 1), key = e < 2 ? c0 : c1;
+            const bool live = !edge || (query >= key && query < T);
+            const float p = live ? fast_exp2(s[0][nt][e] * sl2 - ((e & 1) ? lse2.y : lse2.x)) : 0.f;
+            s[0][nt][e] = p;
+            dp[0][nt][e] = p * (dp[0][nt][e] - ((e & 1) ? di2.y : di2.x));  // ds^T
+          }
+        }
       }
-    if (ds_t) {  // this lane's pairs (key c0 or c1, queries 2t, 2t + 1) of the 8 x 8 blocks
-      bf16* tile = ds_t + flash_ds_tile(b, hk * group + it / per_head, ti.tile,
-                                        (i0 - key0) / C::ROWS + ti.tile, Hq, T);
+      if (ds_t) {  // this lane's pairs (key c0 or c1, queries 2t, 2t + 1) of the 8 x 8 blocks
+        bf16* tile = ds_t + flash_ds_tile(b, hk * group + it / per_head, ti.tile,
+                                          (i0 - key0) / C::ROWS + ti.tile, Hq, T);
 #pragma unroll
-      for (int nt = 0; nt < C::NT; ++nt) {
-        bf16* block = tile + (2 * warp * 8 + nt) * 64 + 2 * lane;  // key block 2 warp, query nt
-        *reinterpret_cast<uint32_t*>(block) = pack_bf16(dp[0][nt][0], dp[0][nt][1]);
-        *reinterpret_cast<uint32_t*>(block + 8 * 64) = pack_bf16(dp[0][nt][2], dp[0][nt][3]);
+        for (int nt = 0; nt < H::NT; ++nt) {  // key block 2 warp, query block part NT + nt
+          bf16* block = tile + (2 * warp * 8 + part * H::NT + nt) * 64 + 2 * lane;
+          *reinterpret_cast<uint32_t*>(block) = pack_bf16(dp[0][nt][0], dp[0][nt][1]);
+          *reinterpret_cast<uint32_t*>(block + 8 * 64) = pack_bf16(dp[0][nt][2], dp[0][nt][3]);
+        }
       }
+      if (dead) continue;
+      flash_acc_times_tile<H>(dva, s, Dt + q0 * C::SS);
+      flash_acc_times_tile<H>(dka, dp, Qt + q0 * C::SS);
     }
-    flash_acc_times_tile<C>(dva, s, Dt);
-    flash_acc_times_tile<C>(dka, dp, Qt);
   }
   flash_store_rows<C>(dk + b * dks.b + hk * dks.h, dks.t, c0, T, D, dka[0], scale, scale);
   flash_store_rows<C>(dv + b * dvs.b + hk * dvs.h, dvs.t, c0, T, D, dva[0], 1.f, 1.f);
