@@ -53,6 +53,41 @@ TEST_CASE("cuda cross-entropy on wide and narrow rows (softcap on and off) again
     }
 }
 
+// With bf16 products (cuda::set_bf16) the logits' gradient is written in bf16 (its reader, the
+// tied head's linear, rounds it so anyway): the device gradient is the CPU's rounded to bf16
+// (within 2e-4: an element near a rounding boundary may round the other way), and not the
+// unrounded one (bf16 rounding moves it by ~1e-3).
+TEST_CASE("cuda cross-entropy with bf16 products writes the logits' gradient in bf16") {
+  Rng rng(13);
+  struct Bf16On {
+    Bf16On() { cuda::set_bf16(true); }
+    ~Bf16On() { cuda::set_bf16(false); }
+  };
+  for (double cap : {0.0, 30.0}) {
+    INFO("cap " << cap);
+    const int64_t rows = 67, V = 1024;
+    auto hx = Tensor<float>::randn({rows, V}, rng, 0, 3);
+    auto tv = std::vector<int32_t>(size_t(rows));
+    for (auto& t : tv) t = int32_t(rng.uniform(0, double(V))) % int32_t(V);
+    tv[3] = -100;
+    auto htar = Tensor<int32_t>::from({rows}, tv);
+    auto cx = VarH::parameter(hx.clone());
+    auto dx = VarD::parameter(to_device(hx));
+    auto closs = cap > 0 ? softcap_cross_entropy(cx, htar, cap) : cross_entropy(cx, htar);
+    closs.backward();
+    {
+      Bf16On bf16;
+      auto dloss = cap > 0 ? softcap_cross_entropy(dx, to_device(htar), cap)
+                           : cross_entropy(dx, to_device(htar));
+      dloss.backward();
+      CHECK(dloss.item() == Approx(closs.item()).epsilon(1e-5));
+    }
+    const Tensor<float> rounded = backend::to_bf16(cpu{}, cx.grad()).to<float>();
+    CHECK(rel_err(dx.grad(), rounded) < 2e-4);
+    CHECK(rel_err(dx.grad(), cx.grad()) > 5e-4);
+  }
+}
+
 TEST_CASE("cuda ops: linear, bias, relu, sum/mean and cross-entropy match the CPU, with grads") {
   Rng rng(11);
   for (int trial = 0; trial < 4; ++trial) {

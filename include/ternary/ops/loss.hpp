@@ -18,6 +18,7 @@
 
 #include "ternary/autograd/var.hpp"
 #include "ternary/backend/cpu/loss.hpp"
+#include "ternary/backend/cpu/matmul.hpp"  // bf16_products
 
 namespace ternary {
 
@@ -96,12 +97,25 @@ Var<T, B> cross_entropy_var(const char* op, const Var<T, B>& logits,
   return Var<T, B>::record(
       op, out, {logits},
       [logits, r, zmax, logsum, ignore_index, cap, count](const Tensor<T, B>& g) {
-        // The kernel writes every element (ignored rows get 0), so dx needs no zero fill.
+        const T scale = count > 0 ? T(double(g.item()) / double(count)) : T(0);
+        // With bf16 products on CUDA dx is written in bf16: the logits' reader (the tied head's
+        // linear) rounds its output gradient to bf16 anyway, so this saves the fp32 copy and the
+        // rounding pass (autocast's logits are bf16, so its gradient is too). The kernel writes
+        // every element (ignored rows get 0), so dx needs no zero fill.
+        if constexpr (!B::on_host && std::is_same_v<T, float>) {
+          if (backend::bf16_products(B{}) && count > 0) {
+            auto dx16 = Tensor<bf16, B>::empty(r.logits.shape());
+            backend::cross_entropy_backward(B{}, r.logits, r.targets, ignore_index, cap, zmax,
+                                            logsum, scale, dx16);
+            logits.accumulate_grad_bf16(dx16.reshape(logits.shape()));
+            return;
+          }
+        }
         auto dx = count > 0 ? Tensor<T, B>::empty(r.logits.shape())
                             : Tensor<T, B>::zeros(r.logits.shape());
         if (count > 0)
           backend::cross_entropy_backward(B{}, r.logits, r.targets, ignore_index, cap, zmax, logsum,
-                                          T(double(g.item()) / double(count)), dx);
+                                          scale, dx);
         logits.accumulate_grad(dx.reshape(logits.shape()));
       });
 }

@@ -295,11 +295,11 @@ CrossEntropySums cross_entropy_forward(cuda, const Tensor<T, cuda>& logits,
                                        const Tensor<int32_t, cuda>& targets, int32_t ignore_index,
                                        T cap, const Tensor<T, cuda>& zmax,
                                        const Tensor<T, cuda>& logsum);
-template <class T>
+template <class T, class DX>
 void cross_entropy_backward(cuda, const Tensor<T, cuda>& logits,
                             const Tensor<int32_t, cuda>& targets, int32_t ignore_index, T cap,
                             const Tensor<T, cuda>& zmax, const Tensor<T, cuda>& logsum, T scale,
-                            const Tensor<T, cuda>& dx);
+                            const Tensor<DX, cuda>& dx);
 // norm.cuh
 template <class T>
 void rms_norm_forward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& gain,

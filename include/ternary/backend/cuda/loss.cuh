@@ -12,6 +12,8 @@
 #error "ternary/backend/cuda/*.cuh holds CUDA kernels: compile with nvcc (-DTERNARY_CUDA=ON)"
 #endif
 
+#include <cuda_bf16.h>
+
 #include <cfloat>
 #include <cstdint>
 #include <type_traits>
@@ -106,21 +108,25 @@ __global__ void cross_entropy_forward_kernel(const T* __restrict__ x,
   }
 }
 
-// out[0] = sum row_loss, out[1] = sum row_count (one block). A template only so that the
-// header can be included by several translation units.
-template <int = 0>
-__global__ void sum_losses_kernel(const double* row_loss, const int* row_count, int64_t rows,
-                                  double* out) {
+// loss_out[block] = sum of row_loss, count_out[block] = sum of row_count over the block's
+// grid-strided share of the rows: many blocks over the rows, then one block over their partial
+// sums (one block over 65,536 rows took 55 us on an H200; the two launches take a few). Fixed
+// order: deterministic.
+template <class Count>
+__global__ void sum_losses_kernel(const double* __restrict__ row_loss,
+                                  const Count* __restrict__ row_count, int64_t rows,
+                                  double* __restrict__ loss_out, double* __restrict__ count_out) {
   double s = 0, c = 0;
-  for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) {
+  for (int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; r < rows;
+       r += int64_t(gridDim.x) * blockDim.x) {
     s += row_loss[r];
-    c += row_count[r];
+    c += double(row_count[r]);
   }
   s = block_sum(s);
   c = block_sum(c);
   if (threadIdx.x == 0) {
-    out[0] = s;
-    out[1] = c;
+    loss_out[blockIdx.x] = s;
+    count_out[blockIdx.x] = c;
   }
 }
 
@@ -134,14 +140,34 @@ __device__ __forceinline__ T cross_entropy_grad(T v, bool target, T cap, T m, T 
   return (std::exp((v - m) - l) - (target ? T(1) : T(0))) * scale;
 }
 
-// One warp per row, float4 loads and stores where the rows allow.
+// dx's element type: T, or bf16 (Out = __nv_bfloat16: the gradient rounded once as it is
+// written, for a reader that rounds it so anyway).
 template <class T>
+__device__ __forceinline__ void store_grad(T* p, T v) {
+  *p = v;
+}
+__device__ __forceinline__ void store_grad(__nv_bfloat16* p, float v) {
+  *p = __float2bfloat16_rn(v);
+}
+__device__ __forceinline__ void store_grad4(float* p, float4 v) {
+  *reinterpret_cast<float4*>(p) = v;
+}
+__device__ __forceinline__ void store_grad4(__nv_bfloat16* p, float4 v) {
+  const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+  uint2 raw;
+  raw.x = *reinterpret_cast<const uint32_t*>(&lo);
+  raw.y = *reinterpret_cast<const uint32_t*>(&hi);
+  *reinterpret_cast<uint2*>(p) = raw;
+}
+
+// One warp per row, float4 loads and stores where the rows allow.
+template <class T, class Out>
 __global__ void cross_entropy_backward_kernel(const T* __restrict__ x,
                                               const int32_t* __restrict__ targets, int64_t rows,
                                               int64_t V, int32_t ignore_index, T cap,
                                               const T* __restrict__ zmax,
                                               const T* __restrict__ logsum, T scale,
-                                              T* __restrict__ dx) {
+                                              Out* __restrict__ dx) {
   const int lane = threadIdx.x % 32;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
   const bool vec = rows_vec4(x, V) && rows_vec4(dx, V);
@@ -149,28 +175,27 @@ __global__ void cross_entropy_backward_kernel(const T* __restrict__ x,
        r += warps) {
     const int32_t t = targets[r];
     const T* row = x + r * V;
-    T* d = dx + r * V;
+    Out* d = dx + r * V;
     if (t == ignore_index) {
-      for (int64_t j = lane; j < V; j += 32) d[j] = T(0);
+      for (int64_t j = lane; j < V; j += 32) store_grad(d + j, T(0));
       continue;
     }
     const T m = zmax[r], l = logsum[r];
     if (vec) {
       if constexpr (std::is_same_v<T, float>) {
         const float4* row4 = reinterpret_cast<const float4*>(row);
-        float4* d4 = reinterpret_cast<float4*>(d);
         for (int64_t j = lane; j < V / 4; j += 32) {
           const float4 v = row4[j];
           const int64_t j0 = 4 * j;
-          d4[j] = make_float4(cross_entropy_grad(v.x, j0 == t, cap, m, l, scale),
-                              cross_entropy_grad(v.y, j0 + 1 == t, cap, m, l, scale),
-                              cross_entropy_grad(v.z, j0 + 2 == t, cap, m, l, scale),
-                              cross_entropy_grad(v.w, j0 + 3 == t, cap, m, l, scale));
+          store_grad4(d + j0, make_float4(cross_entropy_grad(v.x, j0 == t, cap, m, l, scale),
+                                          cross_entropy_grad(v.y, j0 + 1 == t, cap, m, l, scale),
+                                          cross_entropy_grad(v.z, j0 + 2 == t, cap, m, l, scale),
+                                          cross_entropy_grad(v.w, j0 + 3 == t, cap, m, l, scale)));
         }
       }
     } else {
       for (int64_t j = lane; j < V; j += 32)
-        d[j] = cross_entropy_grad(row[j], j == t, cap, m, l, scale);
+        store_grad(d + j, cross_entropy_grad(row[j], j == t, cap, m, l, scale));
     }
   }
 }
@@ -201,32 +226,43 @@ CrossEntropySums cross_entropy_forward(cuda, const Tensor<T, cuda>& logits,
   if (rows == 0) return {};
   auto row_loss = Tensor<double, cuda>::empty(Shape{rows});
   auto row_count = Tensor<int, cuda>::empty(Shape{rows});
-  auto sums = Tensor<double, cuda>::empty(Shape{2});
+  const int64_t parts = std::min<int64_t>(128, (rows + 255) / 256);
+  auto sums = Tensor<double, cuda>::empty(Shape{2 + 2 * parts});  // totals, then the partials
   cross_entropy_forward_kernel<<<row_warp_blocks(rows), 256, 0, cuda::stream()>>>(
       logits.data(), targets.data(), rows, V, ignore_index, cap, zmax.data(), logsum.data(),
       row_loss.data(), row_count.data());
   TERNARY_CUDA_CHECK_LAUNCH("cross_entropy_forward_kernel");
-  sum_losses_kernel<>
-      <<<1, 512, 0, cuda::stream()>>>(row_loss.data(), row_count.data(), rows, sums.data());
+  double* partial_loss = sums.data() + 2;
+  double* partial_count = partial_loss + parts;
+  sum_losses_kernel<<<unsigned(parts), 256, 0, cuda::stream()>>>(row_loss.data(), row_count.data(),
+                                                                 rows, partial_loss, partial_count);
+  TERNARY_CUDA_CHECK_LAUNCH("sum_losses_kernel");
+  sum_losses_kernel<<<1, 128, 0, cuda::stream()>>>(partial_loss, partial_count, parts, sums.data(),
+                                                   sums.data() + 1);
   TERNARY_CUDA_CHECK_LAUNCH("sum_losses_kernel");
   const auto h = sums.to_vector();
   return {h[0], int64_t(h[1])};
 }
 
-template <class T>
+// dx fp32 (DX = T) or bf16 (DX = ternary::bf16: ops/loss.hpp with bf16 products).
+template <class T, class DX>
 void cross_entropy_backward(cuda, const Tensor<T, cuda>& logits,
                             const Tensor<int32_t, cuda>& targets, int32_t ignore_index, T cap,
                             const Tensor<T, cuda>& zmax, const Tensor<T, cuda>& logsum, T scale,
-                            const Tensor<T, cuda>& dx) {
+                            const Tensor<DX, cuda>& dx) {
   using namespace cuda_detail;
+  static_assert(
+      std::is_same_v<DX, T> || (std::is_same_v<DX, ternary::bf16> && std::is_same_v<T, float>),
+      "cross_entropy_backward(cuda): dx is T, or bf16 for float logits");
+  using Out = std::conditional_t<std::is_same_v<DX, T>, T, __nv_bfloat16>;
   const int64_t rows = logits.size(0), V = logits.size(1);
   if (!logits.is_contiguous() || !dx.is_contiguous() || !(dx.shape() == logits.shape()))
     throw ShapeError(detail::cat("cross_entropy_backward(cuda): logits ", logits.shape(), ", dx ",
                                  dx.shape(), " (both contiguous, same shape)"));
   if (rows == 0) return;
-  cross_entropy_backward_kernel<<<row_warp_blocks(rows), 256, 0, cuda::stream()>>>(
+  cross_entropy_backward_kernel<T, Out><<<row_warp_blocks(rows), 256, 0, cuda::stream()>>>(
       logits.data(), targets.data(), rows, V, ignore_index, cap, zmax.data(), logsum.data(), scale,
-      dx.data());
+      reinterpret_cast<Out*>(dx.data()));
   TERNARY_CUDA_CHECK_LAUNCH("cross_entropy_backward_kernel");
 }
 
