@@ -35,6 +35,7 @@
 #include "ternary/ops/head_norm_rope.hpp"
 #include "ternary/ops/loss.hpp"
 #include "ternary/ops/matmul.hpp"
+#include "ternary/ops/mix_norm_linear.hpp"
 #include "ternary/ops/norm.hpp"
 #include "ternary/ops/norm_mlp.hpp"
 #include "ternary/ops/residual_linear.hpp"
@@ -168,6 +169,17 @@ class CausalSelfAttention : public Module<T, B> {
     y = reshape(permute(y, {0, 2, 1, 3}), {Bn, Tn, c_.dim});
     return project(*proj_, y, false, r);
   }
+  // The block's entry as one node where one serves (ops/mix_norm_linear.hpp: bias-free
+  // full-precision q, k, v on the tensor-core path): x = a * x_in + b * x0 and the q, k, v
+  // projections of rms_norm(x, eps); else nullopt, and the caller mixes, then
+  // forward_prenormed.
+  std::optional<MixedProjections<3, T, B>> mixed_projections(const VarT& a, const VarT& x_in,
+                                                             const VarT& b, const VarT& x0,
+                                                             double eps) const {
+    const auto w = plain_qkv();
+    if (!w[0].defined()) return std::nullopt;
+    return ternary::detail::mix_rms_norm_linear_bf16<3>(a, x_in, b, x0, w, eps);
+  }
   // The q, k, v projections of x. When all three are BitLinears that normalise and quantize
   // their input (extra norm, int8 activations, lambda = 1), x is normalised once for the three
   // (one kernel each way on CUDA instead of three, and no gradient additions); the values are
@@ -298,9 +310,19 @@ class Block : public Module<T, B> {
     // channel_mix(a, x, b, y) = a * x + b * y and channel_mix(x, b, y) = x + b * y, with
     // per-channel weights: one tape node (one pass each way) instead of two or three.
     // The branches' sums x + scale * branch are taken by their output projections (project).
-    VarT x = channel_mix(select(resid_mix_, 0, 0), x_in, select(resid_mix_, 0, 1), x0);
-    const Residual<T, B> after_attn{x, attn_scale_};
-    x = attn_.forward_prenormed(x, c_.norm_eps, &after_attn);  // x + attn_scale * attn(norm(x))
+    // Where one node serves, it mixes, normalises and projects (CausalSelfAttention::
+    // mixed_projections).
+    const VarT mix_a = select(resid_mix_, 0, 0), mix_b = select(resid_mix_, 0, 1);
+    VarT x;
+    if (auto entry = attn_.mixed_projections(mix_a, x_in, mix_b, x0, c_.norm_eps)) {
+      x = entry->x;
+      const Residual<T, B> after_attn{x, attn_scale_};
+      x = attn_.attend(entry->y, &after_attn);  // x + attn_scale * attn(norm(x))
+    } else {
+      x = channel_mix(mix_a, x_in, mix_b, x0);
+      const Residual<T, B> after_attn{x, attn_scale_};
+      x = attn_.forward_prenormed(x, c_.norm_eps, &after_attn);  // x + attn_scale * attn(norm(x))
+    }
     const Residual<T, B> after_mlp{x, mlp_scale_};
     x = mlp_.forward_prenormed(x, c_.norm_eps, &after_mlp);  // x + mlp_scale * mlp(norm(x))
     return x;
