@@ -195,6 +195,45 @@ TEST_CASE("bf16-born gradients: kept for rules that take them, widened for the r
     CHECK((as16[0] && !as32[0] && as32[1] && !as16[1]));
     CHECK(x.grad().to_vector() == std::vector<float>{1.0f, 2.5f, 6.0f, -4.0f});
   }
+  // copier(y) = y, whose rule adds y's gradient (plus 0.25, so the copy is seen to be of the
+  // sum) into its input through accumulate_grad_with_bf16, writing the bf16 copy too
+  auto copier = [&](const Var<float>& in) {
+    return Var<float>::record(
+        "copier", in.value().clone(), {in}, [in, to16](const Tensor<float>& g) {
+          in.accumulate_grad_with_bf16(
+              [&](const Tensor<float>& dst, const Tensor<float>& prior, const Tensor<bf16>& dst16) {
+                Tensor<float> v = g + 0.25f;
+                if (prior.defined()) v += prior;
+                Tensor<float>(dst).assign(v);
+                if (dst16.defined()) {
+                  const Tensor<bf16> r = to16(v);
+                  std::copy(r.data(), r.data() + r.numel(), dst16.data());
+                }
+              });
+        });
+  };
+  SECTION("a gradient with its bf16 copy: a two-argument rule gets both") {
+    copier(probe(x)).backward(seed);
+    REQUIRE(seen.defined());
+    REQUIRE(seen16.defined());
+    CHECK(seen.to_vector() == std::vector<float>{0.75f, 1.5f, 3.25f, -1.75f});
+    CHECK(seen16.to<float>().to_vector() == seen.to_vector());
+  }
+  SECTION("the copy is dropped when another gradient is added, and through views") {
+    auto y = probe(x);
+    auto z = y * 1.0f;  // recorded before the copier: its rule adds to y's gradient after
+    (copier(y) + z).backward(seed);
+    CHECK_FALSE(seen16.defined());
+    CHECK(seen.to_vector() == std::vector<float>{1.25f, 2.75f, 6.25f, -3.75f});
+    auto x2 = Var<float>::parameter(Tensor<float>::from({4}, {1, 2, 3, 4}));
+    copier(reshape(probe(x2), Shape{2, 2})).backward(seed.reshape(Shape{2, 2}));
+    CHECK_FALSE(seen16.defined());  // the view passed the fp32 gradient on
+    CHECK(seen.to_vector() == std::vector<float>{0.75f, 1.5f, 3.25f, -1.75f});
+  }
+  SECTION("a leaf gets no copy") {
+    copier(x).backward(seed);
+    CHECK(x.grad().to_vector() == std::vector<float>{0.75f, 1.5f, 3.25f, -1.75f});
+  }
 }
 
 TEST_CASE("straight_through: the input's gradient, no tape entry of its own", "[autograd]") {

@@ -13,6 +13,7 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdio>
+#include <string>
 #include <vector>
 
 #include "cuda_check.hpp"
@@ -96,6 +97,46 @@ TEST_CASE("cuda GPT: loss and every gradient match the CPU (fp32 and ternary)") 
         "cuda GPT %s: loss cpu %.6f gpu %.6f; %zu gradients, worst relative error %.2e (%s)\n",
         tern ? "ternary" : "fp32", hl.item(), dl.item(), hp.size(), worst, worst_name.c_str());
   }
+}
+
+// With bf16 products (cuda::set_bf16: the golf benchmark's and training's mode) the GPU runs the
+// fused bf16 nodes, the block entry included (mix_rms_norm_linear in every block but the first,
+// whose x_in is x0 itself), against the CPU in fp32: bf16 operands move the loss and gradients
+// by ~1e-3; tolerances loss 1e-2, gradients 5e-2 (a wrong wiring is off by O(1)).
+TEST_CASE("cuda GPT with bf16 products: loss and gradients near the fp32 CPU's") {
+  const auto cfg = tiny_config(false);
+  nn::GPT<float> hm(cfg);
+  nn::GPT<float, cuda> dm(cfg);
+  perturb(hm, 6);
+  train::copy_parameters(hm, dm);
+  Tensor<int32_t> ids, targets;
+  make_batch(3, 37, cfg.vocab_size, ids, targets);
+  auto hl = hm.loss(ids, targets);
+  hl.backward();
+  struct Bf16On {
+    Bf16On() { cuda::set_bf16(true); }
+    ~Bf16On() { cuda::set_bf16(false); }
+  } on;
+  auto dl = dm.loss(to_device(ids), to_device(targets));
+  int entries = 0;
+  for (const auto& e : Tape::current().entries())
+    entries += std::string(e.op) == "mix_rms_norm_linear";
+  CHECK(entries == 5 * (int(cfg.n_layers) - 1));  // per node: its join and its 4 outputs
+  dl.backward();
+  CHECK(dl.item() == Approx(hl.item()).epsilon(1e-2));
+  auto hp = hm.named_parameters();
+  auto dp = dm.named_parameters();
+  double worst = 0;
+  std::string worst_name;
+  for (size_t i = 0; i < hp.size(); ++i) {
+    INFO("parameter " << hp[i].first);
+    REQUIRE(dp[i].second.grad().defined());
+    const double e = rel_err(dp[i].second.grad(), hp[i].second.grad());
+    CHECK(e < 5e-2);
+    if (e > worst) worst = e, worst_name = hp[i].first;
+  }
+  std::printf("cuda GPT bf16: loss cpu %.6f gpu %.6f; worst relative gradient error %.2e (%s)\n",
+              hl.item(), dl.item(), worst, worst_name.c_str());
 }
 
 TEST_CASE("cuda GPT: 20 golf-optimizer steps lower the loss and track the CPU run") {

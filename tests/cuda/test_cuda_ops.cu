@@ -20,7 +20,6 @@
 #include "ternary/ops/embedding.hpp"
 #include "ternary/ops/head_norm_rope.hpp"
 #include "ternary/ops/matmul.hpp"
-#include "ternary/ops/mix_norm_linear.hpp"
 #include "ternary/ops/norm.hpp"
 #include "ternary/ops/norm_mlp.hpp"
 #include "ternary/ops/reduce.hpp"
@@ -838,41 +837,53 @@ TEST_CASE("cuda rms_norm_linear (bf16 operands from the norm kernel) against the
   }
 }
 
-// mix_rms_norm_linear under cuda::set_bf16 (the GPT block's entry: x = a x_in + b x0, then the
-// q, k, v projections of rms_norm(x)): one node for rows of 64 and 512 floats, against the CPU
-// composing channel_mix, rms_norm and linear()'s bf16 path (the node's GEMMs write the
-// activation's gradients in bf16: a bf16_boundary on the CPU). x is also read elsewhere (the
-// attention's residual: its own gradient), and x_in and x0 have gradients from elsewhere before
-// the node's backward adds to them. Rows of 96 floats compose on the GPU too (no node).
-// Tolerances: 1e-4 (a gradient's rounding to bf16 may flip between the backends' fp32 sums).
+// quant::mix_rms_norm_linear under cuda::set_bf16 (the GPT block's entry: x = a x_in + b x0,
+// then rms_norm_linear's q, k, v projections of x): one node for rows of 64 and 512 floats,
+// full precision (no gains, one shared operand) and BitLinear (pre-norm, gains, int8), against
+// the CPU composing channel_mix, the norms and linear()'s bf16 path (the node's GEMMs write each
+// activation's gradient in bf16: a bf16_boundary per projection on the CPU). x is also read
+// elsewhere (the attention's residual: its own gradient), and x_in and x0 have gradients from
+// elsewhere before the node's backward adds to them. Rows of 96 floats compose on the GPU too.
+// Tolerances: 1e-4 (a gradient's rounding to bf16 may flip between the backends' fp32 sums),
+// 2e-3 where int8 rounding may flip on one backend, or where the GPU composes (its activations'
+// gradients are not rounded there).
 TEST_CASE("cuda mix_rms_norm_linear (the block's entry) against the CPU composition") {
   const Bf16On on;
   Rng rng(38);
-  for (int64_t D : {512, 64, 96}) {
-    INFO("D " << D);
-    const int64_t rows = 70;
+  struct Case {
+    int64_t D;
+    bool bitlinear;
+  };
+  for (const Case& c : {Case{512, false}, Case{64, false}, Case{96, false}, Case{512, true}}) {
+    const int64_t D = c.D, rows = 70;
+    INFO("D " << D << (c.bitlinear ? " BitLinear" : ""));
     const std::array<int64_t, 3> outs{D, D / 2, D / 2};
     auto hxi = Tensor<float>::randn({rows, D}, rng, 0, 2),
          hx0 = Tensor<float>::randn({rows, D}, rng);
     auto ha = Tensor<float>::randn({D}, rng, 1, 0.3), hb = Tensor<float>::randn({D}, rng, 0.5, 0.3);
     auto hr = Tensor<float>::randn({rows, D}, rng), hp = Tensor<float>::randn({rows, D}, rng),
          hq = Tensor<float>::randn({rows, D}, rng);
-    std::array<Tensor<float>, 3> hw, hs;
+    std::array<Tensor<float>, 3> hw, hs, hg;
     for (int k = 0; k < 3; ++k) {
       hw[k] = Tensor<float>::randn({outs[k], D}, rng, 0, 0.05);
       hs[k] = Tensor<float>::randn({rows, outs[k]}, rng);
+      hg[k] = Tensor<float>::randn({D}, rng, 1, 0.3);
     }
-    // CPU: the composition, linear()'s bf16 path (its input's gradient rounded to bf16)
+    // CPU: the composition, linear()'s bf16 path (each input's gradient rounded to bf16)
     auto cxi = VarH::parameter(hxi.clone()), cx0 = VarH::parameter(hx0.clone());
     auto ca = VarH::parameter(ha.clone()), cb = VarH::parameter(hb.clone());
-    std::array<VarH, 3> cw, cy;
-    for (int k = 0; k < 3; ++k) cw[k] = VarH::parameter(hw[k].clone());
+    std::array<VarH, 3> cw, cy, cg;
+    for (int k = 0; k < 3; ++k) {
+      cw[k] = VarH::parameter(hw[k].clone());
+      cg[k] = VarH::parameter(hg[k].clone());
+    }
     const auto cx = channel_mix(ca, cxi, cb, cx0);
     {
-      const auto a = rms_norm(cx, 1e-6);
+      const auto h = rms_norm(cx, 1e-6);
       auto loss = functional(cx, hr);
-      for (int k = 0; k < 3; ++k) {  // (each product's input gradient is rounded on its own)
-        cy[k] = detail::linear_bf16(bf16_boundary(a), cw[k]);
+      for (int k = 0; k < 3; ++k) {
+        const auto act = c.bitlinear ? quant::rms_norm_quantize_activations(h, cg[k], 1e-6) : h;
+        cy[k] = detail::linear_bf16(bf16_boundary(act), cw[k]);
         loss = loss + functional(cy[k], hs[k]);
       }
       (loss + functional(cxi, hp) + functional(cx0, hq)).backward();
@@ -880,19 +891,25 @@ TEST_CASE("cuda mix_rms_norm_linear (the block's entry) against the CPU composit
     // GPU: the op
     auto dxi = VarD::parameter(to_device(hxi)), dx0 = VarD::parameter(to_device(hx0));
     auto da = VarD::parameter(to_device(ha)), db = VarD::parameter(to_device(hb));
-    std::array<VarD, 3> ww;
-    for (int k = 0; k < 3; ++k) ww[k] = VarD::parameter(to_device(hw[k]));
-    const auto out = mix_rms_norm_linear<3>(da, dxi, db, dx0, ww, 1e-6);
+    std::array<VarD, 3> ww, gg;
+    for (int k = 0; k < 3; ++k) {
+      ww[k] = VarD::parameter(to_device(hw[k]));
+      if (c.bitlinear) gg[k] = VarD::parameter(to_device(hg[k]));
+    }
+    const auto out =
+        c.bitlinear
+            ? quant::mix_rms_norm_linear<3>({da, dxi, db, dx0}, gg, ww, 1e-6, 1e-6, true)
+            : quant::mix_rms_norm_linear<3>({da, dxi, db, dx0}, gg, ww, 1e-6, std::nullopt, false);
     bool fused = false;
     for (const auto& e : Tape::current().entries())
       fused = fused || std::string(e.op) == "mix_rms_norm_linear";
     CHECK(fused == (D != 96));
+    const double tol = c.bitlinear || D == 96 ? 2e-3 : 1e-4;
     CHECK(rel_err(out.x.value(), cx.value()) < 1e-6);
-    for (int k = 0; k < 3; ++k) CHECK(rel_err(out.y[k].value(), cy[k].value()) < 1e-4);
+    for (int k = 0; k < 3; ++k) CHECK(rel_err(out.y[k].value(), cy[k].value()) < tol);
     auto loss = functional(out.x, hr);
     for (int k = 0; k < 3; ++k) loss = loss + functional(out.y[k], hs[k]);
     (loss + functional(dxi, hp) + functional(dx0, hq)).backward();
-    const double tol = D == 96 ? 2e-3 : 1e-4;  // (composing, the activation's gradient is fp32)
     CHECK(rel_err(dxi.grad(), cxi.grad()) < tol);
     CHECK(rel_err(dx0.grad(), cx0.grad()) < tol);
     CHECK(rel_err(da.grad(), ca.grad()) < tol);
@@ -900,14 +917,22 @@ TEST_CASE("cuda mix_rms_norm_linear (the block's entry) against the CPU composit
     for (int k = 0; k < 3; ++k) {
       INFO("projection " << k);
       CHECK(rel_err(ww[k].grad(), cw[k].grad()) < tol);
+      if (c.bitlinear) CHECK(rel_err(gg[k].grad(), cg[k].grad()) < tol);
     }
   }
-  // Wrong shapes: a clear error
+  // Wrong shapes, and int8 without a gain: clear errors
   auto x = VarD::parameter(Tensor<float, cuda>::zeros({4, 64}));
   auto w = VarD::parameter(Tensor<float, cuda>::zeros({8, 32}));
   auto m = VarD::parameter(Tensor<float, cuda>::zeros({64}));
-  CHECK_THROWS_WITH((mix_rms_norm_linear<1>(m, x, m, x, {w}, 1e-6)),
+  const quant::BlockMix<float, cuda> mix{m, x, m, x};
+  const std::array<VarD, 1> no_gain{};
+  CHECK_THROWS_WITH(quant::mix_rms_norm_linear<1>(mix, no_gain, std::array<VarD, 1>{w}, 1e-6,
+                                                  std::nullopt, false),
                     Catch::Contains("weight 0 of shape [8, 32]"));
+  auto w2 = VarD::parameter(Tensor<float, cuda>::zeros({8, 64}));
+  CHECK_THROWS_WITH(quant::mix_rms_norm_linear<1>(mix, no_gain, std::array<VarD, 1>{w2}, 1e-6,
+                                                  std::nullopt, true),
+                    Catch::Contains("has a gain"));
 }
 
 // rms_norm_linear with relu2_input (the BitLinear MLP projection, BitLinear::forward_relu2):

@@ -42,7 +42,9 @@ class Var {
     // A gradient a kernel wrote in bf16 (accumulate_grad_bf16), kept as it is while it is the
     // node's only one: a reader whose products round their operands to bf16 anyway takes it
     // as it is (no fp32 buffer, no rounding pass); any other reader, or a second gradient,
-    // widens it into `grad` first (widen_grad16). Never set on a leaf.
+    // widens it into `grad` first (widen_grad16). Or, beside a defined `grad`, that gradient
+    // rounded to bf16 by the kernel that wrote it (accumulate_grad_with_bf16), dropped as soon
+    // as anything adds to the gradient. Never set on a leaf.
     Tensor<bf16, B> grad16;
     bool has_grad() const override { return grad.defined() || grad16.defined(); }
     void release_graph() override {
@@ -185,6 +187,25 @@ class Var {
     n.grad_owned = true;
   }
 
+  // accumulate_grad_with for a rule whose kernel also writes the new gradient rounded to bf16:
+  // write(dst, prior, dst16) stores prior + (this rule's gradient) into dst as there, and the same
+  // values rounded to bf16 into dst16 (undefined for a leaf: write none). The bf16 copy stays
+  // beside the gradient until anything else adds to it, so a reader whose products round the
+  // gradient to bf16 anyway (the bf16 rules of ops/matmul.hpp and ops/residual_linear.hpp) takes
+  // it instead of rounding it again. A leaf's gradient has none (optimizers change it in place).
+  template <class Write>
+  void accumulate_grad_with_bf16(Write&& write) const {
+    Node& n = node();
+    if (n.grad_target)
+      return Var(n.grad_target).accumulate_grad_with_bf16(std::forward<Write>(write));
+    if (!n.requires_grad) return;
+    const Tensor<bf16, B> dst16 =
+        n.is_leaf ? Tensor<bf16, B>() : Tensor<bf16, B>::empty(n.value.shape());
+    accumulate_grad_with(
+        [&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) { write(dst, prior, dst16); });
+    n.grad16 = dst16;  // (accumulate_grad_with dropped any earlier copy)
+  }
+
   // Adds a gradient that a kernel wrote in bf16 (g16 is shared, never written). While it is
   // the only one it stays bf16: a reader that rounds its gradient to bf16 anyway (the
   // tensor-core products of ops/matmul.hpp's bf16 rules) takes it as it is, any other reader
@@ -252,9 +273,9 @@ class Var {
   // Records an op with K outputs and the inputs [inputs_begin, inputs_end): returns one Var
   // per output. `backward_fn(grads)` gets std::array<Tensor, K> of the outputs' gradients
   // (undefined where none reached an output) and must add the gradient of each input that
-  // requires grad; a backward_fn(grads, grads16) also gets the bf16-born ones
-  // (accumulate_grad_bf16: per output, at most one of the two is defined), others get those
-  // widened. It runs once, after every output's gradient is final: a join entry is
+  // requires grad; a backward_fn(grads, grads16) also gets the bf16 ones (per output: born in
+  // bf16, grads[k] undefined; or a bf16 copy of grads[k], accumulate_grad_with_bf16), others get
+  // those widened. It runs once, after every output's gradient is final: a join entry is
   // recorded before the outputs (the tape runs backward in reverse), and each output's
   // backward files its gradient with the join and hands it an empty gradient so that it runs.
   template <size_t K, class F>
@@ -314,7 +335,8 @@ class Var {
     result.node_->is_leaf = false;
     Node* raw = result.node_.get();  // the tape entry owns the node, so raw outlives the closure
     Tape::current().record(op, result.node_, [raw, fn = std::forward<F>(backward_fn)]() mutable {
-      // A rule that takes (g, g16) reads a bf16-born gradient as it is; others get it in T.
+      // A rule that takes (g, g16) reads a bf16-born gradient as it is (g undefined), or a bf16
+      // copy beside g; others get it in T.
       if constexpr (std::is_invocable_v<F&, const Tensor<T, B>&, const Tensor<bf16, B>&>) {
         fn(raw->grad, raw->grad16);
       } else {
@@ -350,6 +372,10 @@ class Var {
   // reads or adds to it in T.
   static void widen_grad16(Node& n) {
     if (!n.grad16.defined()) return;
+    if (n.grad.defined()) {  // a bf16 copy of grad (accumulate_grad_with_bf16): stale from here
+      n.grad16 = Tensor<bf16, B>();
+      return;
+    }
     n.grad = widened(n.grad16);
     n.grad16 = Tensor<bf16, B>();
     n.grad_owned = true;

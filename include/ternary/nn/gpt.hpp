@@ -35,7 +35,6 @@
 #include "ternary/ops/head_norm_rope.hpp"
 #include "ternary/ops/loss.hpp"
 #include "ternary/ops/matmul.hpp"
-#include "ternary/ops/mix_norm_linear.hpp"
 #include "ternary/ops/norm.hpp"
 #include "ternary/ops/norm_mlp.hpp"
 #include "ternary/ops/residual_linear.hpp"
@@ -169,16 +168,22 @@ class CausalSelfAttention : public Module<T, B> {
     y = reshape(permute(y, {0, 2, 1, 3}), {Bn, Tn, c_.dim});
     return project(*proj_, y, false, r);
   }
-  // The block's entry as one node where one serves (ops/mix_norm_linear.hpp: bias-free
-  // full-precision q, k, v on the tensor-core path): x = a * x_in + b * x0 and the q, k, v
-  // projections of rms_norm(x, eps); else nullopt, and the caller mixes, then
-  // forward_prenormed.
-  std::optional<MixedProjections<3, T, B>> mixed_projections(const VarT& a, const VarT& x_in,
-                                                             const VarT& b, const VarT& x0,
-                                                             double eps) const {
-    const auto w = plain_qkv();
-    if (!w[0].defined()) return std::nullopt;
-    return ternary::detail::mix_rms_norm_linear_bf16<3>(a, x_in, b, x0, w, eps);
+  // The block's entry as one node where one serves (quant::mix_rms_norm_linear on the
+  // tensor-core path): x = a * x_in + b * x0 and the q, k, v projections of rms_norm(x, eps)
+  // (BitLinears that normalise and quantize their input, or bias-free full-precision Linears);
+  // else nullopt, and the caller mixes, then forward_prenormed.
+  std::optional<quant::MixedProjections<3, T, B>> mixed_projections(const VarT& a, const VarT& x_in,
+                                                                    const VarT& b, const VarT& x0,
+                                                                    double eps) const {
+    const quant::BlockMix<T, B> mix{a, x_in, b, x0};
+    if (const auto bit = fused_qkv(); bit[0])
+      return quant::detail::mix_rms_norm_linear_bf16<3>(
+          mix, {bit[0]->norm()->gain(), bit[1]->norm()->gain(), bit[2]->norm()->gain()},
+          {bit[0]->quantized_weight(), bit[1]->quantized_weight(), bit[2]->quantized_weight()},
+          bit[0]->norm()->eps(), eps, true);
+    if (const auto w = plain_qkv(); w[0].defined())
+      return quant::detail::mix_rms_norm_linear_bf16<3>(mix, {}, w, eps, std::nullopt, false);
+    return std::nullopt;
   }
   // The q, k, v projections of x. When all three are BitLinears that normalise and quantize
   // their input (extra norm, int8 activations, lambda = 1), x is normalised once for the three

@@ -66,7 +66,8 @@ Tensor<bf16, B> weight_to_bf16(const Tensor<T, B>& w) {
   return w16;
 }
 // An output gradient as a bf16 GEMM operand [rows, out]: g rounded to bf16 once, or a gradient
-// born in bf16 (g_bf16 defined, g not: Var::accumulate_grad_bf16) as it is.
+// born in bf16 (g_bf16 defined, g not: Var::accumulate_grad_bf16) or g's bf16 copy (both
+// defined: Var::accumulate_grad_with_bf16) as it is.
 template <class T, class B>
 Tensor<bf16, B> grad_operand_bf16(const Tensor<T, B>& g, const Tensor<bf16, B>& g_bf16,
                                   int64_t out) {

@@ -84,21 +84,26 @@ Var<T, B> rms_norm_var(const Var<T, B>& x, const Var<T, B>* gain, double eps) {
 // quant::rms_norm_linear, rms_norm_mlp): one rms_norm_shared_backward for the K output gradients gs
 // (undefined: none reached that output), dx added by the kernel into x's gradient so far, then each
 // gain's gradient (dgains[k] where defined). x2d is x's [rows, D] view; rstd_pre and relu2_input
-// are the forward's. gs in T, or in bf16 as the bf16 nodes' GEMMs write them (CUDA).
+// are the forward's. gs in T, or in bf16 as the bf16 nodes' GEMMs write them (CUDA). With
+// bf16_copy the kernel also writes x's new gradient rounded to bf16 beside it
+// (Var::accumulate_grad_with_bf16), for a reader that rounds it so anyway.
 template <size_t K, class T, class B, class G>
 void norm_shared_backward(const Var<T, B>& x, const Tensor<T, B>& x2d, const Tensor<T, B>& rstd,
                           const std::array<Var<T, B>, K>& gains,
                           const std::array<Tensor<T, B>, K>& gains_c,
                           const std::array<Tensor<G, B>, K>& gs,
                           const std::array<Tensor<T, B>, K>& dgains, const Tensor<T, B>& rstd_pre,
-                          bool relu2_input = false) {
+                          bool relu2_input = false, bool bf16_copy = false) {
   const Shape rows_d = x2d.shape();
-  auto run = [&](const Tensor<T, B>& dx, const Tensor<T, B>& prior) {
+  auto run = [&](const Tensor<T, B>& dx, const Tensor<T, B>& prior,
+                 const Tensor<bf16, B>& dx16 = Tensor<bf16, B>()) {
     rms_norm_shared_backward(B{}, x2d, rstd, gains_c, gs, dx.defined() ? dx.reshape(rows_d) : dx,
                              dgains, rstd_pre, prior.defined() ? prior.reshape(rows_d) : prior,
-                             relu2_input);
+                             relu2_input, dx16.defined() ? dx16.reshape(rows_d) : dx16);
   };
-  if (x.requires_grad())  // dx added by the kernel into x's gradient so far
+  if (x.requires_grad() && bf16_copy)  // x's whole gradient, also in bf16 for its reader
+    x.accumulate_grad_with_bf16(run);
+  else if (x.requires_grad())  // dx added by the kernel into x's gradient so far
     x.accumulate_grad_with(run);
   else
     run(Tensor<T, B>(), Tensor<T, B>());

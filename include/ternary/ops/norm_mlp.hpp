@@ -79,9 +79,11 @@ std::optional<Var<T, B>> rms_norm_mlp_bf16(const Var<T, B>& x, const Var<T, B>& 
         if (!x.requires_grad()) return;
         auto dxn = Tensor<bf16, B>::empty(x2d.shape());  // bf16, as autocast's
         gemm_bf16(B{}, const_view(dh16), const_view(wfc16), backend::mat_view(dxn));
+        // x's gradient also in bf16: its producer, the attention's output projection, rounds
+        // it so for its GEMMs (residual_linear), and need not read it again for that
         norm_shared_backward<1>(x, x2d, rstd, std::array<Var<T, B>, 1>{},
                                 std::array<Tensor<T, B>, 1>{}, std::array<Tensor<bf16, B>, 1>{dxn},
-                                std::array<Tensor<T, B>, 1>{}, Tensor<T, B>());
+                                std::array<Tensor<T, B>, 1>{}, Tensor<T, B>(), false, true);
       });
 }
 

@@ -63,7 +63,8 @@ Tensor<T, B> residual_product_bf16(const Residual<T, B>& r, const Tensor<bf16, B
 }
 
 // Its backward for the residual and the weights (see the top of this file), given dout = g
-// (or g_bf16: a gradient born in bf16, widened for r.x, whose gradient is fp32). Returns
+// (or g_bf16: a gradient born in bf16, widened for r.x, whose gradient is fp32; or beside g, its
+// bf16 copy: the GEMMs' operand as it is, no rounding pass). Returns
 // bf16(g) [rows, out] and bf16(scale * w) [out, in]: the operands of the branch input's
 // gradient, da = bf16(g) bf16(scale * w).
 template <class T, class B>
@@ -126,9 +127,10 @@ Var<T, B> residual_linear_bf16(const Residual<T, B>& r, const Var<T, B>& a, cons
   auto out = residual_product_bf16(r, a16, weight_to_bf16(w.value()));
   return Var<T, B>::record(
       relu2_input ? "residual_relu2_linear" : "residual_linear", out, {r.x, r.scale, a, w},
-      [r, a, w, a16, relu2_input](const Tensor<T, B>& g) {
+      [r, a, w, a16, relu2_input](const Tensor<T, B>& g, const Tensor<bf16, B>& g_bf16) {
+        // (g_bf16: born in bf16, or a bf16 copy beside g, used as it is)
         // (not a structured binding: clang before 16 cannot capture those in the lambda below)
-        const auto operands = residual_product_backward_bf16(r, a16, w, g);
+        const auto operands = residual_product_backward_bf16(r, a16, w, g, g_bf16);
         const Tensor<bf16, B>& g16 = operands.first;
         const Tensor<bf16, B>& wb16 = operands.second;
         if (!a.requires_grad()) return;

@@ -20,10 +20,10 @@ namespace detail {
 template <class T, class B, class Back>
 auto view_rule(const Var<T, B>& x, Back back) {
   return [x, back](const Tensor<T, B>& g, const Tensor<bf16, B>& g16) {
-    if (g16.defined())
-      x.accumulate_grad_bf16(back(g16, x));
-    else
+    if (g.defined())  // (g16 beside it is a bf16 copy: the view passes g on)
       x.accumulate_grad(back(g, x));
+    else
+      x.accumulate_grad_bf16(back(g16, x));
   };
 }
 }  // namespace detail

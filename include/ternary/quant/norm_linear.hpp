@@ -30,6 +30,7 @@
 #include <optional>
 #include <vector>
 
+#include "ternary/ops/channel_mix.hpp"
 #include "ternary/ops/elementwise.hpp"
 #include "ternary/ops/matmul.hpp"
 #include "ternary/ops/norm.hpp"
@@ -37,6 +38,18 @@
 #include "ternary/quant/activation.hpp"
 
 namespace ternary::quant {
+
+// The GPT block's entry mix x = a * x_in + b * x0 (mix_rms_norm_linear below).
+template <class T, class B>
+struct BlockMix {
+  Var<T, B> a, x_in, b, x0;
+};
+// mix_rms_norm_linear's outputs: x and the K projections of its norm.
+template <size_t K, class T, class B>
+struct MixedProjections {
+  Var<T, B> x;
+  std::array<Var<T, B>, K> y;
+};
 
 namespace detail {
 
@@ -145,6 +158,108 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
       });
 }
 
+// mix_rms_norm_linear's one node (CUDA, bf16 products): rms_norm_linear_bf16's with the mix in
+// front, x its first output; nullopt where the kernels do not apply (rows outside 64-1024
+// floats, x_in and x0 one variable, a relu2 input), and the caller composes.
+template <size_t K, class T, class B>
+std::optional<MixedProjections<K, T, B>> mix_rms_norm_linear_bf16(
+    const BlockMix<T, B>& mix, const std::array<Var<T, B>, K>& gains,
+    const std::array<Var<T, B>, K>& weights, double eps, std::optional<double> pre_eps, bool int8) {
+  if constexpr (B::on_host || !std::is_same_v<T, float>) {
+    return std::nullopt;
+  } else {
+    if (!backend::bf16_products(B{}) || mix.x_in.same_node(mix.x0)) return std::nullopt;
+    const Tensor<T, B> xin_c = mix.x_in.value().contiguous(), x0_c = mix.x0.value().contiguous();
+    const int64_t D = xin_c.size(-1), rows = D ? xin_c.numel() / D : 0;
+    const Shape rows_d{rows, D};
+    bool any_gain = false;
+    for (const auto& g : gains) any_gain = any_gain || g.defined();
+    const bool shared = !any_gain && !int8;  // one activation serves every k
+    std::array<Tensor<T, B>, K> gains_c;
+    std::array<Tensor<bf16, B>, K> h16;
+    for (size_t k = 0; k < K; ++k) {
+      if (gains[k].defined()) gains_c[k] = gains[k].value().contiguous();
+      if (!shared || k == 0) h16[k] = Tensor<bf16, B>::empty(rows_d);
+    }
+    if (shared)
+      for (size_t k = 1; k < K; ++k) h16[k] = h16[0];
+    const Tensor<T, B> rstd = Tensor<T, B>::empty(Shape{rows});
+    const Tensor<T, B> rstd_pre = pre_eps ? Tensor<T, B>::empty(Shape{rows}) : Tensor<T, B>();
+    const auto xin2d = xin_c.reshape(rows_d), x02d = x0_c.reshape(rows_d);
+    const Tensor<T, B> a_c = mix.a.value().contiguous(), b_c = mix.b.value().contiguous();
+    auto x = Tensor<T, B>::empty(xin_c.shape());
+    backend::NormMix<T, B> fwd;
+    fwd.a = a_c, fwd.b = b_c, fwd.x0 = x02d, fwd.x_out = x.reshape(rows_d);
+    const bool ran =  // by argument-dependent lookup on the tag (backend/cuda/norm.cuh)
+        shared ? rms_norm_bf16_forward(B{}, xin2d, std::array<Tensor<T, B>, 1>{},
+                                       std::array<Tensor<bf16, B>, 1>{h16[0]}, rstd, eps, false,
+                                       rstd_pre, pre_eps.value_or(0.0), false, &fwd)
+               : rms_norm_bf16_forward(B{}, xin2d, gains_c, h16, rstd, eps, int8, rstd_pre,
+                                       pre_eps.value_or(0.0), false, &fwd);
+    if (!ran) return std::nullopt;
+    std::array<Tensor<bf16, B>, K> w16;
+    std::array<Tensor<T, B>, K + 1> outs;
+    outs[0] = x;
+    for (size_t k = 0; k < K; ++k) {
+      w16[k] = ternary::detail::weight_to_bf16(weights[k].value());
+      outs[k + 1] = ternary::detail::product_bf16(static_cast<const Residual<T, B>*>(nullptr),
+                                                  h16[k], w16[k], xin_c.shape());
+    }
+    std::vector<Var<T, B>> inputs{mix.a, mix.x_in, mix.b, mix.x0};
+    for (const auto& g : gains)
+      if (g.defined()) inputs.push_back(g);
+    for (const auto& w : weights) inputs.push_back(w);
+    const auto vars = Var<T, B>::record_multi(
+        "mix_rms_norm_linear", std::move(outs), inputs.data(), inputs.data() + inputs.size(),
+        [mix, gains, weights, xin2d, x02d, a_c, b_c, gains_c, h16, w16, rstd, rstd_pre, rows_d](
+            const std::array<Tensor<T, B>, K + 1>& g,
+            const std::array<Tensor<bf16, B>, K + 1>& g_bf16) {
+          // per projection: dh = bf16(dy) bf16(w) (bf16, as autocast's input gradients), the
+          // weight's gradient added by its GEMM
+          std::array<Tensor<bf16, B>, K> dh;
+          std::array<Tensor<T, B>, K> dgains;
+          for (size_t k = 0; k < K; ++k) {
+            if (!g[k + 1].defined() && !g_bf16[k + 1].defined()) continue;
+            const auto operands =
+                ternary::detail::product_backward_bf16(std::optional<Residual<T, B>>(), h16[k],
+                                                       weights[k], w16[k], g[k + 1], g_bf16[k + 1]);
+            dh[k] = Tensor<bf16, B>::empty(rows_d);
+            backend::gemm_bf16(B{}, ternary::detail::const_view(operands.first),
+                               ternary::detail::const_view(operands.second),
+                               backend::mat_view(dh[k]));
+            if (gains[k].defined() && gains[k].requires_grad())
+              dgains[k] = Tensor<T, B>::empty(Shape{rows_d[1]});
+          }
+          // x's own gradient (the attention's residual), added to the norm's by the kernel
+          const Tensor<T, B> gx = g[0].defined()        ? g[0].contiguous().reshape(rows_d)
+                                  : g_bf16[0].defined() ? widen_bf16(B{}, g_bf16[0]).reshape(rows_d)
+                                                        : Tensor<T, B>();
+          backend::NormMix<T, B> bwd;
+          bwd.a = a_c, bwd.b = b_c, bwd.x0 = x02d;
+          if (mix.a.requires_grad()) bwd.da = Tensor<T, B>::empty(Shape{rows_d[1]});
+          if (mix.b.requires_grad()) bwd.db = Tensor<T, B>::empty(Shape{rows_d[1]});
+          ternary::detail::with_grad_target(
+              mix.x_in, mix.x_in.requires_grad(), [&](T* dx_in, const T* prior_in) {
+                ternary::detail::with_grad_target(
+                    mix.x0, mix.x0.requires_grad(), [&](T* dx0, const T* prior0) {
+                      bwd.dx_in = dx_in, bwd.prior_in = prior_in;
+                      bwd.dx0 = dx0, bwd.prior0 = prior0;
+                      rms_norm_shared_backward(B{}, xin2d, rstd, gains_c, dh, Tensor<T, B>(),
+                                               dgains, rstd_pre, gx, false, Tensor<bf16, B>(),
+                                               &bwd);
+                    });
+              });
+          if (bwd.da.defined()) mix.a.accumulate_grad(bwd.da);
+          if (bwd.db.defined()) mix.b.accumulate_grad(bwd.db);
+          for (size_t k = 0; k < K; ++k)
+            if (dgains[k].defined()) gains[k].accumulate_grad(dgains[k]);
+        });
+    MixedProjections<K, T, B> result{vars[0], {}};
+    for (size_t k = 0; k < K; ++k) result.y[k] = vars[k + 1];
+    return result;
+  }
+}
+
 }  // namespace detail
 
 template <size_t K, class T, class B>
@@ -178,6 +293,50 @@ std::array<Var<T, B>, K> rms_norm_linear(const Var<T, B>& x, const std::array<Va
   }
   return detail::rms_norm_linear_composed<K>(x, gains, weights, eps, pre_eps, int8, relu2_input,
                                              residual);
+}
+
+// The GPT block's entry: x = channel_mix(a, x_in, b, x0) = a * x_in + b * x0 (a, b [D]: one
+// weight per channel), then rms_norm_linear's K projections of x (the q, k, v projections,
+// full precision or BitLinear). Returns x (the block's residual input, read again by the
+// attention's residual sum) and the K outputs. Everywhere it is that composition, values and
+// tape alike, except on CUDA with bf16 products for rows of 64-1024 floats (and x_in, x0 two
+// variables), where it is one node: the norm kernel reads x_in and x0, writes x and the GEMMs'
+// bf16 operands (x is not read back for its norm), and the backward's norm kernel adds x's own
+// gradient to the norm's and takes the mix's backward in registers (x_in's and x0's gradients
+// and the mix weights' sums): x's whole gradient never reaches memory (it was written by the
+// norm's backward and read back by channel_mix's). The same float operations as channel_mix then
+// rms_norm_linear on the device (the mix weights' sums over rows run in another order).
+// Tests: tests/cuda/test_cuda_ops.cu.
+template <size_t K, class T, class B>
+MixedProjections<K, T, B> mix_rms_norm_linear(const BlockMix<T, B>& mix,
+                                              const std::array<Var<T, B>, K>& gains,
+                                              const std::array<Var<T, B>, K>& weights, double eps,
+                                              std::optional<double> pre_eps, bool int8) {
+  const Shape& xs = mix.x_in.shape();
+  if (xs.empty() || !(xs == mix.x0.shape()))
+    throw ShapeError(ternary::detail::cat("mix_rms_norm_linear: x_in ", xs, " and x0 ",
+                                          mix.x0.shape(),
+                                          " must have the same shape, with a channel axis last"));
+  const int64_t D = xs.back();
+  if (!(mix.a.shape() == Shape{D}) || !(mix.b.shape() == Shape{D}))
+    throw ShapeError(ternary::detail::cat("mix_rms_norm_linear: the mix weights must be [", D,
+                                          "], got ", mix.a.shape(), " and ", mix.b.shape()));
+  for (size_t k = 0; k < K; ++k)
+    if (weights[k].dim() != 2 || weights[k].size(1) != D)
+      throw ShapeError(ternary::detail::cat("mix_rms_norm_linear: weight ", k, " of shape ",
+                                            weights[k].shape(), " for inputs ", xs));
+  if (int8)
+    for (size_t k = 0; k < K; ++k)
+      if (!gains[k].defined())
+        throw Error(
+            ternary::detail::cat("mix_rms_norm_linear: int8 activations are BitLinear's, "
+                                 "which has a gain (projection ",
+                                 k, " has none)"));
+  if (auto fused = detail::mix_rms_norm_linear_bf16<K>(mix, gains, weights, eps, pre_eps, int8))
+    return *fused;
+  MixedProjections<K, T, B> out{channel_mix(mix.a, mix.x_in, mix.b, mix.x0), {}};
+  out.y = rms_norm_linear<K>(out.x, gains, weights, eps, pre_eps, int8);
+  return out;
 }
 
 }  // namespace ternary::quant

@@ -18,6 +18,24 @@
 
 namespace ternary::backend {
 
+// The GPT block's entry mix in front of a norm's rows (quant::mix_rms_norm_linear; the device's
+// register kernels take it, backend/cuda/norm.cuh): the rows the norm reads are x_in, and the
+// rows it normalises are x = a x_in + b x0 (a, b [D]). Forward: x is written to x_out.
+// Backward: x's whole gradient gx (the norm's dx plus x's own) goes on as dx_in = a gx +
+// prior_in and dx0 = b gx + prior0 (a null pointer: not wanted, or nothing so far; a prior may
+// be its output itself), and da, db [D] (each undefined: not wanted) get the sums over rows of
+// gx x_in and gx x0.
+template <class T, class B>
+struct NormMix {
+  Tensor<T, B> a, b, x0;  // [D], [D], [rows, D]
+  Tensor<T, B> x_out;     // forward: [rows, D]
+  T* dx_in = nullptr;     // backward
+  const T* prior_in = nullptr;
+  T* dx0 = nullptr;
+  const T* prior0 = nullptr;
+  Tensor<T, B> da, db;
+};
+
 // y = x * rstd * gain,  rstd = 1 / sqrt(mean(x^2) + eps), per row of contiguous [rows, D] x.
 // gain ([D], contiguous) may be undefined: no gain. rstd: contiguous [rows].
 template <class T>

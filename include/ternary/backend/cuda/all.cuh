@@ -12,7 +12,6 @@
 #include "ternary/backend/cuda/head_norm_rope.cuh"
 #include "ternary/backend/cuda/loss.cuh"
 #include "ternary/backend/cuda/matmul.cuh"
-#include "ternary/backend/cuda/mix_norm.cuh"
 #include "ternary/backend/cuda/norm.cuh"
 #include "ternary/backend/cuda/quant.cuh"
 #include "ternary/backend/cuda/reduce.cuh"

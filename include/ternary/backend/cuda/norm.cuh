@@ -242,6 +242,41 @@ struct RowOutPtrs {
   float* p[K];
 };
 
+// The GPT block's entry mix in front of a norm (quant::mix_rms_norm_linear): the rows x the
+// kernels read are x_in, and the rows normalised are x = a x_in + b x0 (a, b [D]), written to
+// x_out by the forward.
+struct MixRows {
+  const float* a = nullptr;
+  const float* b = nullptr;
+  const float* x0 = nullptr;
+  float* x_out = nullptr;
+};
+// Its backward: with gx = x's whole gradient (the norm's dx plus dx_addend, x's own), dx_in =
+// a gx + prior_in and dx0 = b gx + prior0 (each if not null; a prior may be its output itself),
+// and partial [2, blocks, D] the blocks' sums of gx x_in, then of gx x0 (for da, db).
+struct MixGrads {
+  const float* a = nullptr;
+  const float* b = nullptr;
+  const float* x0 = nullptr;
+  float* dx_in = nullptr;
+  const float* prior_in = nullptr;
+  float* dx0 = nullptr;
+  const float* prior0 = nullptr;
+  float* partial = nullptr;
+};
+// x = a x_in + b x0 elementwise (channel_mix's formula)
+template <int V, int L>
+__device__ RowVec<V, L> mix_rows(const RowVec<V, L>& a, const RowVec<V, L>& x_in,
+                                 const RowVec<V, L>& b, const RowVec<V, L>& x0) {
+  RowVec<V, L> x;
+#pragma unroll
+  for (int i = 0; i < V; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      x.at(i, e) = fmaf(a.at(i, e), x_in.at(i, e), b.at(i, e) * x0.at(i, e));
+  return x;
+}
+
 // A lane's share of K gain rows (null: no gain). Kept in registers when they are few (K V <= 4
 // float4 per lane); otherwise read from the cache where used, since more registers per thread
 // would cut the warps in flight.
@@ -317,21 +352,32 @@ __device__ void int8_round_trip_row(RowVec<V, L>& v) {
 // Relu2In the rows normalised are relu(x)^2 (the MLP's activation, in registers: the GPT's
 // BitLinear MLP projection reads the fc output itself). With Bf16In the x rows are bf16
 // (passed as a float pointer): quant::rms_norm_bitlinear_mlp's hidden activation.
+// With Mix the rows read are x_in and the rows normalised x = a x_in + b x0, written to
+// mix.x_out (MixRows).
 template <int V, int L, int K, bool Int8, bool Bf16Out = false, bool Relu2In = false,
-          bool Bf16In = false>
+          bool Bf16In = false, bool Mix = false>
 __global__ void rms_norm_rows_forward_kernel(const float* __restrict__ x, RowPtrs<K> gains,
                                              RowOutPtrs<K> ys, float* __restrict__ rstd,
-                                             float* __restrict__ rstd_pre, int64_t rows,
-                                             double eps) {
+                                             float* __restrict__ rstd_pre, int64_t rows, double eps,
+                                             MixRows mix) {
   constexpr int D = 4 * V * L, RPW = 32 / L;  // row length, rows per warp
   const int lane = threadIdx.x % 32, li = lane % L, sub = lane / L;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
   const RowGains<V, L, K> gain(gains, li);
+  RowVec<V, L> mix_a, mix_b;
+  if constexpr (Mix) {
+    mix_a.load(mix.a, li);
+    mix_b.load(mix.b, li);
+  }
   for (int64_t base = (int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32) * RPW;
        base < rows; base += warps * RPW) {
     const int64_t r = base + sub;
     const bool valid = r < rows;
     RowVec<V, L> xv = load_row_as<V, L, Bf16In>(x, r, valid, li);
+    if constexpr (Mix) {
+      xv = mix_rows(mix_a, xv, mix_b, load_row_or_zero<V, L>(mix.x0, r, valid, li));
+      if (valid) xv.store(mix.x_out + r * D, li);
+    }
     if constexpr (Relu2In) xv.relu2();
     if (rstd_pre) {  // the same steps as the plain kernel's, so the same bits
       const float s1 = row_group_sum<L>(xv.dot(xv));
@@ -373,12 +419,17 @@ __global__ void rms_norm_rows_forward_kernel(const float* __restrict__ x, RowPtr
 // relu(x) follows in registers. With Bf16Rows x, the g_k and dx are bf16 rows (passed as float
 // pointers; no dx_addend): quant::rms_norm_bitlinear_mlp's hidden activation and its gradient.
 // With Bf16Grads only the g_k are bf16 rows (the norm-and-projection nodes' GEMMs write them so).
-template <int V, int L, int K, bool Relu2In = false, bool Bf16Rows = false, bool Bf16Grads = false>
+// With Mix (the forward's MixRows) the rows x are x_in, the rows normalised x = a x_in + b x0
+// (recomputed), and x's whole gradient gx (dx plus dx_addend, x's own) goes on through the mix
+// (MixGrads) instead of to dx: the mix weights' sums take the shared memory after the dgain rows.
+template <int V, int L, int K, bool Relu2In = false, bool Bf16Rows = false, bool Bf16Grads = false,
+          bool Mix = false>
 __global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
                                               const float* __restrict__ rstd,
                                               const float* __restrict__ rstd_pre, RowPtrs<K> gains,
                                               RowPtrs<K> gs, float* dx, const float* dx_addend,
-                                              float* __restrict__ partial, int64_t rows) {
+                                              float* __restrict__ partial, int64_t rows,
+                                              __nv_bfloat16* __restrict__ dx16, MixGrads mix) {
   constexpr int D = 4 * V * L, RPW = 32 / L;
   constexpr bool kGradsBf16 = Bf16Rows || Bf16Grads;
   extern __shared__ unsigned char shared_bytes[];
@@ -389,11 +440,24 @@ __global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
   RowVec<V, L> dg[K];
 #pragma unroll
   for (int k = 0; k < K; ++k) dg[k].zero();
+  RowVec<V, L> mix_a, mix_b, sum_a, sum_b;  // (Mix) the weights; the sums of gx x_in, gx x0
+  if constexpr (Mix) {
+    mix_a.load(mix.a, li);
+    mix_b.load(mix.b, li);
+    sum_a.zero();
+    sum_b.zero();
+  }
   const int64_t warps = int64_t(gridDim.x) * nw;
   for (int64_t base = (int64_t(blockIdx.x) * nw + warp) * RPW; base < rows; base += warps * RPW) {
     const int64_t r = base + sub;
     const bool valid = r < rows;
-    const RowVec<V, L> x_in = load_row_as<V, L, Bf16Rows>(x, r, valid, li);
+    RowVec<V, L> x_in = load_row_as<V, L, Bf16Rows>(x, r, valid, li);
+    RowVec<V, L> mixed_in, mixed_x0;  // (Mix) the mix's inputs; x_in becomes its output
+    if constexpr (Mix) {
+      mixed_in = x_in;
+      mixed_x0 = load_row_or_zero<V, L>(mix.x0, r, valid, li);
+      x_in = mix_rows(mix_a, mixed_in, mix_b, mixed_x0);
+    }
     RowVec<V, L> xv = x_in, G;  // xv: the normalised input (h with rstd_pre, a, else x)
     if constexpr (Relu2In) xv.relu2();
     G.zero();
@@ -412,7 +476,7 @@ __global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
           G.at(i, e) += gains.p[k] ? gv.at(i, e) * gain.at(k, i, e) : gv.at(i, e);
         }
     }
-    if (!dx) continue;
+    if (!dx && !Mix) continue;
     const float dot = row_group_sum<L>(G.dot(xv));
     const float c = s * s * s * dot / float(D);
     xv = RowVec<V, L>::combine(s, G, c, xv);
@@ -433,19 +497,53 @@ __global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
 #pragma unroll
         for (int e = 0; e < 4; ++e) xv.at(i, e) += av.at(i, e);
     }
-    if (valid) xv.store(dx + r * D, li);
-  }
-  if (!partial) return;  // the same for the whole block
-  const int slots = nw * RPW;
+    if (dx && valid) xv.store(dx + r * D, li);
+    if (dx16 && valid) xv.store_bf16(dx16 + r * D, li);  // the same values rounded to bf16
+    if constexpr (Mix) {              // channel_mix's backward for gx = xv (zero past the last row)
+      RowVec<V, L> prior_in, prior0;  // the gradients so far (zero: none)
+      prior_in.zero();
+      prior0.zero();
+      if (mix.prior_in) prior_in = load_row_or_zero<V, L>(mix.prior_in, r, valid, li);
+      if (mix.prior0) prior0 = load_row_or_zero<V, L>(mix.prior0, r, valid, li);
+      RowVec<V, L> t_in, t0;
 #pragma unroll
-  for (int k = 0; k < K; ++k) dg[k].store(acc + (int64_t(k) * slots + warp * RPW + sub) * D, li);
-  __syncthreads();
-  for (int j = threadIdx.x; j < K * D; j += blockDim.x) {
-    const int k = j / D, col = j % D;
-    float t = 0.f;
-    for (int w = 0; w < slots; ++w) t += acc[(int64_t(k) * slots + w) * D + col];
-    partial[(int64_t(k) * gridDim.x + blockIdx.x) * D + col] = t;
+      for (int i = 0; i < V; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          sum_a.at(i, e) = fmaf(xv.at(i, e), mixed_in.at(i, e), sum_a.at(i, e));
+          sum_b.at(i, e) = fmaf(xv.at(i, e), mixed_x0.at(i, e), sum_b.at(i, e));
+          t_in.at(i, e) = mix_a.at(i, e) * xv.at(i, e) + prior_in.at(i, e);
+          t0.at(i, e) = mix_b.at(i, e) * xv.at(i, e) + prior0.at(i, e);
+        }
+      if (mix.dx_in && valid) t_in.store(mix.dx_in + r * D, li);
+      if (mix.dx0 && valid) t0.store(mix.dx0 + r * D, li);
+    }
   }
+  if (!partial && !Mix) return;  // the same for the whole block
+  const int slots = nw * RPW;
+  if (partial)
+#pragma unroll
+    for (int k = 0; k < K; ++k) dg[k].store(acc + (int64_t(k) * slots + warp * RPW + sub) * D, li);
+  float* mix_acc = acc + int64_t(partial ? K : 0) * slots * D;
+  if constexpr (Mix) {
+    sum_a.store(mix_acc + int64_t(warp * RPW + sub) * D, li);
+    sum_b.store(mix_acc + int64_t(slots + warp * RPW + sub) * D, li);
+  }
+  __syncthreads();
+  if (partial)
+    for (int j = threadIdx.x; j < K * D; j += blockDim.x) {
+      const int k = j / D, col = j % D;
+      float t = 0.f;
+      for (int w = 0; w < slots; ++w) t += acc[(int64_t(k) * slots + w) * D + col];
+      partial[(int64_t(k) * gridDim.x + blockIdx.x) * D + col] = t;
+    }
+  if constexpr (Mix)
+    for (int j = threadIdx.x; j < 2 * D; j += blockDim.x) {
+      const int which = j / D, col = j % D;
+      float t = 0.f;
+      for (int w = 0; w < slots; ++w) t += mix_acc[(int64_t(which) * slots + w) * D + col];
+      mix.partial[(int64_t(which) * gridDim.x + blockIdx.x) * D + col] = t;
+    }
 }
 // Its shared memory in bytes.
 template <int V, int L, int K>
@@ -512,37 +610,52 @@ inline int row_warps_blocks(int64_t rows) {
 // bf16_out: ys hold __nv_bfloat16 rows (passed as float pointers).
 // relu2_in: the rows normalised are relu(x)^2 (int8 bf16 outputs without rstd_pre only).
 // bf16_in: x holds __nv_bfloat16 rows (with relu2_in only).
+// mix (x_out not null: MixRows): the block's entry mix first (bf16_out, no relu2_in only).
 template <int K>
 bool rows_forward(const float* x, RowPtrs<K> gains, RowOutPtrs<K> ys, float* rstd, int64_t rows,
                   int64_t D, double eps, bool int8, float* rstd_pre = nullptr,
-                  bool bf16_out = false, bool relu2_in = false, bool bf16_in = false) {
+                  bool bf16_out = false, bool relu2_in = false, bool bf16_in = false,
+                  MixRows mix = {}) {
   if (relu2_in && (!int8 || !bf16_out || rstd_pre)) return false;
   if (bf16_in && !relu2_in) return false;
-  bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  if (mix.x_out && (!bf16_out || relu2_in)) return false;
+  bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+                 reinterpret_cast<uintptr_t>(mix.a) % 16 == 0 &&
+                 reinterpret_cast<uintptr_t>(mix.b) % 16 == 0 &&
+                 reinterpret_cast<uintptr_t>(mix.x0) % 16 == 0 &&
+                 reinterpret_cast<uintptr_t>(mix.x_out) % 16 == 0;
   for (int k = 0; k < K; ++k)
     aligned = aligned && reinterpret_cast<uintptr_t>(gains.p[k]) % 16 == 0 &&
               reinterpret_cast<uintptr_t>(ys.p[k]) % 16 == 0;
   return aligned && with_row_vec(D, {}, [&](auto v, auto l) {
            constexpr int V = decltype(v)::value, L = decltype(l)::value;
            const int blocks = row_warps_blocks((rows + 32 / L - 1) / (32 / L));
-           if (bf16_in)
+           if (mix.x_out && int8)
+             rms_norm_rows_forward_kernel<V, L, K, true, true, false, false, true>
+                 <<<blocks, 256, 0, cuda::stream()>>>(x, gains, ys, rstd, rstd_pre, rows, eps, mix);
+           else if (mix.x_out)
+             rms_norm_rows_forward_kernel<V, L, K, false, true, false, false, true>
+                 <<<blocks, 256, 0, cuda::stream()>>>(x, gains, ys, rstd, rstd_pre, rows, eps, mix);
+           else if (bf16_in)
              rms_norm_rows_forward_kernel<V, L, K, true, true, true, true>
-                 <<<blocks, 256, 0, cuda::stream()>>>(x, gains, ys, rstd, rstd_pre, rows, eps);
+                 <<<blocks, 256, 0, cuda::stream()>>>(x, gains, ys, rstd, rstd_pre, rows, eps,
+                                                      MixRows{});
            else if (relu2_in)
              rms_norm_rows_forward_kernel<V, L, K, true, true, true>
-                 <<<blocks, 256, 0, cuda::stream()>>>(x, gains, ys, rstd, rstd_pre, rows, eps);
+                 <<<blocks, 256, 0, cuda::stream()>>>(x, gains, ys, rstd, rstd_pre, rows, eps,
+                                                      MixRows{});
            else if (int8 && bf16_out)
-             rms_norm_rows_forward_kernel<V, L, K, true, true>
-                 <<<blocks, 256, 0, cuda::stream()>>>(x, gains, ys, rstd, rstd_pre, rows, eps);
+             rms_norm_rows_forward_kernel<V, L, K, true, true><<<blocks, 256, 0, cuda::stream()>>>(
+                 x, gains, ys, rstd, rstd_pre, rows, eps, MixRows{});
            else if (bf16_out)
-             rms_norm_rows_forward_kernel<V, L, K, false, true>
-                 <<<blocks, 256, 0, cuda::stream()>>>(x, gains, ys, rstd, rstd_pre, rows, eps);
+             rms_norm_rows_forward_kernel<V, L, K, false, true><<<blocks, 256, 0, cuda::stream()>>>(
+                 x, gains, ys, rstd, rstd_pre, rows, eps, MixRows{});
            else if (int8)
-             rms_norm_rows_forward_kernel<V, L, K, true>
-                 <<<blocks, 256, 0, cuda::stream()>>>(x, gains, ys, rstd, rstd_pre, rows, eps);
+             rms_norm_rows_forward_kernel<V, L, K, true><<<blocks, 256, 0, cuda::stream()>>>(
+                 x, gains, ys, rstd, rstd_pre, rows, eps, MixRows{});
            else
-             rms_norm_rows_forward_kernel<V, L, K, false>
-                 <<<blocks, 256, 0, cuda::stream()>>>(x, gains, ys, rstd, rstd_pre, rows, eps);
+             rms_norm_rows_forward_kernel<V, L, K, false><<<blocks, 256, 0, cuda::stream()>>>(
+                 x, gains, ys, rstd, rstd_pre, rows, eps, MixRows{});
            TERNARY_CUDA_CHECK_LAUNCH("rms_norm_rows_forward_kernel");
          });
 }
@@ -553,45 +666,80 @@ template <int K>
 bool rows_backward(int blocks, const float* x, const float* rstd, RowPtrs<K> gains, RowPtrs<K> gs,
                    float* dx, float* partial, int64_t rows, int64_t D,
                    const float* dx_addend = nullptr, const float* rstd_pre = nullptr,
-                   bool relu2_in = false, bool bf16_rows = false, bool bf16_grads = false) {
+                   bool relu2_in = false, bool bf16_rows = false, bool bf16_grads = false,
+                   __nv_bfloat16* dx16 = nullptr, MixGrads mix = {}) {
   if (relu2_in && rstd_pre) return false;
-  if (bf16_rows && (!relu2_in || dx_addend || bf16_grads)) return false;
-  bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
-                 reinterpret_cast<uintptr_t>(dx) % 16 == 0 &&
-                 reinterpret_cast<uintptr_t>(dx_addend) % 16 == 0 &&
-                 reinterpret_cast<uintptr_t>(partial) % 16 == 0;
+  if (bf16_rows && (!relu2_in || dx_addend || bf16_grads || dx16)) return false;
+  if (mix.partial && (!bf16_grads || relu2_in || bf16_rows)) return false;
+  bool aligned =
+      reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(mix.a) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(mix.b) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(mix.x0) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(mix.dx_in) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(mix.prior_in) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(mix.dx0) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(mix.prior0) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(mix.partial) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(dx) % 16 == 0 && reinterpret_cast<uintptr_t>(dx16) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(dx_addend) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(partial) % 16 == 0;
   for (int k = 0; k < K; ++k)
     aligned = aligned && reinterpret_cast<uintptr_t>(gains.p[k]) % 16 == 0 &&
               reinterpret_cast<uintptr_t>(gs.p[k]) % 16 == 0;
   bool launched = false;
-  const bool vec = aligned && with_row_vec(D, {}, [&](auto v, auto l) {
-                     constexpr int V = decltype(v)::value, L = decltype(l)::value;
-                     constexpr size_t bytes = rows_backward_shared_bytes<V, L, K>();
-                     if constexpr (bytes <= 48 * 1024) {
-                       if (bf16_rows)
-                         rms_norm_rows_backward_kernel<V, L, K, true, true>
-                             <<<blocks, 256, partial ? bytes : 0, cuda::stream()>>>(
-                                 x, rstd, rstd_pre, gains, gs, dx, dx_addend, partial, rows);
-                       else if (bf16_grads && relu2_in)
-                         rms_norm_rows_backward_kernel<V, L, K, true, false, true>
-                             <<<blocks, 256, partial ? bytes : 0, cuda::stream()>>>(
-                                 x, rstd, rstd_pre, gains, gs, dx, dx_addend, partial, rows);
-                       else if (bf16_grads)
-                         rms_norm_rows_backward_kernel<V, L, K, false, false, true>
-                             <<<blocks, 256, partial ? bytes : 0, cuda::stream()>>>(
-                                 x, rstd, rstd_pre, gains, gs, dx, dx_addend, partial, rows);
-                       else if (relu2_in)
-                         rms_norm_rows_backward_kernel<V, L, K, true>
-                             <<<blocks, 256, partial ? bytes : 0, cuda::stream()>>>(
-                                 x, rstd, rstd_pre, gains, gs, dx, dx_addend, partial, rows);
-                       else
-                         rms_norm_rows_backward_kernel<V, L, K>
-                             <<<blocks, 256, partial ? bytes : 0, cuda::stream()>>>(
-                                 x, rstd, rstd_pre, gains, gs, dx, dx_addend, partial, rows);
-                       TERNARY_CUDA_CHECK_LAUNCH("rms_norm_rows_backward_kernel");
-                       launched = true;
-                     }
-                   });
+  if (mix.partial) {  // the block entry's mix behind the norm: its own instantiation
+    const bool vec =
+        aligned && with_row_vec(D, {}, [&](auto v, auto l) {
+          constexpr int V = decltype(v)::value, L = decltype(l)::value;
+          constexpr size_t slot_rows = size_t(256 / L) * (4 * V * L) * sizeof(float);
+          constexpr size_t most = (K + 2) * slot_rows;  // dgain rows, then the mix's two
+          if constexpr (most <= 160 * 1024) {
+            auto* kernel = rms_norm_rows_backward_kernel<V, L, K, false, false, true, true>;
+            static const bool opted = [&] {  // above 48 KB a kernel opts in, once
+              if (most > 48 * 1024)
+                TERNARY_CUDA_CHECK(cudaFuncSetAttribute(
+                    kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most)));
+              return true;
+            }();
+            (void)opted;
+            const size_t bytes = size_t((partial ? K : 0) + 2) * slot_rows;
+            kernel<<<blocks, 256, bytes, cuda::stream()>>>(x, rstd, rstd_pre, gains, gs, dx,
+                                                           dx_addend, partial, rows, dx16, mix);
+            TERNARY_CUDA_CHECK_LAUNCH("rms_norm_rows_backward_kernel");
+            launched = true;
+          }
+        });
+    return vec && launched;
+  }
+  const bool vec =
+      aligned && with_row_vec(D, {}, [&](auto v, auto l) {
+        constexpr int V = decltype(v)::value, L = decltype(l)::value;
+        constexpr size_t bytes = rows_backward_shared_bytes<V, L, K>();
+        if constexpr (bytes <= 48 * 1024) {
+          if (bf16_rows)
+            rms_norm_rows_backward_kernel<V, L, K, true, true>
+                <<<blocks, 256, partial ? bytes : 0, cuda::stream()>>>(
+                    x, rstd, rstd_pre, gains, gs, dx, dx_addend, partial, rows, dx16, MixGrads{});
+          else if (bf16_grads && relu2_in)
+            rms_norm_rows_backward_kernel<V, L, K, true, false, true>
+                <<<blocks, 256, partial ? bytes : 0, cuda::stream()>>>(
+                    x, rstd, rstd_pre, gains, gs, dx, dx_addend, partial, rows, dx16, MixGrads{});
+          else if (bf16_grads)
+            rms_norm_rows_backward_kernel<V, L, K, false, false, true>
+                <<<blocks, 256, partial ? bytes : 0, cuda::stream()>>>(
+                    x, rstd, rstd_pre, gains, gs, dx, dx_addend, partial, rows, dx16, MixGrads{});
+          else if (relu2_in)
+            rms_norm_rows_backward_kernel<V, L, K, true>
+                <<<blocks, 256, partial ? bytes : 0, cuda::stream()>>>(
+                    x, rstd, rstd_pre, gains, gs, dx, dx_addend, partial, rows, dx16, MixGrads{});
+          else
+            rms_norm_rows_backward_kernel<V, L, K>
+                <<<blocks, 256, partial ? bytes : 0, cuda::stream()>>>(
+                    x, rstd, rstd_pre, gains, gs, dx, dx_addend, partial, rows, dx16, MixGrads{});
+          TERNARY_CUDA_CHECK_LAUNCH("rms_norm_rows_backward_kernel");
+          launched = true;
+        }
+      });
   return vec && launched;
 }
 }  // namespace ternary::backend::cuda_detail
@@ -739,14 +887,15 @@ void rms_norm_int8_shared_forward(cuda, const Tensor<T, cuda>& x,
 // pre-norm when rstd_pre is defined (pre_eps must equal eps), relu(x)^2 with relu2_input (int8
 // only), else the identity, and q the int8 fake quantization when int8; gain_k undefined: no
 // gain. Rows of 64-1024 floats only: false (nothing written) otherwise, and the caller composes
-// the separate ops instead.
+// the separate ops instead. With mix (NormMix; not with relu2_input) x holds x_in and the rows
+// normalised are the block entry's mix, written to mix->x_out.
 template <class T, size_t K>
 bool rms_norm_bf16_forward(cuda, const Tensor<T, cuda>& x,
                            const std::array<Tensor<T, cuda>, K>& gains,
                            const std::array<Tensor<ternary::bf16, cuda>, K>& ys,
                            const Tensor<T, cuda>& rstd, double eps, bool int8,
                            const Tensor<T, cuda>& rstd_pre, double pre_eps,
-                           bool relu2_input = false) {
+                           bool relu2_input = false, const NormMix<T, cuda>* mix = nullptr) {
   static_assert(std::is_same_v<T, float>, "rms_norm_bf16_forward(cuda): float only");
   using namespace cuda_detail;
   const int64_t rows = x.size(0), D = x.size(1);
@@ -758,9 +907,14 @@ bool rms_norm_bf16_forward(cuda, const Tensor<T, cuda>& x,
     gp.p[k] = gains[k].defined() ? gains[k].data() : nullptr;
     yp.p[k] = reinterpret_cast<float*>(ys[k].data());
   }
+  MixRows mr;
+  if (mix) {
+    if (relu2_input) return false;
+    mr = MixRows{mix->a.data(), mix->b.data(), mix->x0.data(), mix->x_out.data()};
+  }
   return rows_forward<int(K)>(x.data(), gp, yp, rstd.data(), rows, D, eps, int8,
                               rstd_pre.defined() ? rstd_pre.data() : nullptr, /*bf16_out=*/true,
-                              relu2_input);
+                              relu2_input, /*bf16_in=*/false, mr);
 }
 
 // Its backward: dx (if defined) = the sum over k of RMSNorm's dx for g_k with gain_k, and
@@ -770,16 +924,19 @@ bool rms_norm_bf16_forward(cuda, const Tensor<T, cuda>& x,
 // added into dx (a gradient so far; it may be dx itself). relu2_input: the forward normalised
 // relu(x)^2 (rms_norm_bf16_forward's flag; the register kernels only, which that forward ran).
 // The g_k in T, or in bf16 (GradT = ternary::bf16: as the nodes' GEMMs write them; the register
-// kernels read them as they are, the other sizes widen them first).
+// kernels read them as they are, the other sizes widen them first). dx16 (if defined, with dx):
+// dx rounded to bf16 as well (Var::accumulate_grad_with_bf16), by the same pass. mix (the
+// forward's NormMix, bf16 g_k only): x holds x_in, and x's whole gradient (dx plus dx_addend)
+// goes on through the mix instead of to dx (undefined then).
 template <class T, size_t K, class GradT>
-void rms_norm_shared_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& rstd,
-                              const std::array<Tensor<T, cuda>, K>& gains,
-                              const std::array<Tensor<GradT, cuda>, K>& gs_in,
-                              const Tensor<T, cuda>& dx,
-                              const std::array<Tensor<T, cuda>, K>& dgains,
-                              const Tensor<T, cuda>& rstd_pre = Tensor<T, cuda>(),
-                              const Tensor<T, cuda>& dx_addend = Tensor<T, cuda>(),
-                              bool relu2_input = false) {
+void rms_norm_shared_backward(
+    cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& rstd,
+    const std::array<Tensor<T, cuda>, K>& gains, const std::array<Tensor<GradT, cuda>, K>& gs_in,
+    const Tensor<T, cuda>& dx, const std::array<Tensor<T, cuda>, K>& dgains,
+    const Tensor<T, cuda>& rstd_pre = Tensor<T, cuda>(),
+    const Tensor<T, cuda>& dx_addend = Tensor<T, cuda>(), bool relu2_input = false,
+    const Tensor<ternary::bf16, cuda>& dx16 = Tensor<ternary::bf16, cuda>(),
+    const NormMix<T, cuda>* mix = nullptr) {
   static_assert(std::is_same_v<T, float>, "rms_norm_shared_backward(cuda): float only");
   static_assert(std::is_same_v<GradT, T> || std::is_same_v<GradT, ternary::bf16>,
                 "rms_norm_shared_backward(cuda): gradients in float or bf16");
@@ -797,12 +954,22 @@ void rms_norm_shared_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cu
   for (const auto& d : dgains) any_dgain = any_dgain || d.defined();
   if (rows > 0 && D > 0) {
     auto partial = Tensor<T, cuda>::empty(Shape{any_dgain ? int64_t(K) * blocks : 0, D});
-    if (rows_backward<int(K)>(blocks, x.data(), rstd.data(), gp, gsp,
-                              dx.defined() ? dx.data() : nullptr,
-                              any_dgain ? partial.data() : nullptr, rows, D,
-                              dx_addend.defined() ? dx_addend.data() : nullptr,
-                              rstd_pre.defined() ? rstd_pre.data() : nullptr, relu2_input,
-                              /*bf16_rows=*/false, bf16_grads)) {
+    // With the block entry's mix (the forward's): its weights' partial sums, [2, blocks, D]
+    auto mix_partial = Tensor<T, cuda>::empty(Shape{mix ? 2 * int64_t(blocks) : 0, D});
+    MixGrads mg;
+    if (mix)
+      mg = MixGrads{mix->a.data(), mix->b.data(), mix->x0.data(), mix->dx_in,
+                    mix->prior_in, mix->dx0,      mix->prior0,    mix_partial.data()};
+    if (rows_backward<int(K)>(
+            blocks, x.data(), rstd.data(), gp, gsp, dx.defined() ? dx.data() : nullptr,
+            any_dgain ? partial.data() : nullptr, rows, D,
+            dx_addend.defined() ? dx_addend.data() : nullptr,
+            rstd_pre.defined() ? rstd_pre.data() : nullptr, relu2_input,
+            /*bf16_rows=*/false, bf16_grads,
+            dx16.defined() ? reinterpret_cast<__nv_bfloat16*>(dx16.data()) : nullptr, mg)) {
+      if (mix && mix->da.defined()) sum_columns(mix_partial.data(), mix->da.data(), blocks, D);
+      if (mix && mix->db.defined())
+        sum_columns(mix_partial.data() + int64_t(blocks) * D, mix->db.data(), blocks, D);
       for (size_t k = 0; k < K; ++k)
         if (dgains[k].defined()) {
           if (gs_in[k].defined())
@@ -813,6 +980,17 @@ void rms_norm_shared_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cu
         }
       return;
     }
+  }
+  if (mix && rows > 0 && D > 0)  // its forward ran the register kernel
+    throw Error(
+        detail::cat("rms_norm_shared_backward(cuda): the block entry's mix needs the "
+                    "register kernels and bf16 gradients (rows of 64-1024 floats, "
+                    "16-byte aligned), x ",
+                    x.shape()));
+  if (mix) {  // no rows: the sums are empty
+    if (mix->da.defined()) Tensor<T, cuda>(mix->da).fill(T(0));
+    if (mix->db.defined()) Tensor<T, cuda>(mix->db).fill(T(0));
+    return;
   }
   if (relu2_input && rows > 0 && D > 0)  // its forward ran the register kernel
     throw Error(
@@ -844,6 +1022,12 @@ void rms_norm_shared_backward(cuda, const Tensor<T, cuda>& x, const Tensor<T, cu
     } else {
       rms_norm_backward(cuda{}, x, Tensor<T, cuda>(), rstd, G, dx, Tensor<T, cuda>(), dx_addend);
     }
+  }
+  if (dx.defined() && dx16.defined()) {  // the bf16 copy of dx, by its own pass here
+    const auto r = to_bf16(cuda{}, dx);
+    TERNARY_CUDA_CHECK(cudaMemcpyAsync(dx16.data(), r.data(),
+                                       size_t(r.numel()) * sizeof(ternary::bf16),
+                                       cudaMemcpyDeviceToDevice, cuda::stream()));
   }
   for (size_t k = 0; k < K; ++k)
     if (dgains[k].defined()) {
