@@ -19,7 +19,7 @@ import time
 
 
 def profile_one_step(torch, step, accum: int) -> None:
-    """One step under torch.profiler: GPU time per kernel (top 30) and by kind, to stderr so the
+    """One step under torch.profiler: GPU time per kernel (top 50) and by kind, to stderr so the
     last stdout line stays the JSON summary."""
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -43,7 +43,7 @@ def profile_one_step(torch, step, accum: int) -> None:
           f"launches ({total / 1000 / accum:.2f} ms per micro-batch)", file=out)
     for k, t in sorted(by_kind.items(), key=lambda kv: -kv[1]):
         print(f"  {k:28s} {t / 1000:8.2f} ms {100 * t / total:5.1f}%", file=out)
-    for name, (t, n) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:30]:
+    for name, (t, n) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:50]:
         print(f"  {t / 1000:8.3f} ms {n:5d}x  {name[:140]}", file=out)
 
 
