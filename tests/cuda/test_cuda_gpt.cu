@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda_check.hpp"
@@ -63,6 +64,24 @@ void perturb(const nn::GPT<float>& h, uint64_t seed) {
   }
 }
 
+// Checks every parameter's gradient on the GPU against the CPU's (relative error < tol);
+// returns the worst error and its parameter's name.
+std::pair<double, std::string> check_gradients(const nn::GPT<float>& hm,
+                                               const nn::GPT<float, cuda>& dm, double tol) {
+  auto hp = hm.named_parameters();
+  auto dp = dm.named_parameters();
+  std::pair<double, std::string> worst{0.0, ""};
+  for (size_t i = 0; i < hp.size(); ++i) {
+    INFO("parameter " << hp[i].first);
+    REQUIRE(hp[i].second.grad().defined());
+    REQUIRE(dp[i].second.grad().defined());
+    const double e = rel_err(dp[i].second.grad(), hp[i].second.grad());
+    CHECK(e < tol);
+    if (e > worst.first) worst = {e, hp[i].first};
+  }
+  return worst;
+}
+
 }  // namespace
 
 TEST_CASE("cuda GPT: loss and every gradient match the CPU (fp32 and ternary)") {
@@ -81,21 +100,11 @@ TEST_CASE("cuda GPT: loss and every gradient match the CPU (fp32 and ternary)") 
     const double loss_tol = tern ? 1e-4 : 1e-5, grad_tol = tern ? 2e-2 : 1e-4;
     INFO((tern ? "ternary" : "fp32") << " loss cpu " << hl.item() << " gpu " << dl.item());
     CHECK(dl.item() == Approx(hl.item()).epsilon(loss_tol));
-    auto hp = hm.named_parameters();
-    auto dp = dm.named_parameters();
-    double worst = 0;
-    std::string worst_name;
-    for (size_t i = 0; i < hp.size(); ++i) {
-      INFO("parameter " << hp[i].first);
-      REQUIRE(hp[i].second.grad().defined());
-      REQUIRE(dp[i].second.grad().defined());
-      const double e = rel_err(dp[i].second.grad(), hp[i].second.grad());
-      CHECK(e < grad_tol);
-      if (e > worst) worst = e, worst_name = hp[i].first;
-    }
+    const auto worst = check_gradients(hm, dm, grad_tol);
     std::printf(
         "cuda GPT %s: loss cpu %.6f gpu %.6f; %zu gradients, worst relative error %.2e (%s)\n",
-        tern ? "ternary" : "fp32", hl.item(), dl.item(), hp.size(), worst, worst_name.c_str());
+        tern ? "ternary" : "fp32", hl.item(), dl.item(), hm.named_parameters().size(), worst.first,
+        worst.second.c_str());
   }
 }
 
@@ -124,19 +133,9 @@ TEST_CASE("cuda GPT with bf16 products: loss and gradients near the fp32 CPU's")
   CHECK(entries == 5 * (int(cfg.n_layers) - 1));  // per node: its join and its 4 outputs
   dl.backward();
   CHECK(dl.item() == Approx(hl.item()).epsilon(1e-2));
-  auto hp = hm.named_parameters();
-  auto dp = dm.named_parameters();
-  double worst = 0;
-  std::string worst_name;
-  for (size_t i = 0; i < hp.size(); ++i) {
-    INFO("parameter " << hp[i].first);
-    REQUIRE(dp[i].second.grad().defined());
-    const double e = rel_err(dp[i].second.grad(), hp[i].second.grad());
-    CHECK(e < 5e-2);
-    if (e > worst) worst = e, worst_name = hp[i].first;
-  }
+  const auto worst = check_gradients(hm, dm, 5e-2);
   std::printf("cuda GPT bf16: loss cpu %.6f gpu %.6f; worst relative gradient error %.2e (%s)\n",
-              hl.item(), dl.item(), worst, worst_name.c_str());
+              hl.item(), dl.item(), worst.first, worst.second.c_str());
 }
 
 TEST_CASE("cuda GPT: 20 golf-optimizer steps lower the loss and track the CPU run") {

@@ -82,6 +82,42 @@ std::array<Var<T, B>, K> rms_norm_linear_composed(const Var<T, B>& x,
   return y;
 }
 
+// The bf16 nodes' norm side (rms_norm_linear_bf16, mix_rms_norm_linear_bf16): the gains made
+// contiguous, the K bf16 activations the norm kernel writes (one shared by every k when there
+// are no gains and no int8), and their rstd (and the pre-norm's).
+template <size_t K, class T, class B>
+struct NormOperands {
+  std::array<Tensor<T, B>, K> gains_c;
+  std::array<Tensor<bf16, B>, K> h16;
+  Tensor<T, B> rstd, rstd_pre;
+  bool shared = false;
+};
+// Runs the norm kernel over x2d [rows, D] (with mix: x2d holds x_in, backend::NormMix); false
+// (nothing written) where the register kernels do not apply.
+template <size_t K, class T, class B>
+bool norm_forward_bf16(NormOperands<K, T, B>& o, const Tensor<T, B>& x2d,
+                       const std::array<Var<T, B>, K>& gains, double eps,
+                       std::optional<double> pre_eps, bool int8, bool relu2_input,
+                       const backend::NormMix<T, B>* mix = nullptr) {
+  const int64_t rows = x2d.size(0), D = x2d.size(1);
+  bool any_gain = false;
+  for (const auto& g : gains) any_gain = any_gain || g.defined();
+  o.shared = !any_gain && !int8;
+  for (size_t k = 0; k < K; ++k) {
+    if (gains[k].defined()) o.gains_c[k] = gains[k].value().contiguous();
+    o.h16[k] = o.shared && k > 0 ? o.h16[0] : Tensor<bf16, B>::empty(Shape{rows, D});
+  }
+  o.rstd = Tensor<T, B>::empty(Shape{rows});
+  o.rstd_pre = pre_eps ? Tensor<T, B>::empty(Shape{rows}) : Tensor<T, B>();
+  // (by argument-dependent lookup on the tag: backend/cuda/norm.cuh)
+  return o.shared
+             ? rms_norm_bf16_forward(B{}, x2d, std::array<Tensor<T, B>, 1>{},
+                                     std::array<Tensor<bf16, B>, 1>{o.h16[0]}, o.rstd, eps, false,
+                                     o.rstd_pre, pre_eps.value_or(0.0), relu2_input, mix)
+             : rms_norm_bf16_forward(B{}, x2d, o.gains_c, o.h16, o.rstd, eps, int8, o.rstd_pre,
+                                     pre_eps.value_or(0.0), relu2_input, mix);
+}
+
 // The fused tensor-core path; nullopt where its kernels do not apply.
 template <size_t K, class T, class B>
 std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
@@ -94,27 +130,13 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
     if (weights[k].dim() != 2 || weights[k].size(1) != D)
       throw ShapeError(ternary::detail::cat("rms_norm_linear: weight ", k, " of shape ",
                                             weights[k].shape(), " for inputs ", x.shape()));
-  bool any_gain = false;
-  for (const auto& g : gains) any_gain = any_gain || g.defined();
-  const bool shared = !any_gain && !int8;  // one activation serves every k
-  std::array<Tensor<T, B>, K> gains_c;
-  std::array<Tensor<bf16, B>, K> h16;
-  for (size_t k = 0; k < K; ++k) {
-    if (gains[k].defined()) gains_c[k] = gains[k].value().contiguous();
-    if (!shared || k == 0) h16[k] = Tensor<bf16, B>::empty(Shape{rows, D});
-  }
-  if (shared)
-    for (size_t k = 1; k < K; ++k) h16[k] = h16[0];
-  const Tensor<T, B> rstd = Tensor<T, B>::empty(Shape{rows});
-  const Tensor<T, B> rstd_pre = pre_eps ? Tensor<T, B>::empty(Shape{rows}) : Tensor<T, B>();
   const auto x2d = x_c.reshape(Shape{rows, D});
-  const bool ran =  // by argument-dependent lookup on the tag (backend/cuda/norm.cuh)
-      shared ? rms_norm_bf16_forward(B{}, x2d, std::array<Tensor<T, B>, 1>{},
-                                     std::array<Tensor<bf16, B>, 1>{h16[0]}, rstd, eps, false,
-                                     rstd_pre, pre_eps.value_or(0.0), relu2_input)
-             : rms_norm_bf16_forward(B{}, x2d, gains_c, h16, rstd, eps, int8, rstd_pre,
-                                     pre_eps.value_or(0.0), relu2_input);
-  if (!ran) return std::nullopt;
+  NormOperands<K, T, B> o;
+  if (!norm_forward_bf16(o, x2d, gains, eps, pre_eps, int8, relu2_input)) return std::nullopt;
+  const auto& gains_c = o.gains_c;
+  const auto& h16 = o.h16;
+  const auto& rstd = o.rstd;
+  const auto& rstd_pre = o.rstd_pre;
   std::array<Tensor<bf16, B>, K> w16;
   std::array<Tensor<T, B>, K> ys;
   for (size_t k = 0; k < K; ++k) {
@@ -172,31 +194,17 @@ std::optional<MixedProjections<K, T, B>> mix_rms_norm_linear_bf16(
     const Tensor<T, B> xin_c = mix.x_in.value().contiguous(), x0_c = mix.x0.value().contiguous();
     const int64_t D = xin_c.size(-1), rows = D ? xin_c.numel() / D : 0;
     const Shape rows_d{rows, D};
-    bool any_gain = false;
-    for (const auto& g : gains) any_gain = any_gain || g.defined();
-    const bool shared = !any_gain && !int8;  // one activation serves every k
-    std::array<Tensor<T, B>, K> gains_c;
-    std::array<Tensor<bf16, B>, K> h16;
-    for (size_t k = 0; k < K; ++k) {
-      if (gains[k].defined()) gains_c[k] = gains[k].value().contiguous();
-      if (!shared || k == 0) h16[k] = Tensor<bf16, B>::empty(rows_d);
-    }
-    if (shared)
-      for (size_t k = 1; k < K; ++k) h16[k] = h16[0];
-    const Tensor<T, B> rstd = Tensor<T, B>::empty(Shape{rows});
-    const Tensor<T, B> rstd_pre = pre_eps ? Tensor<T, B>::empty(Shape{rows}) : Tensor<T, B>();
     const auto xin2d = xin_c.reshape(rows_d), x02d = x0_c.reshape(rows_d);
     const Tensor<T, B> a_c = mix.a.value().contiguous(), b_c = mix.b.value().contiguous();
     auto x = Tensor<T, B>::empty(xin_c.shape());
     backend::NormMix<T, B> fwd;
     fwd.a = a_c, fwd.b = b_c, fwd.x0 = x02d, fwd.x_out = x.reshape(rows_d);
-    const bool ran =  // by argument-dependent lookup on the tag (backend/cuda/norm.cuh)
-        shared ? rms_norm_bf16_forward(B{}, xin2d, std::array<Tensor<T, B>, 1>{},
-                                       std::array<Tensor<bf16, B>, 1>{h16[0]}, rstd, eps, false,
-                                       rstd_pre, pre_eps.value_or(0.0), false, &fwd)
-               : rms_norm_bf16_forward(B{}, xin2d, gains_c, h16, rstd, eps, int8, rstd_pre,
-                                       pre_eps.value_or(0.0), false, &fwd);
-    if (!ran) return std::nullopt;
+    NormOperands<K, T, B> o;
+    if (!norm_forward_bf16(o, xin2d, gains, eps, pre_eps, int8, false, &fwd)) return std::nullopt;
+    const auto& gains_c = o.gains_c;
+    const auto& h16 = o.h16;
+    const auto& rstd = o.rstd;
+    const auto& rstd_pre = o.rstd_pre;
     std::array<Tensor<bf16, B>, K> w16;
     std::array<Tensor<T, B>, K + 1> outs;
     outs[0] = x;
