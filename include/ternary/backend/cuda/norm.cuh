@@ -6,7 +6,10 @@
 //             chunk of rows each into a partial row, and the partial rows are summed by
 //             reduce_sum (deterministic: no atomics).
 //   Rows of 64, 128, 256, 512 or 1024 floats (the GPT's) take register-resident variants of
-//   both: each row is read from memory once, as float4.
+//   both: each row is read from memory once, as float4. Those also serve the fused nodes of
+//   quant/ and ops/norm_mlp.hpp: K outputs with their own gains, a pre-norm, int8 and bf16
+//   outputs, relu^2 inputs, bf16 gradients, a bf16 copy of dx, and the GPT block entry's mix
+//   in front (MixRows / MixGrads: x = a x_in + b x0 formed in registers, its gradient passed on).
 #pragma once
 
 #ifndef __CUDACC__
