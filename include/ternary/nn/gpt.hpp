@@ -176,13 +176,10 @@ class CausalSelfAttention : public Module<T, B> {
                                                                     const VarT& b, const VarT& x0,
                                                                     double eps) const {
     const quant::BlockMix<T, B> mix{a, x_in, b, x0};
-    if (const auto bit = fused_qkv(); bit[0])
-      return quant::detail::mix_rms_norm_linear_bf16<3>(
-          mix, {bit[0]->norm()->gain(), bit[1]->norm()->gain(), bit[2]->norm()->gain()},
-          {bit[0]->quantized_weight(), bit[1]->quantized_weight(), bit[2]->quantized_weight()},
-          bit[0]->norm()->eps(), eps, true);
-    if (const auto w = plain_qkv(); w[0].defined())
-      return quant::detail::mix_rms_norm_linear_bf16<3>(mix, {}, w, eps, std::nullopt, false);
+    if (!quant::detail::mix_node_serves(mix)) return std::nullopt;  // (before quantizing weights)
+    if (const auto o = qkv_operands(eps))
+      return quant::detail::mix_rms_norm_linear_bf16<3>(mix, o->gains, o->weights, o->eps,
+                                                        o->pre_eps, o->int8);
     return std::nullopt;
   }
   // The q, k, v projections of x. When all three are BitLinears that normalise and quantize
@@ -198,14 +195,31 @@ class CausalSelfAttention : public Module<T, B> {
   // input, or behind the pre-norm bias-free Linears; else nullopt.
   std::optional<std::array<VarT, 3>> fused_projections(const VarT& x,
                                                        std::optional<double> pre_eps) const {
+    if (const auto o = qkv_operands(pre_eps))
+      return quant::rms_norm_linear<3>(x, o->gains, o->weights, o->eps, o->pre_eps, o->int8);
+    return std::nullopt;
+  }
+  // The arguments of that one rms_norm_linear (or mix_rms_norm_linear): BitLinears that
+  // normalise and quantize their input (their gains, quantized weights and eps, the block norm
+  // as the pre-norm, int8), or, behind the block norm (pre_eps given), bias-free Linears; else
+  // nullopt.
+  struct QkvOperands {
+    std::array<VarT, 3> gains, weights;
+    double eps;
+    std::optional<double> pre_eps;
+    bool int8;
+  };
+  std::optional<QkvOperands> qkv_operands(std::optional<double> pre_eps) const {
     if (const auto b = fused_qkv(); b[0])
-      return quant::rms_norm_linear<3>(
-          x, {b[0]->norm()->gain(), b[1]->norm()->gain(), b[2]->norm()->gain()},
+      return QkvOperands{
+          {b[0]->norm()->gain(), b[1]->norm()->gain(), b[2]->norm()->gain()},
           {b[0]->quantized_weight(), b[1]->quantized_weight(), b[2]->quantized_weight()},
-          b[0]->norm()->eps(), pre_eps, true);
+          b[0]->norm()->eps(),
+          pre_eps,
+          true};
     if (pre_eps)
       if (const auto w = plain_qkv(); w[0].defined())
-        return quant::rms_norm_linear<3>(x, {}, w, *pre_eps, std::nullopt, false);
+        return QkvOperands{{}, w, *pre_eps, std::nullopt, false};
     return std::nullopt;
   }
   // The q, k, v BitLinears when all three normalise and quantize their input with one eps

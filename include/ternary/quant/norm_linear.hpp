@@ -82,6 +82,27 @@ std::array<Var<T, B>, K> rms_norm_linear_composed(const Var<T, B>& x,
   return y;
 }
 
+// Argument checks of rms_norm_linear and mix_rms_norm_linear (op names the caller in errors):
+// each weight [out, D] for inputs of shape in (D their last axis); with int8, a gain for each
+// projection.
+template <size_t K, class T, class B>
+void check_weights(const char* op, const std::array<Var<T, B>, K>& weights, int64_t D,
+                   const Shape& in) {
+  for (size_t k = 0; k < K; ++k)
+    if (weights[k].dim() != 2 || weights[k].size(1) != D)
+      throw ShapeError(ternary::detail::cat(op, ": weight ", k, " of shape ", weights[k].shape(),
+                                            " for inputs ", in));
+}
+template <size_t K, class T, class B>
+void check_int8_gains(const char* op, const std::array<Var<T, B>, K>& gains, bool int8) {
+  if (int8)
+    for (size_t k = 0; k < K; ++k)
+      if (!gains[k].defined())
+        throw Error(ternary::detail::cat(
+            op, ": int8 activations are BitLinear's, which has a gain (projection ", k,
+            " has none)"));
+}
+
 // The bf16 nodes' norm side (rms_norm_linear_bf16, mix_rms_norm_linear_bf16): the gains made
 // contiguous, the K bf16 activations the norm kernel writes (one shared by every k when there
 // are no gains and no int8), and their rstd (and the pre-norm's).
@@ -126,10 +147,7 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
     bool relu2_input, const Residual<T, B>* residual) {
   const Tensor<T, B> x_c = x.value().contiguous();
   const int64_t D = x_c.size(-1), rows = D ? x_c.numel() / D : 0;
-  for (size_t k = 0; k < K; ++k)  // before any work
-    if (weights[k].dim() != 2 || weights[k].size(1) != D)
-      throw ShapeError(ternary::detail::cat("rms_norm_linear: weight ", k, " of shape ",
-                                            weights[k].shape(), " for inputs ", x.shape()));
+  check_weights("rms_norm_linear", weights, D, x.shape());  // before any work
   const auto x2d = x_c.reshape(Shape{rows, D});
   NormOperands<K, T, B> o;
   if (!norm_forward_bf16(o, x2d, gains, eps, pre_eps, int8, relu2_input)) return std::nullopt;
@@ -180,6 +198,17 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
       });
 }
 
+// Whether mix_rms_norm_linear's one node may serve: CUDA with bf16 products, and x_in and x0
+// two variables (the row size is the kernels' to judge). A caller that builds the projections'
+// operands only for the node (the GPT quantizes its BitLinear weights) asks first.
+template <class T, class B>
+bool mix_node_serves(const BlockMix<T, B>& mix) {
+  if constexpr (B::on_host || !std::is_same_v<T, float>)
+    return false;
+  else
+    return backend::bf16_products(B{}) && !mix.x_in.same_node(mix.x0);
+}
+
 // mix_rms_norm_linear's one node (CUDA, bf16 products): rms_norm_linear_bf16's with the mix in
 // front, x its first output; nullopt where the kernels do not apply (rows outside 64-1024
 // floats, x_in and x0 one variable, a relu2 input), and the caller composes.
@@ -190,7 +219,7 @@ std::optional<MixedProjections<K, T, B>> mix_rms_norm_linear_bf16(
   if constexpr (B::on_host || !std::is_same_v<T, float>) {
     return std::nullopt;
   } else {
-    if (!backend::bf16_products(B{}) || mix.x_in.same_node(mix.x0)) return std::nullopt;
+    if (!mix_node_serves(mix)) return std::nullopt;
     const Tensor<T, B> xin_c = mix.x_in.value().contiguous(), x0_c = mix.x0.value().contiguous();
     const int64_t D = xin_c.size(-1), rows = D ? xin_c.numel() / D : 0;
     const Shape rows_d{rows, D};
@@ -287,12 +316,7 @@ std::array<Var<T, B>, K> rms_norm_linear(const Var<T, B>& x, const std::array<Va
     ternary::detail::check_residual_shapes("rms_norm_linear", residual->x.shape(),
                                            residual->scale.shape(), x.shape(), weights[0].size(0));
   }
-  if (int8)
-    for (size_t k = 0; k < K; ++k)
-      if (!gains[k].defined())
-        throw Error(ternary::detail::cat(
-            "rms_norm_linear: int8 activations are BitLinear's, which has a gain (projection ", k,
-            " has none)"));
+  detail::check_int8_gains("rms_norm_linear", gains, int8);
   if constexpr (!B::on_host && std::is_same_v<T, float>) {
     if (backend::bf16_products(B{}))
       if (auto y = detail::rms_norm_linear_bf16<K>(x, gains, weights, eps, pre_eps, int8,
@@ -329,17 +353,8 @@ MixedProjections<K, T, B> mix_rms_norm_linear(const BlockMix<T, B>& mix,
   if (!(mix.a.shape() == Shape{D}) || !(mix.b.shape() == Shape{D}))
     throw ShapeError(ternary::detail::cat("mix_rms_norm_linear: the mix weights must be [", D,
                                           "], got ", mix.a.shape(), " and ", mix.b.shape()));
-  for (size_t k = 0; k < K; ++k)
-    if (weights[k].dim() != 2 || weights[k].size(1) != D)
-      throw ShapeError(ternary::detail::cat("mix_rms_norm_linear: weight ", k, " of shape ",
-                                            weights[k].shape(), " for inputs ", xs));
-  if (int8)
-    for (size_t k = 0; k < K; ++k)
-      if (!gains[k].defined())
-        throw Error(
-            ternary::detail::cat("mix_rms_norm_linear: int8 activations are BitLinear's, "
-                                 "which has a gain (projection ",
-                                 k, " has none)"));
+  detail::check_weights("mix_rms_norm_linear", weights, D, xs);
+  detail::check_int8_gains("mix_rms_norm_linear", gains, int8);
   if (auto fused = detail::mix_rms_norm_linear_bf16<K>(mix, gains, weights, eps, pre_eps, int8))
     return *fused;
   MixedProjections<K, T, B> out{channel_mix(mix.a, mix.x_in, mix.b, mix.x0), {}};

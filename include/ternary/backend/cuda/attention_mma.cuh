@@ -752,14 +752,6 @@ struct FlashSmem {
   static constexpr size_t dq_from_ds = kDsStages * (64 * 64 + C::TILE) * sizeof(bf16);
 };
 
-// Above 48 KB a kernel must opt in to its dynamic shared memory, once per kernel.
-template <class Kernel>
-void allow_dynamic_smem(Kernel kernel, size_t bytes) {
-  if (bytes > 48 * 1024)
-    TERNARY_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-}
-
 // x [B, H, T, D] (unit-stride head axis) as bf16 [B, H, T, DM]; with `other` (same shape),
 // also di = rowsum(x * other) [B, H, T].
 template <int DM>

@@ -265,6 +265,13 @@ struct Scratch {
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
 };
+// Above 48 KB a kernel must opt in to its dynamic shared memory, once per kernel.
+template <class Kernel>
+void allow_dynamic_smem(Kernel kernel, size_t bytes) {
+  if (bytes > 48 * 1024)
+    TERNARY_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
 }  // namespace cuda_detail
 
 // ---- every CUDA kernel entry point, declared before core/tensor.hpp and the ops ----------

@@ -19,6 +19,7 @@
 #include <type_traits>
 
 #include "ternary/backend/cpu/loss.hpp"          // CrossEntropySums
+#include "ternary/backend/cuda/bf16_vec.cuh"     // store_bf16x4
 #include "ternary/backend/cuda/elementwise.cuh"  // launch_for
 #include "ternary/backend/cuda/reduce.cuh"
 
@@ -153,11 +154,7 @@ __device__ __forceinline__ void store_grad4(float* p, float4 v) {
   *reinterpret_cast<float4*>(p) = v;
 }
 __device__ __forceinline__ void store_grad4(__nv_bfloat16* p, float4 v) {
-  const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
-  uint2 raw;
-  raw.x = *reinterpret_cast<const uint32_t*>(&lo);
-  raw.y = *reinterpret_cast<const uint32_t*>(&hi);
-  *reinterpret_cast<uint2*>(p) = raw;
+  store_bf16x4(p, v);
 }
 
 // One warp per row, float4 loads and stores where the rows allow.

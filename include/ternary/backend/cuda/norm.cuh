@@ -698,12 +698,7 @@ bool rows_backward(int blocks, const float* x, const float* rstd, RowPtrs<K> gai
           constexpr size_t most = (K + 2) * slot_rows;  // dgain rows, then the mix's two
           if constexpr (most <= 160 * 1024) {
             auto* kernel = rms_norm_rows_backward_kernel<V, L, K, false, false, true, true>;
-            static const bool opted = [&] {  // above 48 KB a kernel opts in, once
-              if (most > 48 * 1024)
-                TERNARY_CUDA_CHECK(cudaFuncSetAttribute(
-                    kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most)));
-              return true;
-            }();
+            static const bool opted = (allow_dynamic_smem(kernel, most), true);
             (void)opted;
             const size_t bytes = size_t((partial ? K : 0) + 2) * slot_rows;
             kernel<<<blocks, 256, bytes, cuda::stream()>>>(x, rstd, rstd_pre, gains, gs, dx,
