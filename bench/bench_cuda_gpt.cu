@@ -7,7 +7,13 @@
 //
 //   ./build-cuda/bench/bench_cuda_gpt [--layers 9 --dim 512 --heads 8 --kv-heads 4 --mlp-mult 2
 //       --vocab 1024 --seq 1024] [--batch 64] [--accum 8] [--steps 3] [--warmup 1]
-//       [--ternary] [--tf32 | --bf16]
+//       [--ternary] [--tf32 | --bf16] [--phases]
+//
+// A step runs as train::train_loop runs it: the micro-batches' forward and backward passes
+// without waiting for the device (the losses are read once, after the last), then the clip and
+// the update. --phases times the forward, backward and clip + update passes instead, each
+// ended by a synchronisation: that breakdown costs the waits (the device idles while the host
+// catches up after each), so its ms/step is higher.
 //
 // Progress goes to stderr; stdout has a summary line, then (last line) one JSON object:
 // ms_per_step, tokens_per_s, model TFLOP/s and an MFU estimate (model FLOPs: 6 * parameters *
@@ -35,7 +41,7 @@ namespace {
   std::fprintf(stderr,
                "bench_cuda_gpt: bad argument '%s'\nflags: --layers N --dim N --heads N "
                "--kv-heads N --mlp-mult N --vocab N --seq N --batch N --accum N --steps N "
-               "--warmup N --peak-tflops X --ternary --tf32 --bf16\n",
+               "--warmup N --peak-tflops X --ternary --tf32 --bf16 --phases\n",
                bad);
   std::exit(2);
 }
@@ -47,7 +53,7 @@ int main(int argc, char** argv) {
   c.vocab_size = 1024;
   c.ternary = false;
   int64_t seq = 1024, batch = 16, accum = 1, steps = 3, warmup = 1;
-  bool tf32 = false, bf16 = false;
+  bool tf32 = false, bf16 = false, phases = false;
   double peak_tflops = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -85,6 +91,8 @@ int main(int argc, char** argv) {
       tf32 = true;
     else if (a == "--bf16")
       bf16 = true;
+    else if (a == "--phases")
+      phases = true;
     else if (a == "--peak-tflops" && i + 1 < argc)
       peak_tflops = std::atof(argv[++i]);
     else
@@ -115,18 +123,36 @@ int main(int argc, char** argv) {
       ys.push_back(to_device(ids.slice(1, 1, seq + 1).contiguous()));
     }
     int64_t micro = 0;
-    // Seconds spent in forward (to the loss on the host), backward, and clip + update, summed
-    // over the timed steps (each phase ends with a device synchronisation).
+    // With --phases: seconds spent in forward (to the loss on the host), backward, and clip +
+    // update, summed over the timed steps (each phase ends with a device synchronisation).
     double t_fwd = 0, t_bwd = 0, t_opt = 0;
+    std::vector<Tensor<float, cuda>> micro_losses;
     auto now = [] {
       cuda::synchronize();
       return std::chrono::steady_clock::now();
     };
     auto secs_since = [&](auto t) { return std::chrono::duration<double>(now() - t).count(); };
-    auto step = [&] {
-      double total = 0;
+    auto step_as_train_loop = [&] {
+      micro_losses.clear();
       {
         quant::QuantizedWeightCache quantize_once;  // as train_loop: fixed until opt.step()
+        for (int64_t a = 0; a < accum; ++a, ++micro) {
+          auto loss = model.loss(xs[micro % kBatches], ys[micro % kBatches]);
+          micro_losses.push_back(loss.value());
+          (accum > 1 ? loss * (1.0f / float(accum)) : loss).backward();
+        }
+      }
+      double total = 0;
+      for (const auto& l : micro_losses) total += double(l.item());
+      optim::clip_grad_norm(params, 1.0);
+      opt.step();
+      opt.zero_grad();
+      return total / double(accum);
+    };
+    auto step_in_phases = [&] {
+      double total = 0;
+      {
+        quant::QuantizedWeightCache quantize_once;
         for (int64_t a = 0; a < accum; ++a, ++micro) {
           auto t = now();
           auto loss = model.loss(xs[micro % kBatches], ys[micro % kBatches]);
@@ -144,6 +170,7 @@ int main(int argc, char** argv) {
       t_opt += secs_since(t);
       return total / double(accum);
     };
+    auto step = [&] { return phases ? step_in_phases() : step_as_train_loop(); };
     for (int64_t i = 0; i < warmup; ++i) {
       const auto t0 = std::chrono::steady_clock::now();
       const double l = step();
@@ -184,23 +211,25 @@ int main(int argc, char** argv) {
         n_params / 1e6, (long long)tokens, (long long)batch, (long long)seq, (long long)accum, ms,
         tokens * double(steps) / secs, tflops, 100.0 * tflops / peak_tflops, peak_tflops, peak_gib,
         loss);
-    std::printf("phases per step: forward %.1f ms, backward %.1f ms, clip + optimizer %.1f ms\n",
-                1e3 * t_fwd / double(steps), 1e3 * t_bwd / double(steps),
-                1e3 * t_opt / double(steps));
+    if (phases)
+      std::printf("phases per step: forward %.1f ms, backward %.1f ms, clip + optimizer %.1f ms\n",
+                  1e3 * t_fwd / double(steps), 1e3 * t_bwd / double(steps),
+                  1e3 * t_opt / double(steps));
     std::printf(
         "{\"device\": \"%s\", \"ternary\": %s, \"tf32\": %s, \"bf16\": %s, \"layers\": %lld, "
         "\"dim\": %lld, "
         "\"heads\": %lld, \"kv_heads\": %lld, \"mlp_mult\": %lld, \"vocab\": %lld, \"seq\": %lld, "
         "\"batch\": %lld, \"accum\": %lld, \"tokens_per_step\": %.0f, \"steps\": %lld, "
-        "\"params\": %.0f, \"ms_per_step\": %.2f, \"forward_ms\": %.2f, \"backward_ms\": %.2f, "
+        "\"params\": %.0f, \"ms_per_step\": %.2f, \"phases\": %s, \"forward_ms\": %.2f, "
+        "\"backward_ms\": %.2f, "
         "\"optimizer_ms\": %.2f, \"tokens_per_s\": %.1f, \"tflops\": %.3f, "
         "\"peak_tflops\": %.1f, \"mfu\": %.4f, \"peak_gpu_gib\": %.3f, \"loss\": %.4f}\n",
         prop.name, c.ternary ? "true" : "false", tf32 ? "true" : "false", bf16 ? "true" : "false",
         (long long)c.n_layers, (long long)c.dim, (long long)c.n_heads, (long long)c.n_kv_heads,
         (long long)c.mlp_mult, (long long)c.vocab_size, (long long)seq, (long long)batch,
-        (long long)accum, tokens, (long long)steps, n_params, ms, 1e3 * t_fwd / double(steps),
-        1e3 * t_bwd / double(steps), 1e3 * t_opt / double(steps), tokens * double(steps) / secs,
-        tflops, peak_tflops, tflops / peak_tflops, peak_gib, loss);
+        (long long)accum, tokens, (long long)steps, n_params, ms, phases ? "true" : "false",
+        1e3 * t_fwd / double(steps), 1e3 * t_bwd / double(steps), 1e3 * t_opt / double(steps),
+        tokens * double(steps) / secs, tflops, peak_tflops, tflops / peak_tflops, peak_gib, loss);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_cuda_gpt: %s\n", e.what());
     return 1;

@@ -3,11 +3,11 @@
 //
 //   y[i..., :] = table[ids[i...], :]        dtable[v, :] = sum over i with ids[i] = v of g[i, :]
 //
-// Every id must lie in [0, V); otherwise IndexError names the id and its position in ids.
+// Every id must lie in [0, V); otherwise IndexError names the id and its position in ids (on
+// CUDA the kernel finds it, and the error is thrown at the next synchronisation).
 #pragma once
 
 #include <cstdint>
-#include <vector>
 
 #include "ternary/autograd/var.hpp"
 #include "ternary/backend/cpu/embedding.hpp"
@@ -16,24 +16,23 @@ namespace ternary {
 
 namespace detail {
 
-// Throws IndexError for the first id outside [0, V), naming its value and position.
+// Throws IndexError for the first id outside [0, V), naming its value and position. Device
+// ids are checked by the kernel instead (no host copy and no wait; the error is thrown at the
+// next synchronisation: backend/cuda/embedding.cuh).
 template <class B>
 void check_embedding_ids(const Tensor<int32_t, B>& ids_c, const Shape& ids_shape, int64_t V) {
-  const int32_t* id = ids_c.data();
-  std::vector<int32_t> host_ids;  // device ids are checked from a host copy
-  if constexpr (!B::on_host) {
-    host_ids = ids_c.to_vector();
-    id = host_ids.data();
-  }
-  for (int64_t i = 0; i < ids_c.numel(); ++i) {
-    if (id[i] >= 0 && id[i] < V) continue;
-    Dims pos = Dims::filled(ids_shape.size(), 0);
-    for (int64_t d = ids_shape.size() - 1, f = i; d >= 0; --d) {
-      pos[int(d)] = f % ids_shape[int(d)];
-      f /= ids_shape[int(d)];
+  if constexpr (B::on_host) {
+    const int32_t* id = ids_c.data();
+    for (int64_t i = 0; i < ids_c.numel(); ++i) {
+      if (id[i] >= 0 && id[i] < V) continue;
+      Dims pos = Dims::filled(ids_shape.size(), 0);
+      for (int64_t d = ids_shape.size() - 1, f = i; d >= 0; --d) {
+        pos[int(d)] = f % ids_shape[int(d)];
+        f /= ids_shape[int(d)];
+      }
+      throw IndexError(detail::cat("embedding: id ", id[i], " at position ", pos, " of ids ",
+                                   ids_shape, " is out of range for a table of ", V, " rows"));
     }
-    throw IndexError(detail::cat("embedding: id ", id[i], " at position ", pos, " of ids ",
-                                 ids_shape, " is out of range for a table of ", V, " rows"));
   }
 }
 

@@ -32,7 +32,9 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "ternary/core/error.hpp"
@@ -192,6 +194,80 @@ struct MathMode {
   }
 };
 
+// Index checks made by kernels instead of host copies (the embedding's ids, cross-entropy's
+// targets): a host check would copy the indices to the host and wait for the device once per
+// forward, and the device would idle until the host caught up again. A kernel that meets an
+// index outside its range reports the first one into a fault slot in device memory, treats it
+// as harmless (a zero row, an ignored target), and the host throws IndexError at its next
+// synchronisation with the device (copies to the host, cuda::synchronize()), naming the op, the
+// index and its position, as the host check did, only later. The host side of each check (op,
+// shape, range) is registered at launch; the kernel reports its number. A fault is thrown once,
+// then cleared. A synchronisation with no check registered since the last one costs nothing
+// more; otherwise one 24-byte copy.
+struct IndexCheck {
+  std::string op, what;  // e.g. "embedding", "id"
+  Shape shape;           // the indices' shape (a position is reported in it)
+  std::string range;     // the valid range in words ("a table of 1024 rows")
+};
+// What a kernel writes (backend/cuda/index_fault.cuh).
+struct IndexFault {
+  unsigned int flag;  // 0: none; set once by atomicCAS
+  int check;          // the IndexCheck's number
+  long long position, value;
+};
+class IndexFaults {
+ public:
+  static IndexFaults& instance() {
+    static IndexFaults f;
+    return f;
+  }
+  // Registers a check; returns the device slot a kernel reports through, and the check's number.
+  std::pair<IndexFault*, int> add(IndexCheck c, cudaStream_t stream) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!device_) {
+      TERNARY_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&device_), sizeof(IndexFault)));
+      TERNARY_CUDA_CHECK(cudaMemsetAsync(device_, 0, sizeof(IndexFault), stream));
+    }
+    checks_.push_back(std::move(c));
+    return {device_, int(checks_.size() - 1)};
+  }
+  // Whether so many checks wait that the caller should synchronise first (a loop that never
+  // reads a device value would otherwise grow the list without bound).
+  bool crowded() const { return checks_.size() >= 4096; }
+  // After `stream` has synchronised: throws the reported fault, if any; forgets the checks.
+  void raise_if_any(cudaStream_t stream) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (checks_.empty()) return;
+    IndexFault f{};
+    TERNARY_CUDA_CHECK(cudaMemcpyAsync(&f, device_, sizeof f, cudaMemcpyDeviceToHost, stream));
+    TERNARY_CUDA_CHECK(cudaStreamSynchronize(stream));
+    if (f.flag == 0) {
+      checks_.clear();
+      return;
+    }
+    TERNARY_CUDA_CHECK(cudaMemsetAsync(device_, 0, sizeof(IndexFault), stream));
+    const IndexCheck c =
+        f.check >= 0 && size_t(f.check) < checks_.size() ? checks_[size_t(f.check)] : IndexCheck{};
+    checks_.clear();
+    Dims at = Dims::filled(int(c.shape.size()), 0);
+    for (int64_t d = int64_t(c.shape.size()) - 1, rest = f.position; d >= 0; --d) {
+      const int64_t n = c.shape[int(d)];
+      at[int(d)] = n ? rest % n : 0;
+      rest = n ? rest / n : 0;
+    }
+    throw IndexError(detail::cat(c.op, ": ", c.what, " ", f.value, " at position ", at, " of ",
+                                 c.what, "s ", c.shape, " is out of range for ", c.range,
+                                 " (found by the kernel; reported at the next synchronisation "
+                                 "with the device)"));
+  }
+
+ private:
+  IndexFaults() = default;
+  IndexFault* device_ = nullptr;  // (never freed: it lives as long as the process)
+  std::vector<IndexCheck> checks_;
+  std::mutex mutex_;
+};
+
 }  // namespace backend::cuda_detail
 
 namespace backend {
@@ -210,20 +286,30 @@ struct cuda {
     TERNARY_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, stream()));
   }
   // Host <-> device: synchronous (the host buffer may be reused as soon as these return).
+  // Each synchronisation also raises an index fault a kernel reported (IndexFaults).
   static void copy_to_host(void* dst, const void* src, size_t bytes) {
     if (bytes == 0) return;
     TERNARY_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream()));
-    TERNARY_CUDA_CHECK(cudaStreamSynchronize(stream()));
+    synchronize();
   }
   static void copy_from_host(void* dst, const void* src, size_t bytes) {
     if (bytes == 0) return;
     TERNARY_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream()));
-    TERNARY_CUDA_CHECK(cudaStreamSynchronize(stream()));
+    synchronize();
   }
 
   static cudaStream_t stream() { return cuda_detail::Context::instance().stream; }
   static cublasHandle_t blas() { return cuda_detail::Context::instance().blas; }
-  static void synchronize() { TERNARY_CUDA_CHECK(cudaStreamSynchronize(stream())); }
+  static void synchronize() {
+    TERNARY_CUDA_CHECK(cudaStreamSynchronize(stream()));
+    cuda_detail::IndexFaults::instance().raise_if_any(stream());
+  }
+  // The device slot for a kernel's index check, and the check's number (IndexFaults).
+  static std::pair<cuda_detail::IndexFault*, int> index_check(cuda_detail::IndexCheck c) {
+    auto& faults = cuda_detail::IndexFaults::instance();
+    if (faults.crowded()) synchronize();
+    return faults.add(std::move(c), stream());
+  }
   // fp32 GEMMs on tensor cores in TF32 (10-bit mantissa inputs, fp32 accumulation): about
   // 1e-3 relative error instead of ~1e-6, several times faster. Off by default.
   static void set_tf32(bool on) { cuda_detail::MathMode::instance().tf32 = on; }
@@ -296,16 +382,17 @@ Tensor<bf16, cuda> relu2_to_bf16(cuda, const Tensor<T, cuda>& x);
 template <class T>
 void gemm_bf16(cuda, const MatView<const bf16>& a, const MatView<const bf16>& b,
                const MatView<T>& c, T alpha, T beta);
-struct CrossEntropySums;
 template <class T>
-CrossEntropySums cross_entropy_forward(cuda, const Tensor<T, cuda>& logits,
-                                       const Tensor<int32_t, cuda>& targets, int32_t ignore_index,
-                                       T cap, const Tensor<T, cuda>& zmax,
-                                       const Tensor<T, cuda>& logsum);
+void cross_entropy_forward(cuda, const Tensor<T, cuda>& logits,
+                           const Tensor<int32_t, cuda>& targets, int32_t ignore_index, T cap,
+                           const Tensor<T, cuda>& zmax, const Tensor<T, cuda>& logsum,
+                           const Tensor<T, cuda>& loss, const Tensor<double, cuda>& count,
+                           const char* op, const Shape& targets_shape);
 template <class T, class DX>
 void cross_entropy_backward(cuda, const Tensor<T, cuda>& logits,
                             const Tensor<int32_t, cuda>& targets, int32_t ignore_index, T cap,
-                            const Tensor<T, cuda>& zmax, const Tensor<T, cuda>& logsum, T scale,
+                            const Tensor<T, cuda>& zmax, const Tensor<T, cuda>& logsum,
+                            const Tensor<T, cuda>& g, const Tensor<double, cuda>& count,
                             const Tensor<DX, cuda>& dx);
 // norm.cuh
 template <class T>

@@ -4,8 +4,10 @@
 //   forward:  zmax[r] = max_j z_j,  logsum[r] = log(sum_j exp(z_j - zmax[r])),
 //             loss_r = logsum[r] - (z_t - zmax[r]);  0 and not counted on ignored rows
 //   backward: dx[r, j] = scale * (exp((z_j - zmax[r]) - logsum[r]) - [j == t]) * dz_j/dx_j
-// The per-row losses are summed on the device in double; only the sum and the count come
-// back to the host (one small synchronous copy, as the op returns a host-side count).
+// The per-row losses are summed on the device in double, and the mean loss and the count stay
+// there (the backward reads them there too): the forward never waits for the device. A target
+// outside [0, V) (other than ignore_index) is reported (index_fault.cuh; the host throws
+// IndexError at its next synchronisation) and its row counted as ignored.
 #pragma once
 
 #ifndef __CUDACC__
@@ -18,9 +20,9 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "ternary/backend/cpu/loss.hpp"          // CrossEntropySums
 #include "ternary/backend/cuda/bf16_vec.cuh"     // store_bf16x4
 #include "ternary/backend/cuda/elementwise.cuh"  // launch_for
+#include "ternary/backend/cuda/index_fault.cuh"
 #include "ternary/backend/cuda/reduce.cuh"
 
 namespace ternary::backend::cuda_detail {
@@ -62,18 +64,20 @@ template <class T>
 __global__ void cross_entropy_forward_kernel(const T* __restrict__ x,
                                              const int32_t* __restrict__ targets, int64_t rows,
                                              int64_t V, int32_t ignore_index, T cap, T* zmax,
-                                             T* logsum, double* row_loss, int* row_count) {
+                                             T* logsum, double* row_loss, int* row_count,
+                                             IndexFaultSlot fault) {
   const int lane = threadIdx.x % 32;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
   const bool vec = rows_vec4(x, V);
   for (int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; r < rows;
        r += warps) {
     const int32_t t = targets[r];
-    if (t == ignore_index) {
+    if (t == ignore_index || t < 0 || t >= V) {  // (an invalid target is reported, then ignored)
       if (lane == 0) {
         zmax[r] = logsum[r] = T(0);
         row_loss[r] = 0;
         row_count[r] = 0;
+        if (t != ignore_index) report_index_fault(fault, r, t);
       }
       continue;
     }
@@ -112,11 +116,13 @@ __global__ void cross_entropy_forward_kernel(const T* __restrict__ x,
 // loss_out[block] = sum of row_loss, count_out[block] = sum of row_count over the block's
 // grid-strided share of the rows: many blocks over the rows, then one block over their partial
 // sums (one block over 65,536 rows took 55 us on an H200; the two launches take a few). Fixed
-// order: deterministic.
-template <class Count>
+// order: deterministic. With mean_out (one block), also mean_out[0] = the mean loss (0 when
+// nothing is counted).
+template <class Count, class M = float>
 __global__ void sum_losses_kernel(const double* __restrict__ row_loss,
                                   const Count* __restrict__ row_count, int64_t rows,
-                                  double* __restrict__ loss_out, double* __restrict__ count_out) {
+                                  double* __restrict__ loss_out, double* __restrict__ count_out,
+                                  M* __restrict__ mean_out = nullptr) {
   double s = 0, c = 0;
   for (int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; r < rows;
        r += int64_t(gridDim.x) * blockDim.x) {
@@ -128,6 +134,7 @@ __global__ void sum_losses_kernel(const double* __restrict__ row_loss,
   if (threadIdx.x == 0) {
     loss_out[blockIdx.x] = s;
     count_out[blockIdx.x] = c;
+    if (mean_out) mean_out[0] = c > 0 ? M(s / c) : M(0);
   }
 }
 
@@ -159,12 +166,12 @@ __device__ __forceinline__ void store_grad4(__nv_bfloat16* p, float4 v) {
 
 // One warp per row, float4 loads and stores where the rows allow.
 template <class T, class Out>
-__global__ void cross_entropy_backward_kernel(const T* __restrict__ x,
-                                              const int32_t* __restrict__ targets, int64_t rows,
-                                              int64_t V, int32_t ignore_index, T cap,
-                                              const T* __restrict__ zmax,
-                                              const T* __restrict__ logsum, T scale,
-                                              Out* __restrict__ dx) {
+__global__ void cross_entropy_backward_kernel(
+    const T* __restrict__ x, const int32_t* __restrict__ targets, int64_t rows, int64_t V,
+    int32_t ignore_index, T cap, const T* __restrict__ zmax, const T* __restrict__ logsum,
+    const T* __restrict__ g, const double* __restrict__ count, Out* __restrict__ dx) {
+  // scale = g / count (0 when nothing is counted: every row is then ignored)
+  const T scale = *count > 0 ? T(double(*g) / *count) : T(0);
   const int lane = threadIdx.x % 32;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
   const bool vec = rows_vec4(x, V) && rows_vec4(dx, V);
@@ -173,7 +180,7 @@ __global__ void cross_entropy_backward_kernel(const T* __restrict__ x,
     const int32_t t = targets[r];
     const T* row = x + r * V;
     Out* d = dx + r * V;
-    if (t == ignore_index) {
+    if (t == ignore_index || t < 0 || t >= V) {
       for (int64_t j = lane; j < V; j += 32) store_grad(d + j, T(0));
       continue;
     }
@@ -206,46 +213,55 @@ inline int row_warp_blocks(int64_t rows) {
 
 namespace ternary::backend {
 
+// loss (a scalar) = the mean over the counted rows, count (a double scalar) = their number,
+// both left on the device. op and targets_shape name the targets in an index fault.
 template <class T>
-CrossEntropySums cross_entropy_forward(cuda, const Tensor<T, cuda>& logits,
-                                       const Tensor<int32_t, cuda>& targets, int32_t ignore_index,
-                                       T cap, const Tensor<T, cuda>& zmax,
-                                       const Tensor<T, cuda>& logsum) {
+void cross_entropy_forward(cuda, const Tensor<T, cuda>& logits,
+                           const Tensor<int32_t, cuda>& targets, int32_t ignore_index, T cap,
+                           const Tensor<T, cuda>& zmax, const Tensor<T, cuda>& logsum,
+                           const Tensor<T, cuda>& loss, const Tensor<double, cuda>& count,
+                           const char* op, const Shape& targets_shape) {
   using namespace cuda_detail;
   const int64_t rows = logits.size(0), V = logits.size(1);
   if (!logits.is_contiguous() || targets.numel() != rows || zmax.numel() != rows ||
       logsum.numel() != rows || !targets.is_contiguous() || !zmax.is_contiguous() ||
-      !logsum.is_contiguous())
-    throw ShapeError(detail::cat("cross_entropy_forward(cuda): logits ", logits.shape(),
-                                 ", targets ", targets.shape(), ", zmax ", zmax.shape(),
-                                 ", logsum ", logsum.shape(), " (all contiguous, ", rows,
-                                 " rows)"));
-  if (rows == 0) return {};
+      !logsum.is_contiguous() || loss.numel() != 1 || count.numel() != 1)
+    throw ShapeError(detail::cat(
+        "cross_entropy_forward(cuda): logits ", logits.shape(), ", targets ", targets.shape(),
+        ", zmax ", zmax.shape(), ", logsum ", logsum.shape(), " (all contiguous, ", rows,
+        " rows), loss ", loss.shape(), " and count ", count.shape(), " (one value each)"));
+  if (rows == 0) {  // (handles sharing the outputs' storage: filled in place)
+    Tensor<T, cuda>(loss).fill(T(0));
+    Tensor<double, cuda>(count).fill(0.0);
+    return;
+  }
+  const auto fault = index_fault_slot(
+      op, "target", targets_shape, detail::cat(V, " classes (ignore_index is ", ignore_index, ")"));
   auto row_loss = Tensor<double, cuda>::empty(Shape{rows});
   auto row_count = Tensor<int, cuda>::empty(Shape{rows});
   const int64_t parts = std::min<int64_t>(128, (rows + 255) / 256);
-  auto sums = Tensor<double, cuda>::empty(Shape{2 + 2 * parts});  // totals, then the partials
+  auto sums = Tensor<double, cuda>::empty(Shape{1 + 2 * parts});  // the loss sum, the partials
   cross_entropy_forward_kernel<<<row_warp_blocks(rows), 256, 0, cuda::stream()>>>(
       logits.data(), targets.data(), rows, V, ignore_index, cap, zmax.data(), logsum.data(),
-      row_loss.data(), row_count.data());
+      row_loss.data(), row_count.data(), fault);
   TERNARY_CUDA_CHECK_LAUNCH("cross_entropy_forward_kernel");
-  double* partial_loss = sums.data() + 2;
+  double* partial_loss = sums.data() + 1;
   double* partial_count = partial_loss + parts;
   sum_losses_kernel<<<unsigned(parts), 256, 0, cuda::stream()>>>(row_loss.data(), row_count.data(),
                                                                  rows, partial_loss, partial_count);
   TERNARY_CUDA_CHECK_LAUNCH("sum_losses_kernel");
   sum_losses_kernel<<<1, 128, 0, cuda::stream()>>>(partial_loss, partial_count, parts, sums.data(),
-                                                   sums.data() + 1);
+                                                   count.data(), loss.data());
   TERNARY_CUDA_CHECK_LAUNCH("sum_losses_kernel");
-  const auto h = sums.to_vector();
-  return {h[0], int64_t(h[1])};
 }
 
-// dx fp32 (DX = T) or bf16 (DX = ternary::bf16: ops/loss.hpp with bf16 products).
+// dx fp32 (DX = T) or bf16 (DX = ternary::bf16: ops/loss.hpp with bf16 products), with the
+// scale g / count read on the device (g: the loss's gradient, count: the forward's).
 template <class T, class DX>
 void cross_entropy_backward(cuda, const Tensor<T, cuda>& logits,
                             const Tensor<int32_t, cuda>& targets, int32_t ignore_index, T cap,
-                            const Tensor<T, cuda>& zmax, const Tensor<T, cuda>& logsum, T scale,
+                            const Tensor<T, cuda>& zmax, const Tensor<T, cuda>& logsum,
+                            const Tensor<T, cuda>& g, const Tensor<double, cuda>& count,
                             const Tensor<DX, cuda>& dx) {
   using namespace cuda_detail;
   static_assert(
@@ -253,13 +269,16 @@ void cross_entropy_backward(cuda, const Tensor<T, cuda>& logits,
       "cross_entropy_backward(cuda): dx is T, or bf16 for float logits");
   using Out = std::conditional_t<std::is_same_v<DX, T>, T, __nv_bfloat16>;
   const int64_t rows = logits.size(0), V = logits.size(1);
-  if (!logits.is_contiguous() || !dx.is_contiguous() || !(dx.shape() == logits.shape()))
+  if (!logits.is_contiguous() || !dx.is_contiguous() || !(dx.shape() == logits.shape()) ||
+      g.numel() != 1 || count.numel() != 1)
     throw ShapeError(detail::cat("cross_entropy_backward(cuda): logits ", logits.shape(), ", dx ",
-                                 dx.shape(), " (both contiguous, same shape)"));
+                                 dx.shape(), " (both contiguous, same shape), g ", g.shape(),
+                                 " and count ", count.shape(), " (one value each)"));
   if (rows == 0) return;
+  const Tensor<T, cuda> g_c = g.contiguous();
   cross_entropy_backward_kernel<T, Out><<<row_warp_blocks(rows), 256, 0, cuda::stream()>>>(
-      logits.data(), targets.data(), rows, V, ignore_index, cap, zmax.data(), logsum.data(), scale,
-      reinterpret_cast<Out*>(dx.data()));
+      logits.data(), targets.data(), rows, V, ignore_index, cap, zmax.data(), logsum.data(),
+      g_c.data(), count.data(), reinterpret_cast<Out*>(dx.data()));
   TERNARY_CUDA_CHECK_LAUNCH("cross_entropy_backward_kernel");
 }
 
