@@ -46,6 +46,10 @@ class Var {
     // rounded to bf16 by the kernel that wrote it (accumulate_grad_with_bf16), dropped as soon
     // as anything adds to the gradient. Never set on a leaf.
     Tensor<bf16, B> grad16;
+    // The value rounded to bf16 by the kernel that wrote it (set_value_bf16), for readers whose
+    // products round it so anyway: they take it instead of a rounding pass (and such a node gets
+    // its gradient in bf16 from them, as autocast's bf16 activations do). Views carry it along.
+    Tensor<bf16, B> value16;
     bool has_grad() const override { return grad.defined() || grad16.defined(); }
     void release_graph() override {
       if (!is_leaf) {
@@ -76,6 +80,15 @@ class Var {
   bool same_node(const Var& other) const { return node_ == other.node_; }
   const Tensor<T, B>& value() const { return node().value; }
   Tensor<T, B>& value() { return node().value; }
+  // The value's bf16 copy (undefined where its producer wrote none; see Node::value16).
+  const Tensor<bf16, B>& value_bf16() const { return node().value16; }
+  // Attaches v16 = the value rounded to bf16 (same shape; written by the value's producer).
+  void set_value_bf16(Tensor<bf16, B> v16) const {
+    if (v16.defined() && !(v16.shape() == shape()))
+      throw AutogradError(detail::cat("set_value_bf16: a copy of shape ", v16.shape(),
+                                      " for a value of shape ", shape()));
+    node().value16 = std::move(v16);
+  }
   // The accumulated gradient; undefined until backward reached this Var.
   const Tensor<T, B>& grad() const {
     widen_grad16(node());

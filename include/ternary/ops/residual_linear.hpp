@@ -117,29 +117,46 @@ std::vector<Var<T, B>> with_residual_inputs(std::vector<Var<T, B>> first, const 
 // residual_linear (relu2_input: residual_relu2_linear) on the tensor cores. With relu2_input
 // relu(a)^2 is rounded by the pass computing it, and da 2 relu(a) is added in one pass (as
 // relu2_linear_bf16).
+// Where a's producer kept a bf16 copy of it (Var::value_bf16: the attention's output) the
+// product reads that instead of rounding a, and a's gradient is written in bf16 by its GEMM
+// (a gradient born in bf16, Var::accumulate_grad_bf16), as autocast's bf16 activations get
+// theirs: its producer reads it so.
 template <class T, class B>
 Var<T, B> residual_linear_bf16(const Residual<T, B>& r, const Var<T, B>& a, const Var<T, B>& w,
                                bool relu2_input = false) {
   const int64_t in = w.size(1);
-  const auto a16 =
-      (relu2_input ? backend::relu2_to_bf16(B{}, a.value()) : backend::to_bf16(B{}, a.value()))
-          .reshape(Shape{-1, in});
+  const bool a_in_bf16 = !relu2_input && a.value_bf16().defined();
+  const auto a16 = (relu2_input ? backend::relu2_to_bf16(B{}, a.value())
+                    : a_in_bf16 ? a.value_bf16().contiguous()
+                                : backend::to_bf16(B{}, a.value()))
+                       .reshape(Shape{-1, in});
   auto out = residual_product_bf16(r, a16, weight_to_bf16(w.value()));
   return Var<T, B>::record(
       relu2_input ? "residual_relu2_linear" : "residual_linear", out, {r.x, r.scale, a, w},
-      [r, a, w, a16, relu2_input](const Tensor<T, B>& g, const Tensor<bf16, B>& g_bf16) {
+      [r, a, w, a16, in, relu2_input, a_in_bf16](const Tensor<T, B>& g,
+                                                 const Tensor<bf16, B>& g_bf16) {
         // (g_bf16: born in bf16, or a bf16 copy beside g, used as it is)
         // (not a structured binding: clang before 16 cannot capture those in the lambda below)
         const auto operands = residual_product_backward_bf16(r, a16, w, g, g_bf16);
         const Tensor<bf16, B>& g16 = operands.first;
         const Tensor<bf16, B>& wb16 = operands.second;
         if (!a.requires_grad()) return;
-        if (relu2_input)
+        if (relu2_input) {
           relu2_input_grad(a, g16, wb16);
-        else
-          a.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
-            gemm_accumulate(g16, wb16, dst.reshape(Shape{-1, w.size(1)}), prior);
-          });
+          return;
+        }
+        (void)a_in_bf16;  // (set on CUDA only)
+        if constexpr (!B::on_host) {
+          if (a_in_bf16) {  // da = bf16(g16 wb16), written so by the GEMM
+            auto da16 = Tensor<bf16, B>::empty(Shape{a16.size(0), in});
+            gemm_bf16(B{}, const_view(g16), const_view(wb16), backend::mat_view(da16));
+            a.accumulate_grad_bf16(da16.reshape(a.shape()));
+            return;
+          }
+        }
+        a.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
+          gemm_accumulate(g16, wb16, dst.reshape(Shape{-1, in}), prior);
+        });
       });
 }
 

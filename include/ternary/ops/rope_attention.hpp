@@ -53,28 +53,43 @@ std::optional<Var<T, B>> rope_attention_packed(const Var<T, B>& q, const Var<T, 
     return std::nullopt;
   auto out = attention_output<T, B>(q.shape());
   auto lse = Tensor<T, B>::empty(Shape{Bn, Hq, Tn});
-  causal_attention_forward_prepacked(B{}, packed, v.value(), Hq, scale, out, lse);
-  return Var<T, B>::record(
+  // With bf16 products the kernel also writes out in bf16 (laid out as out): the output
+  // projection's operand (Var::value_bf16), so no pass rounds it, and the backward's Di reads it.
+  const bool grads_bf16 = backend::bf16_products(B{});
+  auto out16 = grads_bf16 ? attention_output<bf16, B>(q.shape()) : Tensor<bf16, B>();
+  causal_attention_forward_prepacked(B{}, packed, v.value(), Hq, scale, out, lse,
+                                     grads_bf16 ? &out16 : nullptr);
+  auto y = Var<T, B>::record(
       "rope_attention", out, {q, q_gain, k, v},
-      [q, q_gain, k, v, packed, out, lse, q_rows, k_rows, gain_c, table, eps,
-       scale](const Tensor<T, B>& g) {
-        // gradients of the roped q and k, and of v (bf16 where the products round them so)
-        const bool grads_bf16 = backend::bf16_products(B{});
+      [q, q_gain, k, v, packed, out, out16, lse, q_rows, k_rows, gain_c, table, eps, scale,
+       grads_bf16](const Tensor<T, B>& g, const Tensor<bf16, B>& g_bf16) {
+        // gradients of the roped q and k, and of v (bf16 where the products round them so);
+        // dout as it came: fp32, or born in bf16 (the output projection's GEMM wrote it so)
         auto dq = attention_grad_like(q.value());
         auto dk = attention_grad_like(k.value());
+        auto backward = [&](auto& dv) {
+          if (!g.defined() && g_bf16.defined() && out16.defined())
+            causal_attention_backward_prepacked(B{}, packed, out16, lse, g_bf16, scale, dq, dk, dv);
+          else
+            causal_attention_backward_prepacked(B{}, packed, out, lse,
+                                                g.defined() ? g : widen_bf16(B{}, g_bf16), scale,
+                                                dq, dk, dv);
+        };
         if (grads_bf16) {
           auto dv16 = attention_grad_like<bf16>(v.value());
-          causal_attention_backward_prepacked(B{}, packed, out, lse, g, scale, dq, dk, dv16);
+          backward(dv16);
           if (v.requires_grad()) v.accumulate_grad_bf16(dv16);
         } else {
           auto dv = attention_grad_like(v.value());
-          causal_attention_backward_prepacked(B{}, packed, out, lse, g, scale, dq, dk, dv);
+          backward(dv);
           if (v.requires_grad()) v.accumulate_grad(dv);
         }
         head_norm_rope_backward_var(q, q_gain, q_rows, gain_c, table, eps, dq, grads_bf16);
         head_norm_rope_backward_var(k, Var<T, B>(), k_rows, Tensor<T, B>(), table, eps, dk,
                                     grads_bf16);
       });
+  if (out16.defined()) y.set_value_bf16(out16);
+  return y;
 }
 
 }  // namespace detail

@@ -521,42 +521,59 @@ inline Tensor<bf16, cuda> attention_packed_buffer(cuda, int64_t B, int64_t Hq, i
   const cuda_detail::FlashPacked layout{int(B), int(Hq), int(Hkv), int(T_len), int(D), int(D)};
   return Tensor<bf16, cuda>::empty({layout.total()});
 }
+// With out16 (shaped and strided as out), the kernel also writes out rounded to bf16 there.
 template <class T>
 void causal_attention_forward_prepacked(cuda, const Tensor<bf16, cuda>& packed,
                                         const Tensor<T, cuda>& v_in, int64_t Hq, T scale,
-                                        Tensor<T, cuda>& out, Tensor<T, cuda>& lse) {
+                                        Tensor<T, cuda>& out, Tensor<T, cuda>& lse,
+                                        Tensor<bf16, cuda>* out16 = nullptr) {
   using namespace cuda_detail;
   const int B = int(v_in.size(0)), Hkv = int(v_in.size(1)), T_len = int(v_in.size(2)),
             D = int(v_in.size(3));
   const FlashPacked layout{B, int(Hq), Hkv, T_len, D, D};
-  if (packed.numel() != layout.total() || !has_unit_inner(out) || !lse.is_contiguous())
+  if (packed.numel() != layout.total() || !has_unit_inner(out) || !lse.is_contiguous() ||
+      (out16 && (!(out16->shape() == out.shape()) || !(out16->strides() == out.strides()))))
     throw ShapeError(detail::cat("causal_attention_forward_prepacked(cuda): a buffer of ",
                                  packed.numel(), " values for v ", v_in.shape(), " and ", Hq,
-                                 " query heads, out ", out.shape()));
+                                 " query heads, out ", out.shape(),
+                                 out16 ? " (its bf16 copy strided as out)" : ""));
   const auto v = unit_inner(v_in);
   with_head_dim(D, "causal_attention_forward_prepacked", [&](auto dm) {
     constexpr int DM = decltype(dm)::value;
     flash_pack<DM>(
         v, reinterpret_cast<__nv_bfloat16*>(packed.data()) + layout.q_elems + layout.kv_elems);
-    flash_attention_forward<DM>(layout, packed, scale, out, &lse);
+    flash_attention_forward<DM>(layout, packed, scale, out, &lse, out16);
   });
 }
 // dv in T, or rounded to bf16 by the kernel (DV = bf16: ops/rope_attention.hpp, whose v
-// gradient only feeds the v projection's bf16 products).
-template <class T, class DV>
+// gradient only feeds the v projection's bf16 products). out and dout in T or bf16 (OUT, DO:
+// the forward's bf16 copy of out and a gradient born in bf16), with unit-stride head axes where
+// bf16.
+template <class T, class DV, class OUT, class DO>
 void causal_attention_backward_prepacked(cuda, const Tensor<bf16, cuda>& packed,
-                                         const Tensor<T, cuda>& out_in, const Tensor<T, cuda>& lse,
-                                         const Tensor<T, cuda>& dout_in, T scale,
+                                         const Tensor<OUT, cuda>& out_in,
+                                         const Tensor<T, cuda>& lse,
+                                         const Tensor<DO, cuda>& dout_in, T scale,
                                          Tensor<T, cuda>& dq, Tensor<T, cuda>& dk,
                                          Tensor<DV, cuda>& dv) {
   using namespace cuda_detail;
   const int B = int(dq.size(0)), Hq = int(dq.size(1)), T_len = int(dq.size(2)), D = int(dq.size(3)),
             Hkv = int(dk.size(1));
+  constexpr bool bf16_in = !std::is_same_v<OUT, T> || !std::is_same_v<DO, T>;
   if (!lse.is_contiguous() || !has_unit_inner(dq) || !has_unit_inner(dk) || !has_unit_inner(dv) ||
-      !(dout_in.shape() == dq.shape()) || !(out_in.shape() == dq.shape()))
+      !(dout_in.shape() == dq.shape()) || !(out_in.shape() == dq.shape()) ||
+      (bf16_in && (!has_unit_inner(out_in) || !has_unit_inner(dout_in))))
     throw ShapeError(detail::cat("causal_attention_backward_prepacked(cuda): out ", out_in.shape(),
-                                 ", dout ", dout_in.shape(), ", dq ", dq.shape()));
-  const auto dout = unit_inner(dout_in), out = unit_inner(out_in);
+                                 ", dout ", dout_in.shape(), ", dq ", dq.shape(),
+                                 bf16_in ? " (bf16 ones with unit-stride head axes)" : ""));
+  auto unit = [](const auto& x) {
+    if constexpr (std::is_same_v<std::decay_t<decltype(x)>, Tensor<float, cuda>>)
+      return unit_inner(x);
+    else
+      return x;  // (checked above)
+  };
+  const auto dout = unit(dout_in);
+  const auto out = unit(out_in);
   with_head_dim(D, "causal_attention_backward_prepacked", [&](auto dm) {
     constexpr int DM = decltype(dm)::value;
     flash_attention_backward<DM>(FlashPacked{B, Hq, Hkv, T_len, D, DM}, packed, out, lse, dout,

@@ -163,11 +163,18 @@ __device__ __forceinline__ float quad_max(float v) {
 // ---- packing --------------------------------------------------------------------------------
 // dst[(b H + h) T + t][0..DM) = bf16(src row (b, h, t)), zero past D; DM / 8 threads per row,
 // 8 columns (16 bytes) each. With `other`, also di[row] = sum_d src[d] * other[d] (fp32):
-// the backward's Di = rowsum(dout * out), taken from the fp32 values.
-template <int DM>
-__global__ void attn_pack_bf16_kernel(const float* __restrict__ src, HeadStrides ss,
+// the backward's Di = rowsum(dout * out), taken from the values as they are stored (src and
+// other fp32 or bf16: Src, Other).
+__device__ __forceinline__ float pack_load(const float* p) {
+  return *p;
+}
+__device__ __forceinline__ float pack_load(const bf16* p) {
+  return __bfloat162float(*p);
+}
+template <int DM, class Src = float, class Other = float>
+__global__ void attn_pack_bf16_kernel(const Src* __restrict__ src, HeadStrides ss,
                                       bf16* __restrict__ dst, int H, int T, int D, int64_t rows,
-                                      const float* __restrict__ other, HeadStrides os,
+                                      const Other* __restrict__ other, HeadStrides os,
                                       float* __restrict__ di) {
   constexpr int LANES = DM / 8;  // divides 32: a row's lanes are consecutive in one warp
   const int64_t gid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -178,12 +185,12 @@ __global__ void attn_pack_bf16_kernel(const float* __restrict__ src, HeadStrides
     const int t = int(row % T);
     const int64_t bh = row / T;
     const int h = int(bh % H), b = int(bh / H);
-    const float* s = src + b * ss.b + h * ss.h + t * ss.t + c * 8;
-    const float* o = other ? other + b * os.b + h * os.h + t * os.t + c * 8 : nullptr;
+    const Src* s = src + b * ss.b + h * ss.h + t * ss.t + c * 8;
+    const Other* o = other ? other + b * os.b + h * os.h + t * os.t + c * 8 : nullptr;
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
-      x[e] = c * 8 + e < D ? s[e] : 0.f;
-      if (o && c * 8 + e < D) dot = fmaf(x[e], o[e], dot);
+      x[e] = c * 8 + e < D ? pack_load(s + e) : 0.f;
+      if (o && c * 8 + e < D) dot = fmaf(x[e], pack_load(o + e), dot);
     }
     uint4 packed;
     packed.x = pack_bf16(x[0], x[1]);
@@ -300,12 +307,29 @@ __device__ __forceinline__ void flash_acc_times_tile(float (&out)[C::MT][C::DT][
 
 // Writes this lane's part of one 16 x DM accumulator tile as rows r0 and r0 + 8 of one
 // head (head: its row 0; rows rs apart, unit inner stride), times mul0 / mul1 per row, in
-// fp32 or rounded to bf16 (Out); rows >= T and columns >= D are left alone.
+// fp32 or rounded to bf16 (Out); rows >= T and columns >= D are left alone. A lane's two
+// adjacent values go as one store (float2, bf16x2) where the address is aligned for it (the
+// GPT's heads: always), else one at a time.
 __device__ __forceinline__ void flash_store(float* p, float v) {
   *p = v;
 }
 __device__ __forceinline__ void flash_store(bf16* p, float v) {
   *p = __float2bfloat16_rn(v);
+}
+__device__ __forceinline__ void flash_store_pair(float* p, float v0, float v1) {
+  *reinterpret_cast<float2*>(p) = make_float2(v0, v1);
+}
+__device__ __forceinline__ void flash_store_pair(bf16* p, float v0, float v1) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(v0, v1);
+}
+template <class Out>
+__device__ __forceinline__ void flash_store_two(Out* p, int d, int D, float v0, float v1) {
+  if (d + 1 < D && reinterpret_cast<uintptr_t>(p) % (2 * sizeof(Out)) == 0) {
+    flash_store_pair(p, v0, v1);
+  } else {
+    if (d < D) flash_store(p, v0);
+    if (d + 1 < D) flash_store(p + 1, v1);
+  }
 }
 template <class C, class Out>
 __device__ __forceinline__ void flash_store_rows(Out* __restrict__ head, int64_t rs, int r0, int T,
@@ -315,14 +339,8 @@ __device__ __forceinline__ void flash_store_rows(Out* __restrict__ head, int64_t
 #pragma unroll
   for (int dt = 0; dt < C::DT; ++dt) {
     const int d = dt * 8 + 2 * t;
-    if (r0 < T) {
-      if (d < D) flash_store(head + r0 * rs + d, acc[dt][0] * mul0);
-      if (d + 1 < D) flash_store(head + r0 * rs + d + 1, acc[dt][1] * mul0);
-    }
-    if (r1 < T) {
-      if (d < D) flash_store(head + r1 * rs + d, acc[dt][2] * mul1);
-      if (d + 1 < D) flash_store(head + r1 * rs + d + 1, acc[dt][3] * mul1);
-    }
+    if (r0 < T) flash_store_two(head + r0 * rs + d, d, D, acc[dt][0] * mul0, acc[dt][1] * mul0);
+    if (r1 < T) flash_store_two(head + r1 * rs + d, d, D, acc[dt][2] * mul1, acc[dt][3] * mul1);
   }
 }
 
@@ -334,7 +352,8 @@ template <int DM>
 __global__ void __launch_bounds__(FlashFwdCfg<DM>::THREADS)
     flash_forward_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                          const bf16* __restrict__ v, float* __restrict__ out, HeadStrides os,
-                         float* __restrict__ lse, int T, int D, int Hq, int group, float scale) {
+                         float* __restrict__ lse, int T, int D, int Hq, int group, float scale,
+                         bf16* __restrict__ out16) {
   using C = FlashFwdCfg<DM>;
   constexpr int MT = C::MT;
   extern __shared__ __align__(16) unsigned char flash_smem[];
@@ -431,6 +450,8 @@ __global__ void __launch_bounds__(FlashFwdCfg<DM>::THREADS)
     const int r0 = w0 + 16 * m + g, r1 = r0 + 8;
     const float l0 = quad_sum(l[2 * m]), l1 = quad_sum(l[2 * m + 1]);
     flash_store_rows<C>(out + b * os.b + h * os.h, os.t, r0, T, D, o[m], 1.f / l0, 1.f / l1);
+    if (out16)  // the same values rounded to bf16 (the output projection's operand)
+      flash_store_rows<C>(out16 + b * os.b + h * os.h, os.t, r0, T, D, o[m], 1.f / l0, 1.f / l1);
     if (lse && t == 0) {
       const int64_t base = (int64_t(b) * Hq + h) * T;
       if (r0 < T) lse[base + r0] = (mx[2 * m] + log2f(l0)) * kLn2;
@@ -752,11 +773,13 @@ struct FlashSmem {
   static constexpr size_t dq_from_ds = kDsStages * (64 * 64 + C::TILE) * sizeof(bf16);
 };
 
-// x [B, H, T, D] (unit-stride head axis) as bf16 [B, H, T, DM]; with `other` (same shape),
-// also di = rowsum(x * other) [B, H, T].
-template <int DM>
-void flash_pack(const Tensor<float, cuda>& x, bf16* dst, const Tensor<float, cuda>* other = nullptr,
+// x [B, H, T, D] (unit-stride head axis; fp32 or bf16) as bf16 [B, H, T, DM]; with `other`
+// (same shape; fp32 or bf16), also di = rowsum(x * other) [B, H, T].
+template <int DM, class Src = float, class Other = float>
+void flash_pack(const Tensor<Src, cuda>& x, bf16* dst, const Tensor<Other, cuda>* other = nullptr,
                 float* di = nullptr) {
+  using SrcE = std::conditional_t<std::is_same_v<Src, float>, float, bf16>;
+  using OtherE = std::conditional_t<std::is_same_v<Other, float>, float, bf16>;
   const int64_t rows = x.size(0) * x.size(1) * x.size(2);
   const int64_t threads = rows * (DM / 8);
   const unsigned blocks = unsigned((threads + 255) / 256);
@@ -764,9 +787,10 @@ void flash_pack(const Tensor<float, cuda>& x, bf16* dst, const Tensor<float, cud
   const HeadStrides os =
       other ? HeadStrides{other->strides()[0], other->strides()[1], other->strides()[2]}
             : HeadStrides{0, 0, 0};
-  attn_pack_bf16_kernel<DM><<<blocks, 256, 0, cuda::stream()>>>(
-      x.data(), xs, dst, int(x.size(1)), int(x.size(2)), int(x.size(3)), rows,
-      other ? other->data() : nullptr, os, di);
+  attn_pack_bf16_kernel<DM, SrcE, OtherE><<<blocks, 256, 0, cuda::stream()>>>(
+      reinterpret_cast<const SrcE*>(x.data()), xs, dst, int(x.size(1)), int(x.size(2)),
+      int(x.size(3)), rows, other ? reinterpret_cast<const OtherE*>(other->data()) : nullptr, os,
+      di);
   TERNARY_CUDA_CHECK_LAUNCH("attn_pack_bf16_kernel");
 }
 
@@ -803,10 +827,12 @@ Tensor<ternary::bf16, cuda> flash_pack_qkv(const FlashPacked& layout, const Tens
   return packed;
 }
 
-// out (and lse) from the packed q, k, v; out through its strides (unit-stride head axis).
+// out (and lse) from the packed q, k, v; out through its strides (unit-stride head axis);
+// with out16, the same values rounded to bf16 there too (out16 strided as out).
 template <int DM>
 void flash_attention_forward(const FlashPacked& layout, const Tensor<ternary::bf16, cuda>& packed,
-                             float scale, Tensor<float, cuda>& out, Tensor<float, cuda>* lse) {
+                             float scale, Tensor<float, cuda>& out, Tensor<float, cuda>* lse,
+                             Tensor<ternary::bf16, cuda>* out16 = nullptr) {
   using C = FlashFwdCfg<DM>;
   const bf16* qp = reinterpret_cast<const bf16*>(packed.data());
   const bf16* kp = qp + layout.q_elems;
@@ -818,16 +844,18 @@ void flash_attention_forward(const FlashPacked& layout, const Tensor<ternary::bf
   flash_forward_kernel<DM>
       <<<unsigned(tiles * layout.Hq * layout.B), C::THREADS, FlashSmem<DM>::forward,
          cuda::stream()>>>(qp, kp, vp, out.data(), flash_strides(out), lse ? lse->data() : nullptr,
-                           layout.T, layout.D, layout.Hq, layout.Hq / layout.Hkv, scale);
+                           layout.T, layout.D, layout.Hq, layout.Hq / layout.Hkv, scale,
+                           out16 ? reinterpret_cast<bf16*>(out16->data()) : nullptr);
   TERNARY_CUDA_CHECK_LAUNCH("flash_forward_kernel");
 }
 
 // dq, dk, dv from the packed q, k, v (the forward's), out, lse and dout (unit-stride head axes,
-// any other layout); dv fp32 or bf16 (DV: float or ternary::bf16).
-template <int DM, class DV>
+// any other layout); dv fp32 or bf16 (DV: float or ternary::bf16), out and dout fp32 or bf16
+// (OUT, DO: the backward's Di = rowsum(dout * out) from them as they are).
+template <int DM, class DV, class OUT = float, class DO = float>
 void flash_attention_backward(const FlashPacked& layout, const Tensor<ternary::bf16, cuda>& packed,
-                              const Tensor<float, cuda>& out, const Tensor<float, cuda>& lse,
-                              const Tensor<float, cuda>& dout, float scale, Tensor<float, cuda>& dq,
+                              const Tensor<OUT, cuda>& out, const Tensor<float, cuda>& lse,
+                              const Tensor<DO, cuda>& dout, float scale, Tensor<float, cuda>& dq,
                               Tensor<float, cuda>& dk, Tensor<DV, cuda>& dv) {
   using DvOut = std::conditional_t<std::is_same_v<DV, float>, float, bf16>;
   using C = FlashCfg<DM>;
