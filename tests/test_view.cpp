@@ -47,3 +47,31 @@ TEST_CASE("concat values and gradients", "[ops][view]") {
   sum(square(concat(std::vector<Var<double>>{k, p}, 0))).backward();
   CHECK(p.grad().to_vector() == std::vector<double>{2, 2, 2});
 }
+
+// A value's bf16 copy (Var::value_bf16, written by its producer: the CUDA attention's output)
+// travels through reshape and permute with the view, so a reader behind them finds it.
+TEST_CASE("reshape and permute carry a value's bf16 copy", "[ops][view]") {
+  auto x = Var<float>::parameter(Tensor<float>::from({2, 3}, {1, 2, 3, 4, 5, 6}));
+  CHECK_FALSE(x.value_bf16().defined());
+  CHECK_THROWS_AS(x.set_value_bf16(Tensor<bf16>::zeros({3, 2})), AutogradError);
+  x.set_value_bf16(backend::to_bf16(cpu{}, x.value()));
+  auto y = permute(reshape(x, {3, 2}), {1, 0});
+  REQUIRE(y.value_bf16().defined());
+  CHECK(y.value_bf16().shape() == y.shape());
+  CHECK(y.value_bf16().to<float>().to_vector() == y.value().contiguous().to_vector());
+  CHECK_FALSE(square(x).value_bf16().defined());  // other ops make new values
+}
+
+// A sub-block view's backward adds into that block of the gradient so far: in place once the
+// parameter owns a gradient (several selects of one parameter, and a second backward pass).
+TEST_CASE("select and narrow gradients accumulate into the gradient so far", "[ops][view]") {
+  auto x = Var<float>::parameter(Tensor<float>::zeros({3, 2}));
+  auto loss = [&] {
+    return sum(select(x, 0, 0) * 2.0f) + sum(select(x, 0, 2) * 3.0f) + sum(select(x, 0, 0)) +
+           sum(narrow(x, 0, 1, 2));
+  };
+  loss().backward();
+  CHECK(x.grad().to_vector() == std::vector<float>{3, 3, 1, 1, 4, 4});
+  loss().backward();  // accumulates
+  CHECK(x.grad().to_vector() == std::vector<float>{6, 6, 2, 2, 8, 8});
+}

@@ -116,9 +116,18 @@ TEST_CASE("cuda embedding: gather and scatter-add (repeated ids) against the CPU
     functional(dy, hw).backward();
     CHECK(rel_err(dt.grad(), ct.grad()) < 1e-5);
   }
-  auto dt = VarD::parameter(Tensor<float, cuda>::zeros({4, 2}));
-  CHECK_THROWS_WITH(embedding(dt, Tensor<int32_t, cuda>::from({3}, {0, 4, 1})),
-                    Catch::Contains("id 4 at position [1]"));
+  // An id out of range: the kernel finds it (no host copy, no wait), gives it a zero row, and
+  // the error is thrown at the next synchronisation, once; the backward skips that id.
+  auto dt = VarD::parameter(to_device(Tensor<float>::from({4, 2}, {1, 2, 3, 4, 5, 6, 7, 8})));
+  auto bad = embedding(dt, Tensor<int32_t, cuda>::from({3}, {0, 4, 1}));
+  CHECK_THROWS_WITH(cuda::synchronize(), Catch::Contains("embedding: id 4 at position [1]") &&
+                                             Catch::Contains("a table of 4 rows"));
+  CHECK_NOTHROW(cuda::synchronize());
+  CHECK(to_host(bad.value()).to_vector() == std::vector<float>{1, 2, 0, 0, 3, 4});
+  sum(bad).backward();
+  CHECK(to_host(dt.grad()).to_vector() == std::vector<float>{1, 1, 1, 1, 0, 0, 0, 0});
+  auto bad2 = embedding(dt, Tensor<int32_t, cuda>::from({2, 2}, {0, 1, -3, 2}));
+  CHECK_THROWS_WITH(to_host(bad2.value()), Catch::Contains("id -3 at position [1, 0]"));
 }
 
 TEST_CASE("cuda rope: forward and gradient against the CPU (offsets, odd lengths)") {
@@ -919,6 +928,28 @@ TEST_CASE("cuda mix_rms_norm_linear (the block's entry) against the CPU composit
       CHECK(rel_err(ww[k].grad(), cw[k].grad()) < tol);
       if (c.bitlinear) CHECK(rel_err(gg[k].grad(), cg[k].grad()) < tol);
     }
+    // A second pass (a second micro-batch) accumulates: the kernels add the mix weights' and
+    // gains' sums into the gradients so far, in place
+    const auto twice = [](const Tensor<float, cuda>& g) {
+      return Tensor<float>(to_host(g) * 2.0f);
+    };
+    const auto ga2 = twice(da.grad()), gb2 = twice(db.grad());
+    std::array<Tensor<float>, 3> gk2;
+    for (int k = 0; k < 3; ++k)
+      if (c.bitlinear) gk2[k] = twice(gg[k].grad());
+    {
+      const auto again =
+          c.bitlinear ? quant::mix_rms_norm_linear<3>({da, dxi, db, dx0}, gg, ww, 1e-6, 1e-6, true)
+                      : quant::mix_rms_norm_linear<3>({da, dxi, db, dx0}, gg, ww, 1e-6,
+                                                      std::nullopt, false);
+      auto loss2 = functional(again.x, hr);
+      for (int k = 0; k < 3; ++k) loss2 = loss2 + functional(again.y[k], hs[k]);
+      (loss2 + functional(dxi, hp) + functional(dx0, hq)).backward();
+    }
+    CHECK(rel_err(da.grad(), ga2) < 1e-6);
+    CHECK(rel_err(db.grad(), gb2) < 1e-6);
+    for (int k = 0; k < 3; ++k)
+      if (c.bitlinear) CHECK(rel_err(gg[k].grad(), gk2[k]) < 1e-6);
   }
   // Wrong shapes, and int8 without a gain: clear errors
   auto x = VarD::parameter(Tensor<float, cuda>::zeros({4, 64}));
@@ -1229,6 +1260,52 @@ TEST_CASE("cuda rope_attention (norm kernels writing the attention's operands)")
       CHECK(rel_err(dg[1].grad(), to_host(dg[0].grad())) == 0);
     }
   }
+}
+
+// Under bf16 products rope_attention's kernel also writes its output in bf16 (Var::value_bf16),
+// and the views carry that copy to the output projection: residual_linear reads it instead of
+// rounding the fp32 output (the same rounding, so the same forward bit for bit) and hands the
+// attention its gradient born in bf16, whose Di = rowsum(dout * out) then comes from bf16 values
+// (within bf16 tolerances of the fp32 path: the same run with the copy dropped).
+TEST_CASE("cuda rope_attention's bf16 output copy: the output projection's operand and gradient") {
+  const Bf16On on;
+  Rng rng(41);
+  const int64_t B = 2, Hq = 4, Hkv = 2, T = 130, Dh = 64, D = Hq * Dh;
+  auto hq = Tensor<float>::randn({B, T, Hq, Dh}, rng),
+       hk = Tensor<float>::randn({B, T, Hkv, Dh}, rng);
+  auto hv = Tensor<float>::randn({B, T, Hkv, Dh}, rng),
+       hg = Tensor<float>::randn({Hq}, rng, 1, 0.3);
+  auto hwo = Tensor<float>::randn({D, D}, rng, 0, 0.1), hx = Tensor<float>::randn({B, T, D}, rng);
+  auto hs = Tensor<float>::randn({D}, rng, 1, 0.2), hw = Tensor<float>::randn({B, T, D}, rng);
+  auto heads = [](auto x) { return permute(x, {0, 2, 1, 3}); };
+  std::array<VarD, 2> dq, dk, dv, dg, dwo, dxr, ds;
+  std::array<Tensor<float, cuda>, 2> out;
+  for (int form = 0; form < 2; ++form) {  // 0: with the bf16 copy, 1: without
+    dq[form] = VarD::parameter(to_device(hq));
+    dk[form] = VarD::parameter(to_device(hk));
+    dv[form] = VarD::parameter(to_device(hv));
+    dg[form] = VarD::parameter(to_device(hg));
+    dwo[form] = VarD::parameter(to_device(hwo));
+    dxr[form] = VarD::parameter(to_device(hx));
+    ds[form] = VarD::parameter(to_device(hs));
+    VarD y = rope_attention(heads(dq[form]), dg[form], heads(dk[form]), heads(dv[form]));
+    CHECK(y.value_bf16().defined());
+    if (form == 1) y.set_value_bf16(Tensor<bf16, cuda>());
+    VarD a = reshape(heads(y), {B, T, D});
+    CHECK(a.value_bf16().defined() == (form == 0));
+    const Residual<float, cuda> r{dxr[form], ds[form]};
+    VarD o = residual_linear(r, a, dwo[form]);
+    out[form] = o.value();
+    functional(o, hw).backward();
+  }
+  CHECK(rel_err(out[0], to_host(out[1])) == 0);
+  CHECK(rel_err(dwo[0].grad(), to_host(dwo[1].grad())) == 0);
+  CHECK(rel_err(ds[0].grad(), to_host(ds[1].grad())) == 0);
+  CHECK(rel_err(dxr[0].grad(), to_host(dxr[1].grad())) == 0);
+  CHECK(rel_err(dv[0].grad(), to_host(dv[1].grad())) < 1e-2);
+  CHECK(rel_err(dq[0].grad(), to_host(dq[1].grad())) < 2e-2);
+  CHECK(rel_err(dk[0].grad(), to_host(dk[1].grad())) < 2e-2);
+  CHECK(rel_err(dg[0].grad(), to_host(dg[1].grad())) < 2e-2);
 }
 
 // Under cuda::set_bf16 the products outside linear() (matmul) run in TF32 (see matmul.cuh).

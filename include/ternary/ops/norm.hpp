@@ -82,10 +82,10 @@ Var<T, B> rms_norm_var(const Var<T, B>& x, const Var<T, B>* gain, double eps) {
 
 // The device backward of the K-output norm ops (quant::rms_norm_quantize_activations,
 // quant::rms_norm_linear, rms_norm_mlp): one rms_norm_shared_backward for the K output gradients gs
-// (undefined: none reached that output), dx added by the kernel into x's gradient so far, then each
-// gain's gradient (dgains[k] where defined). x2d is x's [rows, D] view; rstd_pre and relu2_input
-// are the forward's. gs in T, or in bf16 as the bf16 nodes' GEMMs write them (CUDA). With
-// bf16_copy the kernel also writes x's new gradient rounded to bf16 beside it
+// (undefined: none reached that output), dx added by the kernel into x's gradient so far, and each
+// wanted gain's gradient (dgains[k] defined) added by it too. x2d is x's [rows, D] view; rstd_pre
+// and relu2_input are the forward's. gs in T, or in bf16 as the bf16 nodes' GEMMs write them
+// (CUDA). With bf16_copy the kernel also writes x's new gradient rounded to bf16 beside it
 // (Var::accumulate_grad_with_bf16), for a reader that rounds it so anyway.
 template <size_t K, class T, class B, class G>
 void norm_shared_backward(const Var<T, B>& x, const Tensor<T, B>& x2d, const Tensor<T, B>& rstd,
@@ -95,11 +95,21 @@ void norm_shared_backward(const Var<T, B>& x, const Tensor<T, B>& x2d, const Ten
                           const std::array<Tensor<T, B>, K>& dgains, const Tensor<T, B>& rstd_pre,
                           bool relu2_input = false, bool bf16_copy = false) {
   const Shape rows_d = x2d.shape();
+  // Each gain's gradient is written by the kernels as the gradient so far plus this one
+  // (accumulate_grad_with: no addition pass); dgains[k] only says which are wanted.
+  std::array<Tensor<T, B>, K> dg, dg_prior;
+  for (size_t k = 0; k < K; ++k)
+    if (dgains[k].defined())
+      gains[k].accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
+        dg[k] = dst;
+        dg_prior[k] = prior;
+      });
   auto run = [&](const Tensor<T, B>& dx, const Tensor<T, B>& prior,
                  const Tensor<bf16, B>& dx16 = Tensor<bf16, B>()) {
     rms_norm_shared_backward(B{}, x2d, rstd, gains_c, gs, dx.defined() ? dx.reshape(rows_d) : dx,
-                             dgains, rstd_pre, prior.defined() ? prior.reshape(rows_d) : prior,
-                             relu2_input, dx16.defined() ? dx16.reshape(rows_d) : dx16);
+                             dg, rstd_pre, prior.defined() ? prior.reshape(rows_d) : prior,
+                             relu2_input, dx16.defined() ? dx16.reshape(rows_d) : dx16,
+                             static_cast<const backend::NormMix<T, B>*>(nullptr), dg_prior);
   };
   if (x.requires_grad() && bf16_copy)  // x's whole gradient, also in bf16 for its reader
     x.accumulate_grad_with_bf16(run);
@@ -107,8 +117,6 @@ void norm_shared_backward(const Var<T, B>& x, const Tensor<T, B>& x2d, const Ten
     x.accumulate_grad_with(run);
   else
     run(Tensor<T, B>(), Tensor<T, B>());
-  for (size_t k = 0; k < K; ++k)
-    if (dgains[k].defined()) gains[k].accumulate_grad(dgains[k]);
 }
 
 }  // namespace detail

@@ -30,10 +30,12 @@ auto view_rule(const Var<T, B>& x, Back back) {
 
 template <class T, class B>
 Var<T, B> reshape(const Var<T, B>& x, const Shape& shape) {
-  return Var<T, B>::record("reshape", x.value().reshape(shape), {x},
-                           detail::view_rule(x, [](const auto& g, const Var<T, B>& in) {
-                             return g.reshape(in.shape());
-                           }));
+  auto y = Var<T, B>::record("reshape", x.value().reshape(shape), {x},
+                             detail::view_rule(x, [](const auto& g, const Var<T, B>& in) {
+                               return g.reshape(in.shape());
+                             }));
+  if (x.value_bf16().defined()) y.set_value_bf16(x.value_bf16().reshape(shape));
+  return y;
 }
 template <class T, class B>
 Var<T, B> transpose(const Var<T, B>& x, int64_t a0, int64_t a1) {
@@ -48,10 +50,12 @@ Var<T, B> permute(const Var<T, B>& x, const Dims& order) {
   Dims inverse = Dims::filled(order.size(), 0);  // inline: no heap per call
   for (int i = 0; i < order.size(); ++i)
     inverse[normalize_axis(order[i], x.dim(), "permute")] = int64_t(i);
-  return Var<T, B>::record("permute", out, {x},
-                           detail::view_rule(x, [inverse](const auto& g, const Var<T, B>&) {
-                             return g.permute(inverse);
-                           }));
+  auto y = Var<T, B>::record("permute", out, {x},
+                             detail::view_rule(x, [inverse](const auto& g, const Var<T, B>&) {
+                               return g.permute(inverse);
+                             }));
+  if (x.value_bf16().defined()) y.set_value_bf16(x.value_bf16().permute(order));
+  return y;
 }
 // Braced lists and std::vector orders (a braced list would be ambiguous between the two).
 template <class T, class B>
@@ -64,12 +68,25 @@ Var<T, B> permute(const Var<T, B>& x, const std::vector<int64_t>& order) {
 }
 
 namespace detail {
-// Backward of any view that picks a sub-block: scatter g into zeros shaped like x.
+// Backward of any view that picks a sub-block: g added into that block of x's gradient. Where
+// the gradient so far is x's own buffer (a parameter's, from the second micro-batch on) that is
+// one pass over the block, in place; otherwise the gradient so far (or zeros), then the block.
 template <class T, class B, class View>
 void scatter_view_grad(const Var<T, B>& x, const Tensor<T, B>& g, View&& view) {
-  auto dx = Tensor<T, B>::zeros(x.shape());
-  view(dx).assign(g);
-  x.accumulate_grad(dx);
+  x.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
+    Tensor<T, B> d = dst;
+    if (prior.defined() && prior.data() == dst.data()) {
+      Tensor<T, B> block = view(d);
+      block += g;
+      return;
+    }
+    if (prior.defined())
+      d.assign(prior);
+    else
+      d.fill(T(0));
+    Tensor<T, B> block = view(d);
+    block += g;
+  });
 }
 }  // namespace detail
 

@@ -93,14 +93,17 @@ std::optional<Var<T, B>> rms_norm_bitlinear_mlp_bf16(const Var<T, B>& x, double 
         gemm_bf16(B{}, ternary::detail::const_view(g16), ternary::detail::const_view(wd16),
                   backend::mat_view(da2));
         const auto dh16 = Tensor<bf16, B>::empty(Shape{rows, hidden});
-        const Tensor<T, B> dgain2 =
-            proj_gain.requires_grad() ? Tensor<T, B>::empty(Shape{hidden}) : Tensor<T, B>();
-        if (!rms_norm_relu2_bf16_backward(B{}, h16, rstd2, proj_gain_c, da2, dh16, dgain2))
+        // the projection gain's gradient so far plus this one, written by the kernels
+        Tensor<T, B> dgain2, dgain2_prior;
+        proj_gain.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
+          dgain2 = dst, dgain2_prior = prior;
+        });
+        if (!rms_norm_relu2_bf16_backward(B{}, h16, rstd2, proj_gain_c, da2, dh16, dgain2,
+                                          dgain2_prior))
           throw Error(
               ternary::detail::cat("rms_norm_bitlinear_mlp: the projection norm's "
                                    "backward kernel did not run for hidden rows ",
                                    h16.shape()));
-        if (dgain2.defined()) proj_gain.accumulate_grad(dgain2);
         if (w_fc.requires_grad())
           w_fc.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
             ternary::detail::gemm_accumulate(dh16.t(), a1, dst, prior);

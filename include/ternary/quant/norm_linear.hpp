@@ -271,10 +271,23 @@ std::optional<MixedProjections<K, T, B>> mix_rms_norm_linear_bf16(
           const Tensor<T, B> gx = g[0].defined()        ? g[0].contiguous().reshape(rows_d)
                                   : g_bf16[0].defined() ? widen_bf16(B{}, g_bf16[0]).reshape(rows_d)
                                                         : Tensor<T, B>();
+          // The mix weights' and gains' gradients are written by the kernels as their gradients
+          // so far plus these (accumulate_grad_with: no addition passes)
           backend::NormMix<T, B> bwd;
           bwd.a = a_c, bwd.b = b_c, bwd.x0 = x02d;
-          if (mix.a.requires_grad()) bwd.da = Tensor<T, B>::empty(Shape{rows_d[1]});
-          if (mix.b.requires_grad()) bwd.db = Tensor<T, B>::empty(Shape{rows_d[1]});
+          mix.a.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
+            bwd.da = dst, bwd.da_prior = prior;
+          });
+          mix.b.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
+            bwd.db = dst, bwd.db_prior = prior;
+          });
+          std::array<Tensor<T, B>, K> dgain_priors;
+          for (size_t k = 0; k < K; ++k)
+            if (dgains[k].defined())
+              gains[k].accumulate_grad_with(
+                  [&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
+                    dgains[k] = dst, dgain_priors[k] = prior;
+                  });
           ternary::detail::with_grad_target(
               mix.x_in, mix.x_in.requires_grad(), [&](T* dx_in, const T* prior_in) {
                 ternary::detail::with_grad_target(
@@ -282,14 +295,10 @@ std::optional<MixedProjections<K, T, B>> mix_rms_norm_linear_bf16(
                       bwd.dx_in = dx_in, bwd.prior_in = prior_in;
                       bwd.dx0 = dx0, bwd.prior0 = prior0;
                       rms_norm_shared_backward(B{}, xin2d, rstd, gains_c, dh, Tensor<T, B>(),
-                                               dgains, rstd_pre, gx, false, Tensor<bf16, B>(),
-                                               &bwd);
+                                               dgains, rstd_pre, gx, false, Tensor<bf16, B>(), &bwd,
+                                               dgain_priors);
                     });
               });
-          if (bwd.da.defined()) mix.a.accumulate_grad(bwd.da);
-          if (bwd.db.defined()) mix.b.accumulate_grad(bwd.db);
-          for (size_t k = 0; k < K; ++k)
-            if (dgains[k].defined()) gains[k].accumulate_grad(dgains[k]);
         });
     MixedProjections<K, T, B> result{vars[0], {}};
     for (size_t k = 0; k < K; ++k) result.y[k] = vars[k + 1];

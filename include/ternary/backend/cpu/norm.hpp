@@ -24,7 +24,8 @@ namespace ternary::backend {
 // Backward: x's whole gradient gx (the norm's dx plus x's own) goes on as dx_in = a gx +
 // prior_in and dx0 = b gx + prior0 (a null pointer: not wanted, or nothing so far; a prior may
 // be its output itself), and da, db [D] (each undefined: not wanted) get the sums over rows of
-// gx x_in and gx x0.
+// gx x_in and gx x0, plus da_prior, db_prior where defined (their gradients so far; may be da,
+// db themselves).
 template <class T, class B>
 struct NormMix {
   Tensor<T, B> a, b, x0;  // [D], [D], [rows, D]
@@ -34,6 +35,7 @@ struct NormMix {
   T* dx0 = nullptr;
   const T* prior0 = nullptr;
   Tensor<T, B> da, db;
+  Tensor<T, B> da_prior, db_prior;
 };
 
 // y = x * rstd * gain,  rstd = 1 / sqrt(mean(x^2) + eps), per row of contiguous [rows, D] x.

@@ -925,7 +925,9 @@ bool rms_norm_bf16_forward(cuda, const Tensor<T, cuda>& x,
 // kernels read them as they are, the other sizes widen them first). dx16 (if defined, with dx):
 // dx rounded to bf16 as well (Var::accumulate_grad_with_bf16), by the same pass. mix (the
 // forward's NormMix, bf16 g_k only): x holds x_in, and x's whole gradient (dx plus dx_addend)
-// goes on through the mix instead of to dx (undefined then).
+// goes on through the mix instead of to dx (undefined then). dgain_priors[k] (where defined):
+// added into dgains[k] (a gradient so far, Var::accumulate_grad_with; may be dgains[k] itself);
+// the register kernels' gain and mix-weight sums then run as one launch.
 template <class T, size_t K, class GradT>
 void rms_norm_shared_backward(
     cuda, const Tensor<T, cuda>& x, const Tensor<T, cuda>& rstd,
@@ -934,7 +936,8 @@ void rms_norm_shared_backward(
     const Tensor<T, cuda>& rstd_pre = Tensor<T, cuda>(),
     const Tensor<T, cuda>& dx_addend = Tensor<T, cuda>(), bool relu2_input = false,
     const Tensor<ternary::bf16, cuda>& dx16 = Tensor<ternary::bf16, cuda>(),
-    const NormMix<T, cuda>* mix = nullptr) {
+    const NormMix<T, cuda>* mix = nullptr,
+    const std::array<Tensor<T, cuda>, K>& dgain_priors = {}) {
   static_assert(std::is_same_v<T, float>, "rms_norm_shared_backward(cuda): float only");
   static_assert(std::is_same_v<GradT, T> || std::is_same_v<GradT, ternary::bf16>,
                 "rms_norm_shared_backward(cuda): gradients in float or bf16");
@@ -965,17 +968,17 @@ void rms_norm_shared_backward(
             rstd_pre.defined() ? rstd_pre.data() : nullptr, relu2_input,
             /*bf16_rows=*/false, bf16_grads,
             dx16.defined() ? reinterpret_cast<__nv_bfloat16*>(dx16.data()) : nullptr, mg)) {
-      if (mix && mix->da.defined()) sum_columns(mix_partial.data(), mix->da.data(), blocks, D);
+      ColumnSumJobs<T> sums;  // every gain's and mix weight's sum (plus prior), one launch
+      auto prior_of = [](const Tensor<T, cuda>& p) { return p.defined() ? p.data() : nullptr; };
+      if (mix && mix->da.defined())
+        sums.add(mix_partial.data(), mix->da.data(), prior_of(mix->da_prior));
       if (mix && mix->db.defined())
-        sum_columns(mix_partial.data() + int64_t(blocks) * D, mix->db.data(), blocks, D);
+        sums.add(mix_partial.data() + int64_t(blocks) * D, mix->db.data(), prior_of(mix->db_prior));
       for (size_t k = 0; k < K; ++k)
-        if (dgains[k].defined()) {
-          if (gs_in[k].defined())
-            sum_columns(partial.data() + int64_t(k) * blocks * D, dgains[k].data(), int64_t(blocks),
-                        D);
-          else
-            Tensor<T, cuda>(dgains[k]).fill(T(0));
-        }
+        if (dgains[k].defined())  // (no gradient reached output k: its sum is 0)
+          sums.add(gs_in[k].defined() ? partial.data() + int64_t(k) * blocks * D : nullptr,
+                   dgains[k].data(), prior_of(dgain_priors[k]));
+      sum_columns_into(sums, int64_t(blocks), D);
       return;
     }
   }
@@ -985,9 +988,22 @@ void rms_norm_shared_backward(
                     "register kernels and bf16 gradients (rows of 64-1024 floats, "
                     "16-byte aligned), x ",
                     x.shape()));
+  // Otherwise a dgain is written as a sum, then its prior added (through a temporary: the prior
+  // may be dgains[k] itself).
+  auto add_prior = [](const Tensor<T, cuda>& dst, const Tensor<T, cuda>& sum,
+                      const Tensor<T, cuda>& prior) {
+    Tensor<T, cuda> d = dst;
+    if (prior.defined())
+      d.assign(prior + sum);
+    else if (sum.data() != dst.data())
+      d.assign(sum);
+  };
+  auto zero_sum = [&](const Tensor<T, cuda>& dst, const Tensor<T, cuda>& prior) {
+    add_prior(dst, Tensor<T, cuda>::zeros(dst.shape()), prior);
+  };
   if (mix) {  // no rows: the sums are empty
-    if (mix->da.defined()) Tensor<T, cuda>(mix->da).fill(T(0));
-    if (mix->db.defined()) Tensor<T, cuda>(mix->db).fill(T(0));
+    if (mix->da.defined()) zero_sum(mix->da, mix->da_prior);
+    if (mix->db.defined()) zero_sum(mix->db, mix->db_prior);
     return;
   }
   if (relu2_input && rows > 0 && D > 0)  // its forward ran the register kernel
@@ -1029,10 +1045,13 @@ void rms_norm_shared_backward(
   }
   for (size_t k = 0; k < K; ++k)
     if (dgains[k].defined()) {
-      if (gs[k].defined())
-        rms_norm_backward(cuda{}, h, Tensor<T, cuda>(), rstd, gs[k], Tensor<T, cuda>(), dgains[k]);
-      else
-        Tensor<T, cuda>(dgains[k]).fill(T(0));
+      if (gs[k].defined()) {
+        auto sum = Tensor<T, cuda>::empty(dgains[k].shape());
+        rms_norm_backward(cuda{}, h, Tensor<T, cuda>(), rstd, gs[k], Tensor<T, cuda>(), sum);
+        add_prior(dgains[k], sum, dgain_priors[k]);
+      } else {
+        zero_sum(dgains[k], dgain_priors[k]);
+      }
     }
 }
 
@@ -1059,12 +1078,19 @@ bool rms_norm_relu2_bf16_backward(cuda, const Tensor<ternary::bf16, cuda>& h,
                                   const Tensor<T, cuda>& rstd, const Tensor<T, cuda>& gain,
                                   const Tensor<ternary::bf16, cuda>& g,
                                   const Tensor<ternary::bf16, cuda>& dh,
-                                  const Tensor<T, cuda>& dgain) {
+                                  const Tensor<T, cuda>& dgain,
+                                  const Tensor<T, cuda>& dgain_prior = Tensor<T, cuda>()) {
   static_assert(std::is_same_v<T, float>, "rms_norm_relu2_bf16_backward(cuda): float only");
   using namespace cuda_detail;
   const int64_t rows = h.size(0), D = h.size(1);
   if (rows == 0) {
-    if (dgain.defined()) Tensor<T, cuda>(dgain).fill(T(0));
+    if (dgain.defined()) {
+      Tensor<T, cuda> d = dgain;
+      if (dgain_prior.defined())
+        d.assign(dgain_prior);
+      else
+        d.fill(T(0));
+    }
     return true;
   }
   const int blocks =
@@ -1076,7 +1102,11 @@ bool rms_norm_relu2_bf16_backward(cuda, const Tensor<ternary::bf16, cuda>& h,
                         dgain.defined() ? partial.data() : nullptr, rows, D, nullptr, nullptr,
                         /*relu2_in=*/true, /*bf16_rows=*/true))
     return false;
-  if (dgain.defined()) sum_columns(partial.data(), dgain.data(), int64_t(blocks), D);
+  if (dgain.defined()) {  // the sum plus the gradient so far, one launch
+    ColumnSumJobs<T> sums;
+    sums.add(partial.data(), dgain.data(), dgain_prior.defined() ? dgain_prior.data() : nullptr);
+    sum_columns_into(sums, int64_t(blocks), D);
+  }
   return true;
 }
 

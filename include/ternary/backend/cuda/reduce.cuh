@@ -103,6 +103,52 @@ void sum_columns(const T* x, T* out, int64_t rows, int64_t cols) {
   TERNARY_CUDA_CHECK_LAUNCH("sum_cols_kernel");
 }
 
+// Several column sums of one shape in one launch (a norm's gain gradients and mix weights): job
+// k writes out[j] = prior[j] + sum_i x[i * cols + j] (x null: no rows, the sum is 0; prior null:
+// nothing so far; prior may be out itself). Each is a gradient accumulated by its kernel
+// (Var::accumulate_grad_with): one small launch for all of them instead of a sum and an
+// addition each.
+template <class T>
+struct ColumnSumJob {
+  const T* x = nullptr;
+  T* out = nullptr;
+  const T* prior = nullptr;
+};
+constexpr int kMaxColumnSumJobs = 8;
+template <class T>
+struct ColumnSumJobs {
+  ColumnSumJob<T> job[kMaxColumnSumJobs];
+  int n = 0;
+  void add(const T* x, T* out, const T* prior) {
+    if (n == kMaxColumnSumJobs) throw Error("ColumnSumJobs: more than 8 sums in one launch");
+    job[n++] = ColumnSumJob<T>{x, out, prior};
+  }
+};
+// grid (column blocks, jobs); block (32, 8): x = column within the block's 32, y = row lane.
+template <class T>
+__global__ void sum_cols_into_kernel(ColumnSumJobs<T> jobs, int64_t rows, int64_t cols) {
+  __shared__ T part[8][33];
+  const ColumnSumJob<T> jb = jobs.job[blockIdx.y];
+  const int64_t j = int64_t(blockIdx.x) * 32 + threadIdx.x;
+  T s = T(0);
+  if (j < cols && jb.x)
+    for (int64_t i = threadIdx.y; i < rows; i += 8) s += jb.x[i * cols + j];
+  part[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && j < cols) {
+    T t = T(0);
+    for (int k = 0; k < 8; ++k) t += part[k][threadIdx.x];
+    jb.out[j] = jb.prior ? jb.prior[j] + t : t;
+  }
+}
+template <class T>
+void sum_columns_into(const ColumnSumJobs<T>& jobs, int64_t rows, int64_t cols) {
+  if (jobs.n == 0 || cols == 0) return;
+  sum_cols_into_kernel<<<dim3(unsigned((cols + 31) / 32), unsigned(jobs.n)), dim3(32, 8), 0,
+                         cuda::stream()>>>(jobs, rows, cols);
+  TERNARY_CUDA_CHECK_LAUNCH("sum_cols_into_kernel");
+}
+
 // partial[r * parts + p] = sum of x[r * inner + j] for j in [p * part, (p + 1) * part) (clipped)
 template <class T>
 __global__ void sum_row_parts_kernel(const T* __restrict__ x, T* __restrict__ partial,
