@@ -16,7 +16,10 @@
 // are written in bf16 by the kernels that make them (head_norm_rope's backward, the attention's
 // dk/dv kernel) and handed on as gradients born in bf16 (Var::accumulate_grad_bf16): the q, k,
 // v projections' backward rounds them to bf16 anyway, so their fp32 copies and the rounding
-// passes are gone, and the projections' gradients are bit for bit the same.
+// passes are gone, and the projections' gradients are bit for bit the same. Also under bf16
+// products the kernel stores the output in bf16 beside fp32 (Var::value_bf16: the output
+// projection's operand), and a gradient born in bf16 (that projection writes it so) is packed
+// as it is, with Di from the bf16 output and gradient.
 // Tests: tests/cuda/test_cuda_ops.cu.
 #pragma once
 
