@@ -200,6 +200,18 @@ class Var {
     n.grad_owned = true;
   }
 
+  // accumulate_grad_with for a kernel launched after the call, with others gathered first:
+  // returns {dst, prior}, where the gradient now is dst, which the caller's kernel must fill with
+  // prior + (its gradient) before anything reads it (the handles keep both alive); prior is
+  // undefined (nothing so far) or may be dst itself; both undefined if no gradient is wanted.
+  std::pair<Tensor<T, B>, Tensor<T, B>> accumulate_grad_target() const {
+    std::pair<Tensor<T, B>, Tensor<T, B>> target;
+    accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
+      target = {dst, prior};
+    });
+    return target;
+  }
+
   // accumulate_grad_with for a rule whose kernel also writes the new gradient rounded to bf16:
   // write(dst, prior, dst16) stores prior + (this rule's gradient) into dst as there, and the same
   // values rounded to bf16 into dst16 (undefined for a leaf: write none). The bf16 copy stays

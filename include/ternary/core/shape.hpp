@@ -79,6 +79,17 @@ inline int64_t numel(const Shape& s) {
   return n;
 }
 
+// The position in a row-major tensor of shape s of its element at flat index i (error messages
+// name positions this way).
+inline Dims unravel_index(int64_t i, const Shape& s) {
+  Dims pos = Dims::filled(s.size(), 0);
+  for (int d = s.size() - 1; d >= 0; --d) {
+    pos[d] = s[d] ? i % s[d] : 0;
+    i = s[d] ? i / s[d] : 0;
+  }
+  return pos;
+}
+
 inline std::string to_string(const Dims& d) {
   std::string s = "[";
   for (int i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);

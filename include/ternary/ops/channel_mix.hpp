@@ -55,9 +55,9 @@ Tensor<T, B> channel_mix_forward(const Tensor<T, B>* a, const Tensor<T, B>& x,
 template <class T, class B, class F>
 void with_grad_target(const Var<T, B>& v, bool want, F&& f) {
   if (!want) return f(static_cast<T*>(nullptr), static_cast<const T*>(nullptr));
-  v.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
-    f(dst.data(), prior.defined() ? prior.data() : static_cast<const T*>(nullptr));
-  });
+  const auto [dst, prior] = v.accumulate_grad_target();
+  if (!dst.defined()) return;  // (v needs no gradient after all: as accumulate_grad_with)
+  f(dst.data(), prior.defined() ? prior.data() : static_cast<const T*>(nullptr));
 }
 
 // The backward of either form (a null: x enters with weight 1). The kernel adds dx and dy

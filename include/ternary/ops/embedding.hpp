@@ -25,13 +25,9 @@ void check_embedding_ids(const Tensor<int32_t, B>& ids_c, const Shape& ids_shape
     const int32_t* id = ids_c.data();
     for (int64_t i = 0; i < ids_c.numel(); ++i) {
       if (id[i] >= 0 && id[i] < V) continue;
-      Dims pos = Dims::filled(ids_shape.size(), 0);
-      for (int64_t d = ids_shape.size() - 1, f = i; d >= 0; --d) {
-        pos[int(d)] = f % ids_shape[int(d)];
-        f /= ids_shape[int(d)];
-      }
-      throw IndexError(detail::cat("embedding: id ", id[i], " at position ", pos, " of ids ",
-                                   ids_shape, " is out of range for a table of ", V, " rows"));
+      throw IndexError(detail::cat("embedding: id ", id[i], " at position ",
+                                   unravel_index(i, ids_shape), " of ids ", ids_shape,
+                                   " is out of range for a table of ", V, " rows"));
     }
   }
 }

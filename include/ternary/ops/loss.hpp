@@ -50,14 +50,9 @@ CrossEntropyRows<T, B> cross_entropy_rows(const char* op, const Tensor<T, B>& lo
     const int32_t* t = r.targets.data();
     for (int64_t i = 0; i < rows; ++i) {
       if (t[i] == ignore_index || (t[i] >= 0 && t[i] < V)) continue;
-      Dims pos = Dims::filled(expect.size(), 0);
-      for (int64_t d = expect.size() - 1, f = i; d >= 0; --d) {
-        pos[int(d)] = f % expect[int(d)];
-        f /= expect[int(d)];
-      }
-      throw IndexError(detail::cat(op, ": target ", t[i], " at position ", pos, " of targets ",
-                                   expect, " is out of range for ", V, " classes (ignore_index is ",
-                                   ignore_index, ")"));
+      throw IndexError(detail::cat(op, ": target ", t[i], " at position ", unravel_index(i, expect),
+                                   " of targets ", expect, " is out of range for ", V,
+                                   " classes (ignore_index is ", ignore_index, ")"));
     }
   }
   return r;

@@ -9,6 +9,7 @@
 
 #include <array>
 #include <cmath>
+#include <tuple>
 
 #include "ternary/autograd/var.hpp"
 #include "ternary/backend/cpu/norm.hpp"
@@ -83,7 +84,7 @@ Var<T, B> rms_norm_var(const Var<T, B>& x, const Var<T, B>* gain, double eps) {
 // The device backward of the K-output norm ops (quant::rms_norm_quantize_activations,
 // quant::rms_norm_linear, rms_norm_mlp): one rms_norm_shared_backward for the K output gradients gs
 // (undefined: none reached that output), dx added by the kernel into x's gradient so far, and each
-// wanted gain's gradient (dgains[k] defined) added by it too. x2d is x's [rows, D] view; rstd_pre
+// wanted gain's gradient (want_dgain[k]) added by it too. x2d is x's [rows, D] view; rstd_pre
 // and relu2_input are the forward's. gs in T, or in bf16 as the bf16 nodes' GEMMs write them
 // (CUDA). With bf16_copy the kernel also writes x's new gradient rounded to bf16 beside it
 // (Var::accumulate_grad_with_bf16), for a reader that rounds it so anyway.
@@ -92,18 +93,14 @@ void norm_shared_backward(const Var<T, B>& x, const Tensor<T, B>& x2d, const Ten
                           const std::array<Var<T, B>, K>& gains,
                           const std::array<Tensor<T, B>, K>& gains_c,
                           const std::array<Tensor<G, B>, K>& gs,
-                          const std::array<Tensor<T, B>, K>& dgains, const Tensor<T, B>& rstd_pre,
+                          const std::array<bool, K>& want_dgain, const Tensor<T, B>& rstd_pre,
                           bool relu2_input = false, bool bf16_copy = false) {
   const Shape rows_d = x2d.shape();
-  // Each gain's gradient is written by the kernels as the gradient so far plus this one
-  // (accumulate_grad_with: no addition pass); dgains[k] only says which are wanted.
+  // Each wanted gain's gradient is written by the kernels as the gradient so far plus this one
+  // (no addition pass)
   std::array<Tensor<T, B>, K> dg, dg_prior;
   for (size_t k = 0; k < K; ++k)
-    if (dgains[k].defined())
-      gains[k].accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
-        dg[k] = dst;
-        dg_prior[k] = prior;
-      });
+    if (want_dgain[k]) std::tie(dg[k], dg_prior[k]) = gains[k].accumulate_grad_target();
   auto run = [&](const Tensor<T, B>& dx, const Tensor<T, B>& prior,
                  const Tensor<bf16, B>& dx16 = Tensor<bf16, B>()) {
     rms_norm_shared_backward(B{}, x2d, rstd, gains_c, gs, dx.defined() ? dx.reshape(rows_d) : dx,

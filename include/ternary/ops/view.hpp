@@ -75,15 +75,10 @@ template <class T, class B, class View>
 void scatter_view_grad(const Var<T, B>& x, const Tensor<T, B>& g, View&& view) {
   x.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
     Tensor<T, B> d = dst;
-    if (prior.defined() && prior.data() == dst.data()) {
-      Tensor<T, B> block = view(d);
-      block += g;
-      return;
-    }
-    if (prior.defined())
-      d.assign(prior);
-    else
+    if (!prior.defined())
       d.fill(T(0));
+    else if (prior.data() != dst.data())
+      d.assign(prior);
     Tensor<T, B> block = view(d);
     block += g;
   });

@@ -169,13 +169,14 @@ std::array<Var<T, B>, K> rms_norm_quantize_shared(const Var<T, B>& x,
             if (want_dw) gains[k].accumulate_grad(dw);
           }
         } else {
-          std::array<Tensor<T, B>, K> gs, dws;
+          std::array<Tensor<T, B>, K> gs;
+          std::array<bool, K> want_dw{};
           for (size_t k = 0; k < K; ++k) {
             if (g[k].defined()) gs[k] = g[k].contiguous().reshape(Shape{rows, D});
-            if (g[k].defined() && gains[k].requires_grad()) dws[k] = Tensor<T, B>::empty(Shape{D});
+            want_dw[k] = g[k].defined() && gains[k].requires_grad();
           }
           ternary::detail::norm_shared_backward<K>(x, x_c.reshape(Shape{rows, D}), rstd, gains,
-                                                   gains_c, gs, dws, rstd_pre);
+                                                   gains_c, gs, want_dw, rstd_pre);
         }
       });
 }

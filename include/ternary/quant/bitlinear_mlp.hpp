@@ -94,10 +94,7 @@ std::optional<Var<T, B>> rms_norm_bitlinear_mlp_bf16(const Var<T, B>& x, double 
                   backend::mat_view(da2));
         const auto dh16 = Tensor<bf16, B>::empty(Shape{rows, hidden});
         // the projection gain's gradient so far plus this one, written by the kernels
-        Tensor<T, B> dgain2, dgain2_prior;
-        proj_gain.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
-          dgain2 = dst, dgain2_prior = prior;
-        });
+        const auto [dgain2, dgain2_prior] = proj_gain.accumulate_grad_target();
         if (!rms_norm_relu2_bf16_backward(B{}, h16, rstd2, proj_gain_c, da2, dh16, dgain2,
                                           dgain2_prior))
           throw Error(
@@ -112,14 +109,12 @@ std::optional<Var<T, B>> rms_norm_bitlinear_mlp_bf16(const Var<T, B>& x, double 
         auto dxn = Tensor<bf16, B>::empty(x2d.shape());  // bf16, as autocast's
         gemm_bf16(B{}, ternary::detail::const_view(dh16), ternary::detail::const_view(wfc16),
                   backend::mat_view(dxn));
-        const Tensor<T, B> dgain1 =
-            fc_gain.requires_grad() ? Tensor<T, B>::empty(Shape{x2d.size(1)}) : Tensor<T, B>();
         // x's gradient also in bf16: the attention's output projection that produced x rounds
         // it so for its GEMMs (Var::accumulate_grad_with_bf16)
         ternary::detail::norm_shared_backward<1>(
             x, x2d, rstd1, std::array<Var<T, B>, 1>{fc_gain},
             std::array<Tensor<T, B>, 1>{fc_gain_c}, std::array<Tensor<bf16, B>, 1>{dxn},
-            std::array<Tensor<T, B>, 1>{dgain1}, rstd_pre, false, true);
+            std::array<bool, 1>{fc_gain.requires_grad()}, rstd_pre, false, true);
       });
 }
 

@@ -28,6 +28,7 @@
 
 #include <array>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 #include "ternary/ops/channel_mix.hpp"
@@ -172,7 +173,7 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
       [x, gains, weights, x2d, gains_c, h16, w16, rstd, rstd_pre, rows, D, relu2_input, res](
           const std::array<Tensor<T, B>, K>& g, const std::array<Tensor<bf16, B>, K>& g_bf16) {
         std::array<Tensor<bf16, B>, K> dh;  // bf16, as autocast's input gradients
-        std::array<Tensor<T, B>, K> dgains;
+        std::array<bool, K> want_dgains{};
         bool any = false;
         for (size_t k = 0; k < K; ++k) {
           if (!g[k].defined() && !g_bf16[k].defined()) continue;
@@ -190,10 +191,10 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
                                ternary::detail::const_view(wd16), backend::mat_view(dh[k]));
             any = true;
           }
-          if (want_dgain) dgains[k] = Tensor<T, B>::empty(Shape{D});
+          want_dgains[k] = want_dgain;
         }
         if (any)
-          ternary::detail::norm_shared_backward<K>(x, x2d, rstd, gains, gains_c, dh, dgains,
+          ternary::detail::norm_shared_backward<K>(x, x2d, rstd, gains, gains_c, dh, want_dgains,
                                                    rstd_pre, relu2_input);
       });
 }
@@ -254,7 +255,9 @@ std::optional<MixedProjections<K, T, B>> mix_rms_norm_linear_bf16(
           // per projection: dh = bf16(dy) bf16(w) (bf16, as autocast's input gradients), the
           // weight's gradient added by its GEMM
           std::array<Tensor<bf16, B>, K> dh;
-          std::array<Tensor<T, B>, K> dgains;
+          // The mix weights' and gains' gradients are written by the kernels as their gradients
+          // so far plus these (no addition passes)
+          std::array<Tensor<T, B>, K> dgains, dgain_priors;
           for (size_t k = 0; k < K; ++k) {
             if (!g[k + 1].defined() && !g_bf16[k + 1].defined()) continue;
             const auto operands =
@@ -265,29 +268,16 @@ std::optional<MixedProjections<K, T, B>> mix_rms_norm_linear_bf16(
                                ternary::detail::const_view(operands.second),
                                backend::mat_view(dh[k]));
             if (gains[k].defined() && gains[k].requires_grad())
-              dgains[k] = Tensor<T, B>::empty(Shape{rows_d[1]});
+              std::tie(dgains[k], dgain_priors[k]) = gains[k].accumulate_grad_target();
           }
           // x's own gradient (the attention's residual), added to the norm's by the kernel
           const Tensor<T, B> gx = g[0].defined()        ? g[0].contiguous().reshape(rows_d)
                                   : g_bf16[0].defined() ? widen_bf16(B{}, g_bf16[0]).reshape(rows_d)
                                                         : Tensor<T, B>();
-          // The mix weights' and gains' gradients are written by the kernels as their gradients
-          // so far plus these (accumulate_grad_with: no addition passes)
           backend::NormMix<T, B> bwd;
           bwd.a = a_c, bwd.b = b_c, bwd.x0 = x02d;
-          mix.a.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
-            bwd.da = dst, bwd.da_prior = prior;
-          });
-          mix.b.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
-            bwd.db = dst, bwd.db_prior = prior;
-          });
-          std::array<Tensor<T, B>, K> dgain_priors;
-          for (size_t k = 0; k < K; ++k)
-            if (dgains[k].defined())
-              gains[k].accumulate_grad_with(
-                  [&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
-                    dgains[k] = dst, dgain_priors[k] = prior;
-                  });
+          std::tie(bwd.da, bwd.da_prior) = mix.a.accumulate_grad_target();
+          std::tie(bwd.db, bwd.db_prior) = mix.b.accumulate_grad_target();
           ternary::detail::with_grad_target(
               mix.x_in, mix.x_in.requires_grad(), [&](T* dx_in, const T* prior_in) {
                 ternary::detail::with_grad_target(

@@ -249,14 +249,9 @@ class IndexFaults {
     const IndexCheck c =
         f.check >= 0 && size_t(f.check) < checks_.size() ? checks_[size_t(f.check)] : IndexCheck{};
     checks_.clear();
-    Dims at = Dims::filled(int(c.shape.size()), 0);
-    for (int64_t d = int64_t(c.shape.size()) - 1, rest = f.position; d >= 0; --d) {
-      const int64_t n = c.shape[int(d)];
-      at[int(d)] = n ? rest % n : 0;
-      rest = n ? rest / n : 0;
-    }
-    throw IndexError(detail::cat(c.op, ": ", c.what, " ", f.value, " at position ", at, " of ",
-                                 c.what, "s ", c.shape, " is out of range for ", c.range,
+    throw IndexError(detail::cat(c.op, ": ", c.what, " ", f.value, " at position ",
+                                 unravel_index(f.position, c.shape), " of ", c.what, "s ", c.shape,
+                                 " is out of range for ", c.range,
                                  " (found by the kernel; reported at the next synchronisation "
                                  "with the device)"));
   }

@@ -604,6 +604,21 @@ __global__ void rms_norm_dgain_kernel(const T* __restrict__ x, const T* __restri
   }
 }
 
+// dst = prior + sum, a gradient accumulated outside the register kernels' one sum launch (sum
+// undefined: 0; prior undefined: nothing so far; prior may be dst itself, sum must not be).
+template <class T>
+void set_sum_plus_prior(Tensor<T, cuda> dst, const Tensor<T, cuda>& sum,
+                        const Tensor<T, cuda>& prior) {
+  if (sum.defined() && prior.defined())
+    dst.assign(prior + sum);
+  else if (sum.defined())
+    dst.assign(sum);
+  else if (prior.defined())
+    dst.assign(prior);
+  else
+    dst.fill(T(0));
+}
+
 inline int row_warps_blocks(int64_t rows) {
   return int(std::min<int64_t>((rows + 7) / 8, launch_for(int64_t(1) << 40).blocks * 4));
 }
@@ -988,22 +1003,9 @@ void rms_norm_shared_backward(
                     "register kernels and bf16 gradients (rows of 64-1024 floats, "
                     "16-byte aligned), x ",
                     x.shape()));
-  // Otherwise a dgain is written as a sum, then its prior added (through a temporary: the prior
-  // may be dgains[k] itself).
-  auto add_prior = [](const Tensor<T, cuda>& dst, const Tensor<T, cuda>& sum,
-                      const Tensor<T, cuda>& prior) {
-    Tensor<T, cuda> d = dst;
-    if (prior.defined())
-      d.assign(prior + sum);
-    else if (sum.data() != dst.data())
-      d.assign(sum);
-  };
-  auto zero_sum = [&](const Tensor<T, cuda>& dst, const Tensor<T, cuda>& prior) {
-    add_prior(dst, Tensor<T, cuda>::zeros(dst.shape()), prior);
-  };
   if (mix) {  // no rows: the sums are empty
-    if (mix->da.defined()) zero_sum(mix->da, mix->da_prior);
-    if (mix->db.defined()) zero_sum(mix->db, mix->db_prior);
+    if (mix->da.defined()) set_sum_plus_prior(mix->da, Tensor<T, cuda>(), mix->da_prior);
+    if (mix->db.defined()) set_sum_plus_prior(mix->db, Tensor<T, cuda>(), mix->db_prior);
     return;
   }
   if (relu2_input && rows > 0 && D > 0)  // its forward ran the register kernel
@@ -1045,13 +1047,12 @@ void rms_norm_shared_backward(
   }
   for (size_t k = 0; k < K; ++k)
     if (dgains[k].defined()) {
+      Tensor<T, cuda> sum;  // (through a temporary: the prior may be dgains[k] itself)
       if (gs[k].defined()) {
-        auto sum = Tensor<T, cuda>::empty(dgains[k].shape());
+        sum = Tensor<T, cuda>::empty(dgains[k].shape());
         rms_norm_backward(cuda{}, h, Tensor<T, cuda>(), rstd, gs[k], Tensor<T, cuda>(), sum);
-        add_prior(dgains[k], sum, dgain_priors[k]);
-      } else {
-        zero_sum(dgains[k], dgain_priors[k]);
       }
+      set_sum_plus_prior(dgains[k], sum, dgain_priors[k]);
     }
 }
 
@@ -1084,13 +1085,7 @@ bool rms_norm_relu2_bf16_backward(cuda, const Tensor<ternary::bf16, cuda>& h,
   using namespace cuda_detail;
   const int64_t rows = h.size(0), D = h.size(1);
   if (rows == 0) {
-    if (dgain.defined()) {
-      Tensor<T, cuda> d = dgain;
-      if (dgain_prior.defined())
-        d.assign(dgain_prior);
-      else
-        d.fill(T(0));
-    }
+    if (dgain.defined()) set_sum_plus_prior(dgain, Tensor<T, cuda>(), dgain_prior);
     return true;
   }
   const int blocks =

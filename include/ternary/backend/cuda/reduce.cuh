@@ -55,26 +55,34 @@ __global__ void sum_rows_kernel(const T* __restrict__ x, T* __restrict__ out, in
   }
 }
 
-// out[c * cols + j] = sum over rows i of chunk c (blockIdx.y, chunk_rows each) of
-// x[i * cols + j]; block (32, 8): x = column within the block's 32, y = row lane.
+// For a block (32, 8) (x = column within the block's 32, y = row lane): the sum over rows
+// [r0, r1) of x[i * cols + j], j = blockIdx.x * 32 + threadIdx.x, in a fixed order; valid in the
+// threads with threadIdx.y == 0 (x null: 0).
 template <class T>
-__global__ void sum_cols_kernel(const T* __restrict__ x, T* __restrict__ out, int64_t rows,
-                                int64_t cols, int64_t chunk_rows) {
+__device__ T block_column_sum(const T* __restrict__ x, int64_t r0, int64_t r1, int64_t cols,
+                              int64_t j) {
   __shared__ T part[8][33];
-  const int64_t j = int64_t(blockIdx.x) * 32 + threadIdx.x;
-  const int64_t r0 = int64_t(blockIdx.y) * chunk_rows;
-  const int64_t r1 = r0 + chunk_rows < rows ? r0 + chunk_rows : rows;
-  out += int64_t(blockIdx.y) * cols;
   T s = T(0);
-  if (j < cols)
+  if (j < cols && x)
     for (int64_t i = r0 + threadIdx.y; i < r1; i += 8) s += x[i * cols + j];
   part[threadIdx.y][threadIdx.x] = s;
   __syncthreads();
-  if (threadIdx.y == 0 && j < cols) {
-    T t = T(0);
+  T t = T(0);
+  if (threadIdx.y == 0)
     for (int k = 0; k < 8; ++k) t += part[k][threadIdx.x];
-    out[j] = t;
-  }
+  return t;
+}
+
+// out[c * cols + j] = sum over rows i of chunk c (blockIdx.y, chunk_rows each) of
+// x[i * cols + j]; block (32, 8).
+template <class T>
+__global__ void sum_cols_kernel(const T* __restrict__ x, T* __restrict__ out, int64_t rows,
+                                int64_t cols, int64_t chunk_rows) {
+  const int64_t j = int64_t(blockIdx.x) * 32 + threadIdx.x;
+  const int64_t r0 = int64_t(blockIdx.y) * chunk_rows;
+  const int64_t r1 = r0 + chunk_rows < rows ? r0 + chunk_rows : rows;
+  const T t = block_column_sum(x, r0, r1, cols, j);
+  if (threadIdx.y == 0 && j < cols) out[int64_t(blockIdx.y) * cols + j] = t;
 }
 
 // out[j] = sum_i x[i * cols + j] for contiguous [rows, cols] x, split into row chunks when
@@ -124,22 +132,13 @@ struct ColumnSumJobs {
     job[n++] = ColumnSumJob<T>{x, out, prior};
   }
 };
-// grid (column blocks, jobs); block (32, 8): x = column within the block's 32, y = row lane.
+// grid (column blocks, jobs); block (32, 8).
 template <class T>
 __global__ void sum_cols_into_kernel(ColumnSumJobs<T> jobs, int64_t rows, int64_t cols) {
-  __shared__ T part[8][33];
   const ColumnSumJob<T> jb = jobs.job[blockIdx.y];
   const int64_t j = int64_t(blockIdx.x) * 32 + threadIdx.x;
-  T s = T(0);
-  if (j < cols && jb.x)
-    for (int64_t i = threadIdx.y; i < rows; i += 8) s += jb.x[i * cols + j];
-  part[threadIdx.y][threadIdx.x] = s;
-  __syncthreads();
-  if (threadIdx.y == 0 && j < cols) {
-    T t = T(0);
-    for (int k = 0; k < 8; ++k) t += part[k][threadIdx.x];
-    jb.out[j] = jb.prior ? jb.prior[j] + t : t;
-  }
+  const T t = block_column_sum(jb.x, int64_t(0), rows, cols, j);
+  if (threadIdx.y == 0 && j < cols) jb.out[j] = jb.prior ? jb.prior[j] + t : t;
 }
 template <class T>
 void sum_columns_into(const ColumnSumJobs<T>& jobs, int64_t rows, int64_t cols) {
