@@ -1308,6 +1308,48 @@ TEST_CASE("cuda rope_attention's bf16 output copy: the output projection's opera
   CHECK(rel_err(dg[0].grad(), to_host(dg[1].grad())) < 2e-2);
 }
 
+// A BitLinear projection of a value born in bf16 (Var::value_bf16, as the attention's output):
+// rms_norm_linear's backward writes that value's first gradient in bf16 alone (its readers round
+// it so), the same values rounded once: against the run without the copy, the input's
+// gradient is that one rounded to bf16, bit for bit, and everything else the same bits.
+TEST_CASE("cuda rms_norm_linear: the first gradient of an input born in bf16 is born in bf16") {
+  const Bf16On on;
+  Rng rng(43);
+  for (const int64_t D : {512, 1024}) {
+    const int64_t rows = 70, out = 256;
+    auto hx = Tensor<float>::randn({2, rows / 2, D}, rng),
+         hw = Tensor<float>::randn({rows, out}, rng);
+    auto hwt = Tensor<float>::randn({out, D}, rng, 0, 0.05);
+    auto hg = Tensor<float>::randn({D}, rng, 1, 0.2), hr = Tensor<float>::randn({rows, out}, rng);
+    auto hs = Tensor<float>::randn({out}, rng, 1, 0.2);
+    std::array<VarD, 2> px, pw, pg, pr, ps;
+    std::array<Tensor<float, cuda>, 2> y;
+    for (int form = 0; form < 2; ++form) {  // 0: x has its bf16 copy, 1: not
+      px[form] = VarD::parameter(to_device(hx));
+      pw[form] = VarD::parameter(to_device(hwt));
+      pg[form] = VarD::parameter(to_device(hg));
+      pr[form] = VarD::parameter(to_device(hr));
+      ps[form] = VarD::parameter(to_device(hs));
+      VarD x = reshape(px[form], {rows, D});  // a view (not a leaf), as the attention's output
+      if (form == 0) x.set_value_bf16(backend::to_bf16(cuda{}, x.value()));
+      const Residual<float, cuda> r{pr[form], ps[form]};
+      VarD o = quant::rms_norm_linear<1>(x, {pg[form]}, {pw[form]}, 1e-6, std::nullopt, true, false,
+                                         &r)[0];
+      y[form] = o.value();
+      functional(o, hw).backward();
+    }
+    INFO("D = " << D);
+    CHECK(rel_err(y[0], to_host(y[1])) == 0);
+    const auto dx_rounded = backend::to_bf16(cpu{}, to_host(px[1].grad())).to<float>();
+    CHECK(rel_err(px[0].grad(), dx_rounded) == 0);
+    CHECK(rel_err(px[1].grad(), dx_rounded) > 0);  // (the fp32 path did not round)
+    CHECK(rel_err(pw[0].grad(), to_host(pw[1].grad())) == 0);
+    CHECK(rel_err(pg[0].grad(), to_host(pg[1].grad())) == 0);
+    CHECK(rel_err(pr[0].grad(), to_host(pr[1].grad())) == 0);
+    CHECK(rel_err(ps[0].grad(), to_host(ps[1].grad())) == 0);
+  }
+}
+
 // Under cuda::set_bf16 the products outside linear() (matmul) run in TF32 (see matmul.cuh).
 TEST_CASE("cuda matmul behind cuda::set_bf16: tensor cores (TF32), not exact fp32") {
   Rng rng(28);

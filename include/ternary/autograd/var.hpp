@@ -231,6 +231,19 @@ class Var {
     n.grad16 = dst16;  // (accumulate_grad_with dropped any earlier copy)
   }
 
+  // For a rule whose kernel can write this variable's gradient in bf16 (a value born in bf16,
+  // Var::value_bf16, whose readers round their gradient so): while it has none yet and is no
+  // leaf, a fresh bf16 tensor that becomes its gradient, as accumulate_grad_bf16's would (the
+  // caller's kernel must fill it before anything reads it); otherwise undefined, and the caller
+  // adds its gradient in T (accumulate_grad_with).
+  Tensor<bf16, B> grad_bf16_target() const {
+    Node& n = node();
+    if (n.grad_target) return Var(n.grad_target).grad_bf16_target();
+    if (!n.requires_grad || n.is_leaf || n.has_grad()) return Tensor<bf16, B>();
+    n.grad16 = Tensor<bf16, B>::empty(n.value.shape());
+    return n.grad16;
+  }
+
   // Adds a gradient that a kernel wrote in bf16 (g16 is shared, never written). While it is
   // the only one it stays bf16: a reader that rounds its gradient to bf16 anyway (the
   // tensor-core products of ops/matmul.hpp's bf16 rules) takes it as it is, any other reader

@@ -81,20 +81,27 @@ Var<T, B> rms_norm_var(const Var<T, B>& x, const Var<T, B>* gain, double eps) {
                       [](auto&&... a) { return rms_norm_rows<T, B>(a...); });
 }
 
+// How norm_shared_backward writes x's gradient, for readers that round it to bf16 anyway.
+enum class DxBf16 {
+  no,            // in T only
+  copy,          // in T, and rounded to bf16 beside it (Var::accumulate_grad_with_bf16)
+  born_if_first  // in bf16 alone while it is x's first gradient (Var::grad_bf16_target), else in
+                 // T: x is a value born in bf16 (Var::value_bf16), whose readers round it so
+};
+
 // The device backward of the K-output norm ops (quant::rms_norm_quantize_activations,
 // quant::rms_norm_linear, rms_norm_mlp): one rms_norm_shared_backward for the K output gradients gs
-// (undefined: none reached that output), dx added by the kernel into x's gradient so far, and each
-// wanted gain's gradient (want_dgain[k]) added by it too. x2d is x's [rows, D] view; rstd_pre
-// and relu2_input are the forward's. gs in T, or in bf16 as the bf16 nodes' GEMMs write them
-// (CUDA). With bf16_copy the kernel also writes x's new gradient rounded to bf16 beside it
-// (Var::accumulate_grad_with_bf16), for a reader that rounds it so anyway.
+// (undefined: none reached that output), dx added by the kernel into x's gradient so far (or
+// written as dx_bf16 says), and each wanted gain's gradient (want_dgain[k]) added by it too. x2d
+// is x's [rows, D] view; rstd_pre and relu2_input are the forward's. gs in T, or in bf16 as the
+// bf16 nodes' GEMMs write them (CUDA).
 template <size_t K, class T, class B, class G>
 void norm_shared_backward(const Var<T, B>& x, const Tensor<T, B>& x2d, const Tensor<T, B>& rstd,
                           const std::array<Var<T, B>, K>& gains,
                           const std::array<Tensor<T, B>, K>& gains_c,
                           const std::array<Tensor<G, B>, K>& gs,
                           const std::array<bool, K>& want_dgain, const Tensor<T, B>& rstd_pre,
-                          bool relu2_input = false, bool bf16_copy = false) {
+                          bool relu2_input = false, DxBf16 dx_bf16 = DxBf16::no) {
   const Shape rows_d = x2d.shape();
   // Each wanted gain's gradient is written by the kernels as the gradient so far plus this one
   // (no addition pass)
@@ -108,12 +115,17 @@ void norm_shared_backward(const Var<T, B>& x, const Tensor<T, B>& x2d, const Ten
                              relu2_input, dx16.defined() ? dx16.reshape(rows_d) : dx16,
                              static_cast<const backend::NormMix<T, B>*>(nullptr), dg_prior);
   };
-  if (x.requires_grad() && bf16_copy)  // x's whole gradient, also in bf16 for its reader
-    x.accumulate_grad_with_bf16(run);
-  else if (x.requires_grad())  // dx added by the kernel into x's gradient so far
-    x.accumulate_grad_with(run);
-  else
+  if (!x.requires_grad()) {
     run(Tensor<T, B>(), Tensor<T, B>());
+  } else if (dx_bf16 == DxBf16::copy) {  // x's whole gradient, also in bf16 for its reader
+    x.accumulate_grad_with_bf16(run);
+  } else if (const Tensor<bf16, B> dx16 =
+                 dx_bf16 == DxBf16::born_if_first ? x.grad_bf16_target() : Tensor<bf16, B>();
+             dx16.defined()) {  // x's first gradient, born in bf16: half the bytes each way
+    run(Tensor<T, B>(), Tensor<T, B>(), dx16);
+  } else {  // dx added by the kernel into x's gradient so far
+    x.accumulate_grad_with(run);
+  }
 }
 
 }  // namespace detail

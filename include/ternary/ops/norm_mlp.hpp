@@ -83,7 +83,7 @@ std::optional<Var<T, B>> rms_norm_mlp_bf16(const Var<T, B>& x, const Var<T, B>& 
         // it so for its GEMMs (residual_linear), and need not read it again for that
         norm_shared_backward<1>(x, x2d, rstd, std::array<Var<T, B>, 1>{},
                                 std::array<Tensor<T, B>, 1>{}, std::array<Tensor<bf16, B>, 1>{dxn},
-                                std::array<bool, 1>{}, Tensor<T, B>(), false, true);
+                                std::array<bool, 1>{}, Tensor<T, B>(), false, DxBf16::copy);
       });
 }
 

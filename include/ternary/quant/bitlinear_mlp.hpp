@@ -111,10 +111,11 @@ std::optional<Var<T, B>> rms_norm_bitlinear_mlp_bf16(const Var<T, B>& x, double 
                   backend::mat_view(dxn));
         // x's gradient also in bf16: the attention's output projection that produced x rounds
         // it so for its GEMMs (Var::accumulate_grad_with_bf16)
-        ternary::detail::norm_shared_backward<1>(
-            x, x2d, rstd1, std::array<Var<T, B>, 1>{fc_gain},
-            std::array<Tensor<T, B>, 1>{fc_gain_c}, std::array<Tensor<bf16, B>, 1>{dxn},
-            std::array<bool, 1>{fc_gain.requires_grad()}, rstd_pre, false, true);
+        ternary::detail::norm_shared_backward<1>(x, x2d, rstd1, std::array<Var<T, B>, 1>{fc_gain},
+                                                 std::array<Tensor<T, B>, 1>{fc_gain_c},
+                                                 std::array<Tensor<bf16, B>, 1>{dxn},
+                                                 std::array<bool, 1>{fc_gain.requires_grad()},
+                                                 rstd_pre, false, ternary::detail::DxBf16::copy);
       });
 }
 

@@ -17,7 +17,9 @@
 // fp32 activations never reach memory, nor pass through a rounding kernel; with no gains and
 // no int8 the K share one), and the backward runs, per output, the rounding of its gradient
 // and two GEMMs (the activation's gradient written in bf16, as autocast's), then one norm kernel
-// for all K (pre-norm included) that adds dx into x's gradient so far. With relu2_input the kernels
+// for all K (pre-norm included) that adds dx into x's gradient so far (for an x born in bf16,
+// Var::value_bf16, such as the attention's output, its first gradient is written in bf16
+// instead: its readers round it so, and it moves half the bytes). With relu2_input the kernels
 // square the rectified rows in registers (forward) and apply relu2's slope to dx (backward):
 // relu(x)^2 never reaches memory, nor its gradient. The values are those of linear()'s bf16 path
 // over the composition's activations (bit for bit the same roundings), with the activations'
@@ -193,9 +195,13 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
           }
           want_dgains[k] = want_dgain;
         }
+        // x born in bf16 (the attention's output, which a BitLinear projection normalises):
+        // its first gradient in bf16 too, which its reader rounds it to anyway
+        using ternary::detail::DxBf16;
         if (any)
-          ternary::detail::norm_shared_backward<K>(x, x2d, rstd, gains, gains_c, dh, want_dgains,
-                                                   rstd_pre, relu2_input);
+          ternary::detail::norm_shared_backward<K>(
+              x, x2d, rstd, gains, gains_c, dh, want_dgains, rstd_pre, relu2_input,
+              x.value_bf16().defined() ? DxBf16::born_if_first : DxBf16::no);
       });
 }
 

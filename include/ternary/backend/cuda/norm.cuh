@@ -422,6 +422,7 @@ __global__ void rms_norm_rows_forward_kernel(const float* __restrict__ x, RowPtr
 // relu(x) follows in registers. With Bf16Rows x, the g_k and dx are bf16 rows (passed as float
 // pointers; no dx_addend): quant::rms_norm_bitlinear_mlp's hidden activation and its gradient.
 // With Bf16Grads only the g_k are bf16 rows (the norm-and-projection nodes' GEMMs write them so).
+// dx16 (if not null): dx rounded to bf16, beside dx or (dx null) instead of it.
 // With Mix (the forward's MixRows) the rows x are x_in, the rows normalised x = a x_in + b x0
 // (recomputed), and x's whole gradient gx (dx plus dx_addend, x's own) goes on through the mix
 // (MixGrads) instead of to dx: the mix weights' sums take the shared memory after the dgain rows.
@@ -479,7 +480,7 @@ __global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
           G.at(i, e) += gains.p[k] ? gv.at(i, e) * gain.at(k, i, e) : gv.at(i, e);
         }
     }
-    if (!dx && !Mix) continue;
+    if (!dx && !dx16 && !Mix) continue;
     const float dot = row_group_sum<L>(G.dot(xv));
     const float c = s * s * s * dot / float(D);
     xv = RowVec<V, L>::combine(s, G, c, xv);
@@ -937,9 +938,10 @@ bool rms_norm_bf16_forward(cuda, const Tensor<T, cuda>& x,
 // added into dx (a gradient so far; it may be dx itself). relu2_input: the forward normalised
 // relu(x)^2 (rms_norm_bf16_forward's flag; the register kernels only, which that forward ran).
 // The g_k in T, or in bf16 (GradT = ternary::bf16: as the nodes' GEMMs write them; the register
-// kernels read them as they are, the other sizes widen them first). dx16 (if defined, with dx):
-// dx rounded to bf16 as well (Var::accumulate_grad_with_bf16), by the same pass. mix (the
-// forward's NormMix, bf16 g_k only): x holds x_in, and x's whole gradient (dx plus dx_addend)
+// kernels read them as they are, the other sizes widen them first). dx16 (if defined): dx
+// rounded to bf16 by the same pass, beside dx (Var::accumulate_grad_with_bf16) or, with dx
+// undefined, instead of it (a gradient born in bf16, Var::grad_bf16_target; no dx_addend then). mix
+// (the forward's NormMix, bf16 g_k only): x holds x_in, and x's whole gradient (dx plus dx_addend)
 // goes on through the mix instead of to dx (undefined then). dgain_priors[k] (where defined):
 // added into dgains[k] (a gradient so far, Var::accumulate_grad_with; may be dgains[k] itself);
 // the register kernels' gain and mix-weight sums then run as one launch.
@@ -1025,7 +1027,10 @@ void rms_norm_shared_backward(
   }
   const Tensor<T, cuda> h =
       rstd_pre.defined() ? Tensor<T, cuda>(x * rstd_pre.reshape(Shape{rows, 1})) : x;
-  if (dx.defined()) {
+  // dx16 alone (a gradient born in bf16): dx through a temporary, rounded below
+  const Tensor<T, cuda> dx_work =
+      dx.defined() || !dx16.defined() ? dx : Tensor<T, cuda>::empty(x.shape());
+  if (dx_work.defined()) {
     auto G = Tensor<T, cuda>::zeros(x.shape());
     for (size_t k = 0; k < K; ++k)
       if (gs[k].defined())
@@ -1033,14 +1038,15 @@ void rms_norm_shared_backward(
     if (rstd_pre.defined()) {
       auto dh = Tensor<T, cuda>::empty(x.shape());
       rms_norm_backward(cuda{}, h, Tensor<T, cuda>(), rstd, G, dh, Tensor<T, cuda>());
-      rms_norm_backward(cuda{}, x, Tensor<T, cuda>(), rstd_pre, dh, dx, Tensor<T, cuda>(),
+      rms_norm_backward(cuda{}, x, Tensor<T, cuda>(), rstd_pre, dh, dx_work, Tensor<T, cuda>(),
                         dx_addend);
     } else {
-      rms_norm_backward(cuda{}, x, Tensor<T, cuda>(), rstd, G, dx, Tensor<T, cuda>(), dx_addend);
+      rms_norm_backward(cuda{}, x, Tensor<T, cuda>(), rstd, G, dx_work, Tensor<T, cuda>(),
+                        dx_addend);
     }
   }
-  if (dx.defined() && dx16.defined()) {  // the bf16 copy of dx, by its own pass here
-    const auto r = to_bf16(cuda{}, dx);
+  if (dx_work.defined() && dx16.defined()) {  // dx rounded to bf16, by its own pass here
+    const auto r = to_bf16(cuda{}, dx_work);
     TERNARY_CUDA_CHECK(cudaMemcpyAsync(dx16.data(), r.data(),
                                        size_t(r.numel()) * sizeof(ternary::bf16),
                                        cudaMemcpyDeviceToDevice, cuda::stream()));
