@@ -340,10 +340,31 @@ __device__ void int8_round_trip_row(RowVec<V, L>& v) {
   m = row_group_max<L>(m);
   const bool finite = row_group_all<L>(ok);
   const float sc = m > 0 ? 127.0f / m : 1.0f;
+  if (!finite || !(sc > 1e-30f && sc < 1e30f)) {  // (the row's lanes agree) the scalar rule
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) v.at(i, e) = int8_round_trip<float>(v.at(i, e), sc, finite);
+    return;
+  }
+  // int8_round_trip's values, bit for bit, in a few full-rate instructions (this loop bounded
+  // the BitLinear norm kernels): |v sc| <= 127 (plus rounding) so adding and removing 1.5 * 2^23
+  // rounds it to the nearest integer, ties to even, as nearbyintf does (and gives +0 where the
+  // int8 cast did); the clamp in float is the int8 cast's; and q / sc is exact (correctly
+  // rounded) as q rc + one FMA correction with rc = 1 / sc correctly rounded (Markstein's
+  // theorem, no overflow or subnormals for sc within 1e+-30; checked against the division
+  // for every q and every significand of sc).
+  const float rc = __frcp_rn(sc);
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
 #pragma unroll
   for (int i = 0; i < V; ++i)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) v.at(i, e) = int8_round_trip<float>(v.at(i, e), sc, finite);
+    for (int e = 0; e < 4; ++e) {
+      const float r = __fsub_rn(__fadd_rn(__fmul_rn(v.at(i, e), sc), kRound), kRound);
+      const float q = fminf(fmaxf(r, -128.f), 127.f);
+      const float q0 = __fmul_rn(q, rc);
+      v.at(i, e) = __fmaf_rn(__fmaf_rn(-sc, q0, q), rc, q0);
+    }
 }
 
 // ys[k] = x * rstd * gain_k (gain_k null: no gain), int8 fake-quantized per row with Int8, for
@@ -357,12 +378,15 @@ __device__ void int8_round_trip_row(RowVec<V, L>& v) {
 // (passed as a float pointer): quant::rms_norm_bitlinear_mlp's hidden activation.
 // With Mix the rows read are x_in and the rows normalised x = a x_in + b x0, written to
 // mix.x_out (MixRows).
+// K > 1: at most 80 registers (three blocks of 256 per SM). Left to itself the compiler took 98
+// for the q, k, v entry, hoisting every output's gain loads, and two blocks per SM held a
+// quarter of the warps: 86 us per micro-batch of 16 sequences, 47 with the bound (Nsight).
 template <int V, int L, int K, bool Int8, bool Bf16Out = false, bool Relu2In = false,
           bool Bf16In = false, bool Mix = false>
-__global__ void rms_norm_rows_forward_kernel(const float* __restrict__ x, RowPtrs<K> gains,
-                                             RowOutPtrs<K> ys, float* __restrict__ rstd,
-                                             float* __restrict__ rstd_pre, int64_t rows, double eps,
-                                             MixRows mix) {
+__global__ void __launch_bounds__(256, K > 1 ? 3 : 1)
+    rms_norm_rows_forward_kernel(const float* __restrict__ x, RowPtrs<K> gains, RowOutPtrs<K> ys,
+                                 float* __restrict__ rstd, float* __restrict__ rstd_pre,
+                                 int64_t rows, double eps, MixRows mix) {
   constexpr int D = 4 * V * L, RPW = 32 / L;  // row length, rows per warp
   const int lane = threadIdx.x % 32, li = lane % L, sub = lane / L;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
