@@ -9,7 +9,7 @@
 #include <cmath>
 #include <concepts>
 #include <type_traits>
-#include <xsimd/xsimd.hpp>
+#include "ternary/core/simd.hpp"
 
 #include "ternary/core/hd.hpp"
 #include "ternary/core/shape.hpp"

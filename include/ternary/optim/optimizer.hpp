@@ -24,7 +24,7 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
-#include <xsimd/xsimd.hpp>
+#include "ternary/core/simd.hpp"
 
 #include "ternary/autograd/tape.hpp"
 #include "ternary/autograd/var.hpp"

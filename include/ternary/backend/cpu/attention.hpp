@@ -32,7 +32,7 @@
 #include <cstdint>
 #include <limits>
 #include <vector>
-#include <xsimd/xsimd.hpp>
+#include "ternary/core/simd.hpp"
 
 #include "ternary/backend/cpu/cpu.hpp"
 #include "ternary/backend/cpu/elementwise.hpp"

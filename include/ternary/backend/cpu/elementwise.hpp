@@ -14,7 +14,7 @@
 #include <omp.h>
 
 #include <cstdint>
-#include <xsimd/xsimd.hpp>
+#include "ternary/core/simd.hpp"
 
 #include "ternary/backend/cpu/cpu.hpp"
 #include "ternary/core/expr.hpp"

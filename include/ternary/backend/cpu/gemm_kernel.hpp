@@ -31,7 +31,7 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
-#include <xsimd/xsimd.hpp>
+#include "ternary/core/simd.hpp"
 
 #include "ternary/backend/cpu/cpu.hpp"
 #include "ternary/core/error.hpp"

@@ -22,6 +22,9 @@
 #endif
 #include <omp.h>
 
+// before Eigen: this one includes <immintrin.h> first (see there)
+#include "ternary/core/simd.hpp"
+
 #include <Eigen/Core>
 #include <cstdint>
 

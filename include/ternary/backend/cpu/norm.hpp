@@ -9,7 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <vector>
-#include <xsimd/xsimd.hpp>
+#include "ternary/core/simd.hpp"
 
 #include "ternary/backend/cpu/cpu.hpp"
 #include "ternary/backend/cpu/elementwise.hpp"

@@ -8,7 +8,7 @@
 #include <array>
 #include <limits>
 #include <vector>
-#include <xsimd/xsimd.hpp>
+#include "ternary/core/simd.hpp"
 
 #include "ternary/backend/cpu/cpu.hpp"
 #include "ternary/core/tensor.hpp"

@@ -15,7 +15,7 @@
 #include <memory>
 #include <utility>
 #include <vector>
-#include <xsimd/xsimd.hpp>
+#include "ternary/core/simd.hpp"
 
 #include "ternary/backend/cpu/cpu.hpp"
 #include "ternary/backend/cpu/elementwise.hpp"
