@@ -10,9 +10,8 @@
 #include <cstdint>
 #include <vector>
 
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
+// <immintrin.h> through it (the AVX2 kernel's intrinsics; see there for why)
+#include "ternary/core/simd.hpp"
 
 #include "ternary/backend/cpu/cpu.hpp"
 
