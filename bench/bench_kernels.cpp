@@ -7,6 +7,9 @@
 #include <benchmark/benchmark.h>
 #include <omp.h>
 
+// core/simd.hpp before Eigen: it includes <immintrin.h> with GCC 12's false AVX-512 warnings off.
+#include "ternary/core/simd.hpp"
+
 #include <Eigen/Core>
 #include <cstring>
 #include <vector>

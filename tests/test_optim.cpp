@@ -1,4 +1,7 @@
 // Optimizers, schedule and clipping (include/ternary/optim/).
+// core/simd.hpp before Eigen: it includes <immintrin.h> with GCC 12's false AVX-512 warnings off.
+#include "ternary/core/simd.hpp"
+
 #include <Eigen/Dense>
 #include <catch2/catch.hpp>
 #include <cmath>
