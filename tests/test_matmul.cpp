@@ -406,6 +406,40 @@ TEST_CASE("residual_linear is channel_mix(x, b, linear(a, w)); its bf16 rule", "
                     Contains("residual"));
 }
 
+// The weight side of residual_linear's bf16 rule in one pass: dw = prior + scale G,
+// dscale = prior + rowsum(w G), wb16 = bf16(scale w); priors absent, separate, in place.
+TEST_CASE("scaled_weight_backward: dw, dscale and bf16(scale * w) in one pass", "[ops][matmul]") {
+  Rng rng(29);
+  for (int64_t in : {int64_t(12), int64_t(37)}) {
+    const int64_t out = 5;
+    auto G = Tensor<float>::randn({out, in}, rng), w = Tensor<float>::randn({out, in}, rng);
+    auto sc = Tensor<float>::randn({out}, rng, 1, 0.5);
+    auto pw = Tensor<float>::randn({out, in}, rng), ps = Tensor<float>::randn({out}, rng);
+    const auto col = sc.reshape({out, 1});
+    const auto want_wb = round_bf16(Tensor<float>(w * col));
+    for (int prior : {0, 1, 2}) {  // none, separate, in place
+      INFO("in " << in << " prior " << prior);
+      auto dw = prior == 2 ? pw.clone() : Tensor<float>::empty({out, in});
+      auto ds = prior == 2 ? ps.clone() : Tensor<float>::empty({out});
+      auto wb = Tensor<bf16>::empty({out, in});
+      const float* dwp = prior == 0 ? nullptr : prior == 1 ? pw.data() : dw.data();
+      const float* dsp = prior == 0 ? nullptr : prior == 1 ? ps.data() : ds.data();
+      backend::scaled_weight_backward(cpu{}, G.data(), w.data(), sc.data(), dw.data(), dwp,
+                                      ds.data(), dsp, wb.data(), out, in);
+      const Tensor<float> base_w = prior ? pw : Tensor<float>::zeros({out, in});
+      const Tensor<float> base_s = prior ? ps : Tensor<float>::zeros({out});
+      CHECK(max_abs_diff(dw, Tensor<float>(base_w + G * col)) < 1e-6);
+      CHECK(max_abs_diff(ds, Tensor<float>(base_s + sum(Tensor<float>(G * w), {1}))) < 1e-4);
+      CHECK(max_abs_diff(widen_bf16(wb), want_wb) == 0.0);
+    }
+    // no gradients wanted: G may be null, only the scaled weight is written
+    auto wb = Tensor<bf16>::empty({out, in});
+    backend::scaled_weight_backward<float>(cpu{}, nullptr, w.data(), sc.data(), nullptr, nullptr,
+                                           nullptr, nullptr, wb.data(), out, in);
+    CHECK(max_abs_diff(widen_bf16(wb), want_wb) == 0.0);
+  }
+}
+
 TEST_CASE("rms_norm_mlp is the composition rms_norm, linear, relu2_linear (+ residual)",
           "[ops][matmul]") {
   Rng rng(24);

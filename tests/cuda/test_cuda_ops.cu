@@ -717,6 +717,60 @@ VarH bf16_boundary(const VarH& x) {
 }
 }  // namespace
 
+// The residual rule's weight side in one kernel (backend::scaled_weight_backward: dw = prior +
+// scale G, dscale = prior + rowsum(w G), bf16(scale w)) against the CPU's loop: float4 rows
+// (in 1024) and scalar ones (in 37), gradients so far absent, separate and in place, and no
+// gradients at all. Tolerances: dw 1e-6, dscale 1e-5 (sums in another order), the rounded
+// weight exact.
+TEST_CASE("cuda scaled_weight_backward against the CPU") {
+  Rng rng(41);
+  for (int64_t in : {int64_t(1024), int64_t(37)}) {
+    const int64_t out = 96;
+    auto G = Tensor<float>::randn({out, in}, rng), w = Tensor<float>::randn({out, in}, rng);
+    auto sc = Tensor<float>::randn({out}, rng, 1, 0.5);
+    auto pw = Tensor<float>::randn({out, in}, rng), ps = Tensor<float>::randn({out}, rng);
+    auto dG = to_device(G), dwt = to_device(w), dsc = to_device(sc);
+    auto dpw = to_device(pw), dps = to_device(ps);
+    for (int prior : {0, 1, 2, 3}) {  // none, separate, in place; 3: no gradients wanted
+      INFO("in " << in << " prior " << prior);
+      const bool grads = prior != 3;
+      auto cdw = prior == 2 ? pw.clone() : Tensor<float>::empty({out, in});
+      auto cds = prior == 2 ? ps.clone() : Tensor<float>::empty({out});
+      auto cwb = Tensor<bf16>::empty({out, in});
+      Tensor<float, cuda> ddw = prior == 2 ? dpw.clone() : Tensor<float, cuda>::empty({out, in});
+      Tensor<float, cuda> dds = prior == 2 ? dps.clone() : Tensor<float, cuda>::empty({out});
+      auto dwb = Tensor<bf16, cuda>::empty({out, in});
+      const bool sep = prior == 1, inplace = prior == 2;
+      backend::scaled_weight_backward(cpu{}, grads ? G.data() : nullptr, w.data(), sc.data(),
+                                      grads ? cdw.data() : nullptr,
+                                      sep       ? pw.data()
+                                      : inplace ? cdw.data()
+                                                : nullptr,
+                                      grads ? cds.data() : nullptr,
+                                      sep       ? ps.data()
+                                      : inplace ? cds.data()
+                                                : nullptr,
+                                      cwb.data(), out, in);
+      backend::scaled_weight_backward(cuda{}, grads ? dG.data() : nullptr, dwt.data(), dsc.data(),
+                                      grads ? ddw.data() : nullptr,
+                                      sep       ? dpw.data()
+                                      : inplace ? ddw.data()
+                                                : nullptr,
+                                      grads ? dds.data() : nullptr,
+                                      sep       ? dps.data()
+                                      : inplace ? dds.data()
+                                                : nullptr,
+                                      dwb.data(), out, in);
+      CHECK(max_abs_diff(backend::widen_bf16(cpu{}, to_host(dwb)),
+                         backend::widen_bf16(cpu{}, cwb)) == 0.0);
+      if (grads) {
+        CHECK(rel_err(ddw, cdw) < 1e-6);
+        CHECK(rel_err(dds, cds) < 1e-5);
+      }
+    }
+  }
+}
+
 // The residual forms under cuda::set_bf16 (ops/residual_linear.hpp: x + b * product, whose
 // backward never forms b * dout): residual_linear, residual_relu2_linear, and rms_norm_linear
 // with a residual (the BitLinear projections, relu2 input on and off), against the same rule

@@ -11,7 +11,8 @@
 //   d r.x = dout (the gradient itself, no copy)      dw = scale * G (row j times scale_j)
 //   d scale_j = sum_k w_jk G_jk                      da = bf16(dout) bf16(scale * w)
 // so channel_mix's backward pass (reading dout and y, writing scale * dout) and the rounding of
-// scale * dout are gone; the scaled weight and the two small [out, in] passes cost little.
+// scale * dout are gone; dw, d scale and bf16(scale * w) come from one small pass over [out, in]
+// (backend::scaled_weight_backward), each gradient added to its gradient so far there.
 // The forward sums r.x + r.scale * bf16(y): the product is written in bf16 (autocast's linear
 // output) and not kept for the backward. quant::rms_norm_linear takes the same residual
 // (BitLinear projections). Tests: tests/test_matmul.cpp, tests/cuda/test_cuda_ops.cu.
@@ -75,14 +76,23 @@ std::pair<Tensor<bf16, B>, Tensor<bf16, B>> residual_product_backward_bf16(
   const Tensor<T, B> g = g_in.defined() ? g_in : widen_bf16(B{}, g_bf16);
   if (r.x.requires_grad()) r.x.accumulate_grad(g);
   const auto g16 = grad_operand_bf16(g, g_bf16, out);
-  const auto b_col = r.scale.value().reshape(Shape{out, 1});
+  Tensor<T, B> G;
   if (w.requires_grad() || r.scale.requires_grad()) {
-    auto G = Tensor<T, B>::empty(Shape{out, in});
+    G = Tensor<T, B>::empty(Shape{out, in});
     backend::gemm_bf16(B{}, const_view(g16.t()), const_view(a16), backend::mat_view(G), T(1), T(0));
-    if (w.requires_grad()) w.accumulate_grad(G * b_col);
-    if (r.scale.requires_grad()) r.scale.accumulate_grad(sum(Tensor<T, B>(G * w.value()), {1}));
   }
-  const auto wb16 = backend::to_bf16(B{}, Tensor<T, B>(w.value() * b_col));
+  // dw, d scale (each added to its gradient so far) and bf16(scale * w) in one pass over
+  // [out, in], not five small passes and a rounding
+  const auto w_c = w.value().contiguous();
+  const auto scale_c = r.scale.value().contiguous();
+  const auto [dw, dw_prior] =
+      w.requires_grad() ? w.accumulate_grad_target() : std::pair<Tensor<T, B>, Tensor<T, B>>();
+  const auto [ds, ds_prior] = r.scale.requires_grad() ? r.scale.accumulate_grad_target()
+                                                      : std::pair<Tensor<T, B>, Tensor<T, B>>();
+  auto wb16 = Tensor<bf16, B>::empty(Shape{out, in});
+  auto ptr = [](const auto& t) { return t.defined() ? t.data() : nullptr; };
+  backend::scaled_weight_backward(B{}, ptr(G), w_c.data(), scale_c.data(), ptr(dw), ptr(dw_prior),
+                                  ptr(ds), ptr(ds_prior), wb16.data(), out, in);
   return {g16, wb16};
 }
 

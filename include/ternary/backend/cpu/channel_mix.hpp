@@ -115,4 +115,29 @@ void channel_mix_backward(cpu, const T* g, const T* a, const T* x, const T* b, c
   if (db) finish(db, pb);
 }
 
+// The weight side of a residual branch's backward where the branch's scale is folded into its
+// weight's rows (ops/residual_linear.hpp: out = x + scale * (a w^T)). Given G = dout^T a
+// [out, in] (the unscaled weight gradient's GEMM), w [out, in] and scale [out], one pass:
+//   dw[j, k]   = dw_prior[j, k] + scale[j] G[j, k]        (dw null: not wanted)
+//   dscale[j]  = dscale_prior[j] + sum_k w[j, k] G[j, k]  (dscale null: not wanted)
+//   wb16[j, k] = bf16(scale[j] w[j, k])                   (the input gradient's GEMM operand)
+// G may be null when neither gradient is wanted. A prior may be null (nothing so far) or the
+// output itself.
+template <class T>
+void scaled_weight_backward(cpu, const T* G, const T* w, const T* scale, T* dw, const T* dw_prior,
+                            T* dscale, const T* dscale_prior, bf16* wb16, int64_t out, int64_t in) {
+#pragma omp parallel for schedule(static) if (out * in >= cpu_detail::kParallelThreshold)
+  for (int64_t j = 0; j < out; ++j) {
+    const T s = scale[j];
+    const int64_t row = j * in;
+    T dot = T(0);
+    for (int64_t k = 0; k < in; ++k) {
+      if (dw) dw[row + k] = (dw_prior ? dw_prior[row + k] : T(0)) + G[row + k] * s;
+      if (dscale) dot += w[row + k] * G[row + k];
+      wb16[row + k] = bf16(float(w[row + k] * s));
+    }
+    if (dscale) dscale[j] = (dscale_prior ? dscale_prior[j] : T(0)) + dot;
+  }
+}
+
 }  // namespace ternary::backend

@@ -8,6 +8,8 @@
 //              each thread writes dx = a g and dy = b g of its columns and sums g x and g y
 //              over the slice's rows in registers into the block's partial row; the partial
 //              rows are then summed column by column in a fixed order (deterministic).
+// And the weight side of a residual branch with its scale folded into the weight's rows
+// (scaled_weight_backward, ops/residual_linear.hpp): one block per weight row.
 #pragma once
 
 #ifndef __CUDACC__
@@ -144,6 +146,50 @@ __global__ void channel_mix_backward_kernel(
   }
 }
 
+// Row j of scaled_weight_backward (the math: backend/cpu/channel_mix.hpp) per block: each
+// thread W-wide column groups of the row, then one block sum for dscale[j].
+template <int W>
+__global__ void scaled_weight_backward_kernel(const float* __restrict__ G,
+                                              const float* __restrict__ w,
+                                              const float* __restrict__ scale, float* dw,
+                                              const float* dw_prior, float* dscale,
+                                              const float* dscale_prior,
+                                              __nv_bfloat16* __restrict__ wb16, int64_t in) {
+  const int64_t row = int64_t(blockIdx.x) * in;
+  const float s = scale[blockIdx.x];
+  float dot = 0.f;
+  for (int64_t k = int64_t(threadIdx.x) * W; k < in; k += int64_t(blockDim.x) * W) {
+    const int64_t i = row + k;
+    Lanes<W> wv, gv{}, t;
+    wv.load(w + i);
+    if (G) gv.load(G + i);
+    if (dw) {
+#pragma unroll
+      for (int e = 0; e < W; ++e) t.v[e] = gv.v[e] * s;
+      if (dw_prior) add_lanes(t, dw_prior + i);
+      t.store(dw + i);
+    }
+    if (dscale)
+#pragma unroll
+      for (int e = 0; e < W; ++e) dot = fmaf(wv.v[e], gv.v[e], dot);
+    if constexpr (W == 4) {
+      const __nv_bfloat162 lo = __floats2bfloat162_rn(wv.v[0] * s, wv.v[1] * s);
+      const __nv_bfloat162 hi = __floats2bfloat162_rn(wv.v[2] * s, wv.v[3] * s);
+      uint2 raw;
+      raw.x = *reinterpret_cast<const uint32_t*>(&lo);
+      raw.y = *reinterpret_cast<const uint32_t*>(&hi);
+      *reinterpret_cast<uint2*>(wb16 + i) = raw;
+    } else {
+#pragma unroll
+      for (int e = 0; e < W; ++e) wb16[i + e] = __float2bfloat16_rn(wv.v[e] * s);
+    }
+  }
+  if (dscale) {
+    dot = block_sum(dot);
+    if (threadIdx.x == 0) dscale[blockIdx.x] = dscale_prior ? dscale_prior[blockIdx.x] + dot : dot;
+  }
+}
+
 // Calls f(std::integral_constant<int, W>): W = 4 when D % 4 == 0 and every pointer is
 // 16-byte aligned, else 1.
 template <class F>
@@ -216,6 +262,22 @@ void channel_mix_backward(cuda, const T* g, const T* a, const T* x, const T* b, 
   // The blocks' partial rows, summed in a fixed order (deterministic) straight into da, db.
   if (da) sum_columns(pa.data(), da, blocks, D);
   if (db) sum_columns(pb.data(), db, blocks, D);
+}
+
+template <class T>
+void scaled_weight_backward(cuda, const T* G, const T* w, const T* scale, T* dw, const T* dw_prior,
+                            T* dscale, const T* dscale_prior, bf16* wb16, int64_t out, int64_t in) {
+  static_assert(std::is_same_v<T, float>, "scaled_weight_backward(cuda): float only");
+  using namespace cuda_detail;
+  if (out == 0 || in == 0) return;
+  auto* wb = reinterpret_cast<__nv_bfloat16*>(wb16);
+  with_channel_width(in, {G, w, dw, dw_prior, wb16}, [&](auto width) {
+    constexpr int W = decltype(width)::value;
+    const int threads = int(std::min<int64_t>(256, std::max<int64_t>(32, (in / W + 31) / 32 * 32)));
+    scaled_weight_backward_kernel<W><<<unsigned(out), threads, 0, cuda::stream()>>>(
+        G, w, scale, dw, dw_prior, dscale, dscale_prior, wb, in);
+    TERNARY_CUDA_CHECK_LAUNCH("scaled_weight_backward_kernel");
+  });
 }
 
 }  // namespace ternary::backend

@@ -434,6 +434,9 @@ template <class T>
 void channel_mix_backward(cuda, const T* g, const T* a, const T* x, const T* b, const T* y, T* dx,
                           T* dy, T* da, T* db, int64_t rows, int64_t D, const T* dx_prior = nullptr,
                           const T* dy_prior = nullptr);
+template <class T>
+void scaled_weight_backward(cuda, const T* G, const T* w, const T* scale, T* dw, const T* dw_prior,
+                            T* dscale, const T* dscale_prior, bf16* wb16, int64_t out, int64_t in);
 // attention.cuh. With saved_bf16, the tensor-core forward keeps its packed bf16 q, k, v there
 // and the backward reads them instead of packing again (undefined: the backward packs).
 template <class T>
