@@ -62,10 +62,11 @@ std::optional<Var<T, B>> rms_norm_mlp_bf16(const Var<T, B>& x, const Var<T, B>& 
       residual ? std::optional<Residual<T, B>>(*residual) : std::nullopt;
   return Var<T, B>::record(
       "rms_norm_mlp", y, with_residual_inputs<T, B>({x, w_fc, w_proj}, residual),
-      [x, w_fc, w_proj, x2d, rstd, xn16, wfc16, wproj16, h16, a16, res, rows,
-       hidden](const Tensor<T, B>& g) {
+      [x, w_fc, w_proj, x2d, rstd, xn16, wfc16, wproj16, h16, a16, res, rows, hidden](
+          const Tensor<T, B>& g, const Tensor<bf16, B>& g_bf16) {
+        // (g_bf16: a bf16 copy beside g, as the next block's entry writes it, used as it is)
         // (not a structured binding: clang before 16 cannot capture those in lambdas)
-        const auto operands = product_backward_bf16(res, a16, w_proj, wproj16, g);
+        const auto operands = product_backward_bf16(res, a16, w_proj, wproj16, g, g_bf16);
         const Tensor<bf16, B>& g16 = operands.first;  // da = g16 wd16
         const Tensor<bf16, B>& wd16 = operands.second;
         if (!x.requires_grad() && !w_fc.requires_grad()) return;

@@ -81,9 +81,12 @@ std::optional<Var<T, B>> rms_norm_bitlinear_mlp_bf16(const Var<T, B>& x, double 
       "rms_norm_bitlinear_mlp", y,
       ternary::detail::with_residual_inputs<T, B>({x, fc_gain, w_fc, proj_gain, w_proj}, residual),
       [x, fc_gain, w_fc, proj_gain, w_proj, x2d, fc_gain_c, proj_gain_c, a1, rstd1, rstd_pre, wfc16,
-       wproj16, h16, a2, rstd2, res, rows, hidden](const Tensor<T, B>& g) {
+       wproj16, h16, a2, rstd2, res, rows,
+       hidden](const Tensor<T, B>& g, const Tensor<bf16, B>& g_bf16) {
+        // (g_bf16: a bf16 copy beside g, as the next block's entry writes it, used as it is)
         // (not a structured binding: clang before 16 cannot capture those in lambdas)
-        const auto operands = ternary::detail::product_backward_bf16(res, a2, w_proj, wproj16, g);
+        const auto operands =
+            ternary::detail::product_backward_bf16(res, a2, w_proj, wproj16, g, g_bf16);
         const Tensor<bf16, B>& g16 = operands.first;  // da2 = g16 wd16
         const Tensor<bf16, B>& wd16 = operands.second;
         const bool want_fc_side =

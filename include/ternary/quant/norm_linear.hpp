@@ -284,17 +284,28 @@ std::optional<MixedProjections<K, T, B>> mix_rms_norm_linear_bf16(
           bwd.a = a_c, bwd.b = b_c, bwd.x0 = x02d;
           std::tie(bwd.da, bwd.da_prior) = mix.a.accumulate_grad_target();
           std::tie(bwd.db, bwd.db_prior) = mix.b.accumulate_grad_target();
-          ternary::detail::with_grad_target(
-              mix.x_in, mix.x_in.requires_grad(), [&](T* dx_in, const T* prior_in) {
-                ternary::detail::with_grad_target(
-                    mix.x0, mix.x0.requires_grad(), [&](T* dx0, const T* prior0) {
-                      bwd.dx_in = dx_in, bwd.prior_in = prior_in;
-                      bwd.dx0 = dx0, bwd.prior0 = prior0;
-                      rms_norm_shared_backward(B{}, xin2d, rstd, gains_c, dh, Tensor<T, B>(),
-                                               dgains, rstd_pre, gx, false, Tensor<bf16, B>(), &bwd,
-                                               dgain_priors);
-                    });
-              });
+          auto run = [&](T* dx_in, const T* prior_in, bf16* dx_in16) {
+            ternary::detail::with_grad_target(
+                mix.x0, mix.x0.requires_grad(), [&](T* dx0, const T* prior0) {
+                  bwd.dx_in = dx_in, bwd.prior_in = prior_in, bwd.dx_in16 = dx_in16;
+                  bwd.dx0 = dx0, bwd.prior0 = prior0;
+                  rms_norm_shared_backward(B{}, xin2d, rstd, gains_c, dh, Tensor<T, B>(), dgains,
+                                           rstd_pre, gx, false, Tensor<bf16, B>(), &bwd,
+                                           dgain_priors);
+                });
+          };
+          // x_in's gradient also in bf16: its producer (the previous block's output projection)
+          // rounds it so for its GEMMs, and need not read it again for that
+          if (!mix.x_in.requires_grad()) {
+            run(nullptr, nullptr, nullptr);
+          } else {
+            mix.x_in.accumulate_grad_with_bf16([&](const Tensor<T, B>& dst,
+                                                   const Tensor<T, B>& prior,
+                                                   const Tensor<bf16, B>& dst16) {
+              run(dst.data(), prior.defined() ? prior.data() : nullptr,
+                  dst16.defined() ? dst16.data() : nullptr);
+            });
+          }
         });
     MixedProjections<K, T, B> result{vars[0], {}};
     for (size_t k = 0; k < K; ++k) result.y[k] = vars[k + 1];

@@ -25,12 +25,14 @@ namespace ternary::backend {
 // prior_in and dx0 = b gx + prior0 (a null pointer: not wanted, or nothing so far; a prior may
 // be its output itself), and da, db [D] (each undefined: not wanted) get the sums over rows of
 // gx x_in and gx x0, plus da_prior, db_prior where defined (their gradients so far; may be da,
-// db themselves).
+// db themselves). dx_in16 (if not null): dx_in rounded to bf16 as well, for a reader whose
+// products round it so (Var::accumulate_grad_with_bf16).
 template <class T, class B>
 struct NormMix {
   Tensor<T, B> a, b, x0;  // [D], [D], [rows, D]
   Tensor<T, B> x_out;     // forward: [rows, D]
   T* dx_in = nullptr;     // backward
+  bf16* dx_in16 = nullptr;
   const T* prior_in = nullptr;
   T* dx0 = nullptr;
   const T* prior0 = nullptr;

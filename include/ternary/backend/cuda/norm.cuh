@@ -266,6 +266,7 @@ struct MixGrads {
   float* dx0 = nullptr;
   const float* prior0 = nullptr;
   float* partial = nullptr;
+  __nv_bfloat16* dx_in16 = nullptr;  // dx_in rounded to bf16 as well (if not null)
 };
 // x = a x_in + b x0 elementwise (channel_mix's formula)
 template <int V, int L>
@@ -544,6 +545,7 @@ __global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
           t0.at(i, e) = mix_b.at(i, e) * xv.at(i, e) + prior0.at(i, e);
         }
       if (mix.dx_in && valid) t_in.store(mix.dx_in + r * D, li);
+      if (mix.dx_in16 && valid) t_in.store_bf16(mix.dx_in16 + r * D, li);
       if (mix.dx0 && valid) t0.store(mix.dx0 + r * D, li);
     }
   }
@@ -723,6 +725,7 @@ bool rows_backward(int blocks, const float* x, const float* rstd, RowPtrs<K> gai
       reinterpret_cast<uintptr_t>(mix.dx0) % 16 == 0 &&
       reinterpret_cast<uintptr_t>(mix.prior0) % 16 == 0 &&
       reinterpret_cast<uintptr_t>(mix.partial) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(mix.dx_in16) % 16 == 0 &&
       reinterpret_cast<uintptr_t>(dx) % 16 == 0 && reinterpret_cast<uintptr_t>(dx16) % 16 == 0 &&
       reinterpret_cast<uintptr_t>(dx_addend) % 16 == 0 &&
       reinterpret_cast<uintptr_t>(partial) % 16 == 0;
@@ -1000,8 +1003,10 @@ void rms_norm_shared_backward(
     auto mix_partial = Tensor<T, cuda>::empty(Shape{mix ? 2 * int64_t(blocks) : 0, D});
     MixGrads mg;
     if (mix)
-      mg = MixGrads{mix->a.data(), mix->b.data(), mix->x0.data(), mix->dx_in,
-                    mix->prior_in, mix->dx0,      mix->prior0,    mix_partial.data()};
+      mg = MixGrads{
+          mix->a.data(), mix->b.data(),      mix->x0.data(),
+          mix->dx_in,    mix->prior_in,      mix->dx0,
+          mix->prior0,   mix_partial.data(), reinterpret_cast<__nv_bfloat16*>(mix->dx_in16)};
     if (rows_backward<int(K)>(
             blocks, x.data(), rstd.data(), gp, gsp, dx.defined() ? dx.data() : nullptr,
             any_dgain ? partial.data() : nullptr, rows, D,
