@@ -197,11 +197,13 @@ TEST_CASE("bf16-born gradients: kept for rules that take them, widened for the r
   }
   // copier(y) = y, whose rule adds y's gradient (plus 0.25, so the copy is seen to be of the
   // sum) into its input through accumulate_grad_with_bf16, writing the bf16 copy too
+  bool copy_asked = false;  // the copier's last call was handed a bf16 buffer to fill
   auto copier = [&](const Var<float>& in) {
     return Var<float>::record(
-        "copier", in.value().clone(), {in}, [in, to16](const Tensor<float>& g) {
+        "copier", in.value().clone(), {in}, [in, to16, &copy_asked](const Tensor<float>& g) {
           in.accumulate_grad_with_bf16(
               [&](const Tensor<float>& dst, const Tensor<float>& prior, const Tensor<bf16>& dst16) {
+                copy_asked = dst16.defined();
                 Tensor<float> v = g + 0.25f;
                 if (prior.defined()) v += prior;
                 Tensor<float>(dst).assign(v);
@@ -230,8 +232,17 @@ TEST_CASE("bf16-born gradients: kept for rules that take them, widened for the r
     CHECK_FALSE(seen16.defined());  // the view passed the fp32 gradient on
     CHECK(seen.to_vector() == std::vector<float>{0.75f, 1.5f, 3.25f, -1.75f});
   }
+  SECTION("no copy where the input's own rule reads its gradient in fp32 alone") {
+    auto y = x * 1.0f;  // an expression rule: one argument
+    copier(y).backward(seed);
+    CHECK_FALSE(copy_asked);
+    CHECK(x.grad().to_vector() == std::vector<float>{0.75f, 1.5f, 3.25f, -1.75f});
+    copier(probe(x)).backward(seed);  // a two-argument rule: the copy is written
+    CHECK(copy_asked);
+  }
   SECTION("a leaf gets no copy") {
     copier(x).backward(seed);
+    CHECK_FALSE(copy_asked);
     CHECK(x.grad().to_vector() == std::vector<float>{0.75f, 1.5f, 3.25f, -1.75f});
   }
 }

@@ -46,6 +46,9 @@ class Var {
     // rounded to bf16 by the kernel that wrote it (accumulate_grad_with_bf16), dropped as soon
     // as anything adds to the gradient. Never set on a leaf.
     Tensor<bf16, B> grad16;
+    // This node's rule takes (g, g16): a bf16 copy of its gradient has a reader, so
+    // accumulate_grad_with_bf16 writes one (else it would be written and never read).
+    bool reads_grad16 = false;
     // The value rounded to bf16 by the kernel that wrote it (set_value_bf16), for readers whose
     // products round it so anyway: they take it instead of a rounding pass (and such a node gets
     // its gradient in bf16 from them, as autocast's bf16 activations do). Views carry it along.
@@ -214,7 +217,8 @@ class Var {
 
   // accumulate_grad_with for a rule whose kernel also writes the new gradient rounded to bf16:
   // write(dst, prior, dst16) stores prior + (this rule's gradient) into dst as there, and the same
-  // values rounded to bf16 into dst16 (undefined for a leaf: write none). The bf16 copy stays
+  // values rounded to bf16 into dst16 (undefined for a leaf, or where this node's own rule
+  // reads its gradient in T alone: write none). The bf16 copy stays
   // beside the gradient until anything else adds to it, so a reader whose products round the
   // gradient to bf16 anyway (the bf16 rules of ops/matmul.hpp and ops/residual_linear.hpp) takes
   // it instead of rounding it again. A leaf's gradient has none (optimizers change it in place).
@@ -225,7 +229,7 @@ class Var {
       return Var(n.grad_target).accumulate_grad_with_bf16(std::forward<Write>(write));
     if (!n.requires_grad) return;
     const Tensor<bf16, B> dst16 =
-        n.is_leaf ? Tensor<bf16, B>() : Tensor<bf16, B>::empty(n.value.shape());
+        n.is_leaf || !n.reads_grad16 ? Tensor<bf16, B>() : Tensor<bf16, B>::empty(n.value.shape());
     accumulate_grad_with(
         [&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) { write(dst, prior, dst16); });
     n.grad16 = dst16;  // (accumulate_grad_with dropped any earlier copy)
@@ -330,11 +334,12 @@ class Var {
       std::array<Tensor<bf16, B>, K> g16;
     };
     auto grads = std::allocate_shared<Grads>(detail::PoolAllocator<Grads>{});  // no heap per step
+    constexpr bool reads16 = std::is_invocable_v<F&, const std::array<Tensor<T, B>, K>&,
+                                                 const std::array<Tensor<bf16, B>, K>&>;
     const Var join =
         record_if(op, Tensor<T, B>::empty(Shape{0}), inputs_begin, inputs_end,
                   [grads, fn = std::forward<F>(backward_fn)](const Tensor<T, B>&) mutable {
-                    if constexpr (std::is_invocable_v<F&, const std::array<Tensor<T, B>, K>&,
-                                                      const std::array<Tensor<bf16, B>, K>&>) {
+                    if constexpr (reads16) {
                       fn(grads->g, grads->g16);
                     } else {
                       for (size_t k = 0; k < K; ++k)
@@ -353,6 +358,8 @@ class Var {
                               if (!join.grad().defined())
                                 join.accumulate_grad(Tensor<T, B>::empty(Shape{0}));
                             });
+      // (each output's forwarding rule takes both; whether the copies are read is the rule's)
+      if (result[k].requires_grad()) result[k].node_->reads_grad16 = reads16;
     }
     return result;
   }
@@ -371,6 +378,8 @@ class Var {
     if (!any_requires_grad(first, last)) return result;
     result.node_->requires_grad = true;
     result.node_->is_leaf = false;
+    result.node_->reads_grad16 =
+        std::is_invocable_v<F&, const Tensor<T, B>&, const Tensor<bf16, B>&>;
     Node* raw = result.node_.get();  // the tape entry owns the node, so raw outlives the closure
     Tape::current().record(op, result.node_, [raw, fn = std::forward<F>(backward_fn)]() mutable {
       // A rule that takes (g, g16) reads a bf16-born gradient as it is (g undefined), or a bf16
