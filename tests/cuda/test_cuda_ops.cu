@@ -771,6 +771,51 @@ TEST_CASE("cuda scaled_weight_backward against the CPU") {
   }
 }
 
+// residual_linear handing the MLP its norm (NormedRows: the sum's kernel also normalises the
+// sum) against the same two ops without it: the sum, the MLP's output and every gradient equal
+// bit for bit; the MLP takes the rows only for the x they were computed from (a shifted x gets
+// its own norm).
+TEST_CASE("cuda residual_linear's NormedRows feed rms_norm_mlp, bit for bit") {
+  const Bf16On on;
+  Rng rng(43);
+  const int64_t rows = 70, D = 512, hidden = 1024;
+  auto ha = Tensor<float>::randn({rows, D}, rng), hw = Tensor<float>::randn({D, D}, rng, 0, 0.05);
+  auto hx = Tensor<float>::randn({rows, D}, rng), hb = Tensor<float>::randn({D}, rng, 1, 0.5);
+  auto hfc = Tensor<float>::randn({hidden, D}, rng, 0, 0.05);
+  auto hproj = Tensor<float>::randn({D, hidden}, rng, 0, 0.05);
+  auto hs = Tensor<float>::randn({D}, rng, 1, 0.5), hg = Tensor<float>::randn({rows, D}, rng);
+  struct Run {
+    Tensor<float> x, y;
+    std::vector<Tensor<float>> grads;
+    bool filled = false;
+  };
+  auto run = [&](bool use, bool shift) {
+    auto a = VarD::parameter(to_device(ha)), w = VarD::parameter(to_device(hw));
+    auto x0 = VarD::parameter(to_device(hx)), b = VarD::parameter(to_device(hb));
+    auto fc = VarD::parameter(to_device(hfc)), proj = VarD::parameter(to_device(hproj));
+    auto s = VarD::parameter(to_device(hs));
+    NormedRows<float, cuda> normed;
+    VarD x = residual_linear(Residual<float, cuda>{x0, b}, a, w, use ? &normed : nullptr);
+    if (shift) x = x + 1.0f;  // another tensor: the rows are not its norm
+    VarD y = rms_norm_mlp(x, fc, proj, 1e-6, Residual<float, cuda>{x, s}, use ? &normed : nullptr);
+    Run out{to_host(x.value()), to_host(y.value()), {}, normed.xn16.defined()};
+    functional(y, hg).backward();
+    for (const VarD& v : {a, w, x0, b, fc, proj, s}) out.grads.push_back(to_host(v.grad()));
+    return out;
+  };
+  for (bool shift : {false, true}) {
+    INFO((shift ? "shifted x" : "the sum itself"));
+    const Run plain = run(false, shift), fused = run(true, shift);
+    CHECK(fused.filled);
+    CHECK(max_abs_diff(fused.x, plain.x) == 0.0);
+    CHECK(max_abs_diff(fused.y, plain.y) == 0.0);
+    for (size_t i = 0; i < plain.grads.size(); ++i) {
+      INFO("gradient " << i);
+      CHECK(max_abs_diff(fused.grads[i], plain.grads[i]) == 0.0);
+    }
+  }
+}
+
 // The residual forms under cuda::set_bf16 (ops/residual_linear.hpp: x + b * product, whose
 // backward never forms b * dout): residual_linear, residual_relu2_linear, and rms_norm_linear
 // with a residual (the BitLinear projections, relu2 input on and off), against the same rule

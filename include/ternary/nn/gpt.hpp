@@ -110,14 +110,16 @@ std::unique_ptr<Projection<T, B>> make_projection(int64_t in, int64_t out, const
 // bias-free Linear (linear, relu2_linear, residual_linear, residual_relu2_linear: on CUDA with
 // bf16 products the square is written as the GEMM's operand, and the residual sum's backward
 // needs no pass of its own); else the separate ops.
+// `normed` (with r, a Linear and no relu2 input): the next norm of the sum, by the sum's kernel
+// where it can (NormedRows).
 template <class T, class B>
 Var<T, B> project(const Projection<T, B>& proj, const Var<T, B>& h, bool relu2_input,
-                  const Residual<T, B>* r) {
+                  const Residual<T, B>* r, NormedRows<T, B>* normed = nullptr) {
   if (const auto* b = dynamic_cast<const BitLinear<T, B>*>(&proj))
     return b->forward_fused(h, relu2_input, r);
   if (const auto* l = dynamic_cast<const Linear<T, B>*>(&proj); l && !l->bias().defined()) {
     const Var<T, B> w = l->weight();
-    if (r) return relu2_input ? residual_relu2_linear(*r, h, w) : residual_linear(*r, h, w);
+    if (r) return relu2_input ? residual_relu2_linear(*r, h, w) : residual_linear(*r, h, w, normed);
     return relu2_input ? relu2_linear(h, w) : linear(h, w);
   }
   const Var<T, B> y = proj.forward(relu2_input ? relu2(h) : h);
@@ -146,13 +148,15 @@ class CausalSelfAttention : public Module<T, B> {
   // normalise and quantize their input, on CUDA both norms run in one kernel each way.
   // (quant::rms_norm_linear: on CUDA with bf16 products the norms write the GEMMs' operands.)
   // With a residual r: r.x + r.scale * that, the sum taken by the output projection (project).
-  VarT forward_prenormed(const VarT& x, double eps, const Residual<T, B>* r = nullptr) const {
-    if (const auto qkv = fused_projections(x, eps)) return attend(*qkv, r);
-    return attend(project_qkv(rms_norm(x, eps)), r);
+  VarT forward_prenormed(const VarT& x, double eps, const Residual<T, B>* r = nullptr,
+                         NormedRows<T, B>* normed = nullptr) const {
+    if (const auto qkv = fused_projections(x, eps)) return attend(*qkv, r, normed);
+    return attend(project_qkv(rms_norm(x, eps)), r, normed);
   }
   // The attention of projections q, k, v [B, T, *], then the output projection (added into the
-  // residual r, if given).
-  VarT attend(const std::array<VarT, 3>& qkv, const Residual<T, B>* r = nullptr) const {
+  // residual r, if given; `normed`: see project).
+  VarT attend(const std::array<VarT, 3>& qkv, const Residual<T, B>* r = nullptr,
+              NormedRows<T, B>* normed = nullptr) const {
     const auto& [q_proj, k_proj, v_proj] = qkv;
     const int64_t Bn = q_proj.size(0), Tn = q_proj.size(1), Dh = c_.head_dim();
     auto heads = [&](const VarT& y, int64_t h) {  // [B, T, h*Dh] -> [B, h, T, Dh]
@@ -166,7 +170,7 @@ class CausalSelfAttention : public Module<T, B> {
     // operands (ops/rope_attention.hpp)
     VarT y = rope_attention(q, q_gain_, k, v, c_.norm_eps, c_.rope_base);  // [B, H, T, Dh]
     y = reshape(permute(y, {0, 2, 1, 3}), {Bn, Tn, c_.dim});
-    return project(*proj_, y, false, r);
+    return project(*proj_, y, false, r, normed);
   }
   // The block's entry as one node where one serves (quant::mix_rms_norm_linear on the
   // tensor-core path): x = a * x_in + b * x0 and the q, k, v projections of rms_norm(x, eps)
@@ -277,12 +281,13 @@ class MLP : public Module<T, B> {
   // and quantizes its input, on CUDA both norms run in one kernel each way
   // (quant::rms_norm_linear: on CUDA with bf16 products the norms write the GEMM's operand).
   // With a residual r: r.x + r.scale * that, the sum taken by the projection.
-  Var<T, B> forward_prenormed(const Var<T, B>& x, double eps,
-                              const Residual<T, B>* r = nullptr) const {
+  // `normed`: x's norm as x's producer wrote it (NormedRows), for the full-precision MLP.
+  Var<T, B> forward_prenormed(const Var<T, B>& x, double eps, const Residual<T, B>* r = nullptr,
+                              const NormedRows<T, B>* normed = nullptr) const {
     const auto* lfc = dynamic_cast<const Linear<T, B>*>(fc_.get());
     const auto* lproj = dynamic_cast<const Linear<T, B>*>(proj_.get());
     if (lfc && lproj && !lfc->bias().defined() && !lproj->bias().defined())
-      return r ? rms_norm_mlp(x, lfc->weight(), lproj->weight(), eps, *r)
+      return r ? rms_norm_mlp(x, lfc->weight(), lproj->weight(), eps, *r, normed)
                : rms_norm_mlp(x, lfc->weight(), lproj->weight(), eps);
     const auto* bfc = dynamic_cast<const BitLinear<T, B>*>(fc_.get());
     const auto* bproj = dynamic_cast<const BitLinear<T, B>*>(proj_.get());
@@ -333,17 +338,21 @@ class Block : public Module<T, B> {
     // mixed_projections).
     const VarT mix_a = select(resid_mix_, 0, 0), mix_b = select(resid_mix_, 0, 1);
     VarT x;
+    // the MLP's norm of x, written by the attention residual's sum where it can (NormedRows)
+    NormedRows<T, B> mlp_norm;
+    mlp_norm.eps = c_.norm_eps;
     if (auto entry = attn_.mixed_projections(mix_a, x_in, mix_b, x0, c_.norm_eps)) {
       x = entry->x;
       const Residual<T, B> after_attn{x, attn_scale_};
-      x = attn_.attend(entry->y, &after_attn);  // x + attn_scale * attn(norm(x))
+      x = attn_.attend(entry->y, &after_attn, &mlp_norm);  // x + attn_scale * attn(norm(x))
     } else {
       x = channel_mix(mix_a, x_in, mix_b, x0);
       const Residual<T, B> after_attn{x, attn_scale_};
-      x = attn_.forward_prenormed(x, c_.norm_eps, &after_attn);  // x + attn_scale * attn(norm(x))
+      x = attn_.forward_prenormed(x, c_.norm_eps, &after_attn, &mlp_norm);
     }
     const Residual<T, B> after_mlp{x, mlp_scale_};
-    x = mlp_.forward_prenormed(x, c_.norm_eps, &after_mlp);  // x + mlp_scale * mlp(norm(x))
+    x = mlp_.forward_prenormed(x, c_.norm_eps, &after_mlp,
+                               &mlp_norm);  // x + mlp_scale * mlp(norm(x))
     return x;
   }
   void collect_projections(const std::string& prefix,

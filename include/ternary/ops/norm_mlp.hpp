@@ -40,16 +40,21 @@ namespace detail {
 template <class T, class B>
 std::optional<Var<T, B>> rms_norm_mlp_bf16(const Var<T, B>& x, const Var<T, B>& w_fc,
                                            const Var<T, B>& w_proj, double eps,
-                                           const Residual<T, B>* residual) {
+                                           const Residual<T, B>* residual,
+                                           const NormedRows<T, B>* normed) {
   const Tensor<T, B> x_c = x.value().contiguous();
   const int64_t D = x_c.size(-1), rows = D ? x_c.numel() / D : 0;
   const int64_t hidden = w_fc.size(0);
   const auto x2d = x_c.reshape(Shape{rows, D});
-  const auto xn16 = Tensor<bf16, B>::empty(Shape{rows, D});
-  const auto rstd = Tensor<T, B>::empty(Shape{rows});
-  if (!rms_norm_bf16_forward(B{}, x2d, std::array<Tensor<T, B>, 1>{},
-                             std::array<Tensor<bf16, B>, 1>{xn16}, rstd, eps, false, Tensor<T, B>(),
-                             0.0))
+  // x's norm as x's producer wrote it (NormedRows: the same bits), or by the norm kernel here
+  const bool taken = normed && normed->xn16.defined() && normed->of == x_c.data() &&
+                     normed->eps == eps && normed->rstd.numel() == rows &&
+                     normed->xn16.numel() == x_c.numel();
+  const auto xn16 = taken ? normed->xn16 : Tensor<bf16, B>::empty(Shape{rows, D});
+  const auto rstd = taken ? normed->rstd : Tensor<T, B>::empty(Shape{rows});
+  if (!taken && !rms_norm_bf16_forward(B{}, x2d, std::array<Tensor<T, B>, 1>{},
+                                       std::array<Tensor<bf16, B>, 1>{xn16}, rstd, eps, false,
+                                       Tensor<T, B>(), 0.0))
     return std::nullopt;
   const auto wfc16 = weight_to_bf16(w_fc.value());
   const auto wproj16 = weight_to_bf16(w_proj.value());
@@ -90,7 +95,8 @@ std::optional<Var<T, B>> rms_norm_mlp_bf16(const Var<T, B>& x, const Var<T, B>& 
 
 template <class T, class B>
 Var<T, B> rms_norm_mlp_any(const Var<T, B>& x, const Var<T, B>& w_fc, const Var<T, B>& w_proj,
-                           double eps, const Residual<T, B>* residual) {
+                           double eps, const Residual<T, B>* residual,
+                           const NormedRows<T, B>* normed = nullptr) {
   const char* op = "rms_norm_mlp";
   if (w_fc.dim() != 2 || w_proj.dim() != 2 || x.dim() == 0 || x.size(-1) != w_fc.size(1) ||
       w_proj.size(1) != w_fc.size(0))
@@ -102,7 +108,7 @@ Var<T, B> rms_norm_mlp_any(const Var<T, B>& x, const Var<T, B>& w_fc, const Var<
                           w_proj.size(0));
   if constexpr (!B::on_host && std::is_same_v<T, float>) {
     if (backend::bf16_products(B{}))
-      if (auto y = rms_norm_mlp_bf16(x, w_fc, w_proj, eps, residual)) return *y;
+      if (auto y = rms_norm_mlp_bf16(x, w_fc, w_proj, eps, residual, normed)) return *y;
   }
   const Var<T, B> h = linear(rms_norm(x, eps), w_fc);
   return residual ? residual_relu2_linear(*residual, h, w_proj) : relu2_linear(h, w_proj);
@@ -117,11 +123,13 @@ Var<T, B> rms_norm_mlp(const Var<T, B>& x, const Var<T, B>& w_fc, const Var<T, B
   return detail::rms_norm_mlp_any(x, w_fc, w_proj, eps,
                                   static_cast<const Residual<T, B>*>(nullptr));
 }
-// r.x + r.scale * rms_norm_mlp(x, w_fc, w_proj, eps)
+// r.x + r.scale * rms_norm_mlp(x, w_fc, w_proj, eps). `normed`: x's norm as x's producer
+// wrote it (residual_linear's NormedRows), taken where it is x's (else the norm runs here).
 template <class T, class B>
 Var<T, B> rms_norm_mlp(const Var<T, B>& x, const Var<T, B>& w_fc, const Var<T, B>& w_proj,
-                       double eps, const Residual<T, B>& r) {
-  return detail::rms_norm_mlp_any(x, w_fc, w_proj, eps, &r);
+                       double eps, const Residual<T, B>& r,
+                       const NormedRows<T, B>* normed = nullptr) {
+  return detail::rms_norm_mlp_any(x, w_fc, w_proj, eps, &r, normed);
 }
 
 }  // namespace ternary

@@ -18,10 +18,12 @@
 // (BitLinear projections). Tests: tests/test_matmul.cpp, tests/cuda/test_cuda_ops.cu.
 #pragma once
 
+#include <array>
 #include <optional>
 #include <utility>
 #include <vector>
 
+#include "ternary/backend/cpu/norm.hpp"  // NormMix
 #include "ternary/ops/channel_mix.hpp"
 #include "ternary/ops/matmul.hpp"
 
@@ -31,6 +33,19 @@ namespace ternary {
 template <class T, class B>
 struct Residual {
   Var<T, B> x, scale;
+};
+
+// The next norm of a residual sum, taken by the sum's own kernel: residual_linear fills it
+// (CUDA, bf16 products, rows the register norm kernels take; else it stays empty) with
+// xn16 = bf16(rms_norm(out, eps)) and rstd per row, and rms_norm_mlp (ops/norm_mlp.hpp) takes
+// them instead of reading out again for its norm. `of` is out's storage, which the taker
+// checks; the values are those the taker's own norm kernel would write, bit for bit.
+template <class T, class B>
+struct NormedRows {
+  double eps = 1e-6;
+  Tensor<bf16, B> xn16;  // [rows, D]
+  Tensor<T, B> rstd;     // [rows]
+  const T* of = nullptr;
 };
 
 namespace detail {
@@ -49,15 +64,33 @@ inline void check_residual_shapes(const char* op, const Shape& x, const Shape& s
 // The forward of the bf16 path: r.x + r.scale * bf16(a16 w16^T), a16 [rows, in], w16 [out, in]:
 // the product rounded to bf16 (as autocast's linear output; on CUDA the GEMM writes it so, and
 // the sum reads half the bytes), the sum in T.
+// With `normed` (CUDA), the sum's kernel also normalises the sum's rows (NormedRows).
 template <class T, class B>
 Tensor<T, B> residual_product_bf16(const Residual<T, B>& r, const Tensor<bf16, B>& a16,
-                                   const Tensor<bf16, B>& w16) {
+                                   const Tensor<bf16, B>& w16, NormedRows<T, B>* normed = nullptr) {
   Tensor<bf16, B> y16;
   if constexpr (B::on_host) {  // the reference backend: the same rounding of the fp32 product
     y16 = backend::to_bf16(B{}, bf16_product<T>(a16, w16, r.x.shape()));
   } else {
     y16 = Tensor<bf16, B>::empty(Shape{a16.size(0), w16.size(0)});
     gemm_bf16(B{}, const_view(a16), const_view(w16.t()), backend::mat_view(y16));
+    if (normed) {  // the sum and the next norm in one pass (the register norm kernel)
+      const Tensor<T, B> x_c = r.x.value().contiguous();
+      const int64_t D = x_c.size(-1), rows = D ? x_c.numel() / D : 0;
+      const Shape rows_d{rows, D};
+      auto out = Tensor<T, B>::empty(x_c.shape());
+      backend::NormMix<T, B> sum;
+      sum.b = r.scale.value().contiguous(), sum.y16 = y16, sum.x_out = out.reshape(rows_d);
+      auto xn16 = Tensor<bf16, B>::empty(rows_d);
+      auto rstd = Tensor<T, B>::empty(Shape{rows});
+      // (the device-only backend function by argument-dependent lookup on the tag)
+      if (rms_norm_bf16_forward(B{}, x_c.reshape(rows_d), std::array<Tensor<T, B>, 1>{},
+                                std::array<Tensor<bf16, B>, 1>{xn16}, rstd, normed->eps, false,
+                                Tensor<T, B>(), 0.0, false, &sum)) {
+        normed->xn16 = xn16, normed->rstd = rstd, normed->of = out.data();
+        return out;
+      }
+    }
   }
   return channel_mix_forward(static_cast<const Tensor<T, B>*>(nullptr), r.x.value(),
                              r.scale.value(), y16.reshape(r.x.shape()));
@@ -133,14 +166,14 @@ std::vector<Var<T, B>> with_residual_inputs(std::vector<Var<T, B>> first, const 
 // theirs: its producer reads it so.
 template <class T, class B>
 Var<T, B> residual_linear_bf16(const Residual<T, B>& r, const Var<T, B>& a, const Var<T, B>& w,
-                               bool relu2_input = false) {
+                               bool relu2_input = false, NormedRows<T, B>* normed = nullptr) {
   const int64_t in = w.size(1);
   const bool a_in_bf16 = !relu2_input && a.value_bf16().defined();
   const auto a16 = (relu2_input ? backend::relu2_to_bf16(B{}, a.value())
                     : a_in_bf16 ? a.value_bf16().contiguous()
                                 : backend::to_bf16(B{}, a.value()))
                        .reshape(Shape{-1, in});
-  auto out = residual_product_bf16(r, a16, weight_to_bf16(w.value()));
+  auto out = residual_product_bf16(r, a16, weight_to_bf16(w.value()), normed);
   return Var<T, B>::record(
       relu2_input ? "residual_relu2_linear" : "residual_linear", out, {r.x, r.scale, a, w},
       [r, a, w, a16, in, relu2_input, a_in_bf16](const Tensor<T, B>& g,
@@ -173,28 +206,31 @@ Var<T, B> residual_linear_bf16(const Residual<T, B>& r, const Var<T, B>& a, cons
 // Both public forms: checks, then the tensor-core path or the composition.
 template <class T, class B>
 Var<T, B> residual_branch(const char* op, const Residual<T, B>& r, const Var<T, B>& a,
-                          const Var<T, B>& w, bool relu2_input) {
+                          const Var<T, B>& w, bool relu2_input, NormedRows<T, B>* normed) {
   if (w.dim() != 2 || a.size(-1) != w.size(1))
     throw ShapeError(
         cat(op, ": input ", a.shape(), " does not match weight [out, in] = ", w.shape()));
   check_residual_shapes(op, r.x.shape(), r.scale.shape(), a.shape(), w.size(0));
   if constexpr (std::is_same_v<T, float>)
-    if (backend::bf16_products(B{})) return residual_linear_bf16(r, a, w, relu2_input);
+    if (backend::bf16_products(B{})) return residual_linear_bf16(r, a, w, relu2_input, normed);
   return channel_mix(r.x, r.scale, relu2_input ? relu2_linear(a, w) : linear(a, w));
 }
 
 }  // namespace detail
 
-// r.x + r.scale * linear(a, w)
+// r.x + r.scale * linear(a, w). With `normed`, also the next norm of the result where the sum's
+// kernel can take it (NormedRows; left empty elsewhere).
 template <class T, class B>
-Var<T, B> residual_linear(const Residual<T, B>& r, const Var<T, B>& a, const Var<T, B>& w) {
-  return detail::residual_branch("residual_linear", r, a, w, false);
+Var<T, B> residual_linear(const Residual<T, B>& r, const Var<T, B>& a, const Var<T, B>& w,
+                          NormedRows<T, B>* normed = nullptr) {
+  return detail::residual_branch("residual_linear", r, a, w, false, normed);
 }
 
 // r.x + r.scale * relu2_linear(h, w)
 template <class T, class B>
 Var<T, B> residual_relu2_linear(const Residual<T, B>& r, const Var<T, B>& h, const Var<T, B>& w) {
-  return detail::residual_branch("residual_relu2_linear", r, h, w, true);
+  return detail::residual_branch("residual_relu2_linear", r, h, w, true,
+                                 static_cast<NormedRows<T, B>*>(nullptr));
 }
 
 }  // namespace ternary

@@ -27,10 +27,13 @@ namespace ternary::backend {
 // gx x_in and gx x0, plus da_prior, db_prior where defined (their gradients so far; may be da,
 // db themselves). dx_in16 (if not null): dx_in rounded to bf16 as well, for a reader whose
 // products round it so (Var::accumulate_grad_with_bf16).
+// Forward with y16 [rows, D] instead of a and x0: a residual sum x = x_in + b y16, rounded as
+// channel_mix rounds it (ops/residual_linear.hpp's sum with the MLP's norm, NormedRows).
 template <class T, class B>
 struct NormMix {
   Tensor<T, B> a, b, x0;  // [D], [D], [rows, D]
   Tensor<T, B> x_out;     // forward: [rows, D]
+  Tensor<bf16, B> y16;    // forward, the residual form: [rows, D]
   T* dx_in = nullptr;     // backward
   bf16* dx_in16 = nullptr;
   const T* prior_in = nullptr;

@@ -247,12 +247,15 @@ struct RowOutPtrs {
 
 // The GPT block's entry mix in front of a norm (quant::mix_rms_norm_linear): the rows x the
 // kernels read are x_in, and the rows normalised are x = a x_in + b x0 (a, b [D]), written to
-// x_out by the forward.
+// x_out by the forward. With y16 instead (a and x0 null): a residual sum, x = x_in + b y16
+// rounded as channel_mix rounds it (one FMA), so the rows and their norm are those of
+// channel_mix followed by the norm, bit for bit.
 struct MixRows {
   const float* a = nullptr;
   const float* b = nullptr;
   const float* x0 = nullptr;
   float* x_out = nullptr;
+  const __nv_bfloat16* y16 = nullptr;
 };
 // Its backward: with gx = x's whole gradient (the norm's dx plus dx_addend, x's own), dx_in =
 // a gx + prior_in and dx0 = b gx + prior0 (each if not null; a prior may be its output itself),
@@ -278,6 +281,17 @@ __device__ RowVec<V, L> mix_rows(const RowVec<V, L>& a, const RowVec<V, L>& x_in
 #pragma unroll
     for (int e = 0; e < 4; ++e)
       x.at(i, e) = fmaf(a.at(i, e), x_in.at(i, e), b.at(i, e) * x0.at(i, e));
+  return x;
+}
+// x = x_in + b y elementwise (channel_mix's formula without a: one FMA)
+template <int V, int L>
+__device__ RowVec<V, L> residual_rows(const RowVec<V, L>& x_in, const RowVec<V, L>& b,
+                                      const RowVec<V, L>& y) {
+  RowVec<V, L> x;
+#pragma unroll
+  for (int i = 0; i < V; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) x.at(i, e) = fmaf(b.at(i, e), y.at(i, e), x_in.at(i, e));
   return x;
 }
 
@@ -394,7 +408,7 @@ __global__ void __launch_bounds__(256, K > 1 ? 3 : 1)
   const RowGains<V, L, K> gain(gains, li);
   RowVec<V, L> mix_a, mix_b;
   if constexpr (Mix) {
-    mix_a.load(mix.a, li);
+    if (mix.a) mix_a.load(mix.a, li);
     mix_b.load(mix.b, li);
   }
   for (int64_t base = (int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32) * RPW;
@@ -403,7 +417,10 @@ __global__ void __launch_bounds__(256, K > 1 ? 3 : 1)
     const bool valid = r < rows;
     RowVec<V, L> xv = load_row_as<V, L, Bf16In>(x, r, valid, li);
     if constexpr (Mix) {
-      xv = mix_rows(mix_a, xv, mix_b, load_row_or_zero<V, L>(mix.x0, r, valid, li));
+      if (mix.y16)
+        xv = residual_rows(xv, mix_b, load_row_or_zero<V, L>(mix.y16, r, valid, li));
+      else
+        xv = mix_rows(mix_a, xv, mix_b, load_row_or_zero<V, L>(mix.x0, r, valid, li));
       if (valid) xv.store(mix.x_out + r * D, li);
     }
     if constexpr (Relu2In) xv.relu2();
@@ -668,7 +685,8 @@ bool rows_forward(const float* x, RowPtrs<K> gains, RowOutPtrs<K> ys, float* rst
                  reinterpret_cast<uintptr_t>(mix.a) % 16 == 0 &&
                  reinterpret_cast<uintptr_t>(mix.b) % 16 == 0 &&
                  reinterpret_cast<uintptr_t>(mix.x0) % 16 == 0 &&
-                 reinterpret_cast<uintptr_t>(mix.x_out) % 16 == 0;
+                 reinterpret_cast<uintptr_t>(mix.x_out) % 16 == 0 &&
+                 reinterpret_cast<uintptr_t>(mix.y16) % 16 == 0;
   for (int k = 0; k < K; ++k)
     aligned = aligned && reinterpret_cast<uintptr_t>(gains.p[k]) % 16 == 0 &&
               reinterpret_cast<uintptr_t>(ys.p[k]) % 16 == 0;
@@ -951,7 +969,9 @@ bool rms_norm_bf16_forward(cuda, const Tensor<T, cuda>& x,
   MixRows mr;
   if (mix) {
     if (relu2_input) return false;
-    mr = MixRows{mix->a.data(), mix->b.data(), mix->x0.data(), mix->x_out.data()};
+    auto data_or_null = [](const auto& t) { return t.defined() ? t.data() : nullptr; };
+    mr = MixRows{data_or_null(mix->a), mix->b.data(), data_or_null(mix->x0), mix->x_out.data(),
+                 reinterpret_cast<const __nv_bfloat16*>(data_or_null(mix->y16))};
   }
   return rows_forward<int(K)>(x.data(), gp, yp, rstd.data(), rows, D, eps, int8,
                               rstd_pre.defined() ? rstd_pre.data() : nullptr, /*bf16_out=*/true,
