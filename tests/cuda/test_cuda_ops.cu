@@ -26,6 +26,7 @@
 #include "ternary/ops/rope.hpp"
 #include "ternary/ops/rope_attention.hpp"
 #include "ternary/ops/view.hpp"
+#include "ternary/optim/adamw.hpp"
 #include "ternary/optim/clip.hpp"
 #include "ternary/optim/muon.hpp"
 #include "ternary/quant/activation.hpp"
@@ -633,6 +634,63 @@ TEST_CASE("cuda norms, clipping and Muon against the CPU") {
       dm.zero_grad();
     }
     for (int i = 0; i < 3; ++i) CHECK(rel_err(dps[i].value(), cps[i].value()) < 1e-5);
+  }
+}
+
+// The optimizers' updates over many tensors in one launch each (backend/cuda/optim.cuh): 40
+// AdamW parameters (two launches of at most 32 runs; sizes across the 4096-value chunks, one of
+// a single value), Muon over two shapes (a stack of three and a lone matrix, nesterov and plain
+// momentum groups) and the clip over all of them, three steps against the CPU.
+TEST_CASE("cuda optimizer runs: AdamW, Muon and clipping over many tensors against the CPU") {
+  Rng rng(31);
+  std::vector<VarH> cv, cm;
+  std::vector<VarD> dv, dm;
+  auto add = [&](Shape shape, std::vector<VarH>& c, std::vector<VarD>& d) {
+    auto h = Tensor<float>::randn(shape, rng, 0, 0.1);
+    c.push_back(VarH::parameter(h.clone()));
+    d.push_back(VarD::parameter(to_device(h)));
+  };
+  for (int i = 0; i < 40; ++i) add(Shape{i == 0 ? 1 : (i % 7 == 0 ? 9000 : 5 + 97 * i)}, cv, dv);
+  for (int i = 0; i < 3; ++i) add(Shape{48, 80}, cm, dm);
+  add(Shape{96, 40}, cm, dm);
+  optim::AdamW<float> ca(cv, {.lr = 0.01, .beta1 = 0.9, .beta2 = 0.95, .weight_decay = 0.1});
+  optim::AdamW<float, cuda> da(dv, {.lr = 0.01, .beta1 = 0.9, .beta2 = 0.95, .weight_decay = 0.1});
+  using MuonH = optim::Muon<float>;
+  using MuonD = optim::Muon<float, cuda>;
+  const optim::MuonOptions nesterov{.lr = 0.02, .weight_decay = 0.01};
+  const optim::MuonOptions plain{.lr = 0.03, .momentum = 0.9, .nesterov = false};
+  MuonH cmu({MuonH::Group{{cm[0], cm[1], cm[3]}, nesterov}, MuonH::Group{{cm[2]}, plain}});
+  MuonD dmu({MuonD::Group{{dm[0], dm[1], dm[3]}, nesterov}, MuonD::Group{{dm[2]}, plain}});
+  std::vector<VarH> call(cv);
+  std::vector<VarD> dall(dv);
+  call.insert(call.end(), cm.begin(), cm.end());
+  dall.insert(dall.end(), dm.begin(), dm.end());
+  for (int s = 0; s < 3; ++s) {
+    for (size_t i = 0; i < call.size(); ++i) {
+      auto g = Tensor<float>::randn(call[i].shape(), rng, 0, 1 + double(i % 3));
+      call[i].accumulate_grad(g);
+      dall[i].accumulate_grad(to_device(g));
+    }
+    const double tc = optim::clip_grad_norm(call, 10.0);  // (norms of several hundred: scaled)
+    const double td = optim::clip_grad_norm(dall, 10.0);
+    CHECK(td == Approx(tc).epsilon(1e-6));
+    for (size_t i = 0; i < call.size(); ++i) CHECK(rel_err(dall[i].grad(), call[i].grad()) < 1e-6);
+    ca.step();
+    da.step();
+    cmu.step();
+    dmu.step();
+    for (auto& p : call) p.zero_grad();
+    for (auto& p : dall) p.zero_grad();
+  }
+  for (size_t i = 0; i < cv.size(); ++i) {
+    CAPTURE(i);
+    CHECK(rel_err(dv[i].value(), cv[i].value()) < 1e-6);
+    CHECK(rel_err(da.state(i).at("exp_avg_sq"), ca.state(i).at("exp_avg_sq")) < 1e-6);
+  }
+  for (size_t i = 0; i < cm.size(); ++i) {
+    CAPTURE(i);
+    CHECK(rel_err(dm[i].value(), cm[i].value()) < 1e-5);
+    CHECK(rel_err(dmu.state(i).at("momentum_buffer"), cmu.state(i).at("momentum_buffer")) < 1e-6);
   }
 }
 

@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "ternary/backend/multi_update.hpp"
 #include "ternary/optim/optimizer.hpp"
 
 namespace ternary::optim {
@@ -56,20 +57,45 @@ class AdamW : public GroupedOptimizer<AdamWOptions, T, B> {
   }
   std::vector<std::string> state_names() const override { return {"exp_avg", "exp_avg_sq"}; }
 
-  // Three fused passes: m, v, then p (decay and Adam step together).
+  // Three fused passes: m, v, then p (decay and Adam step together). On a device backend the
+  // values are the same, computed for every parameter of the step in one launch at its end
+  // (backend/multi_update.hpp): the GPT's ~40 small tensors would each cost three launches.
   void update(size_t index, TensorT& p, const TensorT& g, typename Base::State& state,
               int64_t t) override {
     const AdamWOptions& o = this->options_of(index);
     const double lr = this->lr_of(index);
     TensorT& m = Base::state_tensor(state, "exp_avg", p.shape());
     TensorT& v = Base::state_tensor(state, "exp_avg_sq", p.shape());
-    m.assign(m * T(o.beta1) + g * T(1 - o.beta1));
-    v.assign(v * T(o.beta2) + square(g) * T(1 - o.beta2));
-    const double step_size = lr / (1 - std::pow(o.beta1, double(t)));
-    const double bc2_sqrt = std::sqrt(1 - std::pow(o.beta2, double(t)));
-    p.assign(p * T(1 - lr * o.weight_decay) -
-             m * T(step_size) / (sqrt(v) / T(bc2_sqrt) + T(o.eps)));
+    const T beta1 = T(o.beta1), one_minus_beta1 = T(1 - o.beta1);
+    const T beta2 = T(o.beta2), one_minus_beta2 = T(1 - o.beta2);
+    const T decay = T(1 - lr * o.weight_decay);
+    const T step_size = T(lr / (1 - std::pow(o.beta1, double(t))));
+    const T bc2_sqrt = T(std::sqrt(1 - std::pow(o.beta2, double(t))));
+    const T eps = T(o.eps);
+    if constexpr (!B::on_host) {
+      if (p.is_contiguous() && g.is_contiguous()) {
+        runs_.push_back({p.data(), g.data(), m.data(), v.data(), p.numel(), decay, beta1,
+                         one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps});
+        grads_.push_back(g);  // (kept to the launch)
+        return;
+      }
+    }
+    m.assign(m * beta1 + g * one_minus_beta1);
+    v.assign(v * beta2 + square(g) * one_minus_beta2);
+    p.assign(p * decay - m * step_size / (sqrt(v) / bc2_sqrt + eps));
   }
+  void finish_step() override {
+    if constexpr (!B::on_host) {
+      if (!runs_.empty()) adamw_update_runs(B{}, runs_);  // (backend/cuda/optim.cuh)
+      runs_.clear();
+      grads_.clear();
+    }
+  }
+
+ private:
+  // The step's device updates, applied by finish_step (members: their capacity is kept).
+  std::vector<backend::AdamWRun<T>> runs_;
+  std::vector<TensorT> grads_;
 };
 
 }  // namespace ternary::optim

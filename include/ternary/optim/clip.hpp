@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "ternary/autograd/var.hpp"
+#include "ternary/backend/multi_update.hpp"
 #include "ternary/optim/optimizer.hpp"
 
 namespace ternary::optim {
@@ -31,7 +32,7 @@ double clip_grad_norm(const std::vector<Var<T, B>>& params, double max_norm) {
   if constexpr (B::on_host) {
     for (size_t i = 0; i < params.size(); ++i)
       if (const auto* g = distinct_grad(i)) sq += detail::squared_norm(*g);
-  } else {  // one device sum and one host copy for all of them (backend/cuda/quant.cuh)
+  } else {  // one device sum and one host copy for all of them (backend/cuda/optim.cuh)
     std::vector<Tensor<T, B>> grads;
     for (size_t i = 0; i < params.size(); ++i)
       if (const auto* g = distinct_grad(i)) grads.push_back(*g);
@@ -40,12 +41,22 @@ double clip_grad_norm(const std::vector<Var<T, B>>& params, double max_norm) {
   const double total = std::sqrt(sq);
   if (max_norm > 0) {
     const double coef = max_norm / (total + 1e-6);
-    if (coef < 1)
+    if (coef < 1) {
+      [[maybe_unused]] std::vector<backend::ValueRun<T>> runs;  // (device: one launch for all)
       for (size_t i = 0; i < params.size(); ++i)
         if (const auto* g = distinct_grad(i)) {
           Tensor<T, B> shared = *g;  // shares the gradient's storage: scaled in place
+          if constexpr (!B::on_host) {
+            if (shared.is_contiguous()) {
+              runs.push_back({shared.data(), shared.numel()});
+              continue;
+            }
+          }
           shared *= T(coef);
         }
+      if constexpr (!B::on_host)
+        if (!runs.empty()) scale_runs(B{}, runs, T(coef));  // backend/cuda/optim.cuh
+    }
   }
   return total;
 }

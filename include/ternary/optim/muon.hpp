@@ -33,6 +33,7 @@
 #include <utility>
 #include <vector>
 
+#include "ternary/backend/multi_update.hpp"
 #include "ternary/ops/matmul.hpp"
 #include "ternary/optim/optimizer.hpp"
 
@@ -60,13 +61,17 @@ Tensor<T, B> newton_schulz5(const Tensor<T, B>& G, int steps = 5, double eps = 1
   auto normalise = [eps](F M) {  // M / (||M||_F + eps), in place
     if constexpr (B::on_host)
       M *= float(1.0 / (std::sqrt(detail::squared_norm(M)) + eps));
-    else  // the norm stays on the device (backend/cuda/quant.cuh): no host round trip
+    else  // the norm stays on the device (backend/cuda/optim.cuh): no host round trip
       scale_by_inverse_norm(B{}, M, eps);
   };
-  if (X.dim() == 3)  // each matrix by its own norm, as it alone would be (bit for bit)
-    for (int64_t i = 0; i < X.size(0); ++i) normalise(X.select(0, i));
-  else
+  if (X.dim() == 3) {  // each matrix by its own norm, as it alone would be (bit for bit)
+    if constexpr (B::on_host)
+      for (int64_t i = 0; i < X.size(0); ++i) normalise(X.select(0, i));
+    else  // one launch for the stack's norms, one for the scaling
+      scale_by_inverse_norms(B{}, X, eps);
+  } else {
     normalise(X);
+  }
   for (int k = 0; k < steps; ++k) {
     const F Xt = X.transpose(-1, -2);
     F A = matmul(X, Xt);                 // [r, r], r = min(rows, cols)
@@ -137,82 +142,138 @@ class Muon : public GroupedOptimizer<MuonOptions, T, B> {
     const MuonOptions& o = this->options_of(index);
     const double lr = this->lr_of(index);
     TensorT& buf = Base::state_tensor(state, "momentum_buffer", p.shape());
-    buf.assign(buf * T(o.momentum) + g);
-    const TensorT eff = o.nesterov ? TensorT(g + buf * T(o.momentum)) : buf;
     const double scale = std::sqrt(std::max(1.0, double(p.size(0)) / double(p.size(1))));
     const T decay = T(1 - lr * o.weight_decay), step = T(lr * scale);
-    // orthogonalised in finish_step: with the other matrices of its shape, by its owner rank
-    pending_.push_back({index, p, eff, decay, step});
+    // the momentum, the orthogonalisation and the update in finish_step, with the other
+    // matrices of the step
+    pending_.push_back({index, p, g, buf, TensorT(), T(o.momentum), o.nesterov, decay, step});
   }
 
   void finish_step() override {
     if (pending_.empty()) return;
     const bool sharded = world_ > 1;
-    // The updates O land in `flat` (one buffer for the ranks' sum) or are applied directly.
     // (the index vectors are members: their capacity is kept, so a step allocates nothing)
     int64_t total = 0;
     offsets_.clear();
     for (const auto& m : pending_) {
       offsets_.push_back(total);
-      total += m.eff.numel();
+      total += m.p.numel();
     }
-    TensorT flat = sharded ? TensorT::zeros(Shape{total}) : TensorT();
-    auto emit = [&](size_t k, const TensorT& O) {
-      Pending& m = pending_[k];
-      if (sharded)
-        flat.narrow(0, offsets_[k], m.eff.numel()).view(m.eff.shape()).assign(O);
-      else
-        m.p.assign(m.p * m.decay - O * m.step);
-    };
-    // This rank's matrices, grouped by shape and step count: one stacked Newton-Schulz each.
+    // 1. This rank's matrices, grouped by shape and step count: one stack each, into which
+    //    their g' go (a lone matrix gets its own); the other ranks' matrices get none.
     auto mine = [&](size_t k) {
       return !sharded || int(pending_[k].index % size_t(world_)) == rank_;
     };
     done_.assign(pending_.size(), 0);
+    members_.clear();
+    groups_.clear();
     for (size_t k = 0; k < pending_.size(); ++k) {
       if (done_[k] || !mine(k)) continue;
       const int steps = this->options_of(pending_[k].index).ns_steps;
-      group_.clear();
+      const size_t first = members_.size();
       for (size_t j = k; j < pending_.size(); ++j)
-        if (!done_[j] && mine(j) && pending_[j].eff.shape() == pending_[k].eff.shape() &&
+        if (!done_[j] && mine(j) && pending_[j].p.shape() == pending_[k].p.shape() &&
             this->options_of(pending_[j].index).ns_steps == steps) {
-          group_.push_back(j);
+          members_.push_back(j);
           done_[j] = 1;
         }
-      if (group_.size() == 1) {
-        emit(k, newton_schulz5(pending_[k].eff, steps));
-        continue;
-      }
-      const Shape& shape = pending_[k].eff.shape();
-      TensorT stack = TensorT::empty(Shape{int64_t(group_.size()), shape[0], shape[1]});
-      for (size_t i = 0; i < group_.size(); ++i)
-        stack.select(0, int64_t(i)).assign(pending_[group_[i]].eff);
-      const TensorT O = newton_schulz5(stack, steps);
-      for (size_t i = 0; i < group_.size(); ++i) emit(group_[i], O.select(0, int64_t(i)));
+      const int64_t n = int64_t(members_.size() - first);
+      const Shape& shape = pending_[k].p.shape();
+      TensorT stack = TensorT::empty(n == 1 ? shape : Shape{n, shape[0], shape[1]});
+      for (int64_t i = 0; i < n; ++i)
+        pending_[members_[first + size_t(i)]].eff = n == 1 ? stack : stack.select(0, i);
+      groups_.push_back({first, size_t(n), steps, stack});
     }
+    // 2. The momentum: buf = momentum buf + g, and g' = nesterov ? g + momentum buf : buf.
+    //    On a device backend one launch for all matrices (backend/multi_update.hpp).
+    if constexpr (!B::on_host) momentum_runs_.clear();
+    for (Pending& m : pending_) {
+      if constexpr (!B::on_host) {
+        if (m.g.is_contiguous()) {
+          momentum_runs_.push_back({m.buf.data(), m.g.data(),
+                                    m.eff.defined() ? m.eff.data() : nullptr, m.p.numel(),
+                                    m.momentum, m.nesterov});
+          continue;
+        }
+      }
+      m.buf.assign(m.buf * m.momentum + m.g);
+      if (m.eff.defined()) {
+        if (m.nesterov)
+          m.eff.assign(m.g + m.buf * m.momentum);
+        else
+          m.eff.assign(m.buf);
+      }
+    }
+    if constexpr (!B::on_host)
+      if (!momentum_runs_.empty()) momentum_runs(B{}, momentum_runs_);  // backend/cuda/optim.cuh
+    // 3. Newton-Schulz, one stack at a time, and the updates p = p decay - O step (into `flat`
+    //    first when sharded: one buffer for the ranks' sum). On a device backend the updates go
+    //    in one launch at the end.
+    TensorT flat = sharded ? TensorT::zeros(Shape{total}) : TensorT();
+    if constexpr (!B::on_host) {
+      step_runs_.clear();
+      outputs_.clear();
+    }
+    for (const ShapeGroup& grp : groups_) {
+      const TensorT O = newton_schulz5(grp.stack, grp.steps);
+      for (size_t i = 0; i < grp.count; ++i) {
+        const size_t k = members_[grp.first + i];
+        Pending& m = pending_[k];
+        const TensorT Oi = grp.count == 1 ? O : O.select(0, int64_t(i));
+        if (sharded) {
+          flat.narrow(0, offsets_[k], m.p.numel()).view(m.p.shape()).assign(Oi);
+          continue;
+        }
+        if constexpr (!B::on_host) {
+          if (m.p.is_contiguous() && Oi.is_contiguous()) {
+            step_runs_.push_back({m.p.data(), Oi.data(), m.p.numel(), m.decay, m.step});
+            continue;
+          }
+        }
+        m.p.assign(m.p * m.decay - Oi * m.step);
+      }
+      if constexpr (!B::on_host) outputs_.push_back(O);  // (kept to the launch)
+    }
+    if constexpr (!B::on_host)
+      if (!step_runs_.empty()) decay_step_runs(B{}, step_runs_);
     if (sharded) {
       sum_over_ranks_(flat.data(), size_t(total));
       for (size_t k = 0; k < pending_.size(); ++k) {
         Pending& m = pending_[k];
-        const TensorT O = flat.narrow(0, offsets_[k], m.eff.numel()).view(m.eff.shape());
+        const TensorT O = flat.narrow(0, offsets_[k], m.p.numel()).view(m.p.shape());
         m.p.assign(m.p * m.decay - O * m.step);
       }
     }
     pending_.clear();
+    groups_.clear();
+    if constexpr (!B::on_host) outputs_.clear();
   }
 
  private:
   struct Pending {  // a matrix whose update waits for finish_step
     size_t index;
-    TensorT p, eff;
+    TensorT p, g, buf;
+    TensorT eff;  // where its g' goes (finish_step; undefined on a rank that does not own it)
+    T momentum;
+    bool nesterov;
     T decay, step;
+  };
+  struct ShapeGroup {  // matrices of one shape and step count: members_[first, first + count)
+    size_t first, count;
+    int steps;
+    TensorT stack;  // their g', [count, rows, cols] (or [rows, cols] for one)
   };
   int rank_ = 0, world_ = 1;
   std::function<void(T*, size_t)> sum_over_ranks_;
   std::vector<Pending> pending_;
-  std::vector<int64_t> offsets_;  // finish_step's scratch (kept for its capacity)
+  // finish_step's scratch (kept for its capacity)
+  std::vector<int64_t> offsets_;
   std::vector<char> done_;
-  std::vector<size_t> group_;
+  std::vector<size_t> members_;
+  std::vector<ShapeGroup> groups_;
+  std::vector<backend::MomentumRun<T>> momentum_runs_;
+  std::vector<backend::DecayStepRun<T>> step_runs_;
+  std::vector<TensorT> outputs_;
 };
 
 }  // namespace ternary::optim

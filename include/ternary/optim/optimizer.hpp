@@ -39,7 +39,7 @@ using ternary::detail::cat;
 // ~1e-9 for float even over 10^7 elements).
 template <class T, class B>
 double squared_norm(const Tensor<T, B>& t) {
-  // Device memory: the backend's kernel (found by the tag, e.g. backend/cuda/quant.cuh).
+  // Device memory: the backend's kernel (found by the tag, e.g. backend/cuda/optim.cuh).
   if constexpr (!B::on_host) return squared_norm(B{}, t);
   const Tensor<T, B> c = t.contiguous();
   const T* x = c.data();

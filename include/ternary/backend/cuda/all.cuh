@@ -13,6 +13,7 @@
 #include "ternary/backend/cuda/loss.cuh"
 #include "ternary/backend/cuda/matmul.cuh"
 #include "ternary/backend/cuda/norm.cuh"
+#include "ternary/backend/cuda/optim.cuh"
 #include "ternary/backend/cuda/quant.cuh"
 #include "ternary/backend/cuda/reduce.cuh"
 #include "ternary/backend/cuda/reduce_max.cuh"

@@ -37,6 +37,7 @@
 #include <utility>
 #include <vector>
 
+#include "ternary/backend/multi_update.hpp"
 #include "ternary/core/error.hpp"
 #include "ternary/core/shape.hpp"
 #include "ternary/core/tensor_fwd.hpp"
@@ -454,12 +455,23 @@ template <class T>
 Tensor<T, cuda> absmean_fake_quantize(cuda, const Tensor<T, cuda>& w, int64_t group, double eps);
 template <class T>
 Tensor<T, cuda> int8_fake_quantize(cuda, const Tensor<T, cuda>& x);
+// optim.cuh (reached from optim/ by argument-dependent lookup on the tag)
 template <class T>
 double squared_norm(cuda, const Tensor<T, cuda>& x);
 template <class T>
 double squared_norm_sum(cuda, const std::vector<Tensor<T, cuda>>& xs);
 template <class T>
 void scale_by_inverse_norm(cuda, Tensor<T, cuda>& x, double eps);
+template <class T>
+void scale_by_inverse_norms(cuda, Tensor<T, cuda>& x, double eps);
+template <class T>
+void adamw_update_runs(cuda, const std::vector<AdamWRun<T>>& runs);
+template <class T>
+void momentum_runs(cuda, const std::vector<MomentumRun<T>>& runs);
+template <class T>
+void decay_step_runs(cuda, const std::vector<DecayStepRun<T>>& runs);
+template <class T>
+void scale_runs(cuda, const std::vector<ValueRun<T>>& runs, T factor);
 // reduce_max.cuh
 template <class T>
 Tensor<T, cuda> reduce_max(cuda, const Tensor<T, cuda>& x, const std::vector<int>& axes,

@@ -1,4 +1,4 @@
-// CUDA kernels for the quantizers and the optimizers' norms, so that a training step reads
+// CUDA kernels for the quantizers, so that a training step reads
 // no device memory from the host:
 //  - absmean_fake_quantize: the ternary weight BitLinear multiplies by (quant/ternary.hpp):
 //    one block per scale group (or, for a few large groups, a split of one: two passes) sums
@@ -10,10 +10,7 @@
 //    bit-identical to the CPU.
 //    Non-finite inputs: the CPU throws; here a group or row holding a NaN or inf comes out
 //    NaN (checking would cost a host synchronisation per call), so the loss turns NaN.
-//  - squared_norm / squared_norm_sum: sum of x^2 in double (grid-stride, block tree, one
-//    double atomicAdd per block), one host copy for the result (for a list: one in all).
-//  - scale_by_inverse_norm: x *= 1 / (||x|| + eps) with the norm kept on the device (Muon's
-//    Newton-Schulz normalisation, no host round trip).
+// (The optimizers' norms and updates: optim.cuh.)
 #pragma once
 
 #ifndef __CUDACC__
@@ -103,35 +100,6 @@ __global__ void int8_quantize_kernel(const T* __restrict__ x, T* __restrict__ ou
   }
 }
 
-template <class T>
-__global__ void sum_squares_kernel(const T* __restrict__ x, int64_t n, double* out) {
-  double s = 0;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    s += double(x[i]) * double(x[i]);
-  s = block_sum(s);
-  if (threadIdx.x == 0) atomicAdd(out, s);
-}
-
-template <class T>
-__global__ void scale_inverse_norm_kernel(T* x, int64_t n, const double* sq, double eps) {
-  const T f = T(1.0 / (::sqrt(*sq) + eps));
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    x[i] *= f;
-}
-
-// Adds sum(x^2) into *out (device).
-template <class T>
-void add_sum_squares(const Tensor<T, cuda>& x, double* out) {
-  const Tensor<T, cuda> c = x.contiguous();
-  if (c.numel() == 0) return;
-  const Launch l = launch_for(c.numel(), 512);
-  sum_squares_kernel<<<std::min(l.blocks, 1024), l.threads, 0, cuda::stream()>>>(c.data(),
-                                                                                 c.numel(), out);
-  TERNARY_CUDA_CHECK_LAUNCH("sum_squares_kernel");
-}
-
 }  // namespace ternary::backend::cuda_detail
 
 namespace ternary::backend {
@@ -178,33 +146,6 @@ Tensor<T, cuda> int8_fake_quantize(cuda, const Tensor<T, cuda>& x) {
                                                                            rows, D);
   TERNARY_CUDA_CHECK_LAUNCH("int8_quantize_kernel");
   return out;
-}
-
-template <class T>
-double squared_norm_sum(cuda, const std::vector<Tensor<T, cuda>>& xs) {
-  auto acc = Tensor<double, cuda>::zeros(Shape{1});
-  for (const auto& x : xs) cuda_detail::add_sum_squares(x, acc.data());
-  return acc.item();
-}
-
-template <class T>
-double squared_norm(cuda, const Tensor<T, cuda>& x) {
-  return squared_norm_sum(cuda{}, std::vector<Tensor<T, cuda>>{x});
-}
-
-template <class T>
-void scale_by_inverse_norm(cuda, Tensor<T, cuda>& x, double eps) {
-  using namespace cuda_detail;
-  if (!x.is_contiguous())
-    throw ShapeError(detail::cat("scale_by_inverse_norm(cuda): needs a contiguous tensor, got ",
-                                 x.shape(), " with strides ", x.strides()));
-  auto acc = Tensor<double, cuda>::zeros(Shape{1});
-  add_sum_squares(x, acc.data());
-  if (x.numel() == 0) return;
-  const Launch l = launch_for(x.numel());
-  scale_inverse_norm_kernel<<<l.blocks, l.threads, 0, cuda::stream()>>>(x.data(), x.numel(),
-                                                                        acc.data(), eps);
-  TERNARY_CUDA_CHECK_LAUNCH("scale_inverse_norm_kernel");
 }
 
 }  // namespace ternary::backend
