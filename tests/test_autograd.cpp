@@ -247,6 +247,39 @@ TEST_CASE("bf16-born gradients: kept for rules that take them, widened for the r
   }
 }
 
+// record_bf16_only: a value kept in bf16 alone (the CUDA attention's output for a reader that
+// rounds it anyway). Its shape without a widening, views that stay in bf16, the first read in
+// T widening it (to the bf16 values), and its gradient through the views as any value's.
+TEST_CASE("a value held in bf16 only: shape, views, widened on first read", "[autograd]") {
+  auto x = Var<float>::parameter(Tensor<float>::from({2, 3}, {1, 2, 3, 4, 5, 6}));
+  auto rounded = Tensor<float>::from({2, 3}, {1.001f, 2, 3, 4, 5, 6.01f});  // not all in bf16
+  auto half = [&](const Var<float>& in) {  // y = bf16(rounded), dy/dx = 1
+    return Var<float>::record_bf16_only("half", backend::to_bf16(cpu{}, rounded), {in},
+                                        [in](const Tensor<float>& g) { in.accumulate_grad(g); });
+  };
+  const auto expect = backend::to_bf16(cpu{}, rounded).to<float>().to_vector();
+  auto y = half(x);
+  CHECK(y.value_in_bf16_only());
+  CHECK(y.shape() == Shape{2, 3});
+  CHECK(y.dim() == 2);
+  CHECK(y.size(-1) == 3);
+  CHECK(y.numel() == 6);
+  auto v = reshape(transpose(y, 0, 1), Shape{6});
+  CHECK(v.value_in_bf16_only());  // views of it stay in bf16
+  CHECK(y.value_in_bf16_only());
+  REQUIRE(v.value_bf16().defined());
+  CHECK(transpose(y, 0, 1).value_bf16().to<float>().to_vector() ==
+        std::vector<float>{expect[0], expect[3], expect[1], expect[4], expect[2], expect[5]});
+  CHECK(y.value().to_vector() == expect);  // the first read in float widens the bf16 copy
+  CHECK_FALSE(y.value_in_bf16_only());
+  CHECK(expect[0] != 1.001f);
+  sum(v * Var<float>::constant(Tensor<float>::from({6}, {1, 2, 3, 4, 5, 6}))).backward();
+  CHECK(x.grad().to_vector() == std::vector<float>{1, 3, 5, 2, 4, 6});
+  CHECK_THROWS_WITH(
+      Var<float>::record_bf16_only("none", Tensor<bf16>(), {x}, [](const Tensor<float>&) {}),
+      Contains("no bf16 output"));
+}
+
 TEST_CASE("straight_through: the input's gradient, no tape entry of its own", "[autograd]") {
   auto w = Var<double>::parameter(Tensor<double>::from({1, 3}, {0.4, -1.2, 2.0}));
   int ready = 0;

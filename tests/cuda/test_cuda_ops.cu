@@ -1465,6 +1465,73 @@ TEST_CASE("cuda rope_attention's bf16 output copy: the output projection's opera
   CHECK(rel_err(dg[0].grad(), to_host(dg[1].grad())) < 2e-2);
 }
 
+// AttentionOutput::bf16_only (the GPT's choice where a bias-free Linear projects the output): no
+// fp32 output is stored, the views of it stay in bf16, and the output projection and every
+// gradient are those of the default, bit for bit. A reader in fp32 sees the bf16 copy widened,
+// and its fp32 gradient takes the other backward branch (Di from the bf16 output).
+TEST_CASE("cuda rope_attention's output kept in bf16 only: the same projection and gradients") {
+  const Bf16On on;
+  Rng rng(47);
+  const int64_t B = 2, Hq = 4, Hkv = 2, T = 130, Dh = 64, D = Hq * Dh;
+  auto hq = Tensor<float>::randn({B, T, Hq, Dh}, rng),
+       hk = Tensor<float>::randn({B, T, Hkv, Dh}, rng);
+  auto hv = Tensor<float>::randn({B, T, Hkv, Dh}, rng),
+       hg = Tensor<float>::randn({Hq}, rng, 1, 0.3);
+  auto hwo = Tensor<float>::randn({D, D}, rng, 0, 0.1), hx = Tensor<float>::randn({B, T, D}, rng);
+  auto hs = Tensor<float>::randn({D}, rng, 1, 0.2), hw = Tensor<float>::randn({B, T, D}, rng);
+  auto heads = [](auto x) { return permute(x, {0, 2, 1, 3}); };
+  const AttentionOutput forms[2] = {AttentionOutput::fp32_and_bf16, AttentionOutput::bf16_only};
+  std::array<VarD, 2> dq, dk, dv, dg, dwo, dxr, ds;
+  std::array<Tensor<float, cuda>, 2> out, a16;
+  for (int form = 0; form < 2; ++form) {
+    dq[form] = VarD::parameter(to_device(hq));
+    dk[form] = VarD::parameter(to_device(hk));
+    dv[form] = VarD::parameter(to_device(hv));
+    dg[form] = VarD::parameter(to_device(hg));
+    dwo[form] = VarD::parameter(to_device(hwo));
+    dxr[form] = VarD::parameter(to_device(hx));
+    ds[form] = VarD::parameter(to_device(hs));
+    VarD y = rope_attention(heads(dq[form]), dg[form], heads(dk[form]), heads(dv[form]), 1e-6,
+                            10000.0, std::nullopt, forms[form]);
+    CHECK(y.value_in_bf16_only() == (form == 1));
+    VarD a = reshape(heads(y), {B, T, D});
+    CHECK(a.value_in_bf16_only() == (form == 1));
+    CHECK(a.shape() == Shape{B, T, D});
+    CHECK(a.numel() == B * T * D);
+    a16[form] = widen_bf16(cuda{}, a.value_bf16().contiguous());
+    const Residual<float, cuda> r{dxr[form], ds[form]};
+    VarD o = residual_linear(r, a, dwo[form]);
+    CHECK(a.value_in_bf16_only() == (form == 1));  // (the projection read the bf16 copy)
+    out[form] = o.value();
+    functional(o, hw).backward();
+  }
+  CHECK(rel_err(a16[0], to_host(a16[1])) == 0);
+  CHECK(rel_err(out[0], to_host(out[1])) == 0);
+  CHECK(rel_err(dwo[0].grad(), to_host(dwo[1].grad())) == 0);
+  CHECK(rel_err(ds[0].grad(), to_host(ds[1].grad())) == 0);
+  CHECK(rel_err(dxr[0].grad(), to_host(dxr[1].grad())) == 0);
+  CHECK(rel_err(dv[0].grad(), to_host(dv[1].grad())) == 0);
+  CHECK(rel_err(dq[0].grad(), to_host(dq[1].grad())) == 0);
+  CHECK(rel_err(dk[0].grad(), to_host(dk[1].grad())) == 0);
+  CHECK(rel_err(dg[0].grad(), to_host(dg[1].grad())) == 0);
+
+  // An fp32 reader: the output widened from its bf16 copy, and gradients near the default's
+  std::array<Tensor<float, cuda>, 2> read;
+  for (int form = 0; form < 2; ++form) {
+    dq[form] = VarD::parameter(to_device(hq));
+    VarD y = rope_attention(
+        heads(dq[form]), VarD::constant(to_device(hg)), heads(VarD::constant(to_device(hk))),
+        heads(VarD::constant(to_device(hv))), 1e-6, 10000.0, std::nullopt, forms[form]);
+    VarD a = reshape(heads(y), {B, T, D});
+    read[form] = a.value();  // (form 1: widened here)
+    CHECK(!a.value_in_bf16_only());
+    functional(a, hw).backward();
+  }
+  CHECK(rel_err(read[1], to_host(a16[1])) == 0);
+  CHECK(rel_err(read[0], to_host(read[1])) < 1e-2);  // bf16 rounding
+  CHECK(rel_err(dq[0].grad(), to_host(dq[1].grad())) < 2e-2);
+}
+
 // A BitLinear projection of a value born in bf16 (Var::value_bf16, as the attention's output):
 // rms_norm_linear's backward writes that value's first gradient in bf16 alone (its readers round
 // it so), the same values rounded once: against the run without the copy, the input's

@@ -52,7 +52,10 @@ class Var {
     // The value rounded to bf16 by the kernel that wrote it (set_value_bf16), for readers whose
     // products round it so anyway: they take it instead of a rounding pass (and such a node gets
     // its gradient in bf16 from them, as autocast's bf16 activations do). Views carry it along.
+    // A value held in bf16 only (record_bf16_only) has no `value` until something reads it in
+    // T: the first such read widens value16 into it.
     Tensor<bf16, B> value16;
+    const Shape& shape() const { return value.defined() ? value.shape() : value16.shape(); }
     bool has_grad() const override { return grad.defined() || grad16.defined(); }
     void release_graph() override {
       if (!is_leaf) {
@@ -81,12 +84,15 @@ class Var {
   bool defined() const { return node_ != nullptr; }
   // Whether both are handles of one node (the same variable).
   bool same_node(const Var& other) const { return node_ == other.node_; }
-  const Tensor<T, B>& value() const { return node().value; }
-  Tensor<T, B>& value() { return node().value; }
+  const Tensor<T, B>& value() const { return widen_value16(node()); }
+  Tensor<T, B>& value() { return widen_value16(node()); }
+  // Whether the value is held in bf16 only so far (record_bf16_only; value() would widen it).
+  bool value_in_bf16_only() const { return !node().value.defined(); }
   // The value's bf16 copy (undefined where its producer wrote none; see Node::value16).
   const Tensor<bf16, B>& value_bf16() const { return node().value16; }
   // Attaches v16 = the value rounded to bf16 (same shape; written by the value's producer).
   void set_value_bf16(Tensor<bf16, B> v16) const {
+    if (!v16.defined()) widen_value16(node());  // (a value held in bf16 only keeps it in T)
     if (v16.defined() && !(v16.shape() == shape()))
       throw AutogradError(detail::cat("set_value_bf16: a copy of shape ", v16.shape(),
                                       " for a value of shape ", shape()));
@@ -112,10 +118,20 @@ class Var {
     node().on_grad_ready = std::move(fn);
   }
 
-  const Shape& shape() const { return value().shape(); }
-  int dim() const { return value().dim(); }
-  int64_t size(int64_t axis) const { return value().size(axis); }
-  int64_t numel() const { return value().numel(); }
+  // (not value(): a value held in bf16 only keeps its shape without being widened)
+  const Shape& shape() const { return node().shape(); }
+  int dim() const {
+    const Node& n = node();
+    return n.value.defined() ? n.value.dim() : n.value16.dim();
+  }
+  int64_t size(int64_t axis) const {
+    const Node& n = node();
+    return n.value.defined() ? n.value.size(axis) : n.value16.size(axis);
+  }
+  int64_t numel() const {
+    const Node& n = node();
+    return n.value.defined() ? n.value.numel() : n.value16.numel();
+  }
   T item() const { return value().item(); }
 
   // An output whose gradient is `input`'s own (a straight-through estimator's): every gradient
@@ -167,7 +183,7 @@ class Var {
     if (!n.requires_grad) return;
     widen_grad16(n);
     if (!n.grad.defined()) {  // one pass: evaluate e into a fresh buffer
-      n.grad = Tensor<T, B>::empty(n.value.shape());
+      n.grad = Tensor<T, B>::empty(n.shape());
       n.grad.assign(e);
     } else if (n.grad_owned) {
       n.grad += e;
@@ -197,7 +213,7 @@ class Var {
       write(n.grad, n.grad);
       return;
     }
-    auto dst = Tensor<T, B>::empty(n.value.shape());
+    auto dst = Tensor<T, B>::empty(n.shape());
     write(dst, n.grad);
     n.grad = dst;
     n.grad_owned = true;
@@ -229,7 +245,7 @@ class Var {
       return Var(n.grad_target).accumulate_grad_with_bf16(std::forward<Write>(write));
     if (!n.requires_grad) return;
     const Tensor<bf16, B> dst16 =
-        n.is_leaf || !n.reads_grad16 ? Tensor<bf16, B>() : Tensor<bf16, B>::empty(n.value.shape());
+        n.is_leaf || !n.reads_grad16 ? Tensor<bf16, B>() : Tensor<bf16, B>::empty(n.shape());
     accumulate_grad_with(
         [&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) { write(dst, prior, dst16); });
     n.grad16 = dst16;  // (accumulate_grad_with dropped any earlier copy)
@@ -244,7 +260,7 @@ class Var {
     Node& n = node();
     if (n.grad_target) return Var(n.grad_target).grad_bf16_target();
     if (!n.requires_grad || n.is_leaf || n.has_grad()) return Tensor<bf16, B>();
-    n.grad16 = Tensor<bf16, B>::empty(n.value.shape());
+    n.grad16 = Tensor<bf16, B>::empty(n.shape());
     return n.grad16;
   }
 
@@ -310,6 +326,20 @@ class Var {
                     F&& backward_fn) {
     return record_if(op, std::move(out), inputs.begin(), inputs.end(),
                      std::forward<F>(backward_fn));
+  }
+
+  // An op whose output its kernel wrote in bf16 only, for readers whose products round it so
+  // anyway (the attention's output, read by the output projection's bf16 GEMM): no copy in T is
+  // stored, value_bf16() is out16, and value() widens it on first use, so a reader in T sees the
+  // bf16-rounded values. The tape entry is record()'s.
+  template <class F>
+  static Var record_bf16_only(const char* op, Tensor<bf16, B> out16,
+                              std::initializer_list<Var> inputs, F&& backward_fn) {
+    if (!out16.defined()) throw AutogradError(detail::cat(op, ": no bf16 output to record"));
+    Var y = record(op, Tensor<T, B>::empty(Shape{0}), inputs, std::forward<F>(backward_fn));
+    y.node().value = Tensor<T, B>();
+    y.node().value16 = std::move(out16);
+    return y;
   }
 
   // Records an op with K outputs and the inputs [inputs_begin, inputs_end): returns one Var
@@ -400,9 +430,9 @@ class Var {
   }
 
   static void check_grad_shape(const char* op, const Node& n, const Shape& g) {
-    if (!(g == n.value.shape()))
+    if (!(g == n.shape()))
       throw AutogradError(
-          detail::cat(op, ": gradient of shape ", g, " for a value of shape ", n.value.shape()));
+          detail::cat(op, ": gradient of shape ", g, " for a value of shape ", n.shape()));
   }
   // g16 widened to T, a new tensor (on the device by a kernel).
   static Tensor<T, B> widened(const Tensor<bf16, B>& g16) {
@@ -414,6 +444,11 @@ class Var {
       return widen_bf16(B{}, g16);  // by argument-dependent lookup: backend/cuda/matmul.cuh
     else
       return widen_bf16(B{}, g16).template to<T>();
+  }
+  // A value held in bf16 only becomes `value` (widened) before anything reads it in T.
+  static Tensor<T, B>& widen_value16(Node& n) {
+    if (!n.value.defined() && n.value16.defined()) n.value = widened(n.value16);
+    return n.value;
   }
   // A bf16-born gradient becomes `grad` (a fresh buffer of the node's own) before anything
   // reads or adds to it in T.

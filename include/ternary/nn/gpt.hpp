@@ -167,8 +167,14 @@ class CausalSelfAttention : public Module<T, B> {
     VarT v = heads(v_proj, c_.n_kv_heads);
     // attention(rope(rms_norm(q)) * q_gain (per head), rope(rms_norm(k)), v): on CUDA's tensor
     // cores one node whose q and k go from the norm kernels straight to the attention's bf16
-    // operands (ops/rope_attention.hpp)
-    VarT y = rope_attention(q, q_gain_, k, v, c_.norm_eps, c_.rope_base);  // [B, H, T, Dh]
+    // operands (ops/rope_attention.hpp). A bias-free Linear output projection with the
+    // residual (residual_linear) reads the output only as the kernel's bf16 copy, so under bf16
+    // products no fp32 copy is stored.
+    const auto* plain = dynamic_cast<const Linear<T, B>*>(proj_.get());
+    const auto output = r && plain && !plain->bias().defined() ? AttentionOutput::bf16_only
+                                                               : AttentionOutput::fp32_and_bf16;
+    VarT y = rope_attention(q, q_gain_, k, v, c_.norm_eps, c_.rope_base, std::nullopt,
+                            output);  // [B, H, T, Dh]
     y = reshape(permute(y, {0, 2, 1, 3}), {Bn, Tn, c_.dim});
     return project(*proj_, y, false, r, normed);
   }

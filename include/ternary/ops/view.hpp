@@ -28,34 +28,42 @@ auto view_rule(const Var<T, B>& x, Back back) {
 }
 }  // namespace detail
 
+namespace detail {
+// A pure view y = view(x) on the tape: of x's bf16 copy too where x has one, and of that alone
+// where x's value is held in bf16 only (Var::record_bf16_only: no widening for a view).
+template <class T, class B, class View, class Rule>
+Var<T, B> record_view(const char* op, const Var<T, B>& x, View view, Rule rule) {
+  if (x.value_in_bf16_only())
+    return Var<T, B>::record_bf16_only(op, view(x.value_bf16()), {x}, rule);
+  auto y = Var<T, B>::record(op, view(x.value()), {x}, rule);
+  if (x.value_bf16().defined()) y.set_value_bf16(view(x.value_bf16()));
+  return y;
+}
+}  // namespace detail
+
 template <class T, class B>
 Var<T, B> reshape(const Var<T, B>& x, const Shape& shape) {
-  auto y = Var<T, B>::record("reshape", x.value().reshape(shape), {x},
-                             detail::view_rule(x, [](const auto& g, const Var<T, B>& in) {
-                               return g.reshape(in.shape());
-                             }));
-  if (x.value_bf16().defined()) y.set_value_bf16(x.value_bf16().reshape(shape));
-  return y;
+  return detail::record_view(
+      "reshape", x, [&](const auto& v) { return v.reshape(shape); },
+      detail::view_rule(x,
+                        [](const auto& g, const Var<T, B>& in) { return g.reshape(in.shape()); }));
 }
 template <class T, class B>
 Var<T, B> transpose(const Var<T, B>& x, int64_t a0, int64_t a1) {
-  return Var<T, B>::record("transpose", x.value().transpose(a0, a1), {x},
-                           detail::view_rule(x, [a0, a1](const auto& g, const Var<T, B>&) {
-                             return g.transpose(a0, a1);
-                           }));
+  return detail::record_view(
+      "transpose", x, [&](const auto& v) { return v.transpose(a0, a1); },
+      detail::view_rule(x,
+                        [a0, a1](const auto& g, const Var<T, B>&) { return g.transpose(a0, a1); }));
 }
 template <class T, class B>
 Var<T, B> permute(const Var<T, B>& x, const Dims& order) {
-  auto out = x.value().permute(order);
   Dims inverse = Dims::filled(order.size(), 0);  // inline: no heap per call
   for (int i = 0; i < order.size(); ++i)
     inverse[normalize_axis(order[i], x.dim(), "permute")] = int64_t(i);
-  auto y = Var<T, B>::record("permute", out, {x},
-                             detail::view_rule(x, [inverse](const auto& g, const Var<T, B>&) {
-                               return g.permute(inverse);
-                             }));
-  if (x.value_bf16().defined()) y.set_value_bf16(x.value_bf16().permute(order));
-  return y;
+  return detail::record_view(
+      "permute", x, [&](const auto& v) { return v.permute(order); },
+      detail::view_rule(x,
+                        [inverse](const auto& g, const Var<T, B>&) { return g.permute(inverse); }));
 }
 // Braced lists and std::vector orders (a braced list would be ambiguous between the two).
 template <class T, class B>

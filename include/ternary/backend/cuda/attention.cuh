@@ -531,12 +531,16 @@ void causal_attention_forward_prepacked(cuda, const Tensor<bf16, cuda>& packed,
   const int B = int(v_in.size(0)), Hkv = int(v_in.size(1)), T_len = int(v_in.size(2)),
             D = int(v_in.size(3));
   const FlashPacked layout{B, int(Hq), Hkv, T_len, D, D};
-  if (packed.numel() != layout.total() || !has_unit_inner(out) || !lse.is_contiguous() ||
-      (out16 && (!(out16->shape() == out.shape()) || !(out16->strides() == out.strides()))))
+  // out undefined: the bf16 copy alone (ops/rope_attention.hpp's AttentionOutput::bf16_only)
+  const bool fp32_out = out.defined();
+  if (packed.numel() != layout.total() || !lse.is_contiguous() || (!fp32_out && !out16) ||
+      (fp32_out && !has_unit_inner(out)) || (!fp32_out && !has_unit_inner(*out16)) ||
+      (fp32_out && out16 &&
+       (!(out16->shape() == out.shape()) || !(out16->strides() == out.strides()))))
     throw ShapeError(detail::cat("causal_attention_forward_prepacked(cuda): a buffer of ",
                                  packed.numel(), " values for v ", v_in.shape(), " and ", Hq,
-                                 " query heads, out ", out.shape(),
-                                 out16 ? " (its bf16 copy strided as out)" : ""));
+                                 " query heads, out ", fp32_out ? out.shape() : Shape{},
+                                 out16 ? " (its bf16 copy strided as out)" : " (no output)"));
   const auto v = unit_inner(v_in);
   with_head_dim(D, "causal_attention_forward_prepacked", [&](auto dm) {
     constexpr int DM = decltype(dm)::value;

@@ -346,7 +346,8 @@ __device__ __forceinline__ void flash_store_rows(Out* __restrict__ head, int64_t
 
 // ---- kernels --------------------------------------------------------------------------------
 // grid: query tiles * Hq * B. q packed [B, Hq, T, DM], k and v packed [B, Hkv, T, DM]; out
-// through its strides; lse [B, Hq, T] contiguous (natural log) or null.
+// (fp32) and out16 (bf16) through the same strides, each if not null; lse [B, Hq, T] contiguous
+// (natural log) or null.
 // Shared memory: Q (ROWS rows), then K and V tiles, two buffers each.
 template <int DM>
 __global__ void __launch_bounds__(FlashFwdCfg<DM>::THREADS)
@@ -449,7 +450,8 @@ __global__ void __launch_bounds__(FlashFwdCfg<DM>::THREADS)
   for (int m = 0; m < MT; ++m) {
     const int r0 = w0 + 16 * m + g, r1 = r0 + 8;
     const float l0 = quad_sum(l[2 * m]), l1 = quad_sum(l[2 * m + 1]);
-    flash_store_rows<C>(out + b * os.b + h * os.h, os.t, r0, T, D, o[m], 1.f / l0, 1.f / l1);
+    if (out)
+      flash_store_rows<C>(out + b * os.b + h * os.h, os.t, r0, T, D, o[m], 1.f / l0, 1.f / l1);
     if (out16)  // the same values rounded to bf16 (the output projection's operand)
       flash_store_rows<C>(out16 + b * os.b + h * os.h, os.t, r0, T, D, o[m], 1.f / l0, 1.f / l1);
     if (lse && t == 0) {
@@ -841,11 +843,12 @@ void flash_attention_forward(const FlashPacked& layout, const Tensor<ternary::bf
       (allow_dynamic_smem(flash_forward_kernel<DM>, FlashSmem<DM>::forward), true);
   (void)smem_ok;
   const int64_t tiles = (layout.T + C::ROWS - 1) / C::ROWS;
-  flash_forward_kernel<DM>
-      <<<unsigned(tiles * layout.Hq * layout.B), C::THREADS, FlashSmem<DM>::forward,
-         cuda::stream()>>>(qp, kp, vp, out.data(), flash_strides(out), lse ? lse->data() : nullptr,
-                           layout.T, layout.D, layout.Hq, layout.Hq / layout.Hkv, scale,
-                           out16 ? reinterpret_cast<bf16*>(out16->data()) : nullptr);
+  flash_forward_kernel<DM><<<unsigned(tiles * layout.Hq * layout.B), C::THREADS,
+                             FlashSmem<DM>::forward, cuda::stream()>>>(
+      qp, kp, vp, out.defined() ? out.data() : nullptr,
+      out.defined() ? flash_strides(out) : flash_strides(*out16), lse ? lse->data() : nullptr,
+      layout.T, layout.D, layout.Hq, layout.Hq / layout.Hkv, scale,
+      out16 ? reinterpret_cast<bf16*>(out16->data()) : nullptr);
   TERNARY_CUDA_CHECK_LAUNCH("flash_forward_kernel");
 }
 
