@@ -205,20 +205,21 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
       });
 }
 
-// Whether mix_rms_norm_linear's one node may serve: CUDA with bf16 products, and x_in and x0
-// two variables (the row size is the kernels' to judge). A caller that builds the projections'
+// Whether mix_rms_norm_linear's one node may serve: CUDA with bf16 products (the row size is
+// the kernels' to judge; x_in and x0 may be one variable). A caller that builds the projections'
 // operands only for the node (the GPT quantizes its BitLinear weights) asks first.
 template <class T, class B>
-bool mix_node_serves(const BlockMix<T, B>& mix) {
+bool mix_node_serves(const BlockMix<T, B>&) {
   if constexpr (B::on_host || !std::is_same_v<T, float>)
     return false;
   else
-    return backend::bf16_products(B{}) && !mix.x_in.same_node(mix.x0);
+    return backend::bf16_products(B{});
 }
 
 // mix_rms_norm_linear's one node (CUDA, bf16 products): rms_norm_linear_bf16's with the mix in
 // front, x its first output; nullopt where the kernels do not apply (rows outside 64-1024
-// floats, x_in and x0 one variable, a relu2 input), and the caller composes.
+// floats, a relu2 input), and the caller composes. x_in and x0 may be one variable (the GPT's
+// first block): its one gradient (a + b) gx is added once (NormMix::x0_is_x_in).
 template <size_t K, class T, class B>
 std::optional<MixedProjections<K, T, B>> mix_rms_norm_linear_bf16(
     const BlockMix<T, B>& mix, const std::array<Var<T, B>, K>& gains,
@@ -284,9 +285,10 @@ std::optional<MixedProjections<K, T, B>> mix_rms_norm_linear_bf16(
           bwd.a = a_c, bwd.b = b_c, bwd.x0 = x02d;
           std::tie(bwd.da, bwd.da_prior) = mix.a.accumulate_grad_target();
           std::tie(bwd.db, bwd.db_prior) = mix.b.accumulate_grad_target();
+          bwd.x0_is_x_in = mix.x_in.same_node(mix.x0);  // (then x_in's target takes both)
           auto run = [&](T* dx_in, const T* prior_in, bf16* dx_in16) {
             ternary::detail::with_grad_target(
-                mix.x0, mix.x0.requires_grad(), [&](T* dx0, const T* prior0) {
+                mix.x0, mix.x0.requires_grad() && !bwd.x0_is_x_in, [&](T* dx0, const T* prior0) {
                   bwd.dx_in = dx_in, bwd.prior_in = prior_in, bwd.dx_in16 = dx_in16;
                   bwd.dx0 = dx0, bwd.prior0 = prior0;
                   rms_norm_shared_backward(B{}, xin2d, rstd, gains_c, dh, Tensor<T, B>(), dgains,

@@ -26,7 +26,9 @@ namespace ternary::backend {
 // be its output itself), and da, db [D] (each undefined: not wanted) get the sums over rows of
 // gx x_in and gx x0, plus da_prior, db_prior where defined (their gradients so far; may be da,
 // db themselves). dx_in16 (if not null): dx_in rounded to bf16 as well, for a reader whose
-// products round it so (Var::accumulate_grad_with_bf16).
+// products round it so (Var::accumulate_grad_with_bf16). x0_is_x_in: one variable (the GPT's
+// first block, whose input is x0): x0 = x_in is read once per row, and its one gradient is
+// dx_in = (a + b) gx + prior_in (dx0, prior0 unused).
 // Forward with y16 [rows, D] instead of a and x0: a residual sum x = x_in + b y16, rounded as
 // channel_mix rounds it (ops/residual_linear.hpp's sum with the MLP's norm, NormedRows).
 template <class T, class B>
@@ -39,6 +41,7 @@ struct NormMix {
   const T* prior_in = nullptr;
   T* dx0 = nullptr;
   const T* prior0 = nullptr;
+  bool x0_is_x_in = false;
   Tensor<T, B> da, db;
   Tensor<T, B> da_prior, db_prior;
 };

@@ -259,7 +259,8 @@ struct MixRows {
 };
 // Its backward: with gx = x's whole gradient (the norm's dx plus dx_addend, x's own), dx_in =
 // a gx + prior_in and dx0 = b gx + prior0 (each if not null; a prior may be its output itself),
-// and partial [2, blocks, D] the blocks' sums of gx x_in, then of gx x0 (for da, db).
+// and partial [2, blocks, D] the blocks' sums of gx x_in, then of gx x0 (for da, db). With
+// x0_is_x_in (one variable) its one gradient dx_in = (a + b) gx + prior_in.
 struct MixGrads {
   const float* a = nullptr;
   const float* b = nullptr;
@@ -270,6 +271,7 @@ struct MixGrads {
   const float* prior0 = nullptr;
   float* partial = nullptr;
   __nv_bfloat16* dx_in16 = nullptr;  // dx_in rounded to bf16 as well (if not null)
+  bool x0_is_x_in = false;
 };
 // x = a x_in + b x0 elementwise (channel_mix's formula)
 template <int V, int L>
@@ -558,7 +560,8 @@ __global__ void rms_norm_rows_backward_kernel(const float* __restrict__ x,
         for (int e = 0; e < 4; ++e) {
           sum_a.at(i, e) = fmaf(xv.at(i, e), mixed_in.at(i, e), sum_a.at(i, e));
           sum_b.at(i, e) = fmaf(xv.at(i, e), mixed_x0.at(i, e), sum_b.at(i, e));
-          t_in.at(i, e) = mix_a.at(i, e) * xv.at(i, e) + prior_in.at(i, e);
+          const float w_in = mix.x0_is_x_in ? mix_a.at(i, e) + mix_b.at(i, e) : mix_a.at(i, e);
+          t_in.at(i, e) = w_in * xv.at(i, e) + prior_in.at(i, e);
           t0.at(i, e) = mix_b.at(i, e) * xv.at(i, e) + prior0.at(i, e);
         }
       if (mix.dx_in && valid) t_in.store(mix.dx_in + r * D, li);
@@ -1023,10 +1026,16 @@ void rms_norm_shared_backward(
     auto mix_partial = Tensor<T, cuda>::empty(Shape{mix ? 2 * int64_t(blocks) : 0, D});
     MixGrads mg;
     if (mix)
-      mg = MixGrads{
-          mix->a.data(), mix->b.data(),      mix->x0.data(),
-          mix->dx_in,    mix->prior_in,      mix->dx0,
-          mix->prior0,   mix_partial.data(), reinterpret_cast<__nv_bfloat16*>(mix->dx_in16)};
+      mg = MixGrads{mix->a.data(),
+                    mix->b.data(),
+                    mix->x0.data(),
+                    mix->dx_in,
+                    mix->prior_in,
+                    mix->x0_is_x_in ? nullptr : mix->dx0,
+                    mix->x0_is_x_in ? nullptr : mix->prior0,
+                    mix_partial.data(),
+                    reinterpret_cast<__nv_bfloat16*>(mix->dx_in16),
+                    mix->x0_is_x_in};
     if (rows_backward<int(K)>(
             blocks, x.data(), rstd.data(), gp, gsp, dx.defined() ? dx.data() : nullptr,
             any_dgain ? partial.data() : nullptr, rows, D,
