@@ -245,6 +245,22 @@ TEST_CASE("bf16-born gradients: kept for rules that take them, widened for the r
     CHECK_FALSE(copy_asked);
     CHECK(x.grad().to_vector() == std::vector<float>{0.75f, 1.5f, 3.25f, -1.75f});
   }
+  SECTION("channel_mix(x, b, y) passes x its gradient with the copy (accumulate_grad_passing)") {
+    auto b = Var<float>::parameter(Tensor<float>::from({4}, {0.5f, 0.5f, 0.5f, 0.5f}));
+    auto y = Var<float>::parameter(Tensor<float>::from({4}, {1, 1, 1, 1}));
+    copier(channel_mix(probe(x), b, y)).backward(seed);
+    CHECK(copy_asked);  // channel_mix's rule takes (g, g16): the copier wrote one
+    REQUIRE(seen.defined());
+    REQUIRE(seen16.defined());  // ... and x's rule got it beside g
+    CHECK(seen.to_vector() == std::vector<float>{0.75f, 1.5f, 3.25f, -1.75f});
+    CHECK(seen16.to<float>().to_vector() == seen.to_vector());
+    CHECK(y.grad().to_vector() == std::vector<float>{0.375f, 0.75f, 1.625f, -0.875f});
+    // with a second gradient for x (here y is x's producer too) the copy is dropped
+    auto p = probe(x);
+    copier(channel_mix(p, b, p)).backward(seed);
+    CHECK_FALSE(seen16.defined());
+    CHECK(seen.to_vector() == std::vector<float>{1.125f, 2.25f, 4.875f, -2.625f});
+  }
 }
 
 // record_bf16_only: a value kept in bf16 alone (the CUDA attention's output for a reader that

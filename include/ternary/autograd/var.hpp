@@ -192,6 +192,19 @@ class Var {
     }
     n.grad_owned = true;
   }
+  // accumulate_grad(g) for a rule that passes its gradient on unchanged (d out / d x = 1, as
+  // channel_mix(x, b, y) does for x), with g16, a bf16 copy of g (or undefined): where g becomes
+  // this variable's whole gradient and its own rule reads a copy (Node::reads_grad16), g16 stays
+  // beside it as that copy, as accumulate_grad_with_bf16 would have written it.
+  void accumulate_grad_passing(const Tensor<T, B>& g, const Tensor<bf16, B>& g16) const {
+    Node& n = node();
+    const bool first = !n.grad_target && n.requires_grad && !n.is_leaf && !n.has_grad();
+    accumulate_grad(g);
+    if (first && g16.defined() && n.reads_grad16 && n.grad.data() == g.data()) {
+      check_grad_shape("accumulate_grad_passing", n, g16.shape());
+      n.grad16 = g16;
+    }
+  }
   // For a backward rule whose kernel can add the gradient so far while it writes its own
   // (a GEMM with beta = 1, a norm's backward): `write(dst, prior)` must store
   // prior + (this rule's gradient) into dst, a contiguous tensor of the value's shape. prior
@@ -434,7 +447,10 @@ class Var {
       throw AutogradError(
           detail::cat(op, ": gradient of shape ", g, " for a value of shape ", n.shape()));
   }
-  // g16 widened to T, a new tensor (on the device by a kernel).
+
+ public:
+  // g16 widened to T, a new tensor (on the device by a kernel): also for rules handed a gradient
+  // born in bf16 that they need in T.
   static Tensor<T, B> widened(const Tensor<bf16, B>& g16) {
     if constexpr (B::on_host && std::is_same_v<T, float>)
       return g16.template to<float>();
@@ -445,6 +461,8 @@ class Var {
     else
       return widen_bf16(B{}, g16).template to<T>();
   }
+
+ private:
   // A value held in bf16 only becomes `value` (widened) before anything reads it in T.
   static Tensor<T, B>& widen_value16(Node& n) {
     if (!n.value.defined() && n.value16.defined()) n.value = widened(n.value16);

@@ -396,8 +396,17 @@ class GPT : public Module<T, B> {
   }
   const GPTConfig& config() const { return c_; }
 
-  // Final hidden states [B, T, D] (before the output norm) for token ids [B, T].
-  VarT hidden(const Tensor<int32_t, B>& ids) const {
+  // Final hidden states [B, T, D] (after the output norm) for token ids [B, T].
+  VarT hidden(const Tensor<int32_t, B>& ids) const { return rms_norm(stream(ids), c_.norm_eps); }
+  // Logits before the softcap [B, T, V]: the output norm and the tied embedding as the output
+  // head, one quant::rms_norm_linear (on CUDA with bf16 products the norm kernel writes the head
+  // GEMM's bf16 operand, and its backward the last block's gradient with its bf16 copy).
+  VarT logits_raw(const Tensor<int32_t, B>& ids) const {
+    return quant::rms_norm_linear<1>(stream(ids), {VarT()}, {tok_emb_}, c_.norm_eps, std::nullopt,
+                                     false)[0];
+  }
+  // The residual stream after the last block [B, T, D] (before the output norm).
+  VarT stream(const Tensor<int32_t, B>& ids) const {
     if (ids.dim() != 2)
       throw ShapeError(detail::cat("GPT: token ids must be [batch, seq], got ", ids.shape()));
     VarT x = rms_norm(embedding(tok_emb_, ids), c_.norm_eps);
@@ -419,10 +428,8 @@ class GPT : public Module<T, B> {
       }
       x = blocks_[n_encoder_ + i]->forward(x, x0);
     }
-    return rms_norm(x, c_.norm_eps);
+    return x;
   }
-  // Logits before the softcap [B, T, V] (tied embedding as the output head).
-  VarT logits_raw(const Tensor<int32_t, B>& ids) const { return linear(hidden(ids), tok_emb_); }
   // Softcapped logits [B, T, V].
   VarT logits(const Tensor<int32_t, B>& ids) const {
     return softcap(logits_raw(ids), c_.logit_softcap);

@@ -61,13 +61,15 @@ void with_grad_target(const Var<T, B>& v, bool want, F&& f) {
 }
 
 // The backward of either form (a null: x enters with weight 1). The kernel adds dx and dy
-// into the gradients x and y have so far (one pass, no separate additions).
+// into the gradients x and y have so far (one pass, no separate additions). g16: a bf16 copy of
+// g_in (or undefined), which x takes with g_in where a is null (Var::accumulate_grad_passing).
 template <class T, class B>
 void channel_mix_backward(const Var<T, B>* a, const Var<T, B>& x, const Var<T, B>& b,
-                          const Var<T, B>& y, const Tensor<T, B>& g_in) {
+                          const Var<T, B>& y, const Tensor<T, B>& g_in,
+                          const Tensor<bf16, B>& g16 = Tensor<bf16, B>()) {
   const bool want_dx = x.requires_grad(), want_dy = y.requires_grad();
   const bool want_da = a && a->requires_grad(), want_db = b.requires_grad();
-  if (want_dx && !a) x.accumulate_grad(g_in);  // d(x + b y)/dx = 1: g itself, no copy
+  if (want_dx && !a) x.accumulate_grad_passing(g_in, g16);  // d(x + b y)/dx = 1: g, no copy
   const bool scale_dx = want_dx && a;
   if (!scale_dx && !want_dy && !want_da && !want_db) return;
   const auto g = g_in.contiguous();
@@ -128,9 +130,13 @@ template <class T, class B>
 Var<T, B> channel_mix(const Var<T, B>& x, const Var<T, B>& b, const Var<T, B>& y) {
   auto out = detail::channel_mix_forward(static_cast<const Tensor<T, B>*>(nullptr), x.value(),
                                          b.value(), y.value());
-  return Var<T, B>::record("channel_mix", out, {x, b, y}, [x, b, y](const Tensor<T, B>& g) {
-    detail::channel_mix_backward(static_cast<const Var<T, B>*>(nullptr), x, b, y, g);
-  });
+  // (g, g16): x's gradient is g itself, and the bf16 copy of g that its writer may have made
+  // (the next GPT block's entry does) goes on with it, so x's producer need not round g again
+  return Var<T, B>::record(
+      "channel_mix", out, {x, b, y}, [x, b, y](const Tensor<T, B>& g, const Tensor<bf16, B>& g16) {
+        detail::channel_mix_backward(static_cast<const Var<T, B>*>(nullptr), x, b, y,
+                                     g.defined() ? g : Var<T, B>::widened(g16), g16);
+      });
 }
 
 }  // namespace ternary

@@ -196,12 +196,13 @@ std::optional<std::array<Var<T, B>, K>> rms_norm_linear_bf16(
           want_dgains[k] = want_dgain;
         }
         // x born in bf16 (the attention's output, which a BitLinear projection normalises):
-        // its first gradient in bf16 too, which its reader rounds it to anyway
+        // its first gradient in bf16 too, which its reader rounds it to anyway; else a bf16 copy
+        // beside the gradient where x's own rule reads one (the GPT's final norm: the last MLP's)
         using ternary::detail::DxBf16;
         if (any)
           ternary::detail::norm_shared_backward<K>(
               x, x2d, rstd, gains, gains_c, dh, want_dgains, rstd_pre, relu2_input,
-              x.value_bf16().defined() ? DxBf16::born_if_first : DxBf16::no);
+              x.value_bf16().defined() ? DxBf16::born_if_first : DxBf16::copy);
       });
 }
 
