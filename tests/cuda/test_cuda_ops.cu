@@ -178,6 +178,11 @@ TEST_CASE("cuda head_norm_rope: values, gradients and layouts against the CPU") 
         functional(dy, hw).backward();
         CHECK(rel_err(dx.grad(), cx.grad()) < 1e-5);
         if (with_gain) CHECK(rel_err(dg.grad(), cg.grad()) < 1e-5);
+        if (with_gain) {  // a second backward adds the gain's per-head sums into its gradient
+          const Tensor<float> twice(to_host(dg.grad()) * 2.0f);
+          functional(head_norm_rope(view(dx), dg), hw).backward();
+          CHECK(rel_err(dg.grad(), twice) < 1e-6);
+        }
       }
   }
 }

@@ -120,8 +120,15 @@ void head_norm_rope_backward_var(const Var<T, B>& x, const Var<T, B>& w, const T
                                      *table, eps);
     if (want_dx) x.accumulate_grad(dx);
   }
-  // sum_to, not sum(row_dot, {0, 2}): no heap allocation per step (tests/test_alloc.cpp)
-  if (want_dw) w.accumulate_grad(sum_to(row_dot, Shape{w.size(0), 1}).reshape(w.shape()));
+  if (!want_dw) return;
+  if constexpr (!B::on_host) {  // one launch: the per-head sums added into w's gradient so far
+    w.accumulate_grad_with([&](const Tensor<T, B>& dst, const Tensor<T, B>& prior) {
+      head_row_sums(B{}, row_dot.data(), x.size(0), x.size(1), x.size(2), dst.data(),
+                    prior.defined() ? prior.data() : static_cast<const T*>(nullptr));
+    });
+  } else {  // sum_to, not sum(row_dot, {0, 2}): no heap allocation per step (tests/test_alloc.cpp)
+    w.accumulate_grad(sum_to(row_dot, Shape{w.size(0), 1}).reshape(w.shape()));
+  }
 }
 
 template <class T, class B>

@@ -424,6 +424,9 @@ template <class T>
 void head_norm_rope_backward(cuda, const T* x, const HeadRows& xl, const T* gain, const T* g,
                              const HeadRows& gl, T* dx, const HeadRows& dxl, T* row_dot,
                              const RopeTable<T>& table, double eps);
+template <class T>
+void head_row_sums(cuda, const T* row_dot, int64_t batch, int64_t heads, int64_t seq, T* out,
+                   const T* prior);
 // channel_mix.cuh
 template <class T>
 void channel_mix_forward(cuda, const T* a, const T* x, const T* b, const T* y, T* out, int64_t rows,

@@ -21,6 +21,7 @@
 
 #include "ternary/backend/cpu/head_norm_rope.hpp"
 #include "ternary/backend/cuda/bf16_vec.cuh"
+#include "ternary/backend/cuda/reduce.cuh"
 #include "ternary/backend/cuda/rope.cuh"
 
 namespace ternary::backend::cuda_detail {
@@ -316,9 +317,45 @@ void check_head_rope_table(const HeadRows& xl, const RopeTable<T>& table, const 
                                  " positions"));
 }
 
+// out[h] = prior[h] (if not null) + the sum over b and t of row_dot[b, h, t] ([B, H, T]
+// contiguous): one block per head, in a fixed order (the gain's gradient in one launch). Each
+// thread walks the batch down one column t with four independent sums, so that many loads are
+// in flight (summed one after another, the loop waited on each: 53 us a call at the golf shape).
+template <class T>
+__global__ void head_row_sums_kernel(const T* __restrict__ row_dot, int64_t batch, int64_t heads,
+                                     int64_t seq, T* out, const T* prior) {
+  const int64_t h = blockIdx.x, stride = heads * seq;
+  T s = T(0);
+  for (int64_t t = threadIdx.x; t < seq; t += blockDim.x) {
+    const T* col = row_dot + h * seq + t;
+    T a0 = T(0), a1 = T(0), a2 = T(0), a3 = T(0);
+    int64_t b = 0;
+#pragma unroll 4
+    for (; b + 4 <= batch; b += 4) {
+      a0 += col[b * stride];
+      a1 += col[(b + 1) * stride];
+      a2 += col[(b + 2) * stride];
+      a3 += col[(b + 3) * stride];
+    }
+    for (; b < batch; ++b) a0 += col[b * stride];
+    s += (a0 + a1) + (a2 + a3);
+  }
+  s = block_sum(s);
+  if (threadIdx.x == 0) out[h] = prior ? prior[h] + s : s;
+}
+
 }  // namespace ternary::backend::cuda_detail
 
 namespace ternary::backend {
+
+template <class T>
+void head_row_sums(cuda, const T* row_dot, int64_t batch, int64_t heads, int64_t seq, T* out,
+                   const T* prior) {
+  if (heads == 0) return;
+  cuda_detail::head_row_sums_kernel<<<unsigned(heads), 1024, 0, cuda::stream()>>>(
+      row_dot, batch, heads, seq, out, prior);
+  TERNARY_CUDA_CHECK_LAUNCH("head_row_sums_kernel");
+}
 
 template <class T>
 void head_norm_rope_forward(cuda, const T* x, const HeadRows& xl, const T* gain, T* y,
