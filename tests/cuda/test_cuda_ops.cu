@@ -5,7 +5,8 @@
 // attention forward 1e-5 and gradients 1e-4 (online softmax and fp32 sums in another order); the
 // int8 activation quantizer is bit-identical (0); ternary weights 1e-6 (the same trits; the scale
 // is a double sum in another order); squared norms 1e-6 (the CPU sums float blocks); Muon /
-// clipping 1e-5 after 3 steps; tensor-core (bf16) attention 1.5e-2 / 3e-2 (see its test).
+// clipping 1e-5 after 3 steps (AdamW, Muon's momentum and the clip's scaling over many tensors:
+// 1e-6); tensor-core (bf16) attention 1.5e-2 / 3e-2 (see its test).
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <optional>
