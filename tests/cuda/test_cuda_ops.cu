@@ -1429,6 +1429,22 @@ TEST_CASE("cuda rope_attention (norm kernels writing the attention's operands)")
   }
 }
 
+// One GPT layer's attention and output projection on random host data (B 2, 4 query heads, 2 kv
+// heads, T 130, head size 64; q, k, v token-major): the attention's bf16 output tests below.
+struct AttentionProjectionData {
+  static constexpr int64_t B = 2, Hq = 4, Hkv = 2, T = 130, Dh = 64, D = Hq * Dh;
+  Tensor<float> hq, hk, hv, hg, hwo, hx, hs, hw;
+  explicit AttentionProjectionData(Rng& rng)
+      : hq(Tensor<float>::randn({B, T, Hq, Dh}, rng)),
+        hk(Tensor<float>::randn({B, T, Hkv, Dh}, rng)),
+        hv(Tensor<float>::randn({B, T, Hkv, Dh}, rng)),
+        hg(Tensor<float>::randn({Hq}, rng, 1, 0.3)),
+        hwo(Tensor<float>::randn({D, D}, rng, 0, 0.1)),
+        hx(Tensor<float>::randn({B, T, D}, rng)),
+        hs(Tensor<float>::randn({D}, rng, 1, 0.2)),
+        hw(Tensor<float>::randn({B, T, D}, rng)) {}
+};
+
 // Under bf16 products rope_attention's kernel also writes its output in bf16 (Var::value_bf16),
 // and the views carry that copy to the output projection: residual_linear reads it instead of
 // rounding the fp32 output (the same rounding, so the same forward bit for bit) and hands the
@@ -1437,13 +1453,10 @@ TEST_CASE("cuda rope_attention (norm kernels writing the attention's operands)")
 TEST_CASE("cuda rope_attention's bf16 output copy: the output projection's operand and gradient") {
   const Bf16On on;
   Rng rng(41);
-  const int64_t B = 2, Hq = 4, Hkv = 2, T = 130, Dh = 64, D = Hq * Dh;
-  auto hq = Tensor<float>::randn({B, T, Hq, Dh}, rng),
-       hk = Tensor<float>::randn({B, T, Hkv, Dh}, rng);
-  auto hv = Tensor<float>::randn({B, T, Hkv, Dh}, rng),
-       hg = Tensor<float>::randn({Hq}, rng, 1, 0.3);
-  auto hwo = Tensor<float>::randn({D, D}, rng, 0, 0.1), hx = Tensor<float>::randn({B, T, D}, rng);
-  auto hs = Tensor<float>::randn({D}, rng, 1, 0.2), hw = Tensor<float>::randn({B, T, D}, rng);
+  const AttentionProjectionData data(rng);
+  const auto& [hq, hk, hv, hg, hwo, hx, hs, hw] = data;
+  constexpr int64_t B = AttentionProjectionData::B, T = AttentionProjectionData::T,
+                    D = AttentionProjectionData::D;
   auto heads = [](auto x) { return permute(x, {0, 2, 1, 3}); };
   std::array<VarD, 2> dq, dk, dv, dg, dwo, dxr, ds;
   std::array<Tensor<float, cuda>, 2> out;
@@ -1482,13 +1495,10 @@ TEST_CASE("cuda rope_attention's bf16 output copy: the output projection's opera
 TEST_CASE("cuda rope_attention's output kept in bf16 only: the same projection and gradients") {
   const Bf16On on;
   Rng rng(47);
-  const int64_t B = 2, Hq = 4, Hkv = 2, T = 130, Dh = 64, D = Hq * Dh;
-  auto hq = Tensor<float>::randn({B, T, Hq, Dh}, rng),
-       hk = Tensor<float>::randn({B, T, Hkv, Dh}, rng);
-  auto hv = Tensor<float>::randn({B, T, Hkv, Dh}, rng),
-       hg = Tensor<float>::randn({Hq}, rng, 1, 0.3);
-  auto hwo = Tensor<float>::randn({D, D}, rng, 0, 0.1), hx = Tensor<float>::randn({B, T, D}, rng);
-  auto hs = Tensor<float>::randn({D}, rng, 1, 0.2), hw = Tensor<float>::randn({B, T, D}, rng);
+  const AttentionProjectionData data(rng);
+  const auto& [hq, hk, hv, hg, hwo, hx, hs, hw] = data;
+  constexpr int64_t B = AttentionProjectionData::B, T = AttentionProjectionData::T,
+                    D = AttentionProjectionData::D;
   auto heads = [](auto x) { return permute(x, {0, 2, 1, 3}); };
   const AttentionOutput forms[2] = {AttentionOutput::fp32_and_bf16, AttentionOutput::bf16_only};
   std::array<VarD, 2> dq, dk, dv, dg, dwo, dxr, ds;
