@@ -112,12 +112,19 @@ std::unique_ptr<Projection<T, B>> make_projection(int64_t in, int64_t out, const
 // needs no pass of its own); else the separate ops.
 // `normed` (with r, a Linear and no relu2 input): the next norm of the sum, by the sum's kernel
 // where it can (NormedRows).
+// The projection as a bias-free Linear (the kind project's one-op paths serve), else null.
+template <class T, class B>
+const Linear<T, B>* bias_free_linear(const Projection<T, B>& proj) {
+  const auto* l = dynamic_cast<const Linear<T, B>*>(&proj);
+  return l && !l->bias().defined() ? l : nullptr;
+}
+
 template <class T, class B>
 Var<T, B> project(const Projection<T, B>& proj, const Var<T, B>& h, bool relu2_input,
                   const Residual<T, B>* r, NormedRows<T, B>* normed = nullptr) {
   if (const auto* b = dynamic_cast<const BitLinear<T, B>*>(&proj))
     return b->forward_fused(h, relu2_input, r);
-  if (const auto* l = dynamic_cast<const Linear<T, B>*>(&proj); l && !l->bias().defined()) {
+  if (const auto* l = bias_free_linear(proj)) {
     const Var<T, B> w = l->weight();
     if (r) return relu2_input ? residual_relu2_linear(*r, h, w) : residual_linear(*r, h, w, normed);
     return relu2_input ? relu2_linear(h, w) : linear(h, w);
@@ -170,9 +177,8 @@ class CausalSelfAttention : public Module<T, B> {
     // operands (ops/rope_attention.hpp). A bias-free Linear output projection with the
     // residual (residual_linear) reads the output only as the kernel's bf16 copy, so under bf16
     // products no fp32 copy is stored.
-    const auto* plain = dynamic_cast<const Linear<T, B>*>(proj_.get());
-    const auto output = r && plain && !plain->bias().defined() ? AttentionOutput::bf16_only
-                                                               : AttentionOutput::fp32_and_bf16;
+    const auto output =
+        r && bias_free_linear(*proj_) ? AttentionOutput::bf16_only : AttentionOutput::fp32_and_bf16;
     VarT y = rope_attention(q, q_gain_, k, v, c_.norm_eps, c_.rope_base, std::nullopt,
                             output);  // [B, H, T, Dh]
     y = reshape(permute(y, {0, 2, 1, 3}), {Bn, Tn, c_.dim});
